@@ -1,0 +1,28 @@
+// Command cocoon is the one binary of the cocoon network: every node, worker or
+// client, runs it. Each subcommand lives in its own file and registers itself on
+// rootCmd in an init function.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+var rootCmd = &cobra.Command{
+	Use:           "cocoon",
+	Short:         "cocoon: a peer-to-peer network for confidential AI inference",
+	SilenceUsage:  true,
+	SilenceErrors: true,
+}
+
+func main() {
+	if err := rootCmd.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "cocoon:", err)
+		os.Exit(1)
+	}
+}
