@@ -1,0 +1,13 @@
+// Package market matches jobs to workers and runs the job protocol, with no central
+// matcher: capacity ads over gossipsub, an ad book per node, client-side selection,
+// and the per-job stream.
+//
+// One stream per job on /cocoon/job/1.0.0:
+//
+//	Open → Accept | Reject{code}
+//	Prompt + Voucher → Chunk… (Voucher every credit window) → Done{usage, receipt}
+//
+// The protocols are written over io.ReadWriter so that the state machines are
+// testable without a network; this package also mounts enclave's attestation
+// protocol on libp2p streams. Imported by node and node/gateway.
+package market
