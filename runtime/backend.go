@@ -1,0 +1,74 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+)
+
+// Model describes one model a backend serves.
+type Model struct {
+	ID            string // name clients ask for, e.g. "stories260K"
+	Digest        string // "sha256:<hex>" of the weights file, "" when the upstream does not say
+	ContextLength int    // tokens
+}
+
+// Message is one chat message.
+type Message struct {
+	Role    string // system, user, assistant
+	Content string
+}
+
+// Request is one generation. Either Messages (chat) or Prompt (raw completion) is set.
+type Request struct {
+	Model       string
+	Messages    []Message
+	Prompt      string
+	MaxTokens   int      // 0: backend default
+	Temperature float64  // 0: greedy
+	TopP        float64  // 0: 1.0
+	Stop        []string // generation ends before any of these
+	Seed        *uint64  // nil: random
+	// Continuation is text already delivered to the caller for this request (by
+	// another worker that failed): the backend resumes after it, and neither bills
+	// nor repeats it.
+	Continuation string
+}
+
+// Delta is a piece of generated text.
+type Delta struct {
+	Text   string
+	Tokens int // completion tokens in this delta (from the backend's tokenizer)
+}
+
+// Usage counts tokens with the backend's own tokenizer, never by bytes.
+type Usage struct {
+	PromptTokens     int
+	CompletionTokens int
+}
+
+// Finish reasons, as in the OpenAI API.
+const (
+	FinishStop   = "stop"
+	FinishLength = "length"
+)
+
+// Stream yields the deltas of one generation. Recv returns io.EOF after the last
+// delta; Usage and FinishReason are valid after that. Close releases the
+// generation's slot and may be called at any time; a Stream is used by one
+// goroutine.
+type Stream interface {
+	Recv() (Delta, error)
+	Usage() Usage
+	FinishReason() string
+	Close() error
+}
+
+// Backend runs generations. Implementations are safe for concurrent use.
+type Backend interface {
+	Models() []Model
+	Generate(ctx context.Context, req Request) (Stream, error)
+	Close() error
+}
+
+// ErrUnknownModel is returned by Generate for a model the backend does not serve.
+var ErrUnknownModel = errors.New("runtime: unknown model")
