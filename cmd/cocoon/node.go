@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cocoon-network/cocoon/node"
+)
+
+func init() {
+	var (
+		datadir, api, logFormat string
+		listen, bootstrap       []string
+		mdns                    bool
+	)
+	cmd := &cobra.Command{
+		Use:   "node",
+		Short: "Run a cocoon node until SIGINT or SIGTERM",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := node.Load(datadir)
+			if err != nil {
+				return err
+			}
+			f := cmd.Flags()
+			if f.Changed("listen") {
+				cfg.P2P.Listen = listen
+			}
+			if f.Changed("bootstrap") {
+				cfg.P2P.Bootstrap = bootstrap
+			}
+			if f.Changed("api") {
+				cfg.API.Listen = api
+			}
+			if f.Changed("mdns") {
+				cfg.P2P.MDNS = mdns
+			}
+			if f.Changed("log-format") {
+				cfg.Log.Format = logFormat
+			}
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			n, err := node.New(ctx, cfg, node.Options{Version: version})
+			if err != nil {
+				return err
+			}
+			<-ctx.Done()
+			stop() // a second signal kills the process at once
+			done := make(chan error, 1)
+			go func() { done <- n.Close() }()
+			select {
+			case err := <-done:
+				return err
+			case <-time.After(5 * time.Second):
+				return fmt.Errorf("node did not stop within 5 s")
+			}
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&datadir, "datadir", defaultDatadir(), "node data directory")
+	f.StringArrayVar(&listen, "listen", nil, "libp2p listen multiaddr (repeatable; overrides p2p.listen)")
+	f.StringArrayVar(&bootstrap, "bootstrap", nil, "bootstrap peer multiaddr ending in /p2p/<id> (repeatable)")
+	f.StringVar(&api, "api", node.DefaultAPI, "local API HOST:PORT (overrides api.listen)")
+	f.BoolVar(&mdns, "mdns", false, "discover peers on the LAN with mDNS (overrides p2p.mdns)")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	rootCmd.AddCommand(cmd)
+}

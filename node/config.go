@@ -1,0 +1,225 @@
+package node
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/cocoon-network/cocoon/p2p"
+)
+
+// Config is the node's file format (<datadir>/config.toml). The zero value, after
+// Defaults, is a valid client-only node.
+type Config struct {
+	P2P P2PConfig `toml:"p2p"`
+	API APIConfig `toml:"api"`
+	Log LogConfig `toml:"log"`
+
+	// Datadir is where the config, keys and state live; set by Load, not read from the file.
+	Datadir string `toml:"-"`
+}
+
+// P2PConfig is the [p2p] section.
+type P2PConfig struct {
+	Listen            []string  `toml:"listen"`
+	Bootstrap         []string  `toml:"bootstrap"`
+	MDNS              bool      `toml:"mdns"`
+	DHTMode           string    `toml:"dht_mode"`
+	NATPortMap        bool      `toml:"nat_port_map"`
+	RelayService      bool      `toml:"relay_service"`
+	ReprovideInterval Duration  `toml:"reprovide_interval"`
+	Limits            P2PLimits `toml:"limits"`
+}
+
+// P2PLimits is the [p2p.limits] section.
+type P2PLimits struct {
+	MaxMemoryMB int `toml:"max_memory_mb"`
+	MaxFDs      int `toml:"max_fds"`
+	ConnsLow    int `toml:"conns_low"`
+	ConnsHigh   int `toml:"conns_high"`
+}
+
+// APIConfig is the [api] section.
+type APIConfig struct {
+	Listen string `toml:"listen"`
+}
+
+// LogConfig is the [log] section.
+type LogConfig struct {
+	Level  string `toml:"level"`
+	Format string `toml:"format"`
+}
+
+// Duration is a time.Duration written as a string ("12h", "30s") in the config file.
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("invalid duration %q (want e.g. \"30s\", \"12h\")", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes the duration as a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// DefaultAPI is where the local HTTP API listens unless configured otherwise.
+const DefaultAPI = "127.0.0.1:8421"
+
+// Defaults returns the configuration written by `cocoon init`.
+func Defaults() Config {
+	return Config{
+		P2P: P2PConfig{
+			Listen:            []string{"/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"},
+			Bootstrap:         []string{},
+			MDNS:              false,
+			DHTMode:           p2p.DHTAuto,
+			NATPortMap:        false,
+			RelayService:      true,
+			ReprovideInterval: Duration{12 * time.Hour},
+			Limits:            P2PLimits{ConnsLow: 100, ConnsHigh: 400},
+		},
+		API: APIConfig{Listen: DefaultAPI},
+		Log: LogConfig{Level: "info", Format: "text"},
+	}
+}
+
+// Files inside a datadir.
+const (
+	ConfigFile   = "config.toml"
+	IdentityFile = "identity.key"
+	TokenFile    = "api.token"
+	APIAddrFile  = "api.addr" // written by a running node: the address its API listens on
+)
+
+// Load reads <datadir>/config.toml over the defaults. Unknown keys and invalid values
+// are errors that name the field.
+func Load(datadir string) (Config, error) {
+	cfg := Defaults()
+	cfg.Datadir = datadir
+	path := filepath.Join(datadir, ConfigFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return Config{}, fmt.Errorf("%s: no such file (run `cocoon init --datadir %s` first)", path, datadir)
+	}
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	if err := Parse(b, &cfg); err != nil {
+		return Config{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes TOML over cfg and validates the result.
+func Parse(b []byte, cfg *Config) error {
+	md, err := toml.NewDecoder(bytes.NewReader(b)).Decode(cfg)
+	if err != nil {
+		var perr toml.ParseError
+		if errors.As(err, &perr) {
+			return fmt.Errorf("line %d: %s", perr.Position.Line, perr.Message)
+		}
+		return err
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return fmt.Errorf("unknown key %s", strings.Join(keys, ", "))
+	}
+	return cfg.Validate()
+}
+
+// Validate checks every field; the error names the first bad one.
+func (c *Config) Validate() error {
+	for i, s := range c.P2P.Listen {
+		if _, err := ma.NewMultiaddr(s); err != nil {
+			return fmt.Errorf("p2p.listen[%d]: invalid multiaddr %q: %v", i, s, err)
+		}
+	}
+	if _, err := p2p.ParseBootstrap(c.P2P.Bootstrap); err != nil {
+		return err
+	}
+	switch c.P2P.DHTMode {
+	case p2p.DHTAuto, p2p.DHTServer, p2p.DHTClient:
+	default:
+		return fmt.Errorf("p2p.dht_mode: %q is not auto, server or client", c.P2P.DHTMode)
+	}
+	if c.P2P.ReprovideInterval.Duration < time.Minute || c.P2P.ReprovideInterval.Duration > 24*time.Hour {
+		return fmt.Errorf("p2p.reprovide_interval: %s is outside 1m..24h (provider records live 48h)", c.P2P.ReprovideInterval)
+	}
+	l := c.P2P.Limits
+	if l.MaxMemoryMB < 0 || l.MaxFDs < 0 || l.ConnsLow < 0 || l.ConnsHigh < 0 {
+		return errors.New("p2p.limits: values must not be negative")
+	}
+	if l.ConnsHigh != 0 && l.ConnsHigh < l.ConnsLow {
+		return fmt.Errorf("p2p.limits.conns_high: %d is below conns_low %d", l.ConnsHigh, l.ConnsLow)
+	}
+	if _, _, err := net.SplitHostPort(c.API.Listen); err != nil {
+		return fmt.Errorf("api.listen: %q is not HOST:PORT", c.API.Listen)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log.level: %q is not debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return fmt.Errorf("log.format: %q is not text or json", c.Log.Format)
+	}
+	return nil
+}
+
+// configTemplate is written by `cocoon init`: every field, commented, defaults filled.
+const configTemplate = `# cocoon node configuration. Every field is shown with its default.
+# Flags given to 'cocoon node' override the values here.
+
+[p2p]
+# libp2p listen addresses (TCP and QUIC-v1). Port 0 picks a free port.
+listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]
+# Peers to join the network through: multiaddrs ending in /p2p/<peer id>.
+bootstrap = []
+# Find peers on the local network with mDNS (multicast on every LAN interface).
+mdns = false
+# Kademlia DHT mode: "auto" (server once publicly reachable), "server" or "client".
+dht_mode = "auto"
+# Ask the LAN gateway for a port mapping (UPnP / NAT-PMP). Turn on behind a home
+# router that allows it; without it, AutoNAT, hole punching and relays still work.
+nat_port_map = false
+# Offer a limited circuit-relay v2 service to other peers when publicly reachable.
+relay_service = true
+# How often this node re-announces the models it serves in the DHT (records live 48h).
+reprovide_interval = "12h0m0s"
+
+[p2p.limits]
+# libp2p resource manager budget; 0 scales from the machine's memory and fd limit.
+max_memory_mb = 0
+max_fds = 0
+# Connection manager water marks: above conns_high, trim down to conns_low.
+conns_low = 100
+conns_high = 400
+
+[api]
+# The local HTTP API (status, OpenAI-compatible endpoints). Keep it on loopback:
+# anyone who can reach it and holds api.token can spend this node's money.
+listen = "127.0.0.1:8421"
+
+[log]
+# debug, info, warn or error.
+level = "info"
+# text or json.
+format = "text"
+`

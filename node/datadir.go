@@ -1,0 +1,119 @@
+package node
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// ErrIdentityExists is returned by Init when the datadir already holds an identity
+// and force is not set.
+var ErrIdentityExists = errors.New("identity already exists")
+
+// Init creates datadir with a commented config.toml, a new Ed25519 identity.key and a
+// random api.token (both 0600). It refuses to replace an existing identity unless
+// force is set; an existing config.toml is kept.
+func Init(datadir string, force bool) (peer.ID, error) {
+	if err := os.MkdirAll(datadir, 0o700); err != nil {
+		return "", fmt.Errorf("create datadir: %w", err)
+	}
+	idPath := filepath.Join(datadir, IdentityFile)
+	if _, err := os.Stat(idPath); err == nil && !force {
+		return "", fmt.Errorf("%s: %w (use --force to replace it and lose the old peer ID)", idPath, ErrIdentityExists)
+	}
+	sk, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		return "", fmt.Errorf("generate identity: %w", err)
+	}
+	raw, err := crypto.MarshalPrivateKey(sk)
+	if err != nil {
+		return "", fmt.Errorf("encode identity: %w", err)
+	}
+	if err := writeFileAtomic(idPath, raw, 0o600); err != nil {
+		return "", err
+	}
+	tok := make([]byte, 32)
+	rand.Read(tok)
+	if err := writeFileAtomic(filepath.Join(datadir, TokenFile), []byte(hex.EncodeToString(tok)+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	cfgPath := filepath.Join(datadir, ConfigFile)
+	if _, err := os.Stat(cfgPath); errors.Is(err, fs.ErrNotExist) {
+		if err := writeFileAtomic(cfgPath, []byte(configTemplate), 0o644); err != nil {
+			return "", err
+		}
+	}
+	return peer.IDFromPrivateKey(sk)
+}
+
+// LoadIdentity reads the node's private key. It refuses a key file that others can
+// read, as ssh does.
+func LoadIdentity(path string) (crypto.PrivKey, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("identity key: %w", err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("identity key %s: mode %04o lets other users read it (chmod 600 %s)", path, st.Mode().Perm(), path)
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("identity key: %w", err)
+	}
+	sk, err := crypto.UnmarshalPrivateKey(raw)
+	if err != nil {
+		return nil, fmt.Errorf("identity key %s: not a libp2p private key: %w", path, err)
+	}
+	return sk, nil
+}
+
+// LoadToken reads the API bearer token of a datadir.
+func LoadToken(datadir string) (string, error) {
+	path := filepath.Join(datadir, TokenFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("api token: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < 16 {
+		return "", fmt.Errorf("api token %s: too short", path)
+	}
+	return tok, nil
+}
+
+// writeFileAtomic writes b to path through a synced temporary file and a rename, so a
+// crash leaves either the old file or the new one.
+func writeFileAtomic(path string, b []byte, mode fs.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}

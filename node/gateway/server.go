@@ -1,0 +1,112 @@
+package gateway
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Status is the node's answer to GET /api/v0/status.
+type Status struct {
+	PeerID        string   `json:"peer_id"`
+	Addrs         []string `json:"addrs"`
+	Peers         int      `json:"peers"`
+	UptimeSeconds float64  `json:"uptime_seconds"`
+	Version       string   `json:"version"`
+}
+
+// Peer is one connected peer in GET /api/v0/peers.
+type Peer struct {
+	ID        string   `json:"id"`
+	Addrs     []string `json:"addrs"`
+	Direction string   `json:"direction"`
+	LatencyMS float64  `json:"latency_ms"`
+}
+
+// Info is what the gateway asks of the node it serves.
+type Info interface {
+	Status() Status
+	Peers() []Peer
+}
+
+// Server is the node's local HTTP API. Every request needs the bearer token.
+type Server struct {
+	token string
+	info  Info
+	log   *slog.Logger
+	mux   *http.ServeMux
+	srv   *http.Server
+}
+
+// New returns a server for info guarded by token.
+func New(token string, info Info, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{token: token, info: info, log: log.With("subsys", "gateway"), mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET /api/v0/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.info.Status())
+	})
+	s.mux.HandleFunc("GET /api/v0/peers", func(w http.ResponseWriter, r *http.Request) {
+		peers := s.info.Peers()
+		if peers == nil {
+			peers = []Peer{}
+		}
+		writeJSON(w, http.StatusOK, peers)
+	})
+	s.srv = &http.Server{
+		Handler:           s.auth(s.mux),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	return s
+}
+
+// Handle mounts h on pattern behind the same bearer-token check.
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// Handler returns the whole API with authentication, for tests and embedding.
+func (s *Server) Handler() http.Handler { return s.srv.Handler }
+
+func (s *Server) auth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="cocoon"`)
+			writeError(w, http.StatusUnauthorized, "invalid_api_key",
+				"missing or wrong bearer token: send 'Authorization: Bearer <token>' with the token from <datadir>/api.token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// Serve answers requests on l until Shutdown; it then returns http.ErrServerClosed.
+func (s *Server) Serve(l net.Listener) error {
+	s.log.Info("api listening", "addr", l.Addr().String())
+	err := s.srv.Serve(l)
+	if errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return err
+}
+
+// Shutdown stops accepting requests and waits for those in flight until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+// writeError writes an OpenAI-style error body.
+func writeError(w http.ResponseWriter, code int, typ, msg string) {
+	writeJSON(w, code, map[string]any{"error": map[string]any{"message": msg, "type": typ, "code": typ}})
+}

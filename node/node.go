@@ -1,0 +1,169 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+
+	"github.com/cocoon-network/cocoon/node/gateway"
+	"github.com/cocoon-network/cocoon/p2p"
+)
+
+// Options are the parts of a node that do not come from its config file.
+type Options struct {
+	// Host replaces the libp2p host built from the config (testnet uses mocknet).
+	Host    host.Host
+	Logger  *slog.Logger // nil: built from cfg.Log, writing to stderr
+	Version string
+}
+
+// Node is one running cocoon node.
+type Node struct {
+	Config  Config
+	P2P     *p2p.Node
+	API     *gateway.Server
+	APIAddr string // the address the API really listens on (port 0 resolved)
+	Token   string
+	Log     *slog.Logger
+
+	version string
+	started time.Time
+	apiDone chan struct{}
+	once    sync.Once
+	errs    error
+}
+
+// NewLogger builds the logger a config asks for.
+func NewLogger(c LogConfig, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(c.Level)) // validated by Config.Validate
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// New starts a node from cfg: its libp2p host, DHT and gossip, and its local API.
+// Close stops everything it started.
+func New(ctx context.Context, cfg Config, opt Options) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := opt.Logger
+	if log == nil {
+		log = NewLogger(cfg.Log, os.Stderr)
+	}
+	n := &Node{Config: cfg, Log: log, version: opt.Version, started: time.Now(), apiDone: make(chan struct{})}
+	if n.version == "" {
+		n.version = "dev"
+	}
+	tok, err := LoadToken(cfg.Datadir)
+	if err != nil {
+		return nil, err
+	}
+	n.Token = tok
+	pcfg := p2p.Config{
+		Listen:            cfg.P2P.Listen,
+		Bootstrap:         cfg.P2P.Bootstrap,
+		MDNS:              cfg.P2P.MDNS,
+		DHTMode:           cfg.P2P.DHTMode,
+		NATPortMap:        cfg.P2P.NATPortMap,
+		RelayService:      cfg.P2P.RelayService,
+		ReprovideInterval: cfg.P2P.ReprovideInterval.Duration,
+		Limits: p2p.Limits{
+			MaxMemoryMB: cfg.P2P.Limits.MaxMemoryMB, MaxFDs: cfg.P2P.Limits.MaxFDs,
+			ConnsLow: cfg.P2P.Limits.ConnsLow, ConnsHigh: cfg.P2P.Limits.ConnsHigh,
+		},
+		Host:   opt.Host,
+		Logger: log,
+	}
+	if opt.Host == nil {
+		if pcfg.Identity, err = LoadIdentity(filepath.Join(cfg.Datadir, IdentityFile)); err != nil {
+			return nil, err
+		}
+	}
+	// Bind the API first: a port in use should fail before the node joins the network.
+	l, err := net.Listen("tcp", cfg.API.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("api.listen: cannot listen on %s: %w", cfg.API.Listen, errors.Unwrap(err))
+	}
+	if n.P2P, err = p2p.New(ctx, pcfg); err != nil {
+		l.Close()
+		return nil, err
+	}
+	n.APIAddr = l.Addr().String()
+	n.API = gateway.New(tok, n, log)
+	go func() {
+		defer close(n.apiDone)
+		if err := n.API.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("api stopped", "err", err)
+		}
+	}()
+	if err := writeFileAtomic(filepath.Join(cfg.Datadir, APIAddrFile), []byte(n.APIAddr+"\n"), 0o644); err != nil {
+		n.Close()
+		return nil, err
+	}
+	log.Info("node started", "peer", n.P2P.Host.ID(), "addrs", n.P2P.Host.Addrs(), "api", "http://"+n.APIAddr)
+	return n, nil
+}
+
+// Status implements gateway.Info.
+func (n *Node) Status() gateway.Status {
+	h := n.P2P.Host
+	addrs := make([]string, 0, len(h.Addrs()))
+	for _, a := range h.Addrs() {
+		addrs = append(addrs, a.String()+"/p2p/"+h.ID().String())
+	}
+	return gateway.Status{
+		PeerID:        h.ID().String(),
+		Addrs:         addrs,
+		Peers:         len(h.Network().Peers()),
+		UptimeSeconds: time.Since(n.started).Seconds(),
+		Version:       n.version,
+	}
+}
+
+// Peers implements gateway.Info: the peers with open connections.
+func (n *Node) Peers() []gateway.Peer {
+	h := n.P2P.Host
+	var out []gateway.Peer
+	for _, p := range h.Network().Peers() {
+		gp := gateway.Peer{ID: p.String(), LatencyMS: float64(h.Peerstore().LatencyEWMA(p).Microseconds()) / 1000}
+		for _, c := range h.Network().ConnsToPeer(p) {
+			gp.Addrs = append(gp.Addrs, c.RemoteMultiaddr().String())
+			if gp.Direction == "" || c.Stat().Direction == network.DirOutbound {
+				gp.Direction = c.Stat().Direction.String()
+			}
+		}
+		out = append(out, gp)
+	}
+	return out
+}
+
+// Close stops the API and the libp2p node. It is safe to call more than once.
+func (n *Node) Close() error {
+	n.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		if n.API != nil {
+			n.errs = errors.Join(n.errs, n.API.Shutdown(ctx))
+			<-n.apiDone
+		}
+		n.errs = errors.Join(n.errs, n.P2P.Close())
+		os.Remove(filepath.Join(n.Config.Datadir, APIAddrFile))
+		n.Log.Info("node stopped")
+	})
+	return n.errs
+}

@@ -1,0 +1,455 @@
+package p2p
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p"
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	pb "github.com/libp2p/go-libp2p-pubsub/pb"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+	mh "github.com/multiformats/go-multihash"
+)
+
+// Protocol identifiers of the cocoon network.
+const (
+	DHTPrefix      protocol.ID = "/cocoon"             // Kademlia runs as /cocoon/kad/1.0.0
+	ProtocolJob    protocol.ID = "/cocoon/job/1.0.0"    // one stream per job (market)
+	ProtocolAttest protocol.ID = "/cocoon/attest/1.0.0" // attestation session (enclave via market)
+	TopicAds                   = "/cocoon/ads/1"        // gossipsub topic of capacity ads
+	MDNSService                = "cocoon"               // mDNS service name
+	MaxAdSize                  = 4 << 10                // an ad larger than this is rejected by the topic validator
+)
+
+// DHT modes accepted by Config.DHTMode.
+const (
+	DHTAuto   = "auto"
+	DHTServer = "server"
+	DHTClient = "client"
+)
+
+// Config configures a Node. The zero value (plus an Identity) is a node listening on
+// all interfaces on random ports, with no bootstrap peers and no mDNS.
+type Config struct {
+	Identity  crypto.PrivKey // required
+	Listen    []string       // empty: /ip4/0.0.0.0/tcp/0 and /ip4/0.0.0.0/udp/0/quic-v1
+	Bootstrap []string       // multiaddrs ending in /p2p/<id>
+	MDNS      bool
+	DHTMode   string // auto (default), server or client
+	// NATPortMap asks the LAN gateway for a port mapping (UPnP, NAT-PMP).
+	NATPortMap bool
+	// RelayService offers a limited circuit-relay v2 service when publicly reachable.
+	RelayService bool
+	Limits       Limits
+	// ReprovideInterval is how often provider records are re-announced; it must be
+	// shorter than the DHT's record validity (48 h). Zero: 12 h.
+	ReprovideInterval time.Duration
+
+	// Host, when set, is used instead of building one (tests use mocknet hosts);
+	// Listen, Limits and the NAT options are then ignored. The Node owns it.
+	Host   host.Host
+	Logger *slog.Logger // nil: slog.Default()
+}
+
+// Limits bound the resources the libp2p host may use.
+type Limits struct {
+	MaxMemoryMB int // resource manager memory budget; 0: scaled from system memory
+	MaxFDs      int // resource manager file descriptors; 0: scaled from the process limit
+	ConnsLow    int // connection manager low water mark; 0: 100
+	ConnsHigh   int // connection manager high water mark; 0: 400
+}
+
+// Node is the libp2p side of a cocoon node: the host, its DHT and the ads topic.
+// Its methods are safe for concurrent use.
+type Node struct {
+	Host   host.Host
+	DHT    *dht.IpfsDHT
+	PubSub *pubsub.PubSub
+	Ads    *pubsub.Topic
+
+	log    *slog.Logger
+	cfg    Config
+	mdns   mdns.Service
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	provided  map[string]cid.Cid
+	validator Validator
+}
+
+// Validator judges one ad received on the ads topic; origin is the peer that signed
+// the gossipsub message (strict signing guarantees it). It is called concurrently.
+type Validator func(ctx context.Context, origin peer.ID, data []byte) pubsub.ValidationResult
+
+// New starts a libp2p node from cfg. Close stops it.
+func New(ctx context.Context, cfg Config) (*Node, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.ReprovideInterval == 0 {
+		cfg.ReprovideInterval = 12 * time.Hour
+	}
+	mode, err := dhtMode(cfg.DHTMode)
+	if err != nil {
+		return nil, err
+	}
+	bootstrap, err := ParseBootstrap(cfg.Bootstrap)
+	if err != nil {
+		return nil, err
+	}
+	h := cfg.Host
+	if h == nil {
+		if cfg.Identity == nil {
+			return nil, errors.New("p2p: no identity key")
+		}
+		if h, err = newHost(cfg); err != nil {
+			return nil, err
+		}
+	}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	n := &Node{Host: h, cfg: cfg, cancel: cancel, provided: map[string]cid.Cid{},
+		log: cfg.Logger.With("subsys", "p2p")}
+	fail := func(err error) (*Node, error) {
+		cancel()
+		h.Close()
+		return nil, err
+	}
+
+	n.DHT, err = dht.New(h,
+		dht.Mode(mode),
+		dht.ProtocolPrefix(DHTPrefix),
+		dht.BootstrapPeers(bootstrap...),
+	)
+	if err != nil {
+		return fail(fmt.Errorf("p2p: start dht: %w", err))
+	}
+	n.PubSub, err = pubsub.NewGossipSub(ctx, h,
+		pubsub.WithMessageSigning(true),
+		pubsub.WithStrictSignatureVerification(true),
+		// A message published before the first heartbeat has grafted the mesh
+		// otherwise reaches nobody, silently (go-libp2p-pubsub v0.19).
+		pubsub.WithFloodPublish(true),
+		pubsub.WithMessageIdFn(contentID),
+		pubsub.WithPeerScore(scoreParams(), scoreThresholds()),
+		pubsub.WithMaxMessageSize(64<<10),
+	)
+	if err != nil {
+		return fail(fmt.Errorf("p2p: start gossipsub: %w", err))
+	}
+	if err := n.PubSub.RegisterTopicValidator(TopicAds, n.validateAd); err != nil {
+		return fail(fmt.Errorf("p2p: register ads validator: %w", err))
+	}
+	if n.Ads, err = n.PubSub.Join(TopicAds); err != nil {
+		return fail(fmt.Errorf("p2p: join %s: %w", TopicAds, err))
+	}
+	if cfg.MDNS {
+		n.mdns = mdns.NewMdnsService(h, MDNSService, mdnsNotifee{n})
+		if err := n.mdns.Start(); err != nil {
+			return fail(fmt.Errorf("p2p: start mdns: %w", err))
+		}
+	}
+	for _, ai := range bootstrap {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if err := h.Connect(cctx, ai); err != nil {
+				n.log.Warn("bootstrap peer unreachable", "peer", ai.ID, "err", err)
+			}
+		}()
+	}
+	n.wg.Add(1)
+	go n.reprovideLoop(ctx)
+	n.log.Info("libp2p node started", "peer", h.ID(), "addrs", h.Addrs(), "dht_mode", cfg.DHTMode)
+	return n, nil
+}
+
+func newHost(cfg Config) (host.Host, error) {
+	listen := cfg.Listen
+	if len(listen) == 0 {
+		listen = []string{"/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"}
+	}
+	addrs := make([]ma.Multiaddr, 0, len(listen))
+	for i, s := range listen {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("p2p.listen[%d]: invalid multiaddr %q: %w", i, s, err)
+		}
+		addrs = append(addrs, a)
+	}
+	scaling := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&scaling)
+	limits := scaling.AutoScale()
+	if cfg.Limits.MaxMemoryMB > 0 || cfg.Limits.MaxFDs > 0 {
+		mem, fds := int64(cfg.Limits.MaxMemoryMB)<<20, cfg.Limits.MaxFDs
+		if mem == 0 {
+			mem = 1 << 30
+		}
+		if fds == 0 {
+			fds = 512
+		}
+		limits = scaling.Scale(mem, fds)
+	}
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits))
+	if err != nil {
+		return nil, fmt.Errorf("p2p: resource manager: %w", err)
+	}
+	low, high := cfg.Limits.ConnsLow, cfg.Limits.ConnsHigh
+	if low == 0 {
+		low = 100
+	}
+	if high == 0 {
+		high = 400
+	}
+	if high < low {
+		return nil, fmt.Errorf("p2p.limits.conns_high: %d is below conns_low %d", high, low)
+	}
+	cm, err := connmgr.NewConnManager(low, high, connmgr.WithGracePeriod(time.Minute))
+	if err != nil {
+		return nil, fmt.Errorf("p2p: connection manager: %w", err)
+	}
+	opts := []libp2p.Option{
+		libp2p.Identity(cfg.Identity),
+		libp2p.ListenAddrs(addrs...),
+		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.Transport(quic.NewTransport),
+		libp2p.Security(noise.ID, noise.New),
+		libp2p.Security(libp2ptls.ID, libp2ptls.New),
+		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
+		libp2p.ResourceManager(rm),
+		libp2p.ConnectionManager(cm),
+		libp2p.EnableAutoNATv2(),
+		libp2p.EnableHolePunching(),
+		libp2p.EnableRelay(),
+		libp2p.UserAgent("cocoon"),
+	}
+	if cfg.NATPortMap {
+		opts = append(opts, libp2p.NATPortMap())
+	}
+	if cfg.RelayService {
+		opts = append(opts, libp2p.EnableRelayService())
+	}
+	h, err := libp2p.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("p2p: start host: %w", err)
+	}
+	return h, nil
+}
+
+func dhtMode(s string) (dht.ModeOpt, error) {
+	switch s {
+	case "", DHTAuto:
+		return dht.ModeAuto, nil
+	case DHTServer:
+		return dht.ModeServer, nil
+	case DHTClient:
+		return dht.ModeClient, nil
+	}
+	return 0, fmt.Errorf("p2p.dht_mode: %q is not auto, server or client", s)
+}
+
+// ParseBootstrap parses multiaddrs that end in /p2p/<peer id>.
+func ParseBootstrap(addrs []string) ([]peer.AddrInfo, error) {
+	out := make([]peer.AddrInfo, 0, len(addrs))
+	for i, s := range addrs {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("p2p.bootstrap[%d]: invalid multiaddr %q: %w", i, s, err)
+		}
+		ai, err := peer.AddrInfoFromP2pAddr(a)
+		if err != nil {
+			return nil, fmt.Errorf("p2p.bootstrap[%d]: %q does not end in /p2p/<peer id>: %w", i, s, err)
+		}
+		out = append(out, *ai)
+	}
+	return out, nil
+}
+
+// contentID names a gossip message by the hash of its content, so that the same ad
+// relayed on different paths is delivered once.
+func contentID(m *pb.Message) string {
+	h := sha256.Sum256(m.Data)
+	return string(h[:])
+}
+
+func scoreParams() *pubsub.PeerScoreParams {
+	return &pubsub.PeerScoreParams{
+		Topics: map[string]*pubsub.TopicScoreParams{
+			TopicAds: {
+				SkipAtomicValidation:           true,
+				TopicWeight:                    1,
+				FirstMessageDeliveriesWeight:   1,
+				FirstMessageDeliveriesDecay:    0.5,
+				FirstMessageDeliveriesCap:      10,
+				InvalidMessageDeliveriesWeight: -100,
+				InvalidMessageDeliveriesDecay:  0.5,
+			},
+		},
+		AppSpecificScore: func(peer.ID) float64 { return 0 },
+		// Many honest nodes share an address on a testnet or behind one NAT; only
+		// a crowd from one IP is penalised.
+		IPColocationFactorWeight:    -1,
+		IPColocationFactorThreshold: 20,
+		IPColocationFactorWhitelist: []*net.IPNet{{IP: net.IPv4(127, 0, 0, 0), Mask: net.CIDRMask(8, 32)}},
+		BehaviourPenaltyWeight:      -1,
+		BehaviourPenaltyDecay:       0.9,
+		DecayInterval:               time.Second,
+		DecayToZero:                 0.01,
+		RetainScore:                 10 * time.Minute,
+	}
+}
+
+func scoreThresholds() *pubsub.PeerScoreThresholds {
+	return &pubsub.PeerScoreThresholds{
+		GossipThreshold:             -100,
+		PublishThreshold:            -200,
+		GraylistThreshold:           -400,
+		AcceptPXThreshold:           10,
+		OpportunisticGraftThreshold: 5,
+	}
+}
+
+// SetAdsValidator installs the check every ad must pass before it is delivered or
+// relayed (market's schema, signer, seq and expiry checks). Size is checked first.
+func (n *Node) SetAdsValidator(v Validator) {
+	n.mu.Lock()
+	n.validator = v
+	n.mu.Unlock()
+}
+
+func (n *Node) validateAd(ctx context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	if len(m.Data) > MaxAdSize {
+		return pubsub.ValidationReject
+	}
+	n.mu.Lock()
+	v := n.validator
+	n.mu.Unlock()
+	if v == nil {
+		return pubsub.ValidationAccept
+	}
+	return v(ctx, m.GetFrom(), m.Data)
+}
+
+// PublishAd publishes data on the ads topic. It reaches every subscribed direct
+// peer even before the gossip mesh has formed (flood publishing).
+func (n *Node) PublishAd(ctx context.Context, data []byte) error {
+	if len(data) > MaxAdSize {
+		return fmt.Errorf("p2p: ad of %d bytes exceeds %d", len(data), MaxAdSize)
+	}
+	return n.Ads.Publish(ctx, data)
+}
+
+// ModelKey is the DHT key under which providers of model are recorded:
+// CIDv1(raw, sha2-256("cocoon/model/v1/" + model)).
+func ModelKey(model string) cid.Cid {
+	h, _ := mh.Sum([]byte("cocoon/model/v1/"+model), mh.SHA2_256, -1) // cannot fail for sha2-256
+	return cid.NewCidV1(cid.Raw, h)
+}
+
+// Provide announces that this node serves model, now and every ReprovideInterval
+// until Close or Unprovide.
+func (n *Node) Provide(ctx context.Context, model string) error {
+	key := ModelKey(model)
+	n.mu.Lock()
+	n.provided[model] = key
+	n.mu.Unlock()
+	if err := n.DHT.Provide(ctx, key, true); err != nil {
+		return fmt.Errorf("provide %s: %w", model, err)
+	}
+	return nil
+}
+
+// Unprovide stops re-announcing model; existing records expire on their own.
+func (n *Node) Unprovide(model string) {
+	n.mu.Lock()
+	delete(n.provided, model)
+	n.mu.Unlock()
+}
+
+// FindProviders looks up at most max peers that provide model.
+func (n *Node) FindProviders(ctx context.Context, model string, max int) ([]peer.AddrInfo, error) {
+	var out []peer.AddrInfo
+	for ai := range n.DHT.FindProvidersAsync(ctx, ModelKey(model), max) {
+		out = append(out, ai)
+	}
+	if len(out) == 0 && ctx.Err() != nil {
+		return nil, fmt.Errorf("find providers of %s: %w", model, ctx.Err())
+	}
+	return out, nil
+}
+
+func (n *Node) reprovideLoop(ctx context.Context) {
+	defer n.wg.Done()
+	t := time.NewTicker(n.cfg.ReprovideInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n.mu.Lock()
+		keys := make(map[string]cid.Cid, len(n.provided))
+		for m, k := range n.provided {
+			keys[m] = k
+		}
+		n.mu.Unlock()
+		for m, k := range keys {
+			pctx, cancel := context.WithTimeout(ctx, time.Minute)
+			if err := n.DHT.Provide(pctx, k, true); err != nil {
+				n.log.Warn("re-provide failed", "model", m, "err", err)
+			}
+			cancel()
+		}
+	}
+}
+
+// Peers lists the peers this node has open connections to.
+func (n *Node) Peers() []peer.ID { return n.Host.Network().Peers() }
+
+// Close stops the DHT, gossipsub, mDNS and the host, and waits for its goroutines.
+func (n *Node) Close() error {
+	n.cancel()
+	if n.mdns != nil {
+		n.mdns.Close()
+	}
+	n.wg.Wait()
+	errDHT := n.DHT.Close()
+	errHost := n.Host.Close()
+	return errors.Join(errDHT, errHost)
+}
+
+type mdnsNotifee struct{ n *Node }
+
+func (m mdnsNotifee) HandlePeerFound(ai peer.AddrInfo) {
+	if ai.ID == m.n.Host.ID() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := m.n.Host.Connect(ctx, ai); err != nil {
+		m.n.log.Debug("mdns peer unreachable", "peer", ai.ID, "err", err)
+	}
+}
