@@ -33,7 +33,7 @@ import (
 
 // Protocol identifiers of the cocoon network.
 const (
-	DHTPrefix      protocol.ID = "/cocoon"             // Kademlia runs as /cocoon/kad/1.0.0
+	DHTPrefix      protocol.ID = "/cocoon"              // Kademlia runs as /cocoon/kad/1.0.0
 	ProtocolJob    protocol.ID = "/cocoon/job/1.0.0"    // one stream per job (market)
 	ProtocolAttest protocol.ID = "/cocoon/attest/1.0.0" // attestation session (enclave via market)
 	TopicAds                   = "/cocoon/ads/1"        // gossipsub topic of capacity ads
@@ -93,9 +93,12 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	adsSub *pubsub.Subscription
+
 	mu        sync.Mutex
 	provided  map[string]cid.Cid
 	validator Validator
+	onAd      func(origin peer.ID, data []byte)
 }
 
 // Validator judges one ad received on the ads topic; origin is the peer that signed
@@ -163,6 +166,13 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	if n.Ads, err = n.PubSub.Join(TopicAds); err != nil {
 		return fail(fmt.Errorf("p2p: join %s: %w", TopicAds, err))
 	}
+	// Subscribe at once: a node that is not subscribed is not in anyone's view of
+	// the topic, so ads published right after start would miss it.
+	if n.adsSub, err = n.Ads.Subscribe(); err != nil {
+		return fail(fmt.Errorf("p2p: subscribe %s: %w", TopicAds, err))
+	}
+	n.wg.Add(1)
+	go n.readAds(ctx)
 	if cfg.MDNS {
 		n.mdns = mdns.NewMdnsService(h, MDNSService, mdnsNotifee{n})
 		if err := n.mdns.Start(); err != nil {
@@ -298,8 +308,13 @@ func scoreParams() *pubsub.PeerScoreParams {
 	return &pubsub.PeerScoreParams{
 		Topics: map[string]*pubsub.TopicScoreParams{
 			TopicAds: {
-				SkipAtomicValidation:           true,
-				TopicWeight:                    1,
+				SkipAtomicValidation: true,
+				TopicWeight:          1,
+				// A zero quantum divides by zero in the score function once a
+				// peer is grafted, whatever the weight.
+				TimeInMeshQuantum:              time.Second,
+				TimeInMeshWeight:               0.01,
+				TimeInMeshCap:                  3600,
 				FirstMessageDeliveriesWeight:   1,
 				FirstMessageDeliveriesDecay:    0.5,
 				FirstMessageDeliveriesCap:      10,
@@ -350,6 +365,30 @@ func (n *Node) validateAd(ctx context.Context, from peer.ID, m *pubsub.Message) 
 		return pubsub.ValidationAccept
 	}
 	return v(ctx, m.GetFrom(), m.Data)
+}
+
+// SetAdHandler installs the receiver of every validated ad, including this node's
+// own. It is called from one goroutine, in arrival order.
+func (n *Node) SetAdHandler(fn func(origin peer.ID, data []byte)) {
+	n.mu.Lock()
+	n.onAd = fn
+	n.mu.Unlock()
+}
+
+func (n *Node) readAds(ctx context.Context) {
+	defer n.wg.Done()
+	for {
+		m, err := n.adsSub.Next(ctx)
+		if err != nil {
+			return
+		}
+		n.mu.Lock()
+		fn := n.onAd
+		n.mu.Unlock()
+		if fn != nil {
+			fn(m.GetFrom(), m.Data)
+		}
+	}
 }
 
 // PublishAd publishes data on the ads topic. It reaches every subscribed direct
@@ -432,6 +471,7 @@ func (n *Node) Peers() []peer.ID { return n.Host.Network().Peers() }
 // Close stops the DHT, gossipsub, mDNS and the host, and waits for its goroutines.
 func (n *Node) Close() error {
 	n.cancel()
+	n.adsSub.Cancel()
 	if n.mdns != nil {
 		n.mdns.Close()
 	}

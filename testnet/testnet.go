@@ -1,0 +1,339 @@
+package testnet
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/cocoon-network/cocoon/node"
+	"github.com/cocoon-network/cocoon/p2p"
+)
+
+// Transport says how the nodes of a testnet talk.
+type Transport int
+
+const (
+	// Mock runs every node on libp2p's in-memory mocknet: fast, hundreds of nodes,
+	// optional link latency, partitions by unlinking.
+	Mock Transport = iota
+	// Loopback runs real libp2p hosts (TCP and QUIC) on 127.0.0.1.
+	Loopback
+)
+
+type options struct {
+	n         int
+	transport Transport
+	latency   time.Duration
+	degree    int
+	seed      uint64
+	logW      io.Writer
+}
+
+// Option configures New.
+type Option func(*options)
+
+// Nodes sets how many nodes the testnet has (default 3).
+func Nodes(n int) Option { return func(o *options) { o.n = n } }
+
+// Over picks the transport (default Mock).
+func Over(t Transport) Option { return func(o *options) { o.transport = t } }
+
+// Latency sets the one-way latency of every mocknet link.
+func Latency(d time.Duration) Option { return func(o *options) { o.latency = d } }
+
+// Degree sets how many earlier nodes each new node dials (default 4); node i dials
+// node 0 and degree-1 random others, so the graph is connected.
+func Degree(d int) Option { return func(o *options) { o.degree = d } }
+
+// Seed fixes the random topology.
+func Seed(s uint64) Option { return func(o *options) { o.seed = s } }
+
+// Logs sends every node's logs to w (default: discarded unless COCOON_TEST_LOG=1).
+func Logs(w io.Writer) Option { return func(o *options) { o.logW = w } }
+
+// Testnet is a set of running nodes in this process. Its methods are for the test
+// goroutine; they fail the test on error.
+type Testnet struct {
+	Nodes []*Member
+
+	t    testing.TB
+	opt  options
+	mn   mocknet.Mocknet
+	mu   sync.Mutex
+	logW io.Writer
+}
+
+// Member is one node of a testnet. Node is nil while it is killed.
+type Member struct {
+	*node.Node
+	Index int
+	ID    peer.ID
+
+	datadir string
+	key     crypto.PrivKey
+}
+
+// New starts the testnet and waits until every node is connected to its chosen
+// peers and has a non-empty DHT routing table. Everything stops at test cleanup.
+func New(t testing.TB, opts ...Option) *Testnet {
+	t.Helper()
+	o := options{n: 3, degree: 4, seed: 1}
+	for _, f := range opts {
+		f(&o)
+	}
+	tn := &Testnet{t: t, opt: o, logW: o.logW}
+	if tn.logW == nil {
+		tn.logW = io.Discard
+		if os.Getenv("COCOON_TEST_LOG") == "1" {
+			tn.logW = os.Stderr
+		}
+	}
+	if o.transport == Mock {
+		tn.mn = mocknet.New()
+		tn.mn.SetLinkDefaults(mocknet.LinkOptions{Latency: o.latency})
+	}
+	t.Cleanup(tn.Close)
+
+	var wg sync.WaitGroup
+	errs := make([]error, o.n)
+	tn.Nodes = make([]*Member, o.n)
+	for i := range o.n {
+		m, err := tn.prepare(i)
+		if err != nil {
+			t.Fatalf("testnet: prepare node %d: %v", i, err)
+		}
+		tn.Nodes[i] = m
+	}
+	if tn.mn != nil {
+		// Hosts must exist before LinkAll; start them in parallel.
+		for i, m := range tn.Nodes {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs[i] = tn.start(m) }()
+		}
+		wg.Wait()
+		if err := tn.mn.LinkAll(); err != nil {
+			t.Fatalf("testnet: link mocknet: %v", err)
+		}
+	} else {
+		for i, m := range tn.Nodes {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs[i] = tn.start(m) }()
+		}
+		wg.Wait()
+	}
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("testnet: start node %d: %v", i, err)
+		}
+	}
+	rng := rand.New(rand.NewPCG(o.seed, 0))
+	for i := 1; i < o.n; i++ {
+		targets := map[int]bool{0: true}
+		for len(targets) < min(o.degree, i) {
+			targets[rng.IntN(i)] = true
+		}
+		for j := range targets {
+			wg.Add(1)
+			go func() { defer wg.Done(); tn.connect(tn.Nodes[i], tn.Nodes[j]) }()
+		}
+	}
+	wg.Wait()
+	tn.WaitFor(30*time.Second, "every DHT routing table non-empty", func() bool {
+		for _, m := range tn.Nodes {
+			if m.P2P.DHT.RoutingTable().Size() == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	return tn
+}
+
+func (tn *Testnet) prepare(i int) (*Member, error) {
+	dir := tn.t.TempDir()
+	if _, err := node.Init(dir, false); err != nil {
+		return nil, err
+	}
+	key, err := node.LoadIdentity(dir + "/" + node.IdentityFile)
+	if err != nil {
+		return nil, err
+	}
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return &Member{Index: i, ID: id, datadir: dir, key: key}, nil
+}
+
+func (tn *Testnet) start(m *Member) error {
+	cfg, err := node.Load(m.datadir)
+	if err != nil {
+		return err
+	}
+	cfg.P2P.Listen = []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"}
+	cfg.P2P.DHTMode = p2p.DHTServer
+	cfg.P2P.MDNS = false
+	cfg.P2P.NATPortMap = false
+	cfg.P2P.RelayService = false
+	cfg.API.Listen = "127.0.0.1:0"
+	log := slog.New(slog.NewTextHandler(tn.logW, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", m.Index)
+	opt := node.Options{Logger: log, Version: "testnet"}
+	if tn.mn != nil {
+		a, _ := ma.NewMultiaddr("/ip4/100.64." + strconv.Itoa(m.Index/250) + "." + strconv.Itoa(m.Index%250+1) + "/tcp/4001")
+		h, err := tn.mn.AddPeer(m.key, a)
+		if err != nil {
+			return fmt.Errorf("add mocknet peer: %w", err)
+		}
+		opt.Host = h
+	}
+	n, err := node.New(context.Background(), cfg, opt)
+	if err != nil {
+		return err
+	}
+	tn.mu.Lock()
+	m.Node = n
+	tn.mu.Unlock()
+	return nil
+}
+
+func (tn *Testnet) connect(a, b *Member) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := a.P2P.Host.Connect(ctx, b.AddrInfo()); err != nil {
+		tn.t.Errorf("testnet: connect node %d to node %d: %v", a.Index, b.Index, err)
+	}
+}
+
+// AddrInfo is how other nodes dial m.
+func (m *Member) AddrInfo() peer.AddrInfo {
+	return peer.AddrInfo{ID: m.ID, Addrs: m.P2P.Host.Addrs()}
+}
+
+// Connect dials b from a.
+func (tn *Testnet) Connect(a, b *Member) { tn.t.Helper(); tn.connect(a, b) }
+
+// Partition cuts every link between the two groups (mocknet only) and closes their
+// connections; Heal restores the links.
+func (tn *Testnet) Partition(x, y []*Member) {
+	tn.t.Helper()
+	if tn.mn == nil {
+		tn.t.Fatal("testnet: Partition needs the mocknet transport")
+	}
+	for _, a := range x {
+		for _, b := range y {
+			tn.mn.UnlinkPeers(a.ID, b.ID)
+			tn.mn.DisconnectPeers(a.ID, b.ID)
+		}
+	}
+}
+
+// Heal re-links the two groups after Partition; nodes reconnect through the DHT or
+// an explicit Connect.
+func (tn *Testnet) Heal(x, y []*Member) {
+	tn.t.Helper()
+	for _, a := range x {
+		for _, b := range y {
+			if _, err := tn.mn.LinkPeers(a.ID, b.ID); err != nil {
+				tn.t.Fatalf("testnet: link %d-%d: %v", a.Index, b.Index, err)
+			}
+		}
+	}
+}
+
+// Kill stops m abruptly: on mocknet its links are cut first, so peers see the
+// connections drop as they would when a process dies.
+func (tn *Testnet) Kill(m *Member) {
+	tn.t.Helper()
+	if m.Node == nil {
+		return
+	}
+	if tn.mn != nil {
+		for _, o := range tn.Nodes {
+			if o != m {
+				tn.mn.UnlinkPeers(m.ID, o.ID)
+				tn.mn.DisconnectPeers(m.ID, o.ID)
+			}
+		}
+	}
+	m.Node.Close()
+	tn.mu.Lock()
+	m.Node = nil
+	tn.mu.Unlock()
+}
+
+// Restart starts a killed member again with the same identity and datadir and
+// connects it to node 0 (or node 1 when it is node 0).
+func (tn *Testnet) Restart(m *Member) {
+	tn.t.Helper()
+	if m.Node != nil {
+		tn.t.Fatalf("testnet: node %d is running", m.Index)
+	}
+	if err := tn.start(m); err != nil {
+		tn.t.Fatalf("testnet: restart node %d: %v", m.Index, err)
+	}
+	if tn.mn != nil {
+		for _, o := range tn.Nodes {
+			if o != m {
+				if _, err := tn.mn.LinkPeers(m.ID, o.ID); err != nil {
+					tn.t.Fatalf("testnet: link %d-%d: %v", m.Index, o.Index, err)
+				}
+			}
+		}
+	}
+	for _, o := range tn.Nodes {
+		if o != m && o.Node != nil {
+			tn.connect(m, o)
+			break
+		}
+	}
+}
+
+// Running lists the members that are not killed.
+func (tn *Testnet) Running() []*Member {
+	var out []*Member
+	for _, m := range tn.Nodes {
+		if m.Node != nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// WaitFor polls cond every 10 ms until it holds, failing the test after timeout.
+func (tn *Testnet) WaitFor(timeout time.Duration, what string, cond func() bool) {
+	tn.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tn.t.Fatalf("testnet: timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Close stops every node; it runs at test cleanup.
+func (tn *Testnet) Close() {
+	var wg sync.WaitGroup
+	for _, m := range tn.Nodes {
+		if m != nil && m.Node != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); m.Node.Close() }()
+		}
+	}
+	wg.Wait()
+	if tn.mn != nil {
+		tn.mn.Close()
+	}
+}
