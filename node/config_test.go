@@ -1,0 +1,146 @@
+package node
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// The file `cocoon init` writes must say exactly what Defaults says.
+func TestTemplateMatchesDefaults(t *testing.T) {
+	var cfg Config
+	if err := Parse([]byte(configTemplate), &cfg); err != nil {
+		t.Fatalf("template does not parse: %v", err)
+	}
+	if want := Defaults(); !reflect.DeepEqual(cfg, want) {
+		t.Fatalf("template = %+v\ndefaults = %+v", cfg, want)
+	}
+}
+
+func TestParseErrorsNameTheField(t *testing.T) {
+	for _, tc := range []struct{ toml, field string }{
+		{"[p2p]\nlisen = []", "unknown key p2p.lisen"},
+		{"colour = 'blue'", "unknown key colour"},
+		{"[p2p]\nlisten = ['/ip4/1.2.3.4/tcp/notaport']", "p2p.listen[0]"},
+		{"[p2p]\nbootstrap = ['/ip4/127.0.0.1/tcp/1']", "p2p.bootstrap[0]"},
+		{"[p2p]\ndht_mode = 'sometimes'", "p2p.dht_mode"},
+		{"[p2p]\nreprovide_interval = 'soon'", "reprovide_interval"},
+		{"[p2p]\nreprovide_interval = '72h'", "p2p.reprovide_interval"},
+		{"[p2p.limits]\nconns_low = 10\nconns_high = 5", "p2p.limits.conns_high"},
+		{"[api]\nlisten = 'localhost'", "api.listen"},
+		{"[log]\nlevel = 'loud'", "log.level"},
+		{"[log]\nformat = 'xml'", "log.format"},
+		{"[p2p]\nmdns = 'yes'", "mdns"},
+		{"[p2p\n", "line 2"},
+	} {
+		cfg := Defaults()
+		err := Parse([]byte(tc.toml), &cfg)
+		if err == nil || !strings.Contains(err.Error(), tc.field) {
+			t.Errorf("Parse(%q) = %v; want an error naming %s", tc.toml, err, tc.field)
+			continue
+		}
+		if strings.Contains(err.Error(), "\n") {
+			t.Errorf("Parse(%q) error spans lines: %q", tc.toml, err)
+		}
+	}
+}
+
+func TestInitFilesAndModes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "dd")
+	id, err := Init(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, mode := range map[string]os.FileMode{IdentityFile: 0o600, TokenFile: 0o600, ConfigFile: 0o644} {
+		st, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != mode {
+			t.Errorf("%s mode %04o; want %04o", name, st.Mode().Perm(), mode)
+		}
+	}
+	if _, err := Load(dir); err != nil {
+		t.Fatalf("Load after Init: %v", err)
+	}
+	sk, err := LoadIdentity(filepath.Join(dir, IdentityFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sk.Type().String() != "Ed25519" {
+		t.Errorf("identity key type %s; want Ed25519", sk.Type())
+	}
+	if _, err := Init(dir, false); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("second Init = %v; want refusal mentioning --force", err)
+	}
+	id2, err := Init(dir, true)
+	if err != nil || id2 == id {
+		t.Fatalf("Init --force = %s, %v; want a new peer ID", id2, err)
+	}
+}
+
+func TestLoadIdentityRefusesBadFiles(t *testing.T) {
+	dir := t.TempDir()
+	open := filepath.Join(dir, "open.key")
+	if _, err := Init(dir, false); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(filepath.Join(dir, IdentityFile))
+	os.WriteFile(open, raw, 0o644)
+	if _, err := LoadIdentity(open); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("LoadIdentity(0644 file) = %v; want a refusal", err)
+	}
+	garbage := filepath.Join(dir, "garbage.key")
+	os.WriteFile(garbage, []byte("not a key"), 0o600)
+	if _, err := LoadIdentity(garbage); err == nil || !strings.Contains(err.Error(), "not a libp2p private key") {
+		t.Errorf("LoadIdentity(garbage) = %v", err)
+	}
+	if _, err := LoadIdentity(filepath.Join(dir, "missing.key")); err == nil {
+		t.Error("LoadIdentity(missing) succeeded")
+	}
+}
+
+func TestAPINeedsToken(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Init(dir, false); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.P2P.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.API.Listen = "127.0.0.1:0"
+	n, err := New(t.Context(), cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	srv := httptest.NewServer(n.API.Handler())
+	defer srv.Close()
+	for _, tc := range []struct {
+		auth string
+		code int
+	}{{"", 401}, {"Bearer wrong", 401}, {"Basic " + n.Token, 401}, {"Bearer " + n.Token, 200}} {
+		req, _ := http.NewRequest("GET", srv.URL+"/api/v0/status", nil)
+		if tc.auth != "" {
+			req.Header.Set("Authorization", tc.auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.code {
+			t.Errorf("Authorization %q: status %d; want %d", tc.auth, resp.StatusCode, tc.code)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dir, APIAddrFile))
+	if err != nil || strings.TrimSpace(string(b)) != n.APIAddr {
+		t.Errorf("api.addr = %q, %v; want %s", b, err, n.APIAddr)
+	}
+}
