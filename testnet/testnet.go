@@ -150,7 +150,7 @@ func New(t testing.TB, opts ...Option) *Testnet {
 		}
 	}
 	wg.Wait()
-	tn.WaitFor(30*time.Second, "every DHT routing table non-empty", func() bool {
+	tn.WaitFor(60*time.Second, "every DHT routing table non-empty", func() bool {
 		for _, m := range tn.Nodes {
 			if m.P2P.DHT.RoutingTable().Size() == 0 {
 				return false
@@ -208,12 +208,19 @@ func (tn *Testnet) start(m *Member) error {
 	return nil
 }
 
+// connect dials b from a, trying three times: on a loaded 2-core machine hundreds
+// of starting nodes can starve identify past one deadline.
 func (tn *Testnet) connect(a, b *Member) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := a.P2P.Host.Connect(ctx, b.AddrInfo()); err != nil {
-		tn.t.Errorf("testnet: connect node %d to node %d: %v", a.Index, b.Index, err)
+	var err error
+	for range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		err = a.P2P.Host.Connect(ctx, b.AddrInfo())
+		cancel()
+		if err == nil {
+			return
+		}
 	}
+	tn.t.Errorf("testnet: connect node %d to node %d: %v", a.Index, b.Index, err)
 }
 
 // AddrInfo is how other nodes dial m.

@@ -16,6 +16,7 @@ import (
 func init() {
 	var (
 		datadir, api, logFormat string
+		dhtMode                 string
 		listen, bootstrap       []string
 		mdns                    bool
 	)
@@ -40,6 +41,9 @@ func init() {
 			}
 			if f.Changed("mdns") {
 				cfg.P2P.MDNS = mdns
+			}
+			if f.Changed("dht-mode") {
+				cfg.P2P.DHTMode = dhtMode
 			}
 			if f.Changed("log-format") {
 				cfg.Log.Format = logFormat
@@ -71,6 +75,7 @@ func init() {
 	f.StringArrayVar(&bootstrap, "bootstrap", nil, "bootstrap peer multiaddr ending in /p2p/<id> (repeatable)")
 	f.StringVar(&api, "api", node.DefaultAPI, "local API HOST:PORT (overrides api.listen)")
 	f.BoolVar(&mdns, "mdns", false, "discover peers on the LAN with mDNS (overrides p2p.mdns)")
+	f.StringVar(&dhtMode, "dht-mode", "auto", "Kademlia mode: auto, server or client (overrides p2p.dht_mode)")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	rootCmd.AddCommand(cmd)
 }

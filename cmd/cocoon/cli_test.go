@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cocoon-network/cocoon/node/gateway"
+)
+
+// bin is the cocoon binary built once for the tests that run it as a user would.
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "cocoon-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin = filepath.Join(dir, "cocoon")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build cocoon: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// run runs the binary to completion.
+func run(t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	return o.String(), e.String(), err
+}
+
+func initDir(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "node")
+	if _, stderr, err := run(t, "init", "--datadir", dir); err != nil {
+		t.Fatalf("cocoon init: %v: %s", err, stderr)
+	}
+	// Keep test nodes off the LAN: no UPnP, no multicast (these are the defaults,
+	// checked here so a changed default cannot leak traffic from tests).
+	b, _ := os.ReadFile(filepath.Join(dir, "config.toml"))
+	if !strings.Contains(string(b), "mdns = false") || !strings.Contains(string(b), "nat_port_map = false") {
+		t.Fatalf("config.toml defaults changed: mdns and nat_port_map must stay off in tests")
+	}
+	return dir
+}
+
+type proc struct {
+	cmd     *exec.Cmd
+	datadir string
+	stderr  *bytes.Buffer
+}
+
+func startNode(t *testing.T, dir string, extra ...string) *proc {
+	t.Helper()
+	args := append([]string{"node", "--datadir", dir, "--listen", "/ip4/127.0.0.1/tcp/0",
+		"--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--api", "127.0.0.1:0", "--mdns=false"}, extra...)
+	cmd := exec.Command(bin, args...)
+	p := &proc{cmd: cmd, datadir: dir, stderr: &bytes.Buffer{}}
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitFor(t, 10*time.Second, "node API up", func() bool {
+		_, err := os.Stat(filepath.Join(dir, "api.addr"))
+		return err == nil
+	})
+	return p
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (p *proc) status(t *testing.T) gateway.Status {
+	t.Helper()
+	out, stderr, err := run(t, "status", "--datadir", p.datadir, "--json")
+	if err != nil {
+		t.Fatalf("cocoon status: %v: %s", err, stderr)
+	}
+	var st gateway.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status JSON %q: %v", out, err)
+	}
+	return st
+}
+
+func (p *proc) peers(t *testing.T) map[string]bool {
+	t.Helper()
+	out, stderr, err := run(t, "peers", "--datadir", p.datadir, "--json")
+	if err != nil {
+		t.Fatalf("cocoon peers: %v: %s", err, stderr)
+	}
+	var ps []gateway.Peer
+	if err := json.Unmarshal([]byte(out), &ps); err != nil {
+		t.Fatalf("peers JSON %q: %v", out, err)
+	}
+	set := map[string]bool{}
+	for _, p := range ps {
+		set[p.ID] = true
+	}
+	return set
+}
+
+// TestThreeProcesses starts a bootstrap node and two nodes pointing at it; each
+// sees the other two; after SIGKILL of one, the others drop it.
+func TestThreeProcesses(t *testing.T) {
+	start0 := time.Now()
+	boot := startNode(t, initDir(t), "--dht-mode", "server")
+	bst := boot.status(t)
+	var bootAddr string
+	for _, a := range bst.Addrs {
+		if strings.Contains(a, "/tcp/") {
+			bootAddr = a
+		}
+	}
+	a := startNode(t, initDir(t), "--bootstrap", bootAddr, "--dht-mode", "server")
+	b := startNode(t, initDir(t), "--bootstrap", bootAddr, "--dht-mode", "server")
+	procs := []*proc{boot, a, b}
+	ids := make([]string, 3)
+	for i, p := range procs {
+		ids[i] = p.status(t).PeerID
+	}
+	for i, p := range procs {
+		waitFor(t, 20*time.Second, fmt.Sprintf("node %d to see the other two", i), func() bool {
+			ps := p.peers(t)
+			return ps[ids[(i+1)%3]] && ps[ids[(i+2)%3]]
+		})
+	}
+	if err := b.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	b.cmd.Wait()
+	killed := time.Now()
+	for i, p := range procs[:2] {
+		waitFor(t, 45*time.Second, fmt.Sprintf("node %d to drop the killed node", i), func() bool {
+			return !p.peers(t)[ids[2]]
+		})
+	}
+	t.Logf("connected in %s; killed node dropped after %s", killed.Sub(start0), time.Since(killed))
+	// SIGTERM stops a node cleanly, well within 5 s.
+	start := time.Now()
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	if err := a.cmd.Wait(); err != nil {
+		t.Fatalf("node exit after SIGTERM: %v\n%s", err, a.stderr)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("SIGTERM took %s", d)
+	}
+	if _, err := os.Stat(filepath.Join(a.datadir, "api.addr")); err == nil {
+		t.Error("api.addr left behind after a clean stop")
+	}
+}
+
+// Each bad input exits non-zero with one line that names the problem.
+func TestBadInputOneLine(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+
+	unknownKey := initDir(t)
+	f, _ := os.OpenFile(filepath.Join(unknownKey, "config.toml"), os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString("verbosity = 3\n") // lands in [log], the last section
+	f.Close()
+
+	badKey := initDir(t)
+	os.WriteFile(filepath.Join(badKey, "identity.key"), []byte("garbage"), 0o600)
+	openKey := initDir(t)
+	os.Chmod(filepath.Join(openKey, "identity.key"), 0o644)
+	dirKey := initDir(t)
+	os.Remove(filepath.Join(dirKey, "identity.key"))
+	os.Mkdir(filepath.Join(dirKey, "identity.key"), 0o700)
+
+	ok := initDir(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown config key", []string{"node", "--datadir", unknownKey}, "unknown key log.verbosity"},
+		{"malformed multiaddr flag", []string{"node", "--datadir", ok, "--listen", "/ip4/127.0.0.1/tcp/notaport"}, "p2p.listen[0]"},
+		{"malformed bootstrap flag", []string{"node", "--datadir", ok, "--bootstrap", "/ip4/127.0.0.1/tcp/1"}, "p2p.bootstrap[0]"},
+		{"garbage identity key", []string{"node", "--datadir", badKey, "--api", "127.0.0.1:0"}, "identity key"},
+		{"identity key readable by others", []string{"node", "--datadir", openKey, "--api", "127.0.0.1:0"}, "chmod 600"},
+		{"identity key unreadable", []string{"node", "--datadir", dirKey, "--api", "127.0.0.1:0"}, "identity key"},
+		{"API port in use", []string{"node", "--datadir", ok, "--listen", "/ip4/127.0.0.1/tcp/0", "--api", busy.Addr().String()}, "api.listen"},
+		{"bad log format", []string{"node", "--datadir", ok, "--log-format", "xml"}, "log.format"},
+		{"no datadir", []string{"node", "--datadir", filepath.Join(t.TempDir(), "none")}, "cocoon init"},
+		{"status without node", []string{"status", "--datadir", ok}, "no running node"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, stderr, err := run(t, tc.args...)
+			if err == nil {
+				t.Fatalf("cocoon %v succeeded", tc.args)
+			}
+			lines := strings.Split(strings.TrimSpace(stderr), "\n")
+			if len(lines) != 1 || !strings.Contains(lines[0], tc.want) {
+				t.Fatalf("cocoon %v stderr:\n%s\nwant one line containing %q", tc.args, stderr, tc.want)
+			}
+		})
+	}
+}
