@@ -363,13 +363,16 @@ func (c *clientRun) stop(ctx context.Context, code CancelCode, cause error) erro
 		}
 		switch m := f.Msg.(type) {
 		case *pb.Frame_Chunk:
-			if _, err := c.chunk(m.Chunk); err != nil {
-				return errors.Join(cause, err)
-			}
-			if c.received-pre > uint64(c.rc.CreditTokens) {
+			// In flight when the worker read the Cancel: at most the credit window.
+			tsf := uint64(m.Chunk.GetTokensSoFar())
+			if tsf > pre && (tsf-pre > uint64(c.rc.CreditTokens) ||
+				!creditAllows(c.rc.Price, uint64(c.rc.CreditTokens), c.received, tsf, c.rc.Paid)) {
 				_ = c.w.cancel(code)
 				return errors.Join(cause, c.violate(ViolationIgnoredStop,
-					fmt.Errorf("%d tokens after cancel: %w", c.received-pre, ErrIgnoredStop)))
+					fmt.Errorf("%d tokens after cancel: %w", tsf-pre, ErrIgnoredStop)))
+			}
+			if _, err := c.chunk(m.Chunk); err != nil {
+				return errors.Join(cause, err)
 			}
 		case *pb.Frame_Done:
 			return errors.Join(cause, c.done(bg, m.Done))
