@@ -84,15 +84,15 @@ type RunOptions struct {
 }
 
 type clientRun struct {
-	job   Job
-	pay   Payer
-	out   func(Chunk) error
-	t     Timeouts
-	w     *frameWriter
-	rd    *frameReader
-	log   *slog.Logger
-	rc    Receipt
-	every uint64
+	job        Job
+	pay        Payer
+	out        func(Chunk) error
+	t          Timeouts
+	w          *frameWriter
+	rd         *frameReader
+	log        *slog.Logger
+	rc         Receipt
+	every      uint64
 	received   uint64 // tokens_so_far of the last valid chunk
 	paidTokens uint64 // delivered completion tokens the vouchers sent so far cover
 	prompted   bool   // the Prompt left: a Cancel is answered by Done

@@ -30,6 +30,8 @@ type textBackend struct {
 	tokenWait time.Duration // sleep before each delta
 	// stallAfter > 0: after that many deltas Recv blocks until ctx ends.
 	stallAfter int
+	// onDelta, when set, runs before delta n (1-based) is produced.
+	onDelta    func(n int)
 	mu         sync.Mutex
 	generated  int // deltas produced over all streams
 }
@@ -123,6 +125,9 @@ func (s *textStream) Recv() (runtime.Delta, error) {
 	}
 	if s.next >= s.end {
 		return runtime.Delta{}, io.EOF
+	}
+	if s.b.onDelta != nil {
+		s.b.onDelta(s.deltas + 1)
 	}
 	if s.b.tokenWait > 0 {
 		select {
