@@ -31,9 +31,9 @@ type textBackend struct {
 	// stallAfter > 0: after that many deltas Recv blocks until ctx ends.
 	stallAfter int
 	// onDelta, when set, runs before delta n (1-based) is produced.
-	onDelta    func(n int)
-	mu         sync.Mutex
-	generated  int // deltas produced over all streams
+	onDelta   func(n int)
+	mu        sync.Mutex
+	generated int // deltas produced over all streams
 }
 
 func (b *textBackend) Models() []runtime.Model {
