@@ -138,6 +138,18 @@ func (a *Ad) Encode() ([]byte, error) {
 	if err := a.check(); err != nil {
 		return nil, fmt.Errorf("encode ad: %w", err)
 	}
+	m := a.toPB()
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encode ad: %w", err)
+	}
+	if len(b) > MaxAdSize {
+		return nil, fmt.Errorf("encode ad: %d bytes: %w", len(b), ErrAdTooLarge)
+	}
+	return b, nil
+}
+
+func (a *Ad) toPB() *pb.Ad {
 	m := &pb.Ad{
 		PeerId:     []byte(a.Peer),
 		Seq:        a.Seq,
@@ -165,14 +177,7 @@ func (a *Ad) Encode() ([]byte, error) {
 	for _, g := range a.Capacity.GPUs {
 		m.Capacity.Gpus = append(m.Capacity.Gpus, &pb.GPU{Name: g.Name, VramBytes: g.VRAM})
 	}
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
-	if err != nil {
-		return nil, fmt.Errorf("encode ad: %w", err)
-	}
-	if len(b) > MaxAdSize {
-		return nil, fmt.Errorf("encode ad: %d bytes: %w", len(b), ErrAdTooLarge)
-	}
-	return b, nil
+	return m
 }
 
 func durUnits(d, unit time.Duration) uint32 {
