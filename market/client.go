@@ -176,7 +176,11 @@ func (c *clientRun) run(ctx context.Context, opt RunOptions) error {
 		c.every = max(uint64(acc.GetCreditTokens())/2, 1)
 	}
 	if opt.Verify != nil {
-		if err := opt.Verify(ctx); err != nil {
+		// The worker waits Timeouts.Prompt for the prompt; so long may the check take.
+		vctx, cancel := context.WithTimeout(ctx, c.t.Prompt)
+		err := opt.Verify(vctx)
+		cancel()
+		if err != nil {
 			_ = c.w.cancel(CancelAttestation)
 			return fmt.Errorf("verify worker before prompt: %w: %w", ErrAttestation, err)
 		}

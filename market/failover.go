@@ -79,14 +79,15 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 		}
 		rc, err := fo.attempt(ctx, c, sub, sink)
 		attempts = append(attempts, Attempt{Candidate: c, Receipt: rc, Err: err})
-		if fo.Selector != nil {
-			fo.Selector.Record(c.Peer, rc, err)
+		callerStopped := sinkErr != nil || ctx.Err() != nil
+		if fo.Selector != nil && !(callerStopped && rc.Violation == ViolationNone) {
+			fo.Selector.Record(c.Peer, rc, err) // the caller's own failure is no mark against the worker
 		}
 		if err == nil {
 			return attempts, nil
 		}
 		errs = append(errs, fmt.Errorf("worker %s: %w", c.Peer, err))
-		if sinkErr != nil || ctx.Err() != nil {
+		if callerStopped {
 			return attempts, errors.Join(errs...)
 		}
 	}

@@ -93,7 +93,8 @@ func (s *Selector) RecordOutcome(p peer.ID, ok, violation bool) {
 	}
 }
 
-// Record folds a receipt of Run into p's latency and reputation.
+// Record folds a receipt of Run into p's latency and reputation; err is Run's
+// error, which should not be one the caller caused (its own cancel).
 func (s *Selector) Record(p peer.ID, r Receipt, err error) {
 	if r.TTFT > 0 {
 		s.ObserveLatency(p, r.TTFT)

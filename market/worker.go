@@ -131,7 +131,10 @@ func (s *serveRun) run(ctx context.Context) error {
 		Temperature: p.GetTemperature(),
 		TopP:        p.GetTopP(),
 		Stop:        p.GetStop(),
-		Seed:        p.Seed,
+	}
+	if p != nil && p.Seed != nil {
+		seed := p.GetSeed()
+		req.Seed = &seed
 	}
 	maxPrice := Price{Prompt: open.GetMaxPricePrompt(), Completion: open.GetMaxPriceCompletion()}
 	price, ok := s.w.Prices[req.Model]
