@@ -134,4 +134,3 @@ func BenchmarkSelect(b *testing.B) {
 		}
 	}
 }
-
