@@ -30,6 +30,8 @@ type textBackend struct {
 	tokenWait time.Duration // sleep before each delta
 	// stallAfter > 0: after that many deltas Recv blocks until ctx ends.
 	stallAfter int
+	// failAfter > 0: after that many deltas Recv fails.
+	failAfter int
 	// onDelta, when set, runs before delta n (1-based) is produced.
 	onDelta   func(n int)
 	mu        sync.Mutex
@@ -118,6 +120,9 @@ func (s *textStream) Recv() (runtime.Delta, error) {
 	}
 	if err := s.ctx.Err(); err != nil {
 		return runtime.Delta{}, err
+	}
+	if s.b.failAfter > 0 && s.deltas >= s.b.failAfter {
+		return runtime.Delta{}, errors.New("text backend: out of memory")
 	}
 	if s.b.stallAfter > 0 && s.deltas >= s.b.stallAfter {
 		<-s.ctx.Done()

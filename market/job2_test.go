@@ -309,3 +309,27 @@ func TestOversizedFrameRefused(t *testing.T) {
 		}
 	})
 }
+
+// A worker whose backend fails mid-stream cancels; the client pays exactly for
+// the tokens it received, and the worker books that voucher.
+func TestWorkerCancelsOnBackendFailure(t *testing.T) {
+	price := Price{Prompt: 1_000, Completion: 3_333_333}
+	ch := newMemChannel()
+	w := &Worker{Backend: &textBackend{model: "m", textLen: 40, failAfter: 9}, Payee: ch.payee(), Prices: map[string]Price{"m": price}, CreditTokens: 4}
+	job := testJob("m", 0)
+	res := runPipe(t.Context(), w, job, ch.payer(), RunOptions{}, nil)
+	var ce *CancelError
+	if !errors.As(res.err, &ce) || ce.Code != CancelInternal {
+		t.Fatalf("Run = %v; want the worker's CANCEL_INTERNAL", res.err)
+	}
+	if res.workerErr == nil || errors.Is(res.workerErr, ErrUnderpaid) {
+		t.Fatalf("Serve = %v; want the backend failure, paid in full", res.workerErr)
+	}
+	want := wantCost(Price{Completion: price.Completion}, 0, 9)
+	if res.rc.CompletionTokens != 9 || res.rc.Paid != want || ch.accepted(job.ID) != want {
+		t.Fatalf("delivered %d, paid %d, payee %d; want 9 tokens paid %d", res.rc.CompletionTokens, res.rc.Paid, ch.accepted(job.ID), want)
+	}
+	if res.rc.Violation != ViolationNone {
+		t.Fatalf("violation %v for an honest failure", res.rc.Violation)
+	}
+}

@@ -298,7 +298,15 @@ func (s *serveRun) generate(ctx context.Context, req runtime.Request, credit uin
 			case errors.Is(it.err, io.EOF):
 				ended, final = true, it
 			default:
-				return s.fail(CancelInternal, fmt.Errorf("generate: %w", it.err))
+				// The client pays for the tokens it received when it reads the
+				// Cancel; wait for that voucher, then report the failure.
+				err := s.fail(CancelInternal, fmt.Errorf("generate: %w", it.err))
+				if owed, cerr := Cost(Price{Completion: s.price.Completion}, 0, s.sent); cerr == nil {
+					if perr := s.waitPaid(ctx, owed); perr != nil {
+						err = errors.Join(err, perr)
+					}
+				}
+				return err
 			}
 		case it := <-s.rd.frames:
 			if it.err != nil {
@@ -390,6 +398,12 @@ func (s *serveRun) finish(ctx context.Context, prompt int, reason string) error 
 	if err != nil {
 		return fmt.Errorf("job %s: send done: %w", s.id, err)
 	}
+	return s.waitPaid(ctx, cost)
+}
+
+// waitPaid waits up to the voucher deadline for vouchers that bring the job's
+// total to cost.
+func (s *serveRun) waitPaid(ctx context.Context, cost uint64) error {
 	t := time.NewTimer(s.t.Voucher)
 	defer t.Stop()
 	for s.paid < cost {
