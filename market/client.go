@@ -161,6 +161,7 @@ func (c *clientRun) run(ctx context.Context, opt RunOptions) error {
 	case *pb.Frame_Cancel:
 		return fmt.Errorf("wait for accept: %w", &CancelError{Code: CancelCode(m.Cancel.GetCode())})
 	default:
+		_ = c.w.cancel(CancelProtocol)
 		return c.violate(ViolationProtocol, fmt.Errorf("wait for accept: got %s: %w", frameName(f), ErrProtocol))
 	}
 	c.rc.Price = Price{Prompt: acc.GetPricePrompt(), Completion: acc.GetPriceCompletion()}
