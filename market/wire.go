@@ -213,6 +213,9 @@ func (fr *frameReader) next(ctx context.Context, d time.Duration, phase string) 
 }
 
 func (fr *frameReader) nextTimer(ctx context.Context, deadline <-chan time.Time, phase string) (*pb.Frame, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err // a cancelled caller takes no more frames, even ones already here
+	}
 	select {
 	case it := <-fr.frames:
 		return it.f, it.err
