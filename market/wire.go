@@ -17,6 +17,28 @@ import (
 	"github.com/cocoon-network/cocoon/market/pb"
 )
 
+// The job stream, one per job, each message a varint-length-delimited pb.Frame:
+//
+//	client                                   worker
+//	Open{job_id, model, params, max_price} →
+//	                                       ← Accept{prices, credit_tokens, settlement}
+//	                                         | Reject{code}            (stream ends)
+//	[client checks the attestation verdict; on failure Cancel{ATTESTATION}, no prompt]
+//	Prompt{messages | prompt, continuation} →
+//	                                       ← Chunk{delta, tokens_so_far} …
+//	Voucher{cumulative} → (each credit_tokens/2 delivered tokens)
+//	                                       ← Done{usage, finish_reason, receipt}
+//	Voucher{cumulative = Cost(price, prompt, completion)} →
+//
+// Money: during the stream cumulative vouchers cover the completion tokens
+// delivered so far, ceil(completion·price/1e6); the worker sends a chunk only
+// while at most credit_tokens of its tokens are unpaid (creditAllows), and stops
+// with Cancel{NO_PAYMENT} when no voucher comes within Timeouts.Voucher. The
+// prompt is paid with the final voucher, because the worker's runtime counts
+// prompt tokens and reports them in Done: the worker's risk is the prompt plus one
+// credit window, the client's is nothing it did not receive. Either side may send
+// Cancel{code}; the worker answers a client's Cancel with Done.
+
 // ProtocolID is the libp2p protocol of the job stream.
 const ProtocolID = "/cocoon/job/1.0.0"
 
