@@ -333,3 +333,56 @@ func TestWorkerCancelsOnBackendFailure(t *testing.T) {
 		t.Fatalf("violation %v for an honest failure", res.rc.Violation)
 	}
 }
+
+func TestWorkerRefusesBadVouchers(t *testing.T) {
+	price := Price{Completion: 2_000_000}
+	cases := []struct {
+		name    string
+		voucher func(ch *memChannel, job JobID) *pb.Voucher
+	}{
+		{"forged", func(ch *memChannel, job JobID) *pb.Voucher {
+			return &pb.Voucher{Voucher: make([]byte, 64), Cumulative: 4}
+		}},
+		{"claims more than it pays", func(ch *memChannel, job JobID) *pb.Voucher {
+			v, _ := ch.payer().Pay(context.Background(), job, 2)
+			return &pb.Voucher{Voucher: v, Cumulative: 4}
+		}},
+		{"for another job", func(ch *memChannel, job JobID) *pb.Voucher {
+			v, _ := ch.payer().Pay(context.Background(), NewJobID(), 4)
+			return &pb.Voucher{Voucher: v, Cumulative: 4}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ch := newMemChannel()
+			w := &Worker{Backend: &textBackend{model: "m", textLen: 40}, Payee: ch.payee(), Prices: map[string]Price{"m": price}, CreditTokens: 2}
+			cc, wc := net.Pipe()
+			defer cc.Close()
+			served := make(chan error, 1)
+			go func() { served <- w.Serve(t.Context(), wc); wc.Close() }()
+			p := newRawPeer(t, cc)
+			job := testJob("m", 0)
+			p.mustSend(openFrame(job))
+			p.mustRecv()
+			p.mustSend(promptFrame("hi"))
+			p.mustRecv()
+			p.mustSend(&pb.Frame{Msg: &pb.Frame_Voucher{Voucher: tc.voucher(ch, job.ID)}})
+			for {
+				f := p.mustRecv()
+				if _, ok := f.Msg.(*pb.Frame_Chunk); ok {
+					continue
+				}
+				if f.GetCancel().GetCode() != pb.CancelCode_CANCEL_BAD_VOUCHER {
+					t.Fatalf("got %v; want Cancel BAD_VOUCHER", f)
+				}
+				break
+			}
+			if err := <-served; err == nil {
+				t.Fatal("Serve = nil after a bad voucher")
+			}
+			if got := ch.accepted(job.ID); got > 2 {
+				t.Fatalf("payee booked %d", got)
+			}
+		})
+	}
+}
