@@ -3,7 +3,8 @@ package market
 import (
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -164,7 +165,7 @@ func (b *Book) filter(keep func(*Ad) bool) []*Ad {
 		}
 	}
 	b.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].Peer < out[j].Peer })
+	slices.SortFunc(out, func(x, y *Ad) int { return strings.Compare(string(x.Peer), string(y.Peer)) })
 	return out
 }
 

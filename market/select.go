@@ -129,8 +129,9 @@ const refPrompt, refCompletion = 500, 250
 // is the better of two drawn at random among the Top best, the rest follow by
 // score, for failover. It returns nil when no worker qualifies.
 func (s *Selector) Select(pol Policy) []Candidate {
-	var cands []Candidate
-	for _, a := range s.Book.ByModel(pol.Model) {
+	ads := s.Book.ByModel(pol.Model)
+	cands := make([]Candidate, 0, len(ads))
+	for _, a := range ads {
 		o, _ := a.Offer(pol.Model)
 		if !pol.allows(a.TEE.Kind) ||
 			(pol.MaxPrice.Prompt != 0 && o.Price.Prompt > pol.MaxPrice.Prompt) ||
@@ -143,18 +144,31 @@ func (s *Selector) Select(pol Policy) []Candidate {
 		return nil
 	}
 	s.score(cands)
-	slices.SortStableFunc(cands, func(x, y Candidate) int {
-		if x.Score != y.Score {
-			if x.Score < y.Score {
-				return -1
-			}
+	// Sort indices, not the large Candidate values. Ties go to the lower peer ID,
+	// so the order is total and reproducible.
+	order := make([]int, len(cands))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(i, j int) int {
+		x, y := &cands[i], &cands[j]
+		switch {
+		case x.Score < y.Score:
+			return -1
+		case x.Score > y.Score:
+			return 1
+		case x.Peer < y.Peer:
+			return -1
+		case x.Peer > y.Peer:
 			return 1
 		}
-		if x.Peer < y.Peer {
-			return -1
-		}
-		return 1
+		return 0
 	})
+	sorted := make([]Candidate, len(cands))
+	for k, i := range order {
+		sorted[k] = cands[i]
+	}
+	cands = sorted
 	top := s.Top
 	if top <= 0 {
 		top = 4
