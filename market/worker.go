@@ -317,6 +317,10 @@ func (s *serveRun) generate(ctx context.Context, req runtime.Request, credit uin
 				if err := s.voucher(ctx, m.Voucher); err != nil {
 					return err
 				}
+				if voucherWait != nil { // progress: the deadline starts again
+					voucherWait.Stop()
+					voucherWait = nil
+				}
 			case *pb.Frame_Cancel:
 				stopGen()
 				return s.cancelled(ctx, CancelCode(m.Cancel.GetCode()), items)
