@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"testing"
 	"time"
 )
@@ -11,12 +12,17 @@ import (
 const benchTokens = 256
 
 // BenchmarkJobOverhead runs the same generation twice per iteration: straight
-// from the backend, and as a whole job over net.Pipe (Open, Accept, Prompt,
+// from the backend, and as a whole job over net.Pipe or loopback TCP (Open, Accept, Prompt,
 // chunks, vouchers every half credit window, Done, final voucher). The
 // difference per token is what the protocol adds on top of the backend. The
 // backend is the deterministic text fake, whose own cost is a string format and
 // a hash per token, so the overhead dominates.
 func BenchmarkJobOverhead(b *testing.B) {
+	b.Run("pipe", func(b *testing.B) { benchJobOverhead(b, func() (net.Conn, net.Conn) { return net.Pipe() }) })
+	b.Run("tcp", func(b *testing.B) { benchJobOverhead(b, func() (net.Conn, net.Conn) { return tcpPair(b) }) })
+}
+
+func benchJobOverhead(b *testing.B, conns func() (net.Conn, net.Conn)) {
 	backend := &textBackend{model: "m", textLen: benchTokens}
 	price := Price{Prompt: 1_000, Completion: 2_000_000}
 	var direct, piped time.Duration
@@ -46,7 +52,8 @@ func BenchmarkJobOverhead(b *testing.B) {
 		ch := newMemChannel()
 		w := &Worker{Backend: backend, Payee: ch.payee(), Prices: map[string]Price{"m": price}, CreditTokens: 64}
 		start = time.Now()
-		res := runPipe(context.Background(), w, job, ch.payer(), RunOptions{}, nil)
+		cc, wc := conns()
+		res := runConns(context.Background(), cc, wc, w, job, ch.payer(), RunOptions{}, nil)
 		piped += time.Since(start)
 		if res.err != nil || res.workerErr != nil || res.rc.CompletionTokens != benchTokens || n != benchTokens {
 			b.Fatalf("job: %v, %v, %d tokens", res.err, res.workerErr, res.rc.CompletionTokens)
@@ -55,7 +62,7 @@ func BenchmarkJobOverhead(b *testing.B) {
 	}
 	tokens := float64(b.N * benchTokens)
 	b.ReportMetric(float64(direct.Nanoseconds())/tokens, "direct-ns/token")
-	b.ReportMetric(float64(piped.Nanoseconds())/tokens, "pipe-ns/token")
+	b.ReportMetric(float64(piped.Nanoseconds())/tokens, "stream-ns/token")
 	b.ReportMetric(float64((piped-direct).Nanoseconds())/tokens, "overhead-ns/token")
 	b.ReportMetric(float64(vouchers)/float64(b.N), "vouchers/job")
 }

@@ -275,6 +275,11 @@ type pipeResult struct {
 // runPipe runs w.Serve and Run on the two ends of a net.Pipe and waits for both.
 func runPipe(ctx context.Context, w *Worker, job Job, pay Payer, opt RunOptions, out func(Chunk) error) pipeResult {
 	cc, wc := net.Pipe()
+	return runConns(ctx, cc, wc, w, job, pay, opt, out)
+}
+
+// runConns runs w.Serve on wc and Run on cc and waits for both.
+func runConns(ctx context.Context, cc, wc net.Conn, w *Worker, job Job, pay Payer, opt RunOptions, out func(Chunk) error) pipeResult {
 	var res pipeResult
 	done := make(chan struct{})
 	go func() {
