@@ -103,8 +103,12 @@ type clientRun struct {
 // tokens actually received: during the stream cumulative vouchers cover the
 // completion tokens delivered so far, and after Done a final voucher covers
 // Cost(price, prompt, completion). Run never closes rw; the caller closes it after
-// Run returns. The Receipt is filled as far as the job got, also on error.
+// Run returns. A zero job.ID is replaced by a random one (see Receipt.Job). The
+// Receipt is filled as far as the job got, also on error.
 func Run(ctx context.Context, rw io.ReadWriter, job Job, pay Payer, out func(Chunk) error, opt RunOptions) (Receipt, error) {
+	if job.ID == (JobID{}) {
+		job.ID = NewJobID() // job IDs key the per-job payment totals: never reuse one
+	}
 	c := &clientRun{
 		job: job, pay: pay, out: out,
 		t:   opt.Timeouts.withDefaults(),

@@ -257,6 +257,7 @@ func (fr *frameReader) stop() {
 	if d, ok := fr.rw.(readDeadliner); ok {
 		_ = d.SetReadDeadline(time.Unix(1, 0))
 		<-fr.done
+		_ = d.SetReadDeadline(time.Time{})
 	}
 }
 
