@@ -183,6 +183,7 @@ type frameReader struct {
 	frames chan frameItem
 	quit   chan struct{}
 	done   chan struct{}
+	timer  *time.Timer // next's, owned by the reading state machine
 }
 
 type frameItem struct {
@@ -228,11 +229,17 @@ func startReader(r io.Reader, maxSize int, check func(*pb.Frame) error) *frameRe
 	return fr
 }
 
-// next waits up to d for the next frame.
+// next waits up to d for the next frame. It reuses one timer (Reset on a fired
+// or stopped timer delivers no stale tick since Go 1.23).
 func (fr *frameReader) next(ctx context.Context, d time.Duration, phase string) (*pb.Frame, error) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	return fr.nextTimer(ctx, t.C, phase)
+	if fr.timer == nil {
+		fr.timer = time.NewTimer(d)
+	} else {
+		fr.timer.Reset(d)
+	}
+	f, err := fr.nextTimer(ctx, fr.timer.C, phase)
+	fr.timer.Stop()
+	return f, err
 }
 
 func (fr *frameReader) nextTimer(ctx context.Context, deadline <-chan time.Time, phase string) (*pb.Frame, error) {
@@ -264,9 +271,10 @@ func (fr *frameReader) stop() {
 // frameWriter writes each frame, length prefix included, in one Write: on
 // unbuffered streams (net.Pipe, yamux) that halves the round trips per frame.
 type frameWriter struct {
-	rw      io.Writer
-	timeout time.Duration
-	buf     []byte
+	rw       io.Writer
+	timeout  time.Duration
+	deadline time.Time // the write deadline last set
+	buf      []byte
 }
 
 func newWriter(w io.Writer, timeout time.Duration) *frameWriter {
@@ -282,7 +290,12 @@ func (fw *frameWriter) send(f *pb.Frame) error {
 	}
 	fw.buf = buf
 	if d, ok := fw.rw.(writeDeadliner); ok {
-		_ = d.SetWriteDeadline(time.Now().Add(fw.timeout))
+		// Refresh the deadline only when half of it is used up: setting one costs
+		// a timer on some streams, and it stays at least timeout/2 ahead.
+		if now := time.Now(); fw.deadline.Sub(now) < fw.timeout/2 {
+			fw.deadline = now.Add(fw.timeout)
+			_ = d.SetWriteDeadline(fw.deadline)
+		}
 	}
 	if _, err := fw.rw.Write(buf); err != nil {
 		return fmt.Errorf("write frame: %w: %v", ErrStreamEnded, err)
