@@ -1,0 +1,342 @@
+package market
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cocoon-network/cocoon/market/pb"
+)
+
+// Limits of a capacity ad.
+const (
+	MaxAdSize     = 4 << 10          // bytes on the wire, the gossipsub topic's cap
+	MaxAdTTL      = 10 * time.Minute // longer TTLs are refused
+	MaxClockSkew  = 30 * time.Second // how far in the future issued_at may be
+	MaxAdModels   = 32
+	MaxAdGPUs     = 16
+	maxIDLen      = 128 // model IDs, GPU names, digests
+	maxMeasureLen = 128
+	maxWalletLen  = 128
+	maxKeyLen     = 64
+)
+
+// TEEKind names the trusted execution environment a worker runs in.
+type TEEKind int32
+
+// TEE kinds, as on the wire.
+const (
+	TEEUnknown TEEKind = TEEKind(pb.TEEKind_TEE_KIND_UNSPECIFIED)
+	TEENone    TEEKind = TEEKind(pb.TEEKind_TEE_KIND_NONE)
+	TEESim     TEEKind = TEEKind(pb.TEEKind_TEE_KIND_SIM) // simulated TEE, not confidential
+	TEETDX     TEEKind = TEEKind(pb.TEEKind_TEE_KIND_TDX)
+	TEESEVSNP  TEEKind = TEEKind(pb.TEEKind_TEE_KIND_SEV_SNP)
+)
+
+// String returns the design's name of k: tdx, sev-snp, sim or none.
+func (k TEEKind) String() string {
+	switch k {
+	case TEENone:
+		return "none"
+	case TEESim:
+		return "sim"
+	case TEETDX:
+		return "tdx"
+	case TEESEVSNP:
+		return "sev-snp"
+	}
+	return fmt.Sprintf("unknown(%d)", int32(k))
+}
+
+// ParseTEEKind is the inverse of TEEKind.String.
+func ParseTEEKind(s string) (TEEKind, error) {
+	for _, k := range []TEEKind{TEENone, TEESim, TEETDX, TEESEVSNP} {
+		if k.String() == s {
+			return k, nil
+		}
+	}
+	return TEEUnknown, fmt.Errorf("parse tee kind %q: want tdx, sev-snp, sim or none", s)
+}
+
+// Ad is a worker's capacity advertisement.
+type Ad struct {
+	Peer       peer.ID
+	Seq        uint64 // strictly increasing per peer
+	IssuedAt   time.Time
+	TTL        time.Duration
+	Models     []ModelOffer
+	Capacity   Capacity
+	TEE        TEE
+	Settlement Settlement
+}
+
+// ModelOffer is one model a worker serves and what it charges for it.
+type ModelOffer struct {
+	ID            string
+	WeightsDigest string // "sha256:<hex>", "" when unknown
+	ContextLength uint32
+	Price         Price
+	TTFT          time.Duration // p50 time to first token (millisecond resolution on the wire)
+	TimePerToken  time.Duration // p50 time per output token (microsecond resolution)
+}
+
+// GPU is one accelerator of a worker.
+type GPU struct {
+	Name string
+	VRAM uint64 // bytes
+}
+
+// Capacity is how much work a worker can take now.
+type Capacity struct {
+	GPUs        []GPU
+	SlotsTotal  uint32
+	SlotsFree   uint32
+	QueueLength uint32
+}
+
+// TEE is the worker's enclave kind and the measurement its attestation will show.
+type TEE struct {
+	Kind        TEEKind
+	Measurement []byte
+}
+
+// Settlement says how a worker is paid.
+type Settlement struct {
+	WalletAddress string // TON address
+	ChannelKey    []byte // public key that signs the worker's channel states
+	MinDeposit    uint64 // nanoTON
+}
+
+// Expires is when a stops being valid.
+func (a *Ad) Expires() time.Time { return a.IssuedAt.Add(a.TTL) }
+
+// Offer returns a's offer for model, if any.
+func (a *Ad) Offer(model string) (ModelOffer, bool) {
+	for _, m := range a.Models {
+		if m.ID == model {
+			return m, true
+		}
+	}
+	return ModelOffer{}, false
+}
+
+func (s Settlement) toPB() *pb.Settlement {
+	return &pb.Settlement{WalletAddress: s.WalletAddress, ChannelKey: s.ChannelKey, MinDeposit: s.MinDeposit}
+}
+
+func settlementFromPB(s *pb.Settlement) Settlement {
+	return Settlement{WalletAddress: s.GetWalletAddress(), ChannelKey: s.GetChannelKey(), MinDeposit: s.GetMinDeposit()}
+}
+
+// Encode returns the wire form of a; it fails if the ad is larger than MaxAdSize
+// or does not pass the schema checks that receivers apply.
+func (a *Ad) Encode() ([]byte, error) {
+	if err := a.check(); err != nil {
+		return nil, fmt.Errorf("encode ad: %w", err)
+	}
+	m := a.toPB()
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encode ad: %w", err)
+	}
+	if len(b) > MaxAdSize {
+		return nil, fmt.Errorf("encode ad: %d bytes: %w", len(b), ErrAdTooLarge)
+	}
+	return b, nil
+}
+
+func (a *Ad) toPB() *pb.Ad {
+	m := &pb.Ad{
+		PeerId:     []byte(a.Peer),
+		Seq:        a.Seq,
+		IssuedAtMs: a.IssuedAt.UnixMilli(),
+		TtlS:       uint32(a.TTL / time.Second),
+		Capacity: &pb.Capacity{
+			SlotsTotal:  a.Capacity.SlotsTotal,
+			SlotsFree:   a.Capacity.SlotsFree,
+			QueueLength: a.Capacity.QueueLength,
+		},
+		Tee:        &pb.TEE{Kind: pb.TEEKind(a.TEE.Kind), Measurement: a.TEE.Measurement},
+		Settlement: a.Settlement.toPB(),
+	}
+	for _, o := range a.Models {
+		m.Models = append(m.Models, &pb.ModelOffer{
+			Id:              o.ID,
+			WeightsDigest:   o.WeightsDigest,
+			ContextLength:   o.ContextLength,
+			PricePrompt:     o.Price.Prompt,
+			PriceCompletion: o.Price.Completion,
+			TtftP50Ms:       durUnits(o.TTFT, time.Millisecond),
+			TpotP50Us:       durUnits(o.TimePerToken, time.Microsecond),
+		})
+	}
+	for _, g := range a.Capacity.GPUs {
+		m.Capacity.Gpus = append(m.Capacity.Gpus, &pb.GPU{Name: g.Name, VramBytes: g.VRAM})
+	}
+	return m
+}
+
+func durUnits(d, unit time.Duration) uint32 {
+	n := d / unit
+	if n < 0 {
+		return 0
+	}
+	if n > 1<<32-1 {
+		return 1<<32 - 1
+	}
+	return uint32(n)
+}
+
+// Errors of DecodeAd and Ad.Encode; each maps to a DropReason.
+var (
+	ErrAdTooLarge  = errors.New("market: ad larger than 4 KiB")
+	ErrAdMalformed = errors.New("market: ad is not a valid protobuf")
+	ErrAdSchema    = errors.New("market: ad violates the schema")
+)
+
+// DecodeAd parses and schema-checks an ad. It does not check time or the sender:
+// that is Book.Offer's work.
+func DecodeAd(b []byte) (*Ad, error) {
+	if len(b) > MaxAdSize {
+		return nil, fmt.Errorf("decode ad: %d bytes: %w", len(b), ErrAdTooLarge)
+	}
+	var m pb.Ad
+	if err := proto.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("decode ad: %w: %v", ErrAdMalformed, err)
+	}
+	id, err := peer.IDFromBytes(m.GetPeerId())
+	if err != nil {
+		return nil, fmt.Errorf("decode ad: peer id: %w: %v", ErrAdSchema, err)
+	}
+	a := &Ad{
+		Peer:     id,
+		Seq:      m.GetSeq(),
+		IssuedAt: time.UnixMilli(m.GetIssuedAtMs()),
+		TTL:      time.Duration(m.GetTtlS()) * time.Second,
+		Capacity: Capacity{
+			SlotsTotal:  m.GetCapacity().GetSlotsTotal(),
+			SlotsFree:   m.GetCapacity().GetSlotsFree(),
+			QueueLength: m.GetCapacity().GetQueueLength(),
+		},
+		TEE:        TEE{Kind: TEEKind(m.GetTee().GetKind()), Measurement: m.GetTee().GetMeasurement()},
+		Settlement: settlementFromPB(m.GetSettlement()),
+	}
+	if m.Models != nil {
+		a.Models = make([]ModelOffer, 0, len(m.Models))
+	}
+	for _, o := range m.Models {
+		a.Models = append(a.Models, ModelOffer{
+			ID:            o.GetId(),
+			WeightsDigest: o.GetWeightsDigest(),
+			ContextLength: o.GetContextLength(),
+			Price:         Price{Prompt: o.GetPricePrompt(), Completion: o.GetPriceCompletion()},
+			TTFT:          time.Duration(o.GetTtftP50Ms()) * time.Millisecond,
+			TimePerToken:  time.Duration(o.GetTpotP50Us()) * time.Microsecond,
+		})
+	}
+	for _, g := range m.GetCapacity().GetGpus() {
+		a.Capacity.GPUs = append(a.Capacity.GPUs, GPU{Name: g.GetName(), VRAM: g.GetVramBytes()})
+	}
+	if err := a.check(); err != nil {
+		return nil, fmt.Errorf("decode ad: %w", err)
+	}
+	return a, nil
+}
+
+// check applies the schema rules: what every field must hold regardless of time.
+func (a *Ad) check() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrAdSchema, fmt.Sprintf(format, args...))
+	}
+	if err := a.Peer.Validate(); err != nil {
+		return bad("peer id: %v", err)
+	}
+	if a.Seq == 0 {
+		return bad("seq is 0")
+	}
+	if a.IssuedAt.UnixMilli() <= 0 {
+		return bad("issued_at not set")
+	}
+	if a.TTL < time.Second || a.TTL > MaxAdTTL || a.TTL%time.Second != 0 {
+		return bad("ttl %v not whole seconds in [1s, %v]", a.TTL, MaxAdTTL)
+	}
+	if len(a.Models) == 0 || len(a.Models) > MaxAdModels {
+		return bad("%d models, want 1..%d", len(a.Models), MaxAdModels)
+	}
+	seen := make(map[string]bool, len(a.Models))
+	for _, m := range a.Models {
+		if m.ID == "" || len(m.ID) > maxIDLen || len(m.WeightsDigest) > maxIDLen {
+			return bad("model id %q or digest too long or empty", m.ID)
+		}
+		if seen[m.ID] {
+			return bad("model %q listed twice", m.ID)
+		}
+		seen[m.ID] = true
+		if m.ContextLength == 0 {
+			return bad("model %q: context length 0", m.ID)
+		}
+	}
+	if len(a.Capacity.GPUs) > MaxAdGPUs {
+		return bad("%d gpus, want at most %d", len(a.Capacity.GPUs), MaxAdGPUs)
+	}
+	for _, g := range a.Capacity.GPUs {
+		if g.Name == "" || len(g.Name) > maxIDLen {
+			return bad("gpu name %q", g.Name)
+		}
+	}
+	if a.Capacity.SlotsTotal == 0 || a.Capacity.SlotsFree > a.Capacity.SlotsTotal {
+		return bad("slots free %d of total %d", a.Capacity.SlotsFree, a.Capacity.SlotsTotal)
+	}
+	switch a.TEE.Kind {
+	case TEENone:
+		if len(a.TEE.Measurement) != 0 {
+			return bad("tee none with a measurement")
+		}
+	case TEESim, TEETDX, TEESEVSNP:
+		if len(a.TEE.Measurement) == 0 || len(a.TEE.Measurement) > maxMeasureLen {
+			return bad("tee %v: measurement of %d bytes", a.TEE.Kind, len(a.TEE.Measurement))
+		}
+	default:
+		return bad("tee kind %v", a.TEE.Kind)
+	}
+	if a.Settlement.WalletAddress == "" || len(a.Settlement.WalletAddress) > maxWalletLen {
+		return bad("wallet address of %d bytes", len(a.Settlement.WalletAddress))
+	}
+	if len(a.Settlement.ChannelKey) == 0 || len(a.Settlement.ChannelKey) > maxKeyLen {
+		return bad("channel key of %d bytes", len(a.Settlement.ChannelKey))
+	}
+	return nil
+}
+
+// Equal reports whether a and b hold the same ad (times compared to the millisecond
+// the wire keeps).
+func (a *Ad) Equal(b *Ad) bool {
+	if a.Peer != b.Peer || a.Seq != b.Seq || a.IssuedAt.UnixMilli() != b.IssuedAt.UnixMilli() || a.TTL != b.TTL ||
+		len(a.Models) != len(b.Models) || len(a.Capacity.GPUs) != len(b.Capacity.GPUs) ||
+		a.Capacity.SlotsTotal != b.Capacity.SlotsTotal || a.Capacity.SlotsFree != b.Capacity.SlotsFree ||
+		a.Capacity.QueueLength != b.Capacity.QueueLength || a.TEE.Kind != b.TEE.Kind ||
+		!bytes.Equal(a.TEE.Measurement, b.TEE.Measurement) ||
+		a.Settlement.WalletAddress != b.Settlement.WalletAddress ||
+		!bytes.Equal(a.Settlement.ChannelKey, b.Settlement.ChannelKey) ||
+		a.Settlement.MinDeposit != b.Settlement.MinDeposit {
+		return false
+	}
+	for i := range a.Models {
+		x, y := a.Models[i], b.Models[i]
+		if x.ID != y.ID || x.WeightsDigest != y.WeightsDigest || x.ContextLength != y.ContextLength || x.Price != y.Price ||
+			x.TTFT.Truncate(time.Millisecond) != y.TTFT.Truncate(time.Millisecond) ||
+			x.TimePerToken.Truncate(time.Microsecond) != y.TimePerToken.Truncate(time.Microsecond) {
+			return false
+		}
+	}
+	for i := range a.Capacity.GPUs {
+		if a.Capacity.GPUs[i] != b.Capacity.GPUs[i] {
+			return false
+		}
+	}
+	return true
+}

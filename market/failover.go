@@ -1,0 +1,115 @@
+package market
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Attempt is one worker's part of a job run by Failover.
+type Attempt struct {
+	Candidate Candidate
+	Receipt   Receipt
+	Err       error // nil for the attempt that finished the job
+}
+
+// Failover runs a job on an ordered list of candidates and moves on to the next
+// one when a worker fails before finishing: the next worker gets the prompt plus
+// the text delivered so far as a continuation, and only the tokens it adds. The
+// caller sees one stream; each worker is paid only for its own part.
+type Failover struct {
+	// Dial opens a job stream to a candidate; Failover closes it after the attempt.
+	Dial func(ctx context.Context, c Candidate) (io.ReadWriteCloser, error)
+	// Payer returns the payer of the client's channel to c.
+	Payer func(c Candidate) (Payer, error)
+	// Verify, when set, checks c's attestation on the stream before the prompt
+	// leaves (see RunOptions.Verify).
+	Verify func(ctx context.Context, c Candidate) error
+	// Selector, when set, records every attempt's outcome and latency.
+	Selector *Selector
+	// MaxAttempts bounds the workers tried (0: every candidate).
+	MaxAttempts int
+	Options     RunOptions
+}
+
+// ErrNoWorker is returned by Failover.Run when every candidate failed.
+var ErrNoWorker = errors.New("market: no worker finished the job")
+
+// Run runs job, streaming the joined answer to out. It returns the attempts in
+// order, each with its own receipt. It stops early, without trying further
+// workers, when ctx ends or out fails.
+func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out func(Chunk) error) ([]Attempt, error) {
+	var (
+		attempts  []Attempt
+		delivered strings.Builder
+		tokens    int
+		sinkErr   error
+		errs      []error
+	)
+	maxAttempts := fo.MaxAttempts
+	if maxAttempts <= 0 {
+		maxAttempts = len(cands)
+	}
+	for i, c := range cands {
+		if i >= maxAttempts {
+			break
+		}
+		sub := job
+		if i > 0 {
+			sub.ID = NewJobID()
+		}
+		sub.Request.Continuation = job.Request.Continuation + delivered.String()
+		if job.Request.MaxTokens > 0 {
+			sub.Request.MaxTokens = job.Request.MaxTokens - tokens
+			if sub.Request.MaxTokens <= 0 {
+				break // the earlier workers delivered everything asked for
+			}
+		}
+		base := tokens
+		sink := func(ch Chunk) error {
+			delivered.WriteString(ch.Text)
+			tokens = base + ch.TokensSoFar
+			if err := out(Chunk{Text: ch.Text, Tokens: ch.Tokens, TokensSoFar: tokens}); err != nil {
+				sinkErr = err
+				return err
+			}
+			return nil
+		}
+		rc, err := fo.attempt(ctx, c, sub, sink)
+		attempts = append(attempts, Attempt{Candidate: c, Receipt: rc, Err: err})
+		callerStopped := sinkErr != nil || ctx.Err() != nil
+		if fo.Selector != nil && !(callerStopped && rc.Violation == ViolationNone) {
+			fo.Selector.Record(c.Peer, rc, err) // the caller's own failure is no mark against the worker
+		}
+		if err == nil {
+			return attempts, nil
+		}
+		errs = append(errs, fmt.Errorf("worker %s: %w", c.Peer, err))
+		if callerStopped {
+			return attempts, errors.Join(errs...)
+		}
+	}
+	if job.Request.MaxTokens > 0 && tokens >= job.Request.MaxTokens && len(attempts) > 0 {
+		return attempts, nil
+	}
+	return attempts, fmt.Errorf("%w: %w", ErrNoWorker, errors.Join(errs...))
+}
+
+func (fo *Failover) attempt(ctx context.Context, c Candidate, job Job, sink func(Chunk) error) (Receipt, error) {
+	pay, err := fo.Payer(c)
+	if err != nil {
+		return Receipt{Job: job.ID}, fmt.Errorf("payer: %w", err)
+	}
+	s, err := fo.Dial(ctx, c)
+	if err != nil {
+		return Receipt{Job: job.ID}, fmt.Errorf("dial: %w", err)
+	}
+	defer s.Close()
+	opt := fo.Options
+	if fo.Verify != nil {
+		opt.Verify = func(ctx context.Context) error { return fo.Verify(ctx, c) }
+	}
+	return Run(ctx, s, job, pay, sink, opt)
+}

@@ -1,0 +1,213 @@
+package market
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// failoverNet runs one Worker per candidate behind a Dial function.
+type failoverNet struct {
+	t       *testing.T
+	workers map[peer.ID]*Worker
+	chans   map[peer.ID]*memChannel
+	conns   map[peer.ID]net.Conn // the worker end of the latest stream
+	mu      sync.Mutex
+	wg      sync.WaitGroup
+	errs    map[peer.ID]error
+}
+
+func newFailoverNet(t *testing.T) *failoverNet {
+	return &failoverNet{t: t, workers: map[peer.ID]*Worker{}, chans: map[peer.ID]*memChannel{}, conns: map[peer.ID]net.Conn{}, errs: map[peer.ID]error{}}
+}
+
+func (n *failoverNet) add(id peer.ID, b *textBackend, price Price, credit int) Candidate {
+	ch := newMemChannel()
+	n.chans[id] = ch
+	n.workers[id] = &Worker{Backend: b, Payee: ch.payee(), Prices: map[string]Price{b.model: price}, CreditTokens: credit}
+	return Candidate{Peer: id, Offer: ModelOffer{ID: b.model, Price: price}}
+}
+
+func (n *failoverNet) failover() *Failover {
+	return &Failover{
+		Dial: func(ctx context.Context, c Candidate) (io.ReadWriteCloser, error) {
+			w, ok := n.workers[c.Peer]
+			if !ok {
+				return nil, errors.New("no route to peer")
+			}
+			cc, wc := net.Pipe()
+			n.mu.Lock()
+			n.conns[c.Peer] = wc
+			n.mu.Unlock()
+			n.wg.Go(func() {
+				err := w.Serve(context.Background(), wc)
+				wc.Close()
+				n.mu.Lock()
+				n.errs[c.Peer] = err
+				n.mu.Unlock()
+			})
+			return cc, nil
+		},
+		Payer: func(c Candidate) (Payer, error) { return n.chans[c.Peer].payer(), nil },
+	}
+}
+
+func (n *failoverNet) kill(id peer.ID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.conns[id].Close()
+}
+
+// checkMoney asserts that each worker that finished holds exactly what the client
+// says it paid it, one that failed holds no more (a voucher may have been on the
+// wire when it died), and that no worker was paid beyond what it delivered.
+func checkMoney(t *testing.T, n *failoverNet, attempts []Attempt) {
+	t.Helper()
+	for _, a := range attempts {
+		ch := n.chans[a.Candidate.Peer]
+		ch.checkMonotonic(t)
+		if got := ch.accepted(a.Receipt.Job); got > a.Receipt.Paid || (a.Err == nil && got != a.Receipt.Paid) {
+			t.Errorf("worker %s holds %d nanoTON for job %s; the client paid %d", a.Candidate.Peer, got, a.Receipt.Job, a.Receipt.Paid)
+		}
+		owed := wantCost(a.Receipt.Price, a.Receipt.PromptTokens, a.Receipt.CompletionTokens)
+		if a.Receipt.Paid > owed {
+			t.Errorf("worker %s paid %d for %d+%d tokens; at most %d", a.Candidate.Peer, a.Receipt.Paid, a.Receipt.PromptTokens, a.Receipt.CompletionTokens, owed)
+		}
+	}
+}
+
+func TestFailoverWorkerDies(t *testing.T) {
+	const k = 5 // chunks worker 1 delivers before it dies
+	job := testJob("m", 0)
+	jobID := job.ID
+	price1, price2 := Price{Prompt: 1_000, Completion: 3_333_333}, Price{Prompt: 2_000, Completion: 1_234_567}
+	n := newFailoverNet(t)
+	got := make(chan int, 100)
+	b1 := &textBackend{model: "m", textLen: 40}
+	b1.onDelta = func(i int) {
+		if i == k+1 {
+			for range k { // wait until the caller has the k chunks, then die
+				<-got
+			}
+			// and until the worker has booked the voucher already on the wire, so
+			// that the books are exact (an unbooked voucher would be the dead
+			// worker's own loss).
+			want := wantCost(Price{Completion: price1.Completion}, 0, 4)
+			for start := time.Now(); n.chans["w1"].accepted(jobID) != want && time.Since(start) < 5*time.Second; {
+				time.Sleep(time.Millisecond)
+			}
+			n.kill("w1")
+		}
+	}
+	b2 := &textBackend{model: "m", textLen: 40}
+	cands := []Candidate{n.add("w1", b1, price1, 4), n.add("w2", b2, price2, 4)}
+	fo := n.failover()
+	fo.Selector = &Selector{}
+	var text strings.Builder
+	var chunks []Chunk
+	attempts, err := fo.Run(t.Context(), cands, job, func(c Chunk) error {
+		chunks = append(chunks, c)
+		text.WriteString(c.Text)
+		if len(chunks) <= k {
+			got <- len(chunks)
+		}
+		return nil
+	})
+	n.wg.Wait()
+	if err != nil {
+		t.Fatalf("Failover.Run = %v", err)
+	}
+	if want := b2.answer(job.Request, 0); text.String() != want {
+		t.Fatalf("joined text = %q; want %q", text.String(), want)
+	}
+	for i, c := range chunks {
+		if c.TokensSoFar != i+1 {
+			t.Fatalf("chunk %d says %d tokens so far; the caller's stream must count on", i, c.TokensSoFar)
+		}
+	}
+	if len(attempts) != 2 || attempts[0].Err == nil || attempts[1].Err != nil {
+		t.Fatalf("attempts %+v; want worker 1 failed, worker 2 finished", attempts)
+	}
+	r1, r2 := attempts[0].Receipt, attempts[1].Receipt
+	if r1.CompletionTokens != k || r2.CompletionTokens != 40-k {
+		t.Fatalf("worker 1 delivered %d, worker 2 %d; want %d and %d", r1.CompletionTokens, r2.CompletionTokens, k, 40-k)
+	}
+	// Worker 1 is paid for the windows the client settled before it died: every
+	// 2 tokens (half its credit of 4), so for 4 of its 5 tokens.
+	if want := wantCost(Price{Completion: price1.Completion}, 0, 4); r1.Paid != want {
+		t.Fatalf("worker 1 paid %d; want %d for 4 tokens", r1.Paid, want)
+	}
+	// Worker 2 is paid in full for its own part: the prompt plus the continuation
+	// as its prompt, and only the tokens it added.
+	if r2.PromptTokens != 5+k {
+		t.Fatalf("worker 2 prompt tokens %d; want %d (prompt and continuation)", r2.PromptTokens, 5+k)
+	}
+	if want := wantCost(price2, r2.PromptTokens, 40-k); r2.Paid != want || r2.Cost != want {
+		t.Fatalf("worker 2 paid %d cost %d; want %d", r2.Paid, r2.Cost, want)
+	}
+	checkMoney(t, n, attempts)
+	if fo.Selector.Reputation("w1") >= fo.Selector.Reputation("w2") {
+		t.Fatalf("reputation w1 %v, w2 %v; the failed worker must rank lower", fo.Selector.Reputation("w1"), fo.Selector.Reputation("w2"))
+	}
+}
+
+func TestFailoverWorkerStalls(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		price := Price{Prompt: 1_000, Completion: 2_000_000}
+		n := newFailoverNet(t)
+		cands := []Candidate{
+			n.add("gone", &textBackend{model: "m"}, price, 4),
+			n.add("w1", &textBackend{model: "m", textLen: 30, stallAfter: 7}, price, 4),
+			n.add("w2", &textBackend{model: "m", textLen: 30}, price, 4),
+		}
+		delete(n.workers, "gone") // dial fails
+		fo := n.failover()
+		job := testJob("m", 20)
+		var text strings.Builder
+		attempts, err := fo.Run(t.Context(), cands, job, func(c Chunk) error {
+			text.WriteString(c.Text)
+			return nil
+		})
+		n.wg.Wait()
+		if err != nil {
+			t.Fatalf("Failover.Run = %v", err)
+		}
+		b := &textBackend{model: "m", textLen: 30}
+		if want := b.answer(job.Request, 20); text.String() != want {
+			t.Fatalf("joined text = %q; want %q", text.String(), want)
+		}
+		var te *TimeoutError
+		if len(attempts) != 3 || attempts[0].Err == nil || !errors.As(attempts[1].Err, &te) || te.Phase != "next chunk" {
+			t.Fatalf("attempts %+v; want dial failure, stall, success", attempts)
+		}
+		if r := attempts[2].Receipt; r.CompletionTokens != 13 || r.FinishReason != FinishLength {
+			t.Fatalf("worker 2 delivered %d tokens, finish %q; want 13, length", r.CompletionTokens, r.FinishReason)
+		}
+		checkMoney(t, n, attempts[1:])
+	})
+}
+
+func TestFailoverStopsOnCallerError(t *testing.T) {
+	n := newFailoverNet(t)
+	price := Price{Completion: 10}
+	cands := []Candidate{n.add("w1", &textBackend{model: "m", textLen: 30}, price, 4), n.add("w2", &textBackend{model: "m", textLen: 30}, price, 4)}
+	fo := n.failover()
+	sinkErr := errors.New("caller hung up")
+	calls := 0
+	attempts, err := fo.Run(t.Context(), cands, testJob("m", 0), func(Chunk) error {
+		calls++
+		return sinkErr
+	})
+	n.wg.Wait()
+	if !errors.Is(err, sinkErr) || len(attempts) != 1 || calls != 1 {
+		t.Fatalf("Run = %v after %d attempts, %d chunks; want the caller's error after 1 attempt", err, len(attempts), calls)
+	}
+}

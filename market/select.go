@@ -1,0 +1,228 @@
+package market
+
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Policy is what a client demands of the workers for one job.
+type Policy struct {
+	Model string
+	// TEE lists the acceptable enclave kinds; empty accepts tdx and sev-snp only
+	// (a real TEE). Add TEESim for testnets and TEENone to accept unprotected workers.
+	TEE []TEEKind
+	// MaxPrice caps each price; a zero field means no cap on that price.
+	MaxPrice Price
+}
+
+func (p Policy) allows(k TEEKind) bool {
+	if len(p.TEE) == 0 {
+		return k == TEETDX || k == TEESEVSNP
+	}
+	return slices.Contains(p.TEE, k)
+}
+
+// Candidate is one worker that can run a job, with the score Select gave it
+// (lower is better).
+type Candidate struct {
+	Peer  peer.ID
+	Ad    *Ad
+	Offer ModelOffer
+	Score float64
+}
+
+// Selector ranks workers from a Book with what this node measured of them: a
+// latency EWMA and a success ratio from its own receipts. It is safe for
+// concurrent use.
+type Selector struct {
+	Book *Book
+	// Rand picks among the best candidates (power of two choices); nil: a
+	// random source. Tests inject a seeded one.
+	Rand *rand.Rand
+	// Top is how many of the best candidates the first pick is made from (0: 4).
+	Top int
+	// Weights of the score's factors (0: defaults 1, 0.5, 2): price, latency,
+	// reputation. The score is price^Wp · latency^Wl · slots · (1/rep)^Wr, each
+	// factor normalised to the best candidate.
+	PriceWeight, LatencyWeight, ReputationWeight float64
+
+	mu    sync.Mutex
+	stats map[peer.ID]*peerStats
+}
+
+type peerStats struct {
+	ewma      time.Duration // measured time to first token; 0 until measured
+	successes uint64
+	failures  uint64
+}
+
+// latencyAlpha is the EWMA weight of a new latency sample.
+const latencyAlpha = 0.3
+
+// ObserveLatency folds a measured time to first token of p into its EWMA.
+func (s *Selector) ObserveLatency(p peer.ID, ttft time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stat(p)
+	if st.ewma == 0 {
+		st.ewma = ttft
+		return
+	}
+	st.ewma = time.Duration(latencyAlpha*float64(ttft) + (1-latencyAlpha)*float64(st.ewma))
+}
+
+// RecordOutcome counts a finished job with p: ok when it ended as agreed. A
+// violation (over-reported usage, ignored cancel or credit) weighs as three
+// failures.
+func (s *Selector) RecordOutcome(p peer.ID, ok, violation bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stat(p)
+	switch {
+	case violation:
+		st.failures += 3
+	case ok:
+		st.successes++
+	default:
+		st.failures++
+	}
+}
+
+// Record folds a receipt of Run into p's latency and reputation; err is Run's
+// error, which should not be one the caller caused (its own cancel).
+func (s *Selector) Record(p peer.ID, r Receipt, err error) {
+	if r.TTFT > 0 {
+		s.ObserveLatency(p, r.TTFT)
+	}
+	s.RecordOutcome(p, err == nil, r.Violation != ViolationNone)
+}
+
+// Reputation returns p's success ratio with a uniform prior: (s+1)/(s+f+2).
+func (s *Selector) Reputation(p peer.ID) float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stat(p)
+	return float64(st.successes+1) / float64(st.successes+st.failures+2)
+}
+
+func (s *Selector) stat(p peer.ID) *peerStats {
+	if s.stats == nil {
+		s.stats = make(map[peer.ID]*peerStats)
+	}
+	st, ok := s.stats[p]
+	if !ok {
+		st = &peerStats{}
+		s.stats[p] = st
+	}
+	return st
+}
+
+// Reference job sizes used to compare two price pairs.
+const refPrompt, refCompletion = 500, 250
+
+// Select returns the workers that satisfy pol, in the order to try them: the first
+// is the better of two drawn at random among the Top best, the rest follow by
+// score, for failover. It returns nil when no worker qualifies.
+func (s *Selector) Select(pol Policy) []Candidate {
+	ads := s.Book.ByModel(pol.Model)
+	cands := make([]Candidate, 0, len(ads))
+	for _, a := range ads {
+		o, _ := a.Offer(pol.Model)
+		if !pol.allows(a.TEE.Kind) ||
+			(pol.MaxPrice.Prompt != 0 && o.Price.Prompt > pol.MaxPrice.Prompt) ||
+			(pol.MaxPrice.Completion != 0 && o.Price.Completion > pol.MaxPrice.Completion) {
+			continue
+		}
+		cands = append(cands, Candidate{Peer: a.Peer, Ad: a, Offer: o})
+	}
+	if len(cands) == 0 {
+		return nil
+	}
+	s.score(cands)
+	// Sort indices, not the large Candidate values. Ties go to the lower peer ID,
+	// so the order is total and reproducible.
+	order := make([]int, len(cands))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(i, j int) int {
+		x, y := &cands[i], &cands[j]
+		switch {
+		case x.Score < y.Score:
+			return -1
+		case x.Score > y.Score:
+			return 1
+		case x.Peer < y.Peer:
+			return -1
+		case x.Peer > y.Peer:
+			return 1
+		}
+		return 0
+	})
+	sorted := make([]Candidate, len(cands))
+	for k, i := range order {
+		sorted[k] = cands[i]
+	}
+	cands = sorted
+	top := s.Top
+	if top <= 0 {
+		top = 4
+	}
+	top = min(top, len(cands))
+	if top >= 2 {
+		r := s.Rand
+		if r == nil {
+			r = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+		}
+		i := r.IntN(top)
+		j := r.IntN(top - 1)
+		if j >= i {
+			j++
+		}
+		pick := min(i, j) // sorted: the lower index has the better score
+		first := cands[pick]
+		copy(cands[1:pick+1], cands[:pick])
+		cands[0] = first
+	}
+	return cands
+}
+
+func (s *Selector) score(cands []Candidate) {
+	wp, wl, wr := s.PriceWeight, s.LatencyWeight, s.ReputationWeight
+	if wp == 0 && wl == 0 && wr == 0 {
+		wp, wl, wr = 1, 0.5, 2
+	}
+	price := make([]float64, len(cands))
+	lat := make([]float64, len(cands))
+	minPrice, minLat := math.Inf(1), math.Inf(1)
+	s.mu.Lock()
+	for i, c := range cands {
+		// +1 keeps free offers comparable instead of dividing by zero.
+		price[i] = float64(c.Offer.Price.Prompt)*refPrompt + float64(c.Offer.Price.Completion)*refCompletion + 1
+		l := c.Offer.TTFT
+		if st, ok := s.stats[c.Peer]; ok && st.ewma > 0 {
+			l = st.ewma
+		}
+		lat[i] = math.Max(float64(l), float64(time.Millisecond))
+		minPrice = math.Min(minPrice, price[i])
+		minLat = math.Min(minLat, lat[i])
+	}
+	for i := range cands {
+		c := &cands[i]
+		rep := 0.5
+		if st, ok := s.stats[c.Peer]; ok {
+			rep = float64(st.successes+1) / float64(st.successes+st.failures+2)
+		}
+		slots := 1.0
+		if cap := c.Ad.Capacity; cap.SlotsFree == 0 {
+			slots = 2 + float64(cap.QueueLength)/float64(max(cap.SlotsTotal, 1))
+		}
+		c.Score = math.Pow(price[i]/minPrice, wp) * math.Pow(lat[i]/minLat, wl) * slots * math.Pow(0.5/rep, wr)
+	}
+	s.mu.Unlock()
+}

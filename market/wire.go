@@ -1,0 +1,462 @@
+package market
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"time"
+
+	"github.com/libp2p/go-msgio/pbio"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cocoon-network/cocoon/market/pb"
+)
+
+// The job stream, one per job, each message a varint-length-delimited pb.Frame:
+//
+//	client                                   worker
+//	Open{job_id, model, params, max_price} →
+//	                                       ← Accept{prices, credit_tokens, settlement}
+//	                                         | Reject{code}            (stream ends)
+//	[client checks the attestation verdict; on failure Cancel{ATTESTATION}, no prompt]
+//	Prompt{messages | prompt, continuation} →
+//	                                       ← Chunk{delta, tokens_so_far} …
+//	Voucher{cumulative} → (each credit_tokens/2 delivered tokens)
+//	                                       ← Done{usage, finish_reason, receipt}
+//	Voucher{cumulative = Cost(price, prompt, completion)} →
+//
+// Money: during the stream cumulative vouchers cover the completion tokens
+// delivered so far, ceil(completion·price/1e6); the worker sends a chunk only
+// while at most credit_tokens of its tokens are unpaid (creditAllows), and stops
+// with Cancel{NO_PAYMENT} when no voucher comes within Timeouts.Voucher. The
+// prompt is paid with the final voucher, because the worker's runtime counts
+// prompt tokens and reports them in Done: the worker's risk is the prompt plus one
+// credit window, the client's is nothing it did not receive. Either side may send
+// Cancel{code}; the worker answers a client's Cancel with Done.
+
+// ProtocolID is the libp2p protocol of the job stream.
+const ProtocolID = "/cocoon/job/1.0.0"
+
+// Size caps of job-protocol messages. A frame whose length prefix exceeds the
+// reader's cap is refused before its buffer is allocated.
+const (
+	// MaxWorkerFrame caps every message a client reads (Accept, Reject, Chunk,
+	// Done, Cancel).
+	MaxWorkerFrame = 64 << 10
+	// DefaultMaxPromptFrame caps every message a worker reads; the Prompt is the
+	// large one. Worker.MaxPromptBytes overrides it.
+	DefaultMaxPromptFrame = 1 << 20
+
+	maxModelLen    = 128
+	maxStops       = 8
+	maxStopLen     = 256
+	maxNonceLen    = 64
+	maxMessages    = 4096
+	maxBlobLen     = 4 << 10 // vouchers, receipts, channel keys
+	maxChunkText   = 16 << 10
+	maxCreditToken = 1 << 20
+	jobIDLen       = 16
+)
+
+// JobID names one job (one stream, one worker). A job that fails over gets a new
+// ID on each worker.
+type JobID [jobIDLen]byte
+
+// NewJobID returns a random job ID.
+func NewJobID() JobID {
+	var id JobID
+	_, _ = rand.Read(id[:]) // crypto/rand.Read never fails
+	return id
+}
+
+func (id JobID) String() string { return hex.EncodeToString(id[:]) }
+
+// RejectCode is why a worker declined a job, as sent on the wire.
+type RejectCode int32
+
+// Reject codes.
+const (
+	RejectBusy         = RejectCode(pb.RejectCode_REJECT_BUSY)
+	RejectUnknownModel = RejectCode(pb.RejectCode_REJECT_UNKNOWN_MODEL)
+	RejectPrice        = RejectCode(pb.RejectCode_REJECT_PRICE)
+	RejectNoChannel    = RejectCode(pb.RejectCode_REJECT_NO_CHANNEL)
+	RejectPolicy       = RejectCode(pb.RejectCode_REJECT_POLICY)
+	RejectBadRequest   = RejectCode(pb.RejectCode_REJECT_BAD_REQUEST)
+	RejectInternal     = RejectCode(pb.RejectCode_REJECT_INTERNAL)
+)
+
+func (c RejectCode) String() string { return pb.RejectCode(c).String() }
+
+// CancelCode is why a side stopped a job, as sent on the wire.
+type CancelCode int32
+
+// Cancel codes.
+const (
+	CancelClient      = CancelCode(pb.CancelCode_CANCEL_CLIENT)
+	CancelNoPayment   = CancelCode(pb.CancelCode_CANCEL_NO_PAYMENT)
+	CancelBadVoucher  = CancelCode(pb.CancelCode_CANCEL_BAD_VOUCHER)
+	CancelTimeout     = CancelCode(pb.CancelCode_CANCEL_TIMEOUT)
+	CancelProtocol    = CancelCode(pb.CancelCode_CANCEL_PROTOCOL)
+	CancelPrice       = CancelCode(pb.CancelCode_CANCEL_PRICE)
+	CancelAttestation = CancelCode(pb.CancelCode_CANCEL_ATTESTATION)
+	CancelOverReport  = CancelCode(pb.CancelCode_CANCEL_OVER_REPORT)
+	CancelInternal    = CancelCode(pb.CancelCode_CANCEL_INTERNAL)
+)
+
+func (c CancelCode) String() string { return pb.CancelCode(c).String() }
+
+// Errors of Run and Serve. The typed errors below match these with errors.Is.
+var (
+	ErrRejected    = errors.New("market: job rejected")
+	ErrCancelled   = errors.New("market: job cancelled")
+	ErrTimeout     = errors.New("market: phase deadline passed")
+	ErrProtocol    = errors.New("market: protocol violation")
+	ErrStreamEnded = errors.New("market: stream ended")
+	ErrAttestation = errors.New("market: attestation check failed")
+	ErrPrice       = errors.New("market: price above the client's maximum")
+	ErrOverReport  = errors.New("market: worker claimed more tokens than it delivered")
+	ErrIgnoredStop = errors.New("market: worker kept sending after cancel")
+	ErrCredit      = errors.New("market: worker sent beyond its credit window")
+	ErrNoPayment   = errors.New("market: client stopped paying")
+	ErrUnderpaid   = errors.New("market: job not paid in full")
+)
+
+// RejectError carries the worker's reject code.
+type RejectError struct{ Code RejectCode }
+
+func (e *RejectError) Error() string        { return fmt.Sprintf("market: job rejected: %v", e.Code) }
+func (e *RejectError) Is(target error) bool { return target == ErrRejected }
+
+// CancelError carries the peer's cancel code.
+type CancelError struct{ Code CancelCode }
+
+func (e *CancelError) Error() string        { return fmt.Sprintf("market: job cancelled by peer: %v", e.Code) }
+func (e *CancelError) Is(target error) bool { return target == ErrCancelled }
+
+// TimeoutError names the phase whose deadline passed.
+type TimeoutError struct{ Phase string }
+
+func (e *TimeoutError) Error() string        { return fmt.Sprintf("market: %s deadline passed", e.Phase) }
+func (e *TimeoutError) Is(target error) bool { return target == ErrTimeout }
+
+// Timeouts bound every phase of a job. Zero fields take the defaults in brackets.
+type Timeouts struct {
+	Open       time.Duration // worker: Open after the stream starts [10s]
+	Accept     time.Duration // client: Accept or Reject after Open [10s]
+	Prompt     time.Duration // worker: Prompt after Accept, covering the client's attestation check [30s]
+	FirstChunk time.Duration // client: the first Chunk after Prompt [60s]
+	Chunk      time.Duration // client: each later Chunk or Done; longer is a stall [20s]
+	Voucher    time.Duration // worker: a Voucher once the credit window is spent, and the final one after Done [10s]
+	Done       time.Duration // client: Done after it sent Cancel [5s]
+	Write      time.Duration // either: one message write, where the stream has write deadlines [10s]
+}
+
+func (t Timeouts) withDefaults() Timeouts {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&t.Open, 10*time.Second)
+	def(&t.Accept, 10*time.Second)
+	def(&t.Prompt, 30*time.Second)
+	def(&t.FirstChunk, 60*time.Second)
+	def(&t.Chunk, 20*time.Second)
+	def(&t.Voucher, 10*time.Second)
+	def(&t.Done, 5*time.Second)
+	def(&t.Write, 10*time.Second)
+	return t
+}
+
+type readDeadliner interface{ SetReadDeadline(time.Time) error }
+type writeDeadliner interface{ SetWriteDeadline(time.Time) error }
+
+// frameReader decodes frames on its own goroutine so that the state machines can
+// wait for a frame, a timer and their context at once.
+type frameReader struct {
+	rw     io.Reader
+	frames chan frameItem
+	quit   chan struct{}
+	done   chan struct{}
+	timer  *time.Timer // next's, owned by the reading state machine
+}
+
+type frameItem struct {
+	f   *pb.Frame
+	err error
+}
+
+func startReader(r io.Reader, maxSize int, check func(*pb.Frame) error) *frameReader {
+	fr := &frameReader{rw: r, frames: make(chan frameItem, 8), quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(fr.done)
+		pr := pbio.NewDelimitedReader(r, maxSize)
+		for {
+			f := new(pb.Frame)
+			err := pr.ReadMsg(f)
+			switch {
+			case errors.Is(err, io.ErrShortBuffer):
+				err = fmt.Errorf("read frame: length over %d bytes: %w", maxSize, ErrProtocol)
+			case errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe) || errors.Is(err, io.ErrUnexpectedEOF):
+				err = fmt.Errorf("read frame: %w: %v", ErrStreamEnded, err)
+			case err != nil:
+				var perr interface{ Timeout() bool }
+				if errors.As(err, &perr) {
+					err = fmt.Errorf("read frame: %w: %v", ErrStreamEnded, err)
+				} else {
+					err = fmt.Errorf("read frame: %w: %v", ErrProtocol, err)
+				}
+			default:
+				if cerr := check(f); cerr != nil {
+					err = fmt.Errorf("read frame: %w: %v", ErrProtocol, cerr)
+				}
+			}
+			select {
+			case fr.frames <- frameItem{f, err}:
+			case <-fr.quit:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return fr
+}
+
+// next waits up to d for the next frame. It reuses one timer (Reset on a fired
+// or stopped timer delivers no stale tick since Go 1.23).
+func (fr *frameReader) next(ctx context.Context, d time.Duration, phase string) (*pb.Frame, error) {
+	if fr.timer == nil {
+		fr.timer = time.NewTimer(d)
+	} else {
+		fr.timer.Reset(d)
+	}
+	f, err := fr.nextTimer(ctx, fr.timer.C, phase)
+	fr.timer.Stop()
+	return f, err
+}
+
+func (fr *frameReader) nextTimer(ctx context.Context, deadline <-chan time.Time, phase string) (*pb.Frame, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err // a cancelled caller takes no more frames, even ones already here
+	}
+	select {
+	case it := <-fr.frames:
+		return it.f, it.err
+	case <-deadline:
+		return nil, &TimeoutError{Phase: phase}
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// stop ends the reader. Where the stream has read deadlines it wakes a blocked
+// read and waits for the goroutine; otherwise the goroutine ends when the caller
+// closes the stream.
+func (fr *frameReader) stop() {
+	close(fr.quit)
+	if d, ok := fr.rw.(readDeadliner); ok {
+		_ = d.SetReadDeadline(time.Unix(1, 0))
+		<-fr.done
+		_ = d.SetReadDeadline(time.Time{})
+	}
+}
+
+// frameWriter writes each frame, length prefix included, in one Write: on
+// unbuffered streams (net.Pipe, yamux) that halves the round trips per frame.
+type frameWriter struct {
+	rw       io.Writer
+	timeout  time.Duration
+	deadline time.Time // the write deadline last set
+	buf      []byte
+}
+
+func newWriter(w io.Writer, timeout time.Duration) *frameWriter {
+	return &frameWriter{rw: w, timeout: timeout}
+}
+
+func (fw *frameWriter) send(f *pb.Frame) error {
+	n := proto.Size(f)
+	buf := binary.AppendUvarint(fw.buf[:0], uint64(n))
+	buf, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(buf, f)
+	if err != nil {
+		return fmt.Errorf("encode %s frame: %w", frameName(f), err)
+	}
+	fw.buf = buf
+	if d, ok := fw.rw.(writeDeadliner); ok {
+		// Refresh the deadline only when half of it is used up: setting one costs
+		// a timer on some streams, and it stays at least timeout/2 ahead.
+		if now := time.Now(); fw.deadline.Sub(now) < fw.timeout/2 {
+			fw.deadline = now.Add(fw.timeout)
+			_ = d.SetWriteDeadline(fw.deadline)
+		}
+	}
+	if _, err := fw.rw.Write(buf); err != nil {
+		return fmt.Errorf("write frame: %w: %v", ErrStreamEnded, err)
+	}
+	return nil
+}
+
+func (fw *frameWriter) cancel(code CancelCode) error {
+	return fw.send(&pb.Frame{Msg: &pb.Frame_Cancel{Cancel: &pb.Cancel{Code: pb.CancelCode(code)}}})
+}
+
+func frameName(f *pb.Frame) string {
+	if f == nil || f.Msg == nil {
+		return "empty"
+	}
+	return string(f.ProtoReflect().WhichOneof(f.ProtoReflect().Descriptor().Oneofs().ByName("msg")).Name())
+}
+
+// checkClientFrame accepts the frames a client may send and checks their fields.
+func checkClientFrame(f *pb.Frame) error {
+	switch m := f.Msg.(type) {
+	case *pb.Frame_Open:
+		return checkOpen(m.Open)
+	case *pb.Frame_Prompt:
+		return checkPrompt(m.Prompt)
+	case *pb.Frame_Voucher:
+		return checkVoucher(m.Voucher)
+	case *pb.Frame_Cancel:
+		return checkCancel(m.Cancel)
+	}
+	return fmt.Errorf("unexpected %s from a client", frameName(f))
+}
+
+// checkWorkerFrame accepts the frames a worker may send and checks their fields.
+func checkWorkerFrame(f *pb.Frame) error {
+	switch m := f.Msg.(type) {
+	case *pb.Frame_Accept:
+		return checkAccept(m.Accept)
+	case *pb.Frame_Reject:
+		return checkReject(m.Reject)
+	case *pb.Frame_Chunk:
+		return checkChunk(m.Chunk)
+	case *pb.Frame_Done:
+		return checkDone(m.Done)
+	case *pb.Frame_Cancel:
+		return checkCancel(m.Cancel)
+	}
+	return fmt.Errorf("unexpected %s from a worker", frameName(f))
+}
+
+func checkOpen(m *pb.Open) error {
+	if len(m.GetJobId()) != jobIDLen {
+		return fmt.Errorf("open: job id of %d bytes, want %d", len(m.GetJobId()), jobIDLen)
+	}
+	if m.GetModel() == "" || len(m.GetModel()) > maxModelLen {
+		return fmt.Errorf("open: model name of %d bytes", len(m.GetModel()))
+	}
+	if len(m.GetNonce()) > maxNonceLen {
+		return fmt.Errorf("open: nonce of %d bytes", len(m.GetNonce()))
+	}
+	p := m.GetParams()
+	if t := p.GetTemperature(); math.IsNaN(t) || t < 0 || t > 10 {
+		return fmt.Errorf("open: temperature %v", t)
+	}
+	if t := p.GetTopP(); math.IsNaN(t) || t < 0 || t > 1 {
+		return fmt.Errorf("open: top_p %v", t)
+	}
+	if len(p.GetStop()) > maxStops {
+		return fmt.Errorf("open: %d stop strings", len(p.GetStop()))
+	}
+	for _, s := range p.GetStop() {
+		if s == "" || len(s) > maxStopLen {
+			return fmt.Errorf("open: stop string of %d bytes", len(s))
+		}
+	}
+	return nil
+}
+
+func checkAccept(m *pb.Accept) error {
+	if c := m.GetCreditTokens(); c == 0 || c > maxCreditToken {
+		return fmt.Errorf("accept: credit of %d tokens", c)
+	}
+	s := m.GetSettlement()
+	if len(s.GetWalletAddress()) > maxWalletLen || len(s.GetChannelKey()) > maxKeyLen {
+		return errors.New("accept: settlement fields too long")
+	}
+	return nil
+}
+
+func checkReject(m *pb.Reject) error {
+	if _, ok := pb.RejectCode_name[int32(m.GetCode())]; !ok || m.GetCode() == pb.RejectCode_REJECT_UNSPECIFIED {
+		return fmt.Errorf("reject: code %d", int32(m.GetCode()))
+	}
+	return nil
+}
+
+func checkCancel(m *pb.Cancel) error {
+	if _, ok := pb.CancelCode_name[int32(m.GetCode())]; !ok || m.GetCode() == pb.CancelCode_CANCEL_UNSPECIFIED {
+		return fmt.Errorf("cancel: code %d", int32(m.GetCode()))
+	}
+	return nil
+}
+
+func checkPrompt(m *pb.Prompt) error {
+	if (len(m.GetMessages()) == 0) == (m.GetPrompt() == "") {
+		return errors.New("prompt: want either messages or a prompt")
+	}
+	if len(m.GetMessages()) > maxMessages {
+		return fmt.Errorf("prompt: %d messages", len(m.GetMessages()))
+	}
+	for _, msg := range m.GetMessages() {
+		switch msg.GetRole() {
+		case "system", "user", "assistant", "tool":
+		default:
+			return fmt.Errorf("prompt: role %q", msg.GetRole())
+		}
+	}
+	return nil
+}
+
+func checkVoucher(m *pb.Voucher) error {
+	if n := len(m.GetVoucher()); n == 0 || n > maxBlobLen {
+		return fmt.Errorf("voucher: %d bytes", n)
+	}
+	return nil
+}
+
+func checkChunk(m *pb.Chunk) error {
+	if len(m.GetDelta()) > maxChunkText {
+		return fmt.Errorf("chunk: %d bytes of text", len(m.GetDelta()))
+	}
+	return nil
+}
+
+func checkDone(m *pb.Done) error {
+	if m.GetUsage() == nil {
+		return errors.New("done: no usage")
+	}
+	switch m.GetFinishReason() {
+	case FinishStop, FinishLength, FinishCancelled:
+	default:
+		return fmt.Errorf("done: finish reason %q", m.GetFinishReason())
+	}
+	if len(m.GetReceipt()) > maxBlobLen {
+		return fmt.Errorf("done: receipt of %d bytes", len(m.GetReceipt()))
+	}
+	return nil
+}
+
+// Finish reasons in Done: the runtime's, and cancelled.
+const (
+	FinishStop      = "stop"
+	FinishLength    = "length"
+	FinishCancelled = "cancelled"
+)
+
+// decodeChecked decodes one message of type T and applies check; it is the
+// decoder the fuzz targets drive.
+func decodeChecked[T proto.Message](b []byte, m T, check func(T) error) (T, error) {
+	if err := proto.Unmarshal(b, m); err != nil {
+		return m, err
+	}
+	return m, check(m)
+}

@@ -1,0 +1,431 @@
+package market
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/cocoon-network/cocoon/market/pb"
+	"github.com/cocoon-network/cocoon/runtime"
+)
+
+// Payee takes a worker's payments. Accept verifies a voucher for job, persists
+// (fsyncs) it, and returns the nanoTON it adds to what was paid for the job (0 for
+// a replay); a voucher that lowers the total or does not verify is an error.
+type Payee interface {
+	Accept(ctx context.Context, job JobID, voucher []byte) (newly uint64, err error)
+}
+
+// OpenRequest is what the worker's admission hook sees of a job.
+type OpenRequest struct {
+	Job      JobID
+	Model    string
+	MaxPrice Price
+	Params   runtime.Request // sampling parameters only: no prompt yet
+}
+
+// Worker serves jobs on streams. Set the fields before the first Serve; Serve is
+// safe for concurrent use.
+type Worker struct {
+	Backend runtime.Backend
+	Payee   Payee
+	// Prices holds the price of every model the worker sells; a model absent here
+	// or from the backend is rejected as unknown.
+	Prices map[string]Price
+	// CreditTokens is how many unpaid completion tokens the worker sends before it
+	// waits for a voucher (0: 64).
+	CreditTokens int
+	Settlement   Settlement
+	// MaxJobs bounds concurrent jobs; more are rejected as busy (0: no bound).
+	MaxJobs int
+	// Admit, when set, may decline a job with a reject code (RejectNoChannel when
+	// the client has no open channel, RejectPolicy, ...); 0 admits it.
+	Admit func(ctx context.Context, req OpenRequest) RejectCode
+	// Receipt, when set, builds the receipt sent in Done (e.g. signed by the
+	// enclave key).
+	Receipt func(ctx context.Context, job JobID, u runtime.Usage, cost uint64) ([]byte, error)
+	// MaxPromptBytes caps each message the worker reads (0: DefaultMaxPromptFrame).
+	MaxPromptBytes int
+	Timeouts       Timeouts
+	Logger         *slog.Logger
+
+	active atomic.Int64
+}
+
+// Serve runs the worker side of one job on rw and returns when the job has ended.
+// It returns nil when the job finished and was paid in full, or was cancelled by
+// the client. It never closes rw.
+func (w *Worker) Serve(ctx context.Context, rw io.ReadWriter) error {
+	t := w.Timeouts.withDefaults()
+	log := w.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("subsys", "market")
+	maxIn := w.MaxPromptBytes
+	if maxIn <= 0 {
+		maxIn = DefaultMaxPromptFrame
+	}
+	s := &serveRun{w: w, t: t, log: log, out: newWriter(rw, t.Write), rd: startReader(rw, maxIn, checkClientFrame)}
+	defer s.rd.stop()
+	err := s.run(ctx)
+	if err != nil {
+		log.Info("job ended", "job", s.id.String(), "err", err, "sent", s.sent, "paid", s.paid)
+	}
+	return err
+}
+
+// Serve runs one job on rw with a Worker made of these parts and default limits.
+func Serve(ctx context.Context, rw io.ReadWriter, backend runtime.Backend, payee Payee, prices map[string]Price) error {
+	w := &Worker{Backend: backend, Payee: payee, Prices: prices}
+	return w.Serve(ctx, rw)
+}
+
+type serveRun struct {
+	w     *Worker
+	t     Timeouts
+	log   *slog.Logger
+	out   *frameWriter
+	rd    *frameReader
+	id    JobID
+	price Price
+	sent  uint64 // completion tokens sent
+	paid  uint64 // nanoTON accepted for this job
+}
+
+type genItem struct {
+	d      runtime.Delta
+	err    error
+	usage  runtime.Usage // with err
+	finish string        // with err == io.EOF
+}
+
+func (s *serveRun) reject(code RejectCode, why string) error {
+	_ = s.out.send(&pb.Frame{Msg: &pb.Frame_Reject{Reject: &pb.Reject{Code: pb.RejectCode(code)}}})
+	return fmt.Errorf("reject job %s: %s: %w", s.id, why, &RejectError{Code: code})
+}
+
+func (s *serveRun) run(ctx context.Context) error {
+	f, err := s.rd.next(ctx, s.t.Open, "open")
+	if errors.Is(err, ErrProtocol) {
+		return s.reject(RejectBadRequest, err.Error())
+	}
+	if err != nil {
+		return fmt.Errorf("wait for open: %w", err)
+	}
+	mo, ok := f.Msg.(*pb.Frame_Open)
+	if !ok {
+		return s.reject(RejectBadRequest, "first frame is "+frameName(f))
+	}
+	open := mo.Open
+	copy(s.id[:], open.GetJobId())
+	p := open.GetParams()
+	req := runtime.Request{
+		Model:       open.GetModel(),
+		MaxTokens:   int(p.GetMaxTokens()),
+		Temperature: p.GetTemperature(),
+		TopP:        p.GetTopP(),
+		Stop:        p.GetStop(),
+	}
+	if p != nil && p.Seed != nil {
+		seed := p.GetSeed()
+		req.Seed = &seed
+	}
+	maxPrice := Price{Prompt: open.GetMaxPricePrompt(), Completion: open.GetMaxPriceCompletion()}
+	price, ok := s.w.Prices[req.Model]
+	if !ok || !slices.ContainsFunc(s.w.Backend.Models(), func(m runtime.Model) bool { return m.ID == req.Model }) {
+		return s.reject(RejectUnknownModel, "model "+req.Model)
+	}
+	if (maxPrice.Prompt != 0 && price.Prompt > maxPrice.Prompt) || (maxPrice.Completion != 0 && price.Completion > maxPrice.Completion) {
+		return s.reject(RejectPrice, "client's maximum below the price")
+	}
+	if s.w.Admit != nil {
+		if code := s.w.Admit(ctx, OpenRequest{Job: s.id, Model: req.Model, MaxPrice: maxPrice, Params: req}); code != 0 {
+			return s.reject(code, "admission")
+		}
+	}
+	if n := s.w.active.Add(1); s.w.MaxJobs > 0 && n > int64(s.w.MaxJobs) {
+		s.w.active.Add(-1)
+		return s.reject(RejectBusy, "all slots taken")
+	}
+	defer s.w.active.Add(-1)
+	s.price = price
+	credit := s.w.CreditTokens
+	if credit <= 0 {
+		credit = 64
+	}
+	credit = min(credit, maxCreditToken)
+	err = s.out.send(&pb.Frame{Msg: &pb.Frame_Accept{Accept: &pb.Accept{
+		PricePrompt: price.Prompt, PriceCompletion: price.Completion,
+		CreditTokens: uint32(credit), Settlement: s.w.Settlement.toPB(),
+	}}})
+	if err != nil {
+		return fmt.Errorf("accept job %s: %w", s.id, err)
+	}
+
+	f, err = s.rd.next(ctx, s.t.Prompt, "prompt")
+	if err != nil {
+		return s.fail(CancelProtocol, fmt.Errorf("wait for prompt: %w", err))
+	}
+	switch m := f.Msg.(type) {
+	case *pb.Frame_Prompt:
+		req.Prompt = m.Prompt.GetPrompt()
+		req.Continuation = m.Prompt.GetContinuation()
+		for _, msg := range m.Prompt.GetMessages() {
+			req.Messages = append(req.Messages, runtime.Message{Role: msg.GetRole(), Content: msg.GetContent()})
+		}
+	case *pb.Frame_Cancel:
+		return nil // the client declined (price, attestation) before sending the prompt
+	default:
+		return s.fail(CancelProtocol, fmt.Errorf("wait for prompt: got %s: %w", frameName(f), ErrProtocol))
+	}
+	return s.generate(ctx, req, uint64(credit))
+}
+
+// fail sends Cancel for a wire-visible error and returns err.
+func (s *serveRun) fail(code CancelCode, err error) error {
+	if errors.Is(err, ErrTimeout) {
+		code = CancelTimeout
+	}
+	if !errors.Is(err, ErrStreamEnded) {
+		_ = s.out.cancel(code)
+	}
+	return fmt.Errorf("job %s: %w", s.id, err)
+}
+
+func (s *serveRun) generate(ctx context.Context, req runtime.Request, credit uint64) error {
+	gctx, stopGen := context.WithCancel(ctx)
+	st, err := s.w.Backend.Generate(gctx, req)
+	if err != nil {
+		stopGen()
+		return s.fail(CancelInternal, fmt.Errorf("start generation: %w", err))
+	}
+	// The producer owns the stream: it is the only goroutine that calls it. It
+	// blocks on the channel while the credit window is spent, which pauses the
+	// generation too.
+	items := make(chan genItem)
+	quit := make(chan struct{}) // closed when nobody reads items any more
+	prodDone := make(chan struct{})
+	go func() {
+		defer close(prodDone)
+		defer st.Close()
+		for {
+			d, err := st.Recv()
+			it := genItem{d: d, err: err}
+			if err != nil {
+				it.usage = st.Usage()
+				it.finish = st.FinishReason()
+			}
+			select {
+			case items <- it:
+			case <-gctx.Done():
+				if err == nil {
+					continue // drop deltas until the backend notices the cancellation
+				}
+				select { // hand over the final usage if anyone still listens
+				case items <- it:
+				case <-quit:
+				}
+				return
+			case <-quit:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	defer func() {
+		stopGen()
+		close(quit)
+		<-prodDone
+	}()
+
+	var (
+		pending     *runtime.Delta
+		voucherWait *time.Timer
+		final       genItem
+		ended       bool
+	)
+	defer func() {
+		if voucherWait != nil {
+			voucherWait.Stop()
+		}
+	}()
+	for {
+		if pending != nil {
+			next := s.sent + uint64(pending.Tokens)
+			if creditAllows(s.price, credit, s.sent, next, s.paid) {
+				err := s.out.send(&pb.Frame{Msg: &pb.Frame_Chunk{Chunk: &pb.Chunk{Delta: pending.Text, TokensSoFar: uint32(next)}}})
+				if err != nil {
+					return s.fail(CancelInternal, fmt.Errorf("send chunk: %w", err))
+				}
+				s.sent = next
+				pending = nil
+			}
+		}
+		if pending == nil && ended {
+			break
+		}
+		var itemsC chan genItem
+		var voucherC <-chan time.Time
+		if pending == nil {
+			itemsC = items
+			if voucherWait != nil {
+				voucherWait.Stop()
+				voucherWait = nil
+			}
+		} else {
+			if voucherWait == nil {
+				voucherWait = time.NewTimer(s.t.Voucher)
+			}
+			voucherC = voucherWait.C
+		}
+		select {
+		case it := <-itemsC:
+			switch {
+			case it.err == nil:
+				if it.d.Tokens < 0 || (it.d.Tokens == 0 && it.d.Text == "") {
+					continue
+				}
+				d := it.d
+				pending = &d
+			case errors.Is(it.err, io.EOF):
+				ended, final = true, it
+			default:
+				// The client pays for the tokens it received when it reads the
+				// Cancel; wait for that voucher, then report the failure.
+				err := s.fail(CancelInternal, fmt.Errorf("generate: %w", it.err))
+				if owed, cerr := Cost(Price{Completion: s.price.Completion}, 0, s.sent); cerr == nil {
+					if perr := s.waitPaid(ctx, owed); perr != nil {
+						err = errors.Join(err, perr)
+					}
+				}
+				return err
+			}
+		case it := <-s.rd.frames:
+			if it.err != nil {
+				return s.fail(CancelProtocol, fmt.Errorf("stream: %w", it.err))
+			}
+			switch m := it.f.Msg.(type) {
+			case *pb.Frame_Voucher:
+				if err := s.voucher(ctx, m.Voucher); err != nil {
+					return err
+				}
+				if voucherWait != nil { // progress: the deadline starts again
+					voucherWait.Stop()
+					voucherWait = nil
+				}
+			case *pb.Frame_Cancel:
+				stopGen()
+				return s.cancelled(ctx, CancelCode(m.Cancel.GetCode()), items)
+			default:
+				return s.fail(CancelProtocol, fmt.Errorf("stream: got %s: %w", frameName(it.f), ErrProtocol))
+			}
+		case <-voucherC:
+			return s.fail(CancelNoPayment, fmt.Errorf("no voucher within %v with %d tokens sent, %d nanoTON paid: %w",
+				s.t.Voucher, s.sent, s.paid, ErrNoPayment))
+		case <-ctx.Done():
+			return s.fail(CancelInternal, ctx.Err())
+		}
+	}
+	finish := final.finish
+	if finish == "" {
+		finish = FinishStop
+	}
+	return s.finish(ctx, final.usage.PromptTokens, finish)
+}
+
+func (s *serveRun) voucher(ctx context.Context, v *pb.Voucher) error {
+	newly, err := s.w.Payee.Accept(ctx, s.id, v.GetVoucher())
+	if err != nil {
+		return s.fail(CancelBadVoucher, fmt.Errorf("accept voucher: %w", err))
+	}
+	s.paid += newly
+	if s.paid != v.GetCumulative() {
+		return s.fail(CancelBadVoucher, fmt.Errorf("voucher brings the job to %d nanoTON, the client says %d: %w",
+			s.paid, v.GetCumulative(), ErrProtocol))
+	}
+	return nil
+}
+
+// cancelled answers a client's Cancel: Done with what was sent, then the final
+// voucher.
+func (s *serveRun) cancelled(ctx context.Context, code CancelCode, items chan genItem) error {
+	prompt := 0
+	// The backend's usage is complete after Recv fails; wait briefly for it so
+	// that the prompt is billed.
+	t := time.NewTimer(s.t.Done / 2)
+	defer t.Stop()
+wait:
+	for {
+		select {
+		case it := <-items:
+			if it.err != nil {
+				prompt = it.usage.PromptTokens
+				break wait
+			}
+		case <-t.C:
+			break wait
+		}
+	}
+	s.log.Debug("job cancelled by client", "job", s.id.String(), "code", code)
+	if err := s.finish(ctx, prompt, FinishCancelled); err != nil && !errors.Is(err, ErrUnderpaid) {
+		return err
+	}
+	return nil
+}
+
+// finish sends Done and waits for the voucher that pays the job in full.
+func (s *serveRun) finish(ctx context.Context, prompt int, reason string) error {
+	u := runtime.Usage{PromptTokens: prompt, CompletionTokens: int(s.sent)}
+	cost, err := Cost(s.price, uint64(prompt), s.sent)
+	if err != nil {
+		return s.fail(CancelInternal, fmt.Errorf("price job: %w", err))
+	}
+	var receipt []byte
+	if s.w.Receipt != nil {
+		if receipt, err = s.w.Receipt(ctx, s.id, u, cost); err != nil {
+			return s.fail(CancelInternal, fmt.Errorf("build receipt: %w", err))
+		}
+	}
+	err = s.out.send(&pb.Frame{Msg: &pb.Frame_Done{Done: &pb.Done{
+		Usage:        &pb.Usage{PromptTokens: uint32(prompt), CompletionTokens: uint32(s.sent)},
+		FinishReason: reason,
+		Receipt:      receipt,
+	}}})
+	if err != nil {
+		return fmt.Errorf("job %s: send done: %w", s.id, err)
+	}
+	return s.waitPaid(ctx, cost)
+}
+
+// waitPaid waits up to the voucher deadline for vouchers that bring the job's
+// total to cost.
+func (s *serveRun) waitPaid(ctx context.Context, cost uint64) error {
+	t := time.NewTimer(s.t.Voucher)
+	defer t.Stop()
+	for s.paid < cost {
+		f, err := s.rd.nextTimer(ctx, t.C, "final voucher")
+		if err != nil {
+			return fmt.Errorf("job %s: paid %d of %d nanoTON: %w: %w", s.id, s.paid, cost, ErrUnderpaid, err)
+		}
+		switch m := f.Msg.(type) {
+		case *pb.Frame_Voucher:
+			if err := s.voucher(ctx, m.Voucher); err != nil {
+				return err
+			}
+		case *pb.Frame_Cancel:
+			return fmt.Errorf("job %s: paid %d of %d nanoTON: %w: %w", s.id, s.paid, cost, ErrUnderpaid,
+				&CancelError{Code: CancelCode(m.Cancel.GetCode())})
+		default:
+			return s.fail(CancelProtocol, fmt.Errorf("wait for final voucher: got %s: %w", frameName(f), ErrProtocol))
+		}
+	}
+	return nil
+}
