@@ -35,6 +35,12 @@ type Request struct {
 }
 
 // Delta is a piece of generated text.
+//
+// Over a whole stream the Tokens of all deltas add up to
+// Usage().CompletionTokens. A delta may carry tokens with empty Text (the
+// tokens of a stop sequence, which is not sent; or, for a backend that learns
+// the counts only at the end, as the openai backend does, all of them in a
+// last delta) or text with Tokens 0.
 type Delta struct {
 	Text   string
 	Tokens int // completion tokens in this delta (from the backend's tokenizer)
