@@ -194,7 +194,9 @@ func (s *fakeStream) Recv() (runtime.Delta, error) {
 	}
 	return runtime.Delta{}, io.EOF
 }
-func (s *fakeStream) Usage() runtime.Usage { return runtime.Usage{PromptTokens: 3, CompletionTokens: len(s.f.deltas)} }
+func (s *fakeStream) Usage() runtime.Usage {
+	return runtime.Usage{PromptTokens: 3, CompletionTokens: len(s.f.deltas)}
+}
 func (s *fakeStream) FinishReason() string { return runtime.FinishStop }
 func (s *fakeStream) Close() error         { return nil }
 

@@ -56,7 +56,7 @@ func Backend(t testing.TB, parallel int) *llamacpp.Backend {
 		Logger:   slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
-		t.Fatalf("llamacpp backend: %v (run `make deps` to install the llama.cpp libraries)", err)
+		t.Fatalf("llamacpp backend: %v", err) // the error says to run `make deps`
 	}
 	t.Cleanup(func() { b.Close() })
 	return b
