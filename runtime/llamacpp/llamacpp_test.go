@@ -52,6 +52,9 @@ func generate(t *testing.T, b runtime.Backend, req runtime.Request) result {
 		if err != nil {
 			t.Fatalf("Recv: %v", err)
 		}
+		if !utf8.ValidString(d.Text) {
+			t.Fatalf("delta %q splits a UTF-8 character", d.Text)
+		}
 		r.deltas = append(r.deltas, d)
 		r.text += d.Text
 	}
@@ -236,6 +239,36 @@ func TestCancelStopsQuickly(t *testing.T) {
 		t.Fatalf("generation stopped %v after cancel; want within 100ms", d)
 	}
 	// The context is free again: the next request runs.
+	generate(t, b, runtime.Request{Prompt: prompt, MaxTokens: 3})
+}
+
+func TestStreamCloseWhileRecv(t *testing.T) {
+	b := testmodel.Backend(t, 1)
+	s, err := b.Generate(context.Background(), runtime.Request{Model: testmodel.ModelID, Prompt: prompt, Temperature: 1, Seed: seed(3)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	errc := make(chan error, 1)
+	first := make(chan struct{})
+	go func() {
+		for {
+			if _, err := s.Recv(); err != nil {
+				errc <- err
+				return
+			}
+			if n++; n == 3 {
+				close(first)
+			}
+		}
+	}()
+	<-first
+	s.Close() // from another goroutine, while Recv runs
+	if err := <-errc; err == nil || err == io.EOF {
+		t.Fatalf("Recv after Close: %v; want an error", err)
+	}
+	s.Close() // twice is harmless
+	// The context was given back once: the next generation gets it.
 	generate(t, b, runtime.Request{Prompt: prompt, MaxTokens: 3})
 }
 

@@ -49,6 +49,11 @@ type Config struct {
 	// Client, if set, is used as is (its transport's timeouts apply instead of
 	// ConnectTimeout).
 	Client *http.Client
+	// ContinuousUsage asks the upstream for usage in every chunk (vLLM's
+	// stream_options.continuous_usage_stats), so that each delta carries its
+	// tokens; servers that reject unknown options must leave it off. Without
+	// it the last delta carries all the completion tokens.
+	ContinuousUsage bool
 	// Logger: nil is slog.Default().
 	Logger *slog.Logger
 }
@@ -254,7 +259,7 @@ func (b *Backend) Generate(ctx context.Context, req runtime.Request) (runtime.St
 	if !slices.ContainsFunc(b.Models(), func(m runtime.Model) bool { return m.ID == req.Model }) {
 		return nil, fmt.Errorf("%w: %q", runtime.ErrUnknownModel, req.Model)
 	}
-	body, chat, err := upstreamBody(req)
+	body, chat, err := upstreamBody(req, b.cfg.ContinuousUsage)
 	if err != nil {
 		return nil, err
 	}
@@ -311,7 +316,7 @@ func (b *Backend) Generate(ctx context.Context, req runtime.Request) (runtime.St
 }
 
 // upstreamBody is the JSON sent upstream.
-func upstreamBody(req runtime.Request) ([]byte, bool, error) {
+func upstreamBody(req runtime.Request, continuous bool) ([]byte, bool, error) {
 	var maxTok *int
 	if req.MaxTokens > 0 {
 		maxTok = &req.MaxTokens
@@ -326,7 +331,7 @@ func upstreamBody(req runtime.Request) ([]byte, bool, error) {
 		v := int64(*req.Seed)
 		seed = &v
 	}
-	opts := &openaiapi.StreamOptions{IncludeUsage: true}
+	opts := &openaiapi.StreamOptions{IncludeUsage: true, ContinuousUsageStats: continuous}
 	if len(req.Messages) > 0 {
 		c := openaiapi.ChatCompletionRequest{Model: req.Model, MaxTokens: maxTok, Temperature: &temp, TopP: topP,
 			Stop: req.Stop, Seed: seed, Stream: true, StreamOptions: opts}

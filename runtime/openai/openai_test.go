@@ -167,6 +167,41 @@ func TestRecordedVLLMTranscripts(t *testing.T) {
 	}
 }
 
+// With vLLM's continuous usage stats each delta carries its own tokens.
+func TestContinuousUsage(t *testing.T) {
+	srv := replay(t, "vllm_chat_continuous_usage.sse")
+	b, err := openai.New(context.Background(), openai.Config{BaseURL: srv.URL, ContinuousUsage: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.Generate(context.Background(), runtime.Request{Model: vllmModel, Messages: []runtime.Message{{Role: "user", Content: "A story."}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var got []runtime.Delta
+	for {
+		d, err := s.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, d)
+	}
+	sum := 0
+	for _, d := range got {
+		if d.Text == "" || d.Tokens == 0 || (d.Text == " Pip") != (d.Tokens == 2) {
+			t.Errorf("delta %+v; want text with its own tokens (2 for the merged \" Pip\")", d)
+		}
+		sum += d.Tokens
+	}
+	if sum != 15 || s.Usage() != (runtime.Usage{PromptTokens: 21, CompletionTokens: 15}) || len(got) != 14 {
+		t.Fatalf("%d deltas summing to %d tokens, usage %+v; want 14 deltas, 15 tokens", len(got), sum, s.Usage())
+	}
+}
+
 func TestHangingUpstream(t *testing.T) {
 	models := `{"object":"list","data":[{"id":"m","object":"model"}]}`
 	release := make(chan struct{})

@@ -32,6 +32,7 @@ type stream struct {
 
 	usage    runtime.Usage
 	gotUsage bool
+	counted  int // completion tokens handed out in deltas so far
 	finish   string
 	ended    bool // [DONE] seen and the token delta handed out
 	err      error
@@ -66,9 +67,10 @@ func (s *stream) wrap(err error) error {
 	return upstreamError("%w", err)
 }
 
-// Recv returns the text of the next event that has text. Content deltas
-// carry Tokens 0: the upstream counts only at the end, and the last delta
-// before io.EOF carries all the completion tokens (with empty Text).
+// Recv returns the text of the next event that has text. A delta carries the
+// tokens the upstream has counted since the last one: with continuous usage
+// (vLLM) every chunk says so; otherwise content deltas carry 0 and a last
+// delta before io.EOF, with empty Text, carries all the completion tokens.
 func (s *stream) Recv() (runtime.Delta, error) {
 	if s.err != nil {
 		return runtime.Delta{}, s.err
@@ -95,8 +97,9 @@ func (s *stream) Recv() (runtime.Delta, error) {
 				return runtime.Delta{}, s.fail(upstreamError("%s ended without a finish reason", s.url))
 			}
 			s.ended = true
-			if s.usage.CompletionTokens > 0 {
-				return runtime.Delta{Tokens: s.usage.CompletionTokens}, nil
+			if rest := s.usage.CompletionTokens - s.counted; rest > 0 {
+				s.counted += rest
+				return runtime.Delta{Tokens: rest}, nil
 			}
 			continue
 		}
@@ -110,6 +113,9 @@ func (s *stream) Recv() (runtime.Delta, error) {
 		if c.Usage != nil {
 			if c.Usage.PromptTokens == nil || c.Usage.CompletionTokens == nil || *c.Usage.PromptTokens < 0 || *c.Usage.CompletionTokens < 0 {
 				return runtime.Delta{}, s.fail(fmt.Errorf("%w: %s sent an incomplete usage object", runtime.ErrUnbillable, s.url))
+			}
+			if *c.Usage.CompletionTokens < s.usage.CompletionTokens {
+				return runtime.Delta{}, s.fail(upstreamError("%s sent a usage going backwards (%d completion tokens after %d)", s.url, *c.Usage.CompletionTokens, s.usage.CompletionTokens))
 			}
 			s.usage = runtime.Usage{PromptTokens: *c.Usage.PromptTokens, CompletionTokens: *c.Usage.CompletionTokens}
 			s.gotUsage = true
@@ -126,7 +132,12 @@ func (s *stream) Recv() (runtime.Delta, error) {
 			}
 		}
 		if text != "" {
-			return runtime.Delta{Text: text}, nil
+			d := runtime.Delta{Text: text}
+			if s.gotUsage && s.usage.CompletionTokens > s.counted {
+				d.Tokens = s.usage.CompletionTokens - s.counted
+				s.counted = s.usage.CompletionTokens
+			}
+			return d, nil
 		}
 	}
 }

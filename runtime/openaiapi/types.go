@@ -46,6 +46,9 @@ type CompletionRequest struct {
 // StreamOptions asks for a last chunk with the usage.
 type StreamOptions struct {
 	IncludeUsage bool `json:"include_usage"`
+	// ContinuousUsageStats is vLLM's extension: every chunk carries the
+	// usage so far, so tokens are known per chunk.
+	ContinuousUsageStats bool `json:"continuous_usage_stats,omitempty"`
 }
 
 // ChatMessage is one message. Content is a string or, on input, an array of
