@@ -243,6 +243,38 @@ func TestCancelStopsQuickly(t *testing.T) {
 	generate(t, b, runtime.Request{Prompt: prompt, MaxTokens: 3})
 }
 
+// A cancel during the prompt's decode (about 1,900 tokens here) stops it:
+// between batches, or inside one through llama.cpp's abort callback.
+func TestCancelDuringPrompt(t *testing.T) {
+	b := testmodel.Backend(t, 1)
+	long := strings.Repeat("the cat sat on the mat. ", 190)
+	n, _ := b.CountTokens(testmodel.ModelID, long)
+	if n < 1500 || n >= 2048 {
+		t.Fatalf("long prompt is %d tokens; want 1500..2047", n)
+	}
+	aborted := 0
+	for _, after := range []time.Duration{0, time.Millisecond, 3 * time.Millisecond, 10 * time.Millisecond} {
+		ctx, cancel := context.WithTimeout(context.Background(), after)
+		s, err := b.Generate(ctx, runtime.Request{Model: testmodel.ModelID, Prompt: long, MaxTokens: 1})
+		cancel()
+		if err != nil {
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("cancel after %v: %v; want DeadlineExceeded", after, err)
+			}
+			aborted++
+			continue
+		}
+		s.Close() // the prompt was decoded before the deadline
+	}
+	if aborted == 0 {
+		t.Fatal("no prompt decode was cancelled, not even with a zero timeout")
+	}
+	// The context is reusable after an aborted decode, and its cache was cleared.
+	if r := generate(t, b, runtime.Request{Prompt: prompt, MaxTokens: 32}); !strings.HasPrefix(r.text, ", there was a little girl named Lily.") {
+		t.Fatalf("after aborted prompts: %q", r.text)
+	}
+}
+
 func TestStreamCloseWhileRecv(t *testing.T) {
 	b := testmodel.Backend(t, 1)
 	s, err := b.Generate(context.Background(), runtime.Request{Model: testmodel.ModelID, Prompt: prompt, Temperature: 1, Seed: seed(3)})
