@@ -15,6 +15,7 @@ build:
 	$(GO) build -o $(BIN) ./cmd/cocoon
 
 deps:
+	@sh scripts/llama-libs.sh $(CACHE)/llama
 
 run: build deps
 	./$(BIN) node

@@ -35,6 +35,12 @@ type Request struct {
 }
 
 // Delta is a piece of generated text.
+//
+// Over a whole stream the Tokens of all deltas add up to
+// Usage().CompletionTokens. A delta may carry tokens with empty Text (the
+// tokens of a stop sequence, which is not sent; or, for a backend that learns
+// the counts only at the end, as the openai backend does, all of them in a
+// last delta) or text with Tokens 0.
 type Delta struct {
 	Text   string
 	Tokens int // completion tokens in this delta (from the backend's tokenizer)
@@ -72,3 +78,21 @@ type Backend interface {
 
 // ErrUnknownModel is returned by Generate for a model the backend does not serve.
 var ErrUnknownModel = errors.New("runtime: unknown model")
+
+// Errors a Backend returns, so that callers (the OpenAI handler, the market) can
+// map them to status codes and wire reject codes. Backends wrap them with detail.
+var (
+	// ErrBusy: every slot is taken and the queue is full.
+	ErrBusy = errors.New("runtime: busy")
+	// ErrInvalidRequest: the request cannot be served as given (empty prompt,
+	// prompt longer than the context, bad sampling parameter).
+	ErrInvalidRequest = errors.New("runtime: invalid request")
+	// ErrUpstream: an upstream inference server failed, timed out or answered
+	// something that is not the OpenAI API.
+	ErrUpstream = errors.New("runtime: upstream failed")
+	// ErrUnbillable: the upstream did not report token usage, so the generation
+	// cannot be billed and is refused rather than metered by guesswork.
+	ErrUnbillable = errors.New("runtime: upstream reported no usage")
+	// ErrClosed: the backend was closed.
+	ErrClosed = errors.New("runtime: backend closed")
+)

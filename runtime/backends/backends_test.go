@@ -1,0 +1,77 @@
+package backends_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/cocoon-network/cocoon/runtime"
+	"github.com/cocoon-network/cocoon/runtime/backends"
+	"github.com/cocoon-network/cocoon/runtime/internal/testmodel"
+	"github.com/cocoon-network/cocoon/runtime/openaiapi"
+)
+
+var quiet = slog.New(slog.DiscardHandler)
+
+func complete(t *testing.T, b runtime.Backend, model string) string {
+	t.Helper()
+	s, err := b.Generate(context.Background(), runtime.Request{Model: model, Prompt: "once upon a time", MaxTokens: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var text string
+	for {
+		d, err := s.Recv()
+		if err == io.EOF {
+			return text
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		text += d.Text
+	}
+}
+
+func TestFromConfig(t *testing.T) {
+	ctx := context.Background()
+	lb, err := backends.FromConfig(ctx, runtime.Config{LibDir: testmodel.LibDir(), Threads: 1, Slots: 2,
+		Models: []runtime.ModelConfig{{Path: testmodel.ModelPath(t), ID: "tiny"}}}, quiet)
+	if err != nil {
+		t.Fatalf("llamacpp from config: %v", err)
+	}
+	defer lb.Close()
+	if total, free, q := lb.Slots(); total != 2 || free != 2 || q != 0 {
+		t.Fatalf("Slots() = %d %d %d; want 2 2 0", total, free, q)
+	}
+	want := complete(t, lb, "tiny")
+
+	srv := httptest.NewServer(openaiapi.NewHandler(lb))
+	defer srv.Close()
+	t.Setenv("COCOON_TEST_UPSTREAM_KEY", "sk-local")
+	ob, err := backends.FromConfig(ctx, runtime.Config{Backend: "openai", UpstreamURL: srv.URL + "/v1",
+		APIKeyEnv: "COCOON_TEST_UPSTREAM_KEY", Models: []runtime.ModelConfig{{ID: "tiny"}}}, quiet)
+	if err != nil {
+		t.Fatalf("openai from config: %v", err)
+	}
+	defer ob.Close()
+	if got := complete(t, ob, "tiny"); got != want {
+		t.Fatalf("through the openai backend %q; want %q", got, want)
+	}
+
+	for _, tc := range []struct {
+		cfg  runtime.Config
+		want string
+	}{
+		{runtime.Config{Models: []runtime.ModelConfig{{Path: "/nonexistent/x.gguf"}}}, "runtime.models[0].path: no such file"},
+		{runtime.Config{Backend: "openai", UpstreamURL: "http://127.0.0.1:1/v1"}, "runtime.upstream_url: runtime: upstream failed"},
+		{runtime.Config{LibDir: t.TempDir(), Models: []runtime.ModelConfig{{Path: testmodel.ModelPath(t)}}}, "make deps"},
+	} {
+		if _, err := backends.FromConfig(ctx, tc.cfg, quiet); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("FromConfig(%+v) = %v; want %q", tc.cfg, err, tc.want)
+		}
+	}
+}

@@ -1,0 +1,139 @@
+package runtime
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+)
+
+// Backend kinds of Config.Backend.
+const (
+	KindLlamaCPP = "llamacpp" // the embedded default: GGUF files on the CPU
+	KindOpenAI   = "openai"   // any OpenAI-compatible server by URL
+)
+
+// Config is the node's [runtime] section. The zero value is the embedded
+// llama.cpp backend with no models (a client-only node serves none).
+// Package runtime/backends builds a Backend from it.
+type Config struct {
+	// Backend is "llamacpp" (default when empty) or "openai".
+	Backend string `toml:"backend"`
+	// Models to serve. llamacpp: path of each GGUF file, id defaults to the file
+	// name without ".gguf". openai: ids only (path empty), restricting and
+	// naming what the upstream serves; empty means every model of GET /v1/models.
+	Models []ModelConfig `toml:"models"`
+	// LibDir holds llama.cpp's shared libraries; empty: $COCOON_LLAMA_LIB.
+	LibDir string `toml:"lib_dir"`
+	// Threads per generation for llamacpp; 0: min(NumCPU, 4).
+	Threads int `toml:"threads"`
+	// ContextSize in tokens for llamacpp; 0: the model's training context, at most 4096.
+	ContextSize int `toml:"context_size"`
+	// UpstreamURL is the openai backend's base URL, e.g. "http://127.0.0.1:8000/v1".
+	UpstreamURL string `toml:"upstream_url"`
+	// APIKeyEnv names the environment variable holding the upstream's API key
+	// (the key itself never sits in the config file); empty: no key.
+	APIKeyEnv string `toml:"api_key_env"`
+	// Slots is the number of concurrent generations; 0: 1.
+	Slots int `toml:"slots"`
+	// Queue is the number of requests that may wait for a slot; 0: DefaultQueue, -1: none.
+	Queue int `toml:"queue"`
+}
+
+// ModelConfig names one served model.
+type ModelConfig struct {
+	Path string `toml:"path"`
+	ID   string `toml:"id"`
+}
+
+// Validate checks cfg and returns an error naming the first bad field, as
+// "runtime.models[0].path: no such file". Files are checked to exist here;
+// their content is checked when the backend loads them.
+func (cfg Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("runtime.%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if cfg.Threads < 0 {
+		bad("threads", "must be 0 (automatic) or positive, not %d", cfg.Threads)
+	}
+	if cfg.ContextSize < 0 {
+		bad("context_size", "must be 0 (from the model) or positive, not %d", cfg.ContextSize)
+	}
+	if cfg.Slots < 0 {
+		bad("slots", "must be 0 (one) or positive, not %d", cfg.Slots)
+	}
+	if cfg.Queue < -1 {
+		bad("queue", "must be -1 (none), 0 (default) or positive, not %d", cfg.Queue)
+	}
+	ids := map[string]int{}
+	switch cfg.Backend {
+	case "", KindLlamaCPP:
+		if cfg.UpstreamURL != "" {
+			bad("upstream_url", "set, but backend is %q (set backend = %q to use an upstream)", KindLlamaCPP, KindOpenAI)
+		}
+		for i, m := range cfg.Models {
+			field := fmt.Sprintf("models[%d]", i)
+			if m.Path == "" {
+				bad(field+".path", "missing (the GGUF file to serve)")
+				continue
+			}
+			st, err := os.Stat(m.Path)
+			switch {
+			case errors.Is(err, os.ErrNotExist):
+				bad(field+".path", "no such file: %s", m.Path)
+			case err != nil:
+				bad(field+".path", "%v", err)
+			case st.IsDir():
+				bad(field+".path", "%s is a directory, not a GGUF file", m.Path)
+			}
+			id := m.ID
+			if id == "" {
+				id = ModelIDFromPath(m.Path)
+			}
+			if j, dup := ids[id]; dup {
+				bad(field+".id", "%q already used by models[%d]", id, j)
+			}
+			ids[id] = i
+		}
+	case KindOpenAI:
+		if cfg.UpstreamURL == "" {
+			bad("upstream_url", "missing (the OpenAI-compatible server's base URL, e.g. http://127.0.0.1:8000/v1)")
+		} else if u, err := url.Parse(cfg.UpstreamURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("upstream_url", "%q is not an http(s) URL", cfg.UpstreamURL)
+		}
+		if cfg.APIKeyEnv != "" && os.Getenv(cfg.APIKeyEnv) == "" {
+			bad("api_key_env", "environment variable %s is empty or unset", cfg.APIKeyEnv)
+		}
+		for i, m := range cfg.Models {
+			field := fmt.Sprintf("models[%d]", i)
+			if m.Path != "" {
+				bad(field+".path", "set, but the openai backend serves what its upstream has; give id only")
+			}
+			if m.ID == "" {
+				bad(field+".id", "missing")
+			}
+			if j, dup := ids[m.ID]; dup {
+				bad(field+".id", "%q already used by models[%d]", m.ID, j)
+			}
+			ids[m.ID] = i
+		}
+	default:
+		bad("backend", "unknown kind %q (want %q or %q)", cfg.Backend, KindLlamaCPP, KindOpenAI)
+	}
+	return errors.Join(errs...)
+}
+
+// ModelIDFromPath is the default model id of a GGUF file: its base name
+// without the ".gguf" extension.
+func ModelIDFromPath(path string) string {
+	base := path
+	if i := strings.LastIndexAny(base, `/\`); i >= 0 {
+		base = base[i+1:]
+	}
+	if len(base) > 5 && strings.EqualFold(base[len(base)-5:], ".gguf") {
+		base = base[:len(base)-5]
+	}
+	return base
+}

@@ -1,0 +1,111 @@
+package runtime_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/cocoon-network/cocoon/runtime"
+)
+
+func TestConfigFromTOML(t *testing.T) {
+	const file = `
+[runtime]
+backend = "llamacpp"
+threads = 2
+slots = 3
+queue = 10
+
+[[runtime.models]]
+path = "/models/a.gguf"
+
+[[runtime.models]]
+path = "/models/b.GGUF"
+id = "bee"
+`
+	var c struct{ Runtime runtime.Config }
+	md, err := toml.Decode(file, &c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := md.Undecoded(); len(u) > 0 {
+		t.Fatalf("undecoded keys %v", u)
+	}
+	want := runtime.Config{Backend: "llamacpp", Threads: 2, Slots: 3, Queue: 10,
+		Models: []runtime.ModelConfig{{Path: "/models/a.gguf"}, {Path: "/models/b.GGUF", ID: "bee"}}}
+	if c.Runtime.Backend != want.Backend || c.Runtime.Threads != 2 || c.Runtime.Slots != 3 || c.Runtime.Queue != 10 ||
+		len(c.Runtime.Models) != 2 || c.Runtime.Models[1] != want.Models[1] {
+		t.Fatalf("decoded %+v; want %+v", c.Runtime, want)
+	}
+}
+
+func TestConfigValidateNamesTheField(t *testing.T) {
+	dir := t.TempDir()
+	model := filepath.Join(dir, "tiny.gguf")
+	if err := os.WriteFile(model, []byte("GGUF"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("COCOON_TEST_KEY", "sk-1")
+	for _, tc := range []struct {
+		cfg  runtime.Config
+		want string // "" : valid
+	}{
+		{runtime.Config{}, ""},
+		{runtime.Config{Models: []runtime.ModelConfig{{Path: model}}}, ""},
+		{runtime.Config{Backend: "openai", UpstreamURL: "http://127.0.0.1:8000/v1", APIKeyEnv: "COCOON_TEST_KEY", Models: []runtime.ModelConfig{{ID: "llama"}}}, ""},
+		{runtime.Config{Models: []runtime.ModelConfig{{Path: filepath.Join(dir, "absent.gguf")}}}, "runtime.models[0].path: no such file"},
+		{runtime.Config{Models: []runtime.ModelConfig{{Path: model}, {}}}, "runtime.models[1].path: missing"},
+		{runtime.Config{Models: []runtime.ModelConfig{{Path: dir}}}, "runtime.models[0].path: " + dir + " is a directory"},
+		{runtime.Config{Models: []runtime.ModelConfig{{Path: model}, {Path: model}}}, `runtime.models[1].id: "tiny" already used by models[0]`},
+		{runtime.Config{Backend: "vllm"}, `runtime.backend: unknown kind "vllm"`},
+		{runtime.Config{Threads: -1}, "runtime.threads"},
+		{runtime.Config{Slots: -2}, "runtime.slots"},
+		{runtime.Config{Queue: -5}, "runtime.queue"},
+		{runtime.Config{UpstreamURL: "http://x"}, "runtime.upstream_url: set, but backend is"},
+		{runtime.Config{Backend: "openai"}, "runtime.upstream_url: missing"},
+		{runtime.Config{Backend: "openai", UpstreamURL: "ftp://x"}, "runtime.upstream_url:"},
+		{runtime.Config{Backend: "openai", UpstreamURL: "http://x", APIKeyEnv: "COCOON_UNSET_VARIABLE"}, "runtime.api_key_env: environment variable COCOON_UNSET_VARIABLE"},
+		{runtime.Config{Backend: "openai", UpstreamURL: "http://x", Models: []runtime.ModelConfig{{Path: model, ID: "a"}}}, "runtime.models[0].path: set, but"},
+	} {
+		err := tc.cfg.Validate()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("Validate(%+v) = %v; want valid", tc.cfg, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("Validate(%+v) = %v; want %q", tc.cfg, err, tc.want)
+		}
+	}
+}
+
+func TestModelIDFromPath(t *testing.T) {
+	for in, want := range map[string]string{
+		"/a/b/stories260K.gguf": "stories260K",
+		"x.GGUF":                "x",
+		"plain":                 "plain",
+		"dir/.gguf":             ".gguf",
+		`C:\m\llama.gguf`:       "llama",
+	} {
+		if got := runtime.ModelIDFromPath(in); got != want {
+			t.Errorf("ModelIDFromPath(%q) = %q; want %q", in, got, want)
+		}
+	}
+}
+
+func TestDetectGPUsSaysWhy(t *testing.T) {
+	gpus, why := runtime.DetectGPUs()
+	if len(gpus) == 0 && why == "" {
+		t.Fatal("no GPUs and no reason")
+	}
+	if len(gpus) > 0 && why != "" {
+		t.Fatalf("GPUs %v and a reason %q", gpus, why)
+	}
+	for _, g := range gpus {
+		if g.Name == "" || g.VRAMBytes == 0 || g.Driver == "" {
+			t.Errorf("incomplete GPU %+v", g)
+		}
+	}
+	t.Logf("GPUs %+v, reason %q", gpus, why)
+}

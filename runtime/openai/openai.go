@@ -1,0 +1,356 @@
+// Package openai is the runtime backend for any OpenAI-compatible inference
+// server (vLLM, llama.cpp's llama-server, Ollama, SGLang), reached by base URL
+// with an optional API key. Every generation streams from the upstream over
+// SSE with stream_options.include_usage, whether or not the caller streams.
+//
+// Billing: usage comes from the upstream's own tokenizer. An upstream that
+// ends a stream without a usage object is refused with runtime.ErrUnbillable:
+// nothing is metered by guesswork.
+//
+// Timeouts are per phase, so that a hanging upstream becomes an error: the
+// TCP connect, the first event (the upstream may queue and prefill), and the
+// idle time between two events.
+package openai
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cocoon-network/cocoon/runtime"
+	"github.com/cocoon-network/cocoon/runtime/openaiapi"
+)
+
+// Config configures a Backend.
+type Config struct {
+	// BaseURL is the API root, e.g. "http://127.0.0.1:8000/v1" (a URL without
+	// a path gets "/v1").
+	BaseURL string
+	// APIKey is sent as a bearer token; empty: none.
+	APIKey string
+	// Models restricts the served models to these ids; empty: all the upstream lists.
+	Models []string
+	// ConnectTimeout bounds the TCP (and TLS) connect; 0: 10 s.
+	ConnectTimeout time.Duration
+	// FirstEventTimeout bounds the wait for the response headers and the first
+	// event; 0: 120 s.
+	FirstEventTimeout time.Duration
+	// IdleTimeout bounds the gap between two events; 0: 60 s.
+	IdleTimeout time.Duration
+	// Client, if set, is used as is (its transport's timeouts apply instead of
+	// ConnectTimeout).
+	Client *http.Client
+	// ContinuousUsage asks the upstream for usage in every chunk (vLLM's
+	// stream_options.continuous_usage_stats), so that each delta carries its
+	// tokens; servers that reject unknown options must leave it off. Without
+	// it the last delta carries all the completion tokens.
+	ContinuousUsage bool
+	// Logger: nil is slog.Default().
+	Logger *slog.Logger
+}
+
+// Backend is an upstream OpenAI-compatible server. It is safe for concurrent use.
+type Backend struct {
+	cfg    Config
+	base   string
+	client *http.Client
+	log    *slog.Logger
+
+	mu     sync.Mutex
+	models []runtime.Model
+}
+
+// New checks the upstream by listing its models (GET /v1/models) within ctx.
+func New(ctx context.Context, cfg Config) (*Backend, error) {
+	base := strings.TrimRight(cfg.BaseURL, "/")
+	if !strings.HasPrefix(base, "http://") && !strings.HasPrefix(base, "https://") {
+		return nil, fmt.Errorf("openai backend: base URL %q is not http(s)", cfg.BaseURL)
+	}
+	if rest := base[strings.Index(base, "//")+2:]; !strings.Contains(rest, "/") {
+		base += "/v1"
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = 10 * time.Second
+	}
+	if cfg.FirstEventTimeout <= 0 {
+		cfg.FirstEventTimeout = 120 * time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 60 * time.Second
+	}
+	client := cfg.Client
+	if client == nil {
+		d := &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
+		client = &http.Client{Transport: &http.Transport{
+			Proxy:                 http.ProxyFromEnvironment,
+			DialContext:           d.DialContext,
+			TLSHandshakeTimeout:   cfg.ConnectTimeout,
+			ResponseHeaderTimeout: cfg.FirstEventTimeout,
+			MaxIdleConnsPerHost:   64,
+			IdleConnTimeout:       90 * time.Second,
+		}}
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	b := &Backend{cfg: cfg, base: base, client: client, log: log.With("subsys", "runtime", "backend", runtime.KindOpenAI, "upstream", base)}
+	if err := b.Refresh(ctx); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// upstreamError wraps runtime.ErrUpstream with what failed.
+func upstreamError(format string, args ...any) error {
+	return fmt.Errorf("%w: %w", runtime.ErrUpstream, fmt.Errorf(format, args...))
+}
+
+// Refresh lists the upstream's models again.
+func (b *Backend) Refresh(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.ConnectTimeout+b.cfg.FirstEventTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.base+"/models", nil)
+	if err != nil {
+		return fmt.Errorf("openai backend: %w", err)
+	}
+	b.auth(req)
+	resp, err := b.client.Do(req)
+	if err != nil {
+		return upstreamError("list models at %s: %w", b.base, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return upstreamError("list models at %s: %w", b.base, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return upstreamError("list models at %s: %s", b.base, statusMessage(resp.StatusCode, body))
+	}
+	var list struct {
+		Data []struct {
+			ID            string `json:"id"`
+			MaxModelLen   int    `json:"max_model_len"`  // vLLM
+			ContextLength int    `json:"context_length"` // cocoon, others
+			Meta          struct {
+				NCtxTrain int `json:"n_ctx_train"` // llama-server
+			} `json:"meta"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(body, &list); err != nil {
+		return upstreamError("list models at %s: not an OpenAI model list: %w", b.base, err)
+	}
+	var models []runtime.Model
+	for _, m := range list.Data {
+		if len(b.cfg.Models) > 0 && !slices.Contains(b.cfg.Models, m.ID) {
+			continue
+		}
+		ctxLen := m.ContextLength
+		if ctxLen == 0 {
+			ctxLen = m.MaxModelLen
+		}
+		if ctxLen == 0 {
+			ctxLen = m.Meta.NCtxTrain
+		}
+		models = append(models, runtime.Model{ID: m.ID, ContextLength: ctxLen})
+	}
+	for _, want := range b.cfg.Models {
+		if !slices.ContainsFunc(models, func(m runtime.Model) bool { return m.ID == want }) {
+			return upstreamError("%s does not serve model %q", b.base, want)
+		}
+	}
+	b.mu.Lock()
+	b.models = models
+	b.mu.Unlock()
+	return nil
+}
+
+// Models returns the models found by the last New or Refresh. The upstream
+// does not say the weights' digest, so Digest is empty.
+func (b *Backend) Models() []runtime.Model {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.models)
+}
+
+// Close releases idle connections.
+func (b *Backend) Close() error {
+	b.client.CloseIdleConnections()
+	return nil
+}
+
+func (b *Backend) auth(req *http.Request) {
+	if b.cfg.APIKey != "" {
+		req.Header.Set("Authorization", "Bearer "+b.cfg.APIKey)
+	}
+}
+
+// statusMessage renders an upstream's error answer.
+func statusMessage(status int, body []byte) string {
+	msg := errorMessage(body)
+	if msg == "" {
+		msg = strings.TrimSpace(string(body))
+		if len(msg) > 200 {
+			msg = msg[:200] + "..."
+		}
+	}
+	return fmt.Sprintf("HTTP %d: %s", status, msg)
+}
+
+// errorMessage finds the message of an OpenAI error body
+// ({"error":{"message":...}}), vLLM's ({"object":"error","message":...}) or
+// a bare {"error":"..."}; "" when data is none of these.
+func errorMessage(data []byte) string {
+	var e struct {
+		Object  string          `json:"object"`
+		Error   json.RawMessage `json:"error"`
+		Message string          `json:"message"`
+	}
+	if json.Unmarshal(data, &e) != nil {
+		return ""
+	}
+	var eb struct {
+		Message string `json:"message"` // code may be a string (OpenAI) or a number (vLLM)
+	}
+	var s string
+	switch {
+	case len(e.Error) > 0 && e.Error[0] == '{' && json.Unmarshal(e.Error, &eb) == nil:
+		if eb.Message == "" {
+			return "error without a message"
+		}
+		return eb.Message
+	case len(e.Error) > 0 && json.Unmarshal(e.Error, &s) == nil && s != "":
+		return s
+	case e.Object == "error":
+		if e.Message == "" {
+			return "error without a message"
+		}
+		return e.Message
+	}
+	return ""
+}
+
+// upstreamStatusError keeps the upstream's status where it is the client's
+// fault (400), so that the handler answers the same.
+type upstreamStatusError struct {
+	status int
+	err    error
+}
+
+func (e *upstreamStatusError) Error() string   { return e.err.Error() }
+func (e *upstreamStatusError) Unwrap() error   { return e.err }
+func (e *upstreamStatusError) HTTPStatus() int { return e.status }
+
+// Generate sends the request upstream as a streaming chat or text completion.
+// A continuation is sent as prompt + continuation for completions, and as a
+// final assistant message with vLLM's continue_final_message for chats
+// (servers without that extension start a new reply instead). max_tokens is
+// passed on unchanged.
+func (b *Backend) Generate(ctx context.Context, req runtime.Request) (runtime.Stream, error) {
+	if !slices.ContainsFunc(b.Models(), func(m runtime.Model) bool { return m.ID == req.Model }) {
+		return nil, fmt.Errorf("%w: %q", runtime.ErrUnknownModel, req.Model)
+	}
+	body, chat, err := upstreamBody(req, b.cfg.ContinuousUsage)
+	if err != nil {
+		return nil, err
+	}
+	path := b.base + "/completions"
+	if chat {
+		path = b.base + "/chat/completions"
+	}
+	// The watchdog cancels the request when a phase overruns; the cause says which.
+	rctx, cancel := context.WithCancelCause(ctx)
+	s := &stream{chat: chat, cancel: cancel, ctx: rctx, parent: ctx, idle: b.cfg.IdleTimeout, url: path}
+	s.watch = time.AfterFunc(b.cfg.FirstEventTimeout, func() {
+		if s.streaming.Load() {
+			cancel(upstreamError("%s sent no event for %v: %w", path, b.cfg.IdleTimeout, context.DeadlineExceeded))
+			return
+		}
+		cancel(upstreamError("no event from %s within %v: %w", path, b.cfg.FirstEventTimeout, context.DeadlineExceeded))
+	})
+	hreq, err := http.NewRequestWithContext(rctx, http.MethodPost, path, bytes.NewReader(body))
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("openai backend: %w", err)
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	hreq.Header.Set("Accept", "text/event-stream")
+	b.auth(hreq)
+	resp, err := b.client.Do(hreq)
+	if err != nil {
+		s.Close()
+		return nil, s.wrap(fmt.Errorf("POST %s: %w", path, err))
+	}
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		s.Close()
+		err := upstreamError("POST %s: %s", path, statusMessage(resp.StatusCode, msg))
+		switch resp.StatusCode {
+		case http.StatusBadRequest, http.StatusUnprocessableEntity:
+			return nil, &upstreamStatusError{http.StatusBadRequest, fmt.Errorf("%w (%w)", runtime.ErrInvalidRequest, err)}
+		case http.StatusNotFound:
+			return nil, fmt.Errorf("%w (%w)", runtime.ErrUnknownModel, err)
+		case http.StatusTooManyRequests, http.StatusServiceUnavailable:
+			return nil, fmt.Errorf("%w (%w)", runtime.ErrBusy, err)
+		}
+		return nil, err
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
+		resp.Body.Close()
+		s.Close()
+		return nil, upstreamError("POST %s: answer is %q, not an event stream", path, ct)
+	}
+	s.body = resp.Body
+	s.events = openaiapi.NewEventReader(resp.Body, 0)
+	return s, nil
+}
+
+// upstreamBody is the JSON sent upstream.
+func upstreamBody(req runtime.Request, continuous bool) ([]byte, bool, error) {
+	var maxTok *int
+	if req.MaxTokens > 0 {
+		maxTok = &req.MaxTokens
+	}
+	temp := req.Temperature
+	var topP *float64
+	if req.TopP > 0 {
+		topP = &req.TopP
+	}
+	var seed *int64
+	if req.Seed != nil {
+		v := int64(*req.Seed)
+		seed = &v
+	}
+	opts := &openaiapi.StreamOptions{IncludeUsage: true, ContinuousUsageStats: continuous}
+	if len(req.Messages) > 0 {
+		c := openaiapi.ChatCompletionRequest{Model: req.Model, MaxTokens: maxTok, Temperature: &temp, TopP: topP,
+			Stop: req.Stop, Seed: seed, Stream: true, StreamOptions: opts}
+		for _, m := range req.Messages {
+			c.Messages = append(c.Messages, openaiapi.ChatMessage{Role: m.Role, Content: openaiapi.Content(m.Content)})
+		}
+		if req.Continuation != "" {
+			no := false
+			c.Messages = append(c.Messages, openaiapi.ChatMessage{Role: "assistant", Content: openaiapi.Content(req.Continuation)})
+			c.ContinueFinalMessage, c.AddGenerationPrompt = true, &no
+		}
+		b, err := json.Marshal(c)
+		return b, true, err
+	}
+	if req.Prompt == "" {
+		return nil, false, fmt.Errorf("%w: empty prompt", runtime.ErrInvalidRequest)
+	}
+	c := openaiapi.CompletionRequest{Model: req.Model, Prompt: openaiapi.Prompt(req.Prompt + req.Continuation), MaxTokens: maxTok,
+		Temperature: &temp, TopP: topP, Stop: req.Stop, Seed: seed, Stream: true, StreamOptions: opts}
+	b, err := json.Marshal(c)
+	return b, false, err
+}

@@ -1,0 +1,309 @@
+package openaiapi
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/cocoon-network/cocoon/runtime"
+)
+
+// Hooks a Backend's streams (and the backend) may implement to shape the
+// answer; the gateway's network backend uses them. The handler finds them on
+// the stream or on any stream it wraps (runtime.StreamAs).
+type (
+	// HeaderStream: its headers are set on the response before the first
+	// byte, e.g. the worker that serves the job and its TEE kind.
+	HeaderStream interface{ Header() http.Header }
+	// CostStream: once the stream has ended, the usage object gains
+	// "cost_nanoton" with what the request cost.
+	CostStream interface{ CostNanoTON() uint64 }
+	// ModelLister: a Backend that implements it answers GET /v1/models with
+	// these entries (which may carry Extra fields such as prices) instead of
+	// ones built from Models().
+	ModelLister interface {
+		ListModels(ctx context.Context) ([]Model, error)
+	}
+)
+
+// Handler serves the OpenAI API over a runtime.Backend:
+//
+//	POST /v1/chat/completions  (stream or not)
+//	POST /v1/completions       (stream or not)
+//	GET  /v1/models
+//
+// Errors have OpenAI's body {"error":{"message","type","param","code"}}: 400
+// for malformed JSON or fields, 404 for an unknown model, 413 for a body over
+// 4 MiB, 503 when busy, 502 when an upstream fails. A streaming answer that
+// fails after its first byte ends with an error event and no [DONE].
+// Handler is safe for concurrent use; its fields must not change once it serves.
+type Handler struct {
+	Backend runtime.Backend
+	Logger  *slog.Logger     // nil: slog.Default()
+	Now     func() time.Time // nil: time.Now
+	OwnedBy string           // models' owned_by; "": "cocoon"
+}
+
+// NewHandler returns a Handler over b.
+func NewHandler(b runtime.Backend) *Handler {
+	return &Handler{Backend: b}
+}
+
+func (h *Handler) log() *slog.Logger {
+	if h.Logger != nil {
+		return h.Logger
+	}
+	return slog.Default()
+}
+
+func (h *Handler) now() time.Time {
+	if h.Now != nil {
+		return h.Now()
+	}
+	return time.Now()
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	path := strings.TrimSuffix(r.URL.Path, "/")
+	var allow string
+	switch path {
+	case "/v1/chat/completions", "/v1/completions":
+		allow = http.MethodPost
+	case "/v1/models":
+		allow = http.MethodGet
+	default:
+		h.writeError(w, &Error{Status: http.StatusNotFound, Type: "invalid_request_error", Code: "unknown_url",
+			Message: "unknown path " + r.URL.Path + " (this server has /v1/chat/completions, /v1/completions and /v1/models)"})
+		return
+	}
+	if r.Method != allow {
+		w.Header().Set("Allow", allow)
+		h.writeError(w, &Error{Status: http.StatusMethodNotAllowed, Type: "invalid_request_error",
+			Message: r.Method + " " + path + " is not allowed; use " + allow})
+		return
+	}
+	switch path {
+	case "/v1/models":
+		h.models(w, r)
+	case "/v1/chat/completions":
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		req, rr, err := DecodeChatRequest(r.Body)
+		if err != nil {
+			h.writeError(w, ErrorFor(err))
+			return
+		}
+		h.generate(w, r, rr, req.Stream, req.StreamOptions, true)
+	case "/v1/completions":
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		req, rr, err := DecodeCompletionRequest(r.Body)
+		if err != nil {
+			h.writeError(w, ErrorFor(err))
+			return
+		}
+		h.generate(w, r, rr, req.Stream, req.StreamOptions, false)
+	}
+}
+
+func (h *Handler) models(w http.ResponseWriter, r *http.Request) {
+	var list []Model
+	if ml, ok := h.Backend.(ModelLister); ok {
+		var err error
+		if list, err = ml.ListModels(r.Context()); err != nil {
+			h.writeError(w, ErrorFor(err))
+			return
+		}
+	} else {
+		owner := h.OwnedBy
+		if owner == "" {
+			owner = "cocoon"
+		}
+		for _, m := range h.Backend.Models() {
+			list = append(list, Model{ID: m.ID, Object: "model", OwnedBy: owner, Digest: m.Digest, ContextLength: m.ContextLength})
+		}
+	}
+	if list == nil {
+		list = []Model{}
+	}
+	h.writeJSON(w, http.StatusOK, ModelList{Object: "list", Data: list})
+}
+
+func newID(prefix string) string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// generate runs one request and writes the answer in the chat or completion shape.
+func (h *Handler) generate(w http.ResponseWriter, r *http.Request, rr runtime.Request, stream bool, opts *StreamOptions, chat bool) {
+	s, err := h.Backend.Generate(r.Context(), rr)
+	if err != nil {
+		h.writeError(w, ErrorFor(err))
+		return
+	}
+	defer s.Close()
+	if hs, ok := runtime.StreamAs[HeaderStream](s); ok {
+		for k, vs := range hs.Header() {
+			for _, v := range vs {
+				w.Header().Add(k, v)
+			}
+		}
+	}
+	id, created := newID("cmpl-"), h.now().Unix()
+	if chat {
+		id = newID("chatcmpl-")
+	}
+	if !stream {
+		h.collect(w, s, rr.Model, id, created, chat)
+		return
+	}
+	h.stream(w, r, s, rr.Model, id, created, chat, opts != nil && opts.IncludeUsage)
+}
+
+func usageOf(s runtime.Stream) *Usage {
+	u := s.Usage()
+	out := &Usage{PromptTokens: u.PromptTokens, CompletionTokens: u.CompletionTokens, TotalTokens: u.PromptTokens + u.CompletionTokens}
+	if cs, ok := runtime.StreamAs[CostStream](s); ok {
+		c := cs.CostNanoTON()
+		out.CostNanoTON = &c
+	}
+	return out
+}
+
+// collect reads the whole stream and answers in one JSON body.
+func (h *Handler) collect(w http.ResponseWriter, s runtime.Stream, model, id string, created int64, chat bool) {
+	var sb strings.Builder
+	for {
+		d, err := s.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			h.writeError(w, ErrorFor(err))
+			return
+		}
+		sb.WriteString(d.Text)
+	}
+	finish := s.FinishReason()
+	if chat {
+		h.writeJSON(w, http.StatusOK, ChatCompletion{ID: id, Object: "chat.completion", Created: created, Model: model,
+			Choices: []ChatChoice{{Message: ChatMessage{Role: "assistant", Content: Content(sb.String())}, FinishReason: finish}},
+			Usage:   usageOf(s)})
+		return
+	}
+	h.writeJSON(w, http.StatusOK, Completion{ID: id, Object: "text_completion", Created: created, Model: model,
+		Choices: []CompletionChoice{{Text: sb.String(), FinishReason: &finish}}, Usage: usageOf(s)})
+}
+
+// stream answers with server-sent events.
+func (h *Handler) stream(w http.ResponseWriter, r *http.Request, s runtime.Stream, model, id string, created int64, chat, includeUsage bool) {
+	hd := w.Header()
+	hd.Set("Content-Type", "text/event-stream")
+	hd.Set("Cache-Control", "no-cache")
+	hd.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	send := func(v any) error {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		if err := WriteEvent(w, b); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
+	chunk := func(text *string, role string, finish *string) any {
+		if chat {
+			return ChatCompletionChunk{ID: id, Object: "chat.completion.chunk", Created: created, Model: model,
+				Choices: []ChunkChoice{{Delta: ChunkDelta{Role: role, Content: text}, FinishReason: finish}}}
+		}
+		t := ""
+		if text != nil {
+			t = *text
+		}
+		return Completion{ID: id, Object: "text_completion", Created: created, Model: model,
+			Choices: []CompletionChoice{{Text: t, FinishReason: finish}}}
+	}
+	if chat {
+		empty := ""
+		if err := send(chunk(&empty, "assistant", nil)); err != nil {
+			h.log().Debug("stream write", "err", err)
+			return
+		}
+	}
+	for {
+		d, err := s.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			e := ErrorFor(err)
+			if r.Context().Err() == nil {
+				h.log().Warn("generation failed mid-stream", "model", model, "status", e.Status, "err", err)
+			}
+			b, _ := json.Marshal(e.Body())
+			_ = WriteEvent(w, b)
+			_ = rc.Flush()
+			return
+		}
+		if d.Text == "" {
+			continue
+		}
+		if err := send(chunk(&d.Text, "", nil)); err != nil {
+			h.log().Debug("stream write", "err", err)
+			return
+		}
+	}
+	finish := s.FinishReason()
+	if chat {
+		if err := send(chunk(nil, "", &finish)); err != nil {
+			return
+		}
+	} else {
+		empty := ""
+		if err := send(chunk(&empty, "", &finish)); err != nil {
+			return
+		}
+	}
+	if includeUsage {
+		var v any
+		if chat {
+			v = ChatCompletionChunk{ID: id, Object: "chat.completion.chunk", Created: created, Model: model, Choices: []ChunkChoice{}, Usage: usageOf(s)}
+		} else {
+			v = Completion{ID: id, Object: "text_completion", Created: created, Model: model, Choices: []CompletionChoice{}, Usage: usageOf(s)}
+		}
+		if err := send(v); err != nil {
+			return
+		}
+	}
+	_ = WriteDone(w)
+	_ = rc.Flush()
+}
+
+func (h *Handler) writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		h.log().Error("encode answer", "err", err)
+		status, b = http.StatusInternalServerError, []byte(`{"error":{"message":"encode answer","type":"server_error","param":null,"code":null}}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+func (h *Handler) writeError(w http.ResponseWriter, e *Error) {
+	if e.Status >= 500 && e.Status != 499 {
+		h.log().Warn("request failed", "status", e.Status, "err", e.Message)
+	}
+	status := e.Status
+	if status == 499 {
+		status = http.StatusBadRequest // never sent: the client is gone
+	}
+	h.writeJSON(w, status, e.Body())
+}

@@ -1,0 +1,120 @@
+package openaiapi_test
+
+import (
+	"encoding/json"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/cocoon-network/cocoon/runtime"
+	"github.com/cocoon-network/cocoon/runtime/openaiapi"
+)
+
+func u64(v uint64) *uint64 { return &v }
+
+var goldenChat = []struct {
+	body   string
+	want   runtime.Request
+	status int // 0: accepted
+}{
+	{`{"model":"m","messages":[{"role":"user","content":"hi"}]}`,
+		runtime.Request{Model: "m", Messages: []runtime.Message{{Role: "user", Content: "hi"}}, Temperature: 1}, 0},
+	{`{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"max_tokens":5,"temperature":0,"top_p":0.5,"stop":"\n","seed":-1}`,
+		runtime.Request{Model: "m", Messages: []runtime.Message{{Role: "system", Content: "be brief"}, {Role: "user", Content: "ab"}},
+			MaxTokens: 5, Temperature: 0, TopP: 0.5, Stop: []string{"\n"}, Seed: u64(1<<64 - 1)}, 0},
+	{`{"model":"m","messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"Once"}],"continue_final_message":true,"add_generation_prompt":false,"max_completion_tokens":9,"max_tokens":3}`,
+		runtime.Request{Model: "m", Messages: []runtime.Message{{Role: "user", Content: "hi"}}, Continuation: "Once", MaxTokens: 9, Temperature: 1}, 0},
+	{`{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function"}],"user":"x"}`,
+		runtime.Request{Model: "m", Messages: []runtime.Message{{Role: "user", Content: "hi"}}, Temperature: 1}, 0},
+	{`{"model":"m","messages":[{"role":"user","content":null}]}`,
+		runtime.Request{Model: "m", Messages: []runtime.Message{{Role: "user"}}, Temperature: 1}, 0},
+	{`{"model":"m","messages":[]}`, runtime.Request{}, 400},
+	{`{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}`, runtime.Request{}, 400},
+	{`{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":0}`, runtime.Request{}, 400},
+	{`{"model":"m","messages":[{"role":"user","content":"hi"}],"top_p":0}`, runtime.Request{}, 400},
+	{`{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":[""]}`, runtime.Request{}, 400},
+	{`{"model":"m","messages":[{"role":"user","content":"hi"}],"continue_final_message":true}`, runtime.Request{}, 400},
+	{`{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":"yes"}`, runtime.Request{}, 400},
+	{`not json`, runtime.Request{}, 400},
+	{``, runtime.Request{}, 400},
+}
+
+func TestDecodeChatRequestGolden(t *testing.T) {
+	for _, g := range goldenChat {
+		_, got, err := openaiapi.DecodeChatRequest(strings.NewReader(g.body))
+		if g.status != 0 {
+			var e *openaiapi.Error
+			if !errors.As(err, &e) || e.Status != g.status {
+				t.Errorf("DecodeChatRequest(%s) = %v; want status %d", g.body, err, g.status)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, g.want) {
+			t.Errorf("DecodeChatRequest(%s) = %+v, %v; want %+v", g.body, got, err, g.want)
+		}
+	}
+}
+
+var goldenCompletion = []string{
+	`{"model":"m","prompt":"once upon a time","max_tokens":8,"stop":["\n","."],"stream":true,"stream_options":{"include_usage":true}}`,
+	`{"model":"m","prompt":["one"]}`,
+	`{"model":"m","prompt":["one","two"]}`,
+	`{"model":"m","prompt":[1,2]}`,
+	`{"model":"m","prompt":"x","echo":true}`,
+	`{"model":"","prompt":"x"}`,
+}
+
+// FuzzDecodeChatRequest: no input panics; an accepted request is well formed,
+// and encoding the decoded request decodes to the same runtime request.
+func FuzzDecodeChatRequest(f *testing.F) {
+	for _, g := range goldenChat {
+		f.Add([]byte(g.body))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		req, rr, err := openaiapi.DecodeChatRequest(strings.NewReader(string(b)))
+		if err != nil {
+			var e *openaiapi.Error
+			if !errors.As(err, &e) || e.Status < 400 || e.Status > 499 || e.Message == "" {
+				t.Fatalf("error %v is not a 4xx API error", err)
+			}
+			return
+		}
+		if rr.Model == "" || len(rr.Messages) == 0 || rr.MaxTokens < 0 || rr.Temperature < 0 || rr.Temperature > 2 || len(rr.Stop) > openaiapi.MaxStops {
+			t.Fatalf("accepted a bad request: %+v", rr)
+		}
+		again, err := json.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, rr2, err := openaiapi.DecodeChatRequest(strings.NewReader(string(again)))
+		if err != nil || !reflect.DeepEqual(rr, rr2) {
+			t.Fatalf("round trip of %s: %+v, %v; want %+v", again, rr2, err, rr)
+		}
+	})
+}
+
+// FuzzDecodeCompletionRequest: as FuzzDecodeChatRequest, for /v1/completions.
+func FuzzDecodeCompletionRequest(f *testing.F) {
+	for _, g := range goldenCompletion {
+		f.Add([]byte(g))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		req, rr, err := openaiapi.DecodeCompletionRequest(strings.NewReader(string(b)))
+		if err != nil {
+			var e *openaiapi.Error
+			if !errors.As(err, &e) || e.Status < 400 || e.Status > 499 {
+				t.Fatalf("error %v is not a 4xx API error", err)
+			}
+			return
+		}
+		if rr.Model == "" || rr.Prompt == "" || len(rr.Messages) != 0 {
+			t.Fatalf("accepted a bad request: %+v", rr)
+		}
+		again, _ := json.Marshal(req)
+		_, rr2, err := openaiapi.DecodeCompletionRequest(strings.NewReader(string(again)))
+		if err != nil || !reflect.DeepEqual(rr, rr2) {
+			t.Fatalf("round trip of %s: %+v, %v; want %+v", again, rr2, err, rr)
+		}
+	})
+}
