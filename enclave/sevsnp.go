@@ -18,6 +18,13 @@ const snpReportSize = sabi.ReportSize
 // snpCertEntrySize is the size of one GUID table entry: GUID, offset:u32, length:u32.
 const snpCertEntrySize = 24
 
+var (
+	snpVCEKGUID = uuid.MustParse(sabi.VcekGUID)
+	snpVLEKGUID = uuid.MustParse(sabi.VlekGUID)
+	snpASKGUID  = uuid.MustParse(sabi.AskGUID)
+	snpARKGUID  = uuid.MustParse(sabi.ArkGUID)
+)
+
 // parseSNPCertTable decodes the GHCB certificate table (the configfs-tsm auxblob),
 // checking every entry's range itself: the library's decoder can overflow on
 // hostile offsets.
@@ -48,14 +55,28 @@ func parseSNPCertTable(b []byte) (*spb.CertificateChain, error) {
 		}
 		entries = append(entries, e)
 	}
-	table := &sabi.CertTable{}
+	// Built here rather than with CertTable.Proto, which warns on stdout when the
+	// endorsement key is absent (a normal case: the cache supplies it).
+	chain := &spb.CertificateChain{Extras: map[string][]byte{}}
 	for i, e := range entries {
 		if e.off < uint64(header) || e.off+e.n > uint64(len(b)) {
 			return nil, fmt.Errorf("snp certificate table entry %d: range %d+%d outside %d..%d: %w", i, e.off, e.n, header, len(b), ErrMalformed)
 		}
-		table.Entries = append(table.Entries, sabi.CertTableEntry{GUID: e.guid, RawCert: b[e.off : e.off+e.n : e.off+e.n]})
+		cert := b[e.off : e.off+e.n : e.off+e.n]
+		switch e.guid {
+		case snpVCEKGUID:
+			chain.VcekCert = cert
+		case snpVLEKGUID:
+			chain.VlekCert = cert
+		case snpASKGUID:
+			chain.AskCert = cert
+		case snpARKGUID:
+			chain.ArkCert = cert
+		default:
+			chain.Extras[e.guid.String()] = cert
+		}
 	}
-	return table.Proto(), nil
+	return chain, nil
 }
 
 // parseSNP decodes an SNP report and its certificate table without verifying them.
