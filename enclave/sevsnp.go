@@ -80,7 +80,8 @@ func parseSNPCertTable(b []byte) (*spb.CertificateChain, error) {
 }
 
 // parseSNP decodes an SNP report and its certificate table without verifying them.
-func parseSNP(ev Evidence) (*spb.Attestation, error) {
+func parseSNP(ev Evidence) (_ *spb.Attestation, err error) {
+	defer recoverMalformed("parse snp report", &err)
 	if len(ev.Report) != snpReportSize {
 		return nil, fmt.Errorf("snp report of %d bytes, want %d: %w", len(ev.Report), snpReportSize, ErrMalformed)
 	}

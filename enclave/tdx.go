@@ -30,10 +30,13 @@ var intelRoots = func() *x509.CertPool {
 const tdAttributesDebug = 0x01
 
 // parseTDXQuote decodes a raw TDX quote (v4) without verifying it.
-func parseTDXQuote(raw []byte) (*tpb.QuoteV4, error) {
+func parseTDXQuote(raw []byte) (q4 *tpb.QuoteV4, err error) {
 	if len(raw) > MaxEvidenceSize {
 		return nil, fmt.Errorf("tdx quote of %d bytes: %w", len(raw), ErrTooLarge)
 	}
+	// go-tdx-guest v0.3.1's parser trusts inner length fields (the QE auth data size)
+	// and panics on a hostile quote; FuzzParseTDXQuote found it. Contain it here.
+	defer recoverMalformed("parse tdx quote", &err)
 	q, err := tabi.QuoteToProto(raw)
 	if err != nil {
 		return nil, fmt.Errorf("parse tdx quote: %v: %w", err, ErrMalformed)

@@ -47,7 +47,13 @@ func NewTSMAttester(client configfsi.Client) (*TSMAttester, error) {
 	if err != nil {
 		return nil, fmt.Errorf("probe configfs-tsm provider: %w", err)
 	}
-	provider, err := r.ReadOption("provider")
+	// Writing the inblob first makes the provider readable on every backend (the
+	// fake one serves attributes only after a write); reading the provider does not
+	// make a quote.
+	var provider []byte
+	if err = r.WriteOption("inblob", make([]byte, ReportDataSize)); err == nil {
+		provider, err = r.ReadOption("provider")
+	}
 	_ = r.Destroy()
 	if err != nil {
 		return nil, fmt.Errorf("probe configfs-tsm provider: %w", err)

@@ -44,26 +44,37 @@ func (v *Verifier) Verify(ctx context.Context, ev Evidence, want [ReportDataSize
 		return vd, fmt.Errorf("verify %s evidence: %w", ev.Kind, err)
 	}
 	vd.checked(fmt.Sprintf("kind %s allowed by policy", ev.Kind))
-	var err error
-	switch ev.Kind {
-	case KindTDX:
-		err = v.verifyTDX(ctx, ev, want, &vd)
-	case KindSNP:
-		err = v.verifySNP(ctx, ev, want, &vd)
-	case KindSim:
-		err = v.verifySim(ev, want, &vd)
-	case KindNone:
-		if len(ev.Report) != 0 || len(ev.Aux) != 0 {
-			err = fmt.Errorf("kind none carries data: %w", ErrMalformed)
-		}
-		vd.notChecked("everything: kind none attests nothing")
-	default:
-		err = fmt.Errorf("unknown kind %q: %w", ev.Kind, ErrMalformed)
-	}
-	if err != nil {
+	if err := v.verifyKind(ctx, ev, want, &vd); err != nil {
 		return vd, fmt.Errorf("verify %s evidence: %w", ev.Kind, err)
 	}
 	return vd, nil
+}
+
+func (v *Verifier) verifyKind(ctx context.Context, ev Evidence, want [ReportDataSize]byte, vd *Verdict) (err error) {
+	defer recoverMalformed("decode", &err)
+	switch ev.Kind {
+	case KindTDX:
+		return v.verifyTDX(ctx, ev, want, vd)
+	case KindSNP:
+		return v.verifySNP(ctx, ev, want, vd)
+	case KindSim:
+		return v.verifySim(ev, want, vd)
+	case KindNone:
+		vd.notChecked("everything: kind none attests nothing")
+		if len(ev.Report) != 0 || len(ev.Aux) != 0 {
+			return fmt.Errorf("kind none carries data: %w", ErrMalformed)
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown kind %q: %w", ev.Kind, ErrMalformed)
+}
+
+// recoverMalformed turns a panic in a vendor library's decoder into ErrMalformed.
+// Deferred around every call that parses peer-supplied bytes with those libraries.
+func recoverMalformed(what string, err *error) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("%s: decoder panic: %v: %w", what, r, ErrMalformed)
+	}
 }
 
 // measurement checks parts against the allow-list and records the result.
