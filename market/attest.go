@@ -152,12 +152,13 @@ func (a *Attestations) Verify(ctx context.Context, p peer.ID) (enclave.Verdict, 
 	if a.cfg.Verifier == nil {
 		return enclave.Verdict{}, fmt.Errorf("attest %s: no verifier configured", p)
 	}
+	conns := a.h.Network().ConnsToPeer(p) // outside a.mu: the swarm has its own locks
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
 		return enclave.Verdict{}, ErrAttestClosed
 	}
-	if vd, ok := a.cachedLocked(p); ok {
+	if vd, ok := a.cachedLocked(p, conns); ok {
 		a.mu.Unlock()
 		return vd, nil
 	}
@@ -185,9 +186,10 @@ func (a *Attestations) Verify(ctx context.Context, p peer.ID) (enclave.Verdict, 
 
 // Cached returns the cached verdict on p, if a live connection to p has one.
 func (a *Attestations) Cached(p peer.ID) (enclave.Verdict, bool) {
+	conns := a.h.Network().ConnsToPeer(p)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.cachedLocked(p)
+	return a.cachedLocked(p, conns)
 }
 
 // Forget drops the cached verdicts on p, so the next Verify attests afresh (for
@@ -202,8 +204,9 @@ func (a *Attestations) Forget(p peer.ID) {
 	}
 }
 
-func (a *Attestations) cachedLocked(p peer.ID) (enclave.Verdict, bool) {
-	for _, c := range a.h.Network().ConnsToPeer(p) {
+// cachedLocked finds a verdict for one of conns, p's live connections.
+func (a *Attestations) cachedLocked(p peer.ID, conns []network.Conn) (enclave.Verdict, bool) {
+	for _, c := range conns {
 		if e, ok := a.verdicts[c.ID()]; ok && e.peer == p {
 			return e.verdict, true
 		}
@@ -232,13 +235,15 @@ func (a *Attestations) exchange(ctx context.Context, p peer.ID) (enclave.Verdict
 	a.mu.Lock()
 	if !a.closed {
 		a.verdicts[conn.ID()] = attestCached{peer: remote, verdict: vd}
-		// The connection may have closed before the entry went in, after its
-		// Disconnected notification ran: keep entries of live connections only.
-		if !slices.ContainsFunc(a.h.Network().ConnsToPeer(remote), func(c network.Conn) bool { return c.ID() == conn.ID() }) {
-			delete(a.verdicts, conn.ID())
-		}
 	}
 	a.mu.Unlock()
+	// The connection may have closed before the entry went in, after its
+	// Disconnected notification ran: keep entries of live connections only.
+	if !slices.ContainsFunc(a.h.Network().ConnsToPeer(remote), func(c network.Conn) bool { return c.ID() == conn.ID() }) {
+		a.mu.Lock()
+		delete(a.verdicts, conn.ID())
+		a.mu.Unlock()
+	}
 	a.log.Info("peer attested", "peer", p, "kind", vd.Kind, "tier", vd.Tier, "measurement", vd.Measurement, "not_checked", len(vd.NotChecked))
 	return vd, nil
 }
