@@ -75,24 +75,25 @@ func TestProtocolRefusalsAndDeadline(t *testing.T) {
 	c.Close()
 
 	// Prover never answers: the client's deadline ends the exchange.
-	c, s = net.Pipe()
-	defer s.Close()
-	go func() { _, _ = ReadFrame(s, maxRequestSize) }() // read the request, then stay silent
+	c2, s2 := net.Pipe()
+	defer s2.Close()
+	go func() { _, _ = ReadFrame(s2, maxRequestSize) }() // read the request, then stay silent
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if _, err := AttestPeer(ctx, c, []byte("p"), &Verifier{Policy: simPolicy}); err == nil {
+	if _, err := AttestPeer(ctx, c2, []byte("p"), &Verifier{Policy: simPolicy}); err == nil {
 		t.Fatal("AttestPeer against a silent prover returned no error")
 	}
-	c.Close()
+	c2.Close()
 
 	// Client sends garbage: the prover answers bad request and reports the error.
-	c, s = net.Pipe()
+	c3, s3 := net.Pipe()
+	defer c3.Close()
 	done := make(chan error, 1)
 	go func() {
-		done <- ServeAttest(context.Background(), s, []byte("p"), NewSimAttester(nil, [MeasurementSize]byte{}, nil))
+		done <- ServeAttest(context.Background(), s3, []byte("p"), NewSimAttester(nil, [MeasurementSize]byte{}, nil))
 	}()
-	_ = WriteFrame(c, []byte{9, 9})
-	resp, err := ReadFrame(c, maxResponseSize)
+	_ = WriteFrame(c3, []byte{9, 9})
+	resp, err := ReadFrame(c3, maxResponseSize)
 	if err != nil {
 		t.Fatal(err)
 	}
