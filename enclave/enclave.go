@@ -19,12 +19,12 @@ const (
 	KindNone Kind = "none"    // no TEE: nothing is attested
 )
 
-// Kinds lists every kind this package knows, in the order of their wire codes.
-var Kinds = []Kind{KindNone, KindTDX, KindSNP, KindSim}
+// kindsByCode lists every kind this package knows, indexed by wire code.
+var kindsByCode = [...]Kind{KindNone, KindTDX, KindSNP, KindSim}
 
-// Valid reports whether k is one of Kinds.
+// Valid reports whether k is one of the four kinds.
 func (k Kind) Valid() bool {
-	for _, known := range Kinds {
+	for _, known := range kindsByCode {
 		if k == known {
 			return true
 		}

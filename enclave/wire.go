@@ -26,8 +26,8 @@ const wireVersion = 1
 var kindCodes = map[Kind]byte{KindNone: 0, KindTDX: 1, KindSNP: 2, KindSim: 3}
 
 func kindFromCode(c byte) (Kind, bool) {
-	if int(c) < len(Kinds) {
-		return Kinds[c], true
+	if int(c) < len(kindsByCode) {
+		return kindsByCode[c], true
 	}
 	return "", false
 }
