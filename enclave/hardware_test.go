@@ -257,18 +257,7 @@ func TestSNPRefusals(t *testing.T) {
 func milanCertChain(t testing.TB) []byte { return trust.AskArkMilanVcekBytes }
 
 func TestSNPVCEKFromCollateralCache(t *testing.T) {
-	ev := genuineSNP(t)
-	// A host that provisions no certificates: the table carries only the platform
-	// info entry (CPUID of the Milan B0 chip) that go-sev-guest's configfs provider
-	// adds for v2 reports, which lack the product.
-	info, err := (&sabi.ExtraPlatformInfo{
-		Size:      sabi.ExtraPlatformInfoV0Size,
-		Cpuid1Eax: sabi.MaskedCpuid1EaxFromSevProduct(&spb.SevProduct{Name: spb.SevProduct_SEV_PRODUCT_MILAN, MachineStepping: wrapperspb.UInt32(0)}),
-	}).Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ev.Aux = (&sabi.CertTable{Entries: []sabi.CertTableEntry{{GUID: uuid.MustParse(sabi.ExtraPlatformInfoGUID), RawCert: info}}}).Marshal()
+	ev := snpWithoutCerts(t)
 	want := genuineSNPReportData()
 	p := Policy{AllowDebug: true}
 
@@ -278,14 +267,36 @@ func TestSNPVCEKFromCollateralCache(t *testing.T) {
 	}
 	// With the VCEK cached under its KDS URL (and the ASK/ARK chain, which the library
 	// asks for when it must fetch), it verifies.
-	cache := NewCollateralCache(nil)
-	cache.Put(genuineSNPVCEKURL, nil, readTestdata(t, "vcek.testcer"))
-	cache.Put("https://kdsintf.amd.com/vcek/v1/Milan/cert_chain", nil, milanCertChain(t))
-	vd, err := (&Verifier{Policy: p, Collateral: cache}).Verify(context.Background(), ev, want)
+	vd, err := (&Verifier{Policy: p, Collateral: snpKDSCache(t)}).Verify(context.Background(), ev, want)
 	if err != nil {
 		t.Fatalf("Verify with cached VCEK = %v; want nil", err)
 	}
 	if !hasStep(vd.Checked, "report signature by VCEK from AMD KDS collateral") {
 		t.Errorf("checked = %q", vd.Checked)
 	}
+}
+
+// snpWithoutCerts is the sample report from a host that provisions no certificates:
+// the table carries only the platform info entry (CPUID of the Milan B0 chip) that
+// go-sev-guest's configfs provider adds for v2 reports, which lack the product.
+func snpWithoutCerts(t testing.TB) Evidence {
+	ev := genuineSNP(t)
+	info, err := (&sabi.ExtraPlatformInfo{
+		Size:      sabi.ExtraPlatformInfoV0Size,
+		Cpuid1Eax: sabi.MaskedCpuid1EaxFromSevProduct(&spb.SevProduct{Name: spb.SevProduct_SEV_PRODUCT_MILAN, MachineStepping: wrapperspb.UInt32(0)}),
+	}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev.Aux = (&sabi.CertTable{Entries: []sabi.CertTableEntry{{GUID: uuid.MustParse(sabi.ExtraPlatformInfoGUID), RawCert: info}}}).Marshal()
+	return ev
+}
+
+// snpKDSCache holds the sample VCEK and the Milan ASK/ARK chain under their AMD KDS
+// URLs, as a cache filled earlier (or shipped) would.
+func snpKDSCache(t testing.TB) *CollateralCache {
+	cache := NewCollateralCache(nil)
+	cache.Put(genuineSNPVCEKURL, nil, readTestdata(t, "vcek.testcer"))
+	cache.Put("https://kdsintf.amd.com/vcek/v1/Milan/cert_chain", nil, milanCertChain(t))
+	return cache
 }
