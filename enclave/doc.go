@@ -3,4 +3,32 @@
 //
 // It imports only the standard library and the attestation libraries; market mounts
 // its protocol on libp2p streams, node builds the attester and the policy.
+//
+// # Binding
+//
+// Evidence carries report data = SHA-512("cocoon-attest-v1" ‖ peer ID ‖ nonce): the
+// prover's own peer ID bytes and the verifier's fresh 32-byte nonce (ReportData). The
+// verifier recomputes it from the connection's authenticated remote peer ID, so
+// evidence replayed by another peer, or for an older nonce, is refused. Since the
+// Noise/TLS channel is keyed by the same peer ID, the whole connection is bound to
+// the attested enclave.
+//
+// # Kinds
+//
+//	tdx      TDX quote v4 via configfs-tsm (TSMAttester); verified with go-tdx-guest
+//	sev-snp  SNP report + certificate table via configfs-tsm; verified with go-sev-guest
+//	sim      Ed25519-signed sim report (SimAttester): "sim (not confidential)",
+//	         accepted only when Policy.AllowSim
+//	none     no TEE (NoneAttester): accepted only when allowed_kinds lists "none"
+//
+// NVIDIA GPU evidence has a reserved place (GPUEvidence) and is not supported yet.
+//
+// # Wire
+//
+// One exchange per stream (see protocol.go); frames are uvarint length ‖ payload,
+// with caps refused before allocation:
+//
+//	Request  version=1 ‖ nonce[32]
+//	Response version=1 ‖ status ‖ Evidence (status 0 only)
+//	Evidence version=1 ‖ kind ‖ uvarint len ‖ report ‖ uvarint len ‖ aux
 package enclave
