@@ -53,9 +53,14 @@ type Tx struct {
 	Account  string `json:"account"` // user-friendly address
 	LT       uint64 `json:"lt"`
 	Hash     []byte `json:"hash"`
-	InValue  uint64 `json:"in_value"`  // value of the inbound internal message (0 for external)
-	OutValue uint64 `json:"out_value"` // total value of outbound internal messages
-	Fees     uint64 `json:"fees"`      // total fees of the transaction
+	InValue  uint64 `json:"in_value"`   // value of the inbound internal message (0 for external)
+	InFwdFee uint64 `json:"in_fwd_fee"` // forward fee the inbound message carried
+	OutValue uint64 `json:"out_value"`  // total value of outbound internal messages
+	Fees     uint64 `json:"fees"`       // total fees of the transaction
+	// ActionFees is the part of Fees charged for sending messages (the first
+	// fraction of each forward price); the rest of each price rides in the
+	// message as OutMsg.FwdFee.
+	ActionFees uint64 `json:"action_fees"`
 	// Computed is false when the compute phase was skipped (e.g. no code).
 	Computed bool  `json:"computed"`
 	Success  bool  `json:"success"` // compute and action phases succeeded
@@ -72,9 +77,20 @@ type Tx struct {
 
 // OutMsg is an outbound internal message of a Tx.
 type OutMsg struct {
-	To    string `json:"to"`
-	Value uint64 `json:"value"`
-	Body  []byte `json:"body,omitempty"` // BOC of the body cell
+	To     string `json:"to"`
+	Value  uint64 `json:"value"`
+	FwdFee uint64 `json:"fwd_fee"`        // forward fee carried by the message, paid on delivery
+	Body   []byte `json:"body,omitempty"` // BOC of the body cell
+}
+
+// Spent is what the transaction took from its account: fees plus the value
+// and forward fees of its outbound messages.
+func (tx Tx) Spent() uint64 {
+	s := tx.Fees
+	for _, m := range tx.Out {
+		s += m.Value + m.FwdFee
+	}
+	return s
 }
 
 // Trace is the ordered list of transactions one message caused.
@@ -131,13 +147,14 @@ func sameAddr(s string, a *address.Address) bool {
 
 // TxFromResult reduces a parsed transaction to a Tx. Used by both ledgers.
 func TxFromResult(tx *tlb.Transaction, acct *address.Address, balanceAfter uint64) Tx {
-	out := Tx{Account: Friendly(acct), LT: tx.LT, Hash: tx.Hash, BalanceAfter: balanceAfter}
+	out := Tx{Account: Friendly(address.NewAddress(0, byte(acct.Workchain()), acct.Data())), LT: tx.LT, Hash: tx.Hash, BalanceAfter: balanceAfter}
 	if tx.TotalFees.Coins.Nano() != nil {
 		out.Fees = tx.TotalFees.Coins.Nano().Uint64()
 	}
 	if tx.IO.In != nil {
 		if im, ok := tx.IO.In.Msg.(*tlb.InternalMessage); ok {
 			out.InValue = im.Amount.Nano().Uint64()
+			out.InFwdFee = im.FwdFee.Nano().Uint64() + im.IHRFee.Nano().Uint64()
 		}
 	}
 	if tx.IO.Out != nil {
@@ -149,7 +166,7 @@ func TxFromResult(tx *tlb.Transaction, acct *address.Address, balanceAfter uint6
 				}
 				v := im.Amount.Nano().Uint64()
 				out.OutValue += v
-				om := OutMsg{To: Friendly(im.DstAddr), Value: v}
+				om := OutMsg{To: Friendly(im.DstAddr), Value: v, FwdFee: im.FwdFee.Nano().Uint64() + im.IHRFee.Nano().Uint64()}
 				if im.Body != nil {
 					om.Body = im.Body.ToBOC()
 				}
@@ -167,6 +184,9 @@ func TxFromResult(tx *tlb.Transaction, acct *address.Address, balanceAfter uint6
 		}
 		if d.ActionPhase != nil {
 			out.ResultCode = d.ActionPhase.ResultCode
+			if d.ActionPhase.TotalActionFees != nil {
+				out.ActionFees = d.ActionPhase.TotalActionFees.Nano().Uint64()
+			}
 			if !d.ActionPhase.Success {
 				out.Success = false
 			}
