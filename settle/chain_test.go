@@ -281,6 +281,11 @@ func TestUncooperativeCloseChallengeStaleState(t *testing.T) {
 	ctx := context.Background()
 	payer := f.client.store.Payer(f.client.w)
 	payee := f.worker.store.Payee(f.worker.w)
+	// The worker's state given to the client when the channel opened.
+	zero, err := payee.OwnState(f.ch.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	paid := f.pay([]uint64{100_000_000, 150_000_000})
 	stale, err := payee.Newest(f.ch.ID) // seqno 2
@@ -301,7 +306,7 @@ func TestUncooperativeCloseChallengeStaleState(t *testing.T) {
 	}
 
 	// The client cheats: closes with the stale state.
-	tr, err := f.client.chain.UncooperativeClose(ctx, f.ch, stale, own)
+	tr, err := f.client.chain.UncooperativeClose(ctx, f.ch, stale, zero)
 	f.record(tr)
 	if err != nil {
 		t.Fatalf("start uncooperative close: %v", err)

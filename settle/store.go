@@ -406,10 +406,29 @@ func (p *Payee) Channels() ([]Record, error) { return p.s.list(bucketWorker) }
 // MarkClosed stops accepting vouchers on channel id.
 func (p *Payee) MarkClosed(id ChannelID) error { return p.s.markClosed(bucketWorker, id) }
 
-// OwnState is the worker's own semi-channel (it never pays: seqno 0, sent 0),
-// signed, as the contract needs it beside the client's in a dispute.
+// OwnState is the worker's own semi-channel, signed, as the contract needs it
+// beside the client's in a dispute. The worker never pays (sent 0); its
+// seqno follows the newest accepted voucher's and its counterparty data is
+// that voucher's state, so the contract refuses (exit 105) any client state
+// that sends less, and a challenge with it replaces a stale client state.
+// Give the state taken before the first voucher to the client when the
+// channel opens: with it the client can start an uncooperative close to
+// recover its deposit if the worker disappears.
 func (p *Payee) OwnState(id ChannelID) (SignedSemiChannel, error) {
-	return Voucher(id, 0, 0, p.w)
+	r, err := p.Latest(id)
+	if err != nil {
+		return SignedSemiChannel{}, err
+	}
+	st := SemiChannel{ChannelID: id, Data: SemiChannelBody{Seqno: r.Seqno}}
+	if r.Voucher != nil {
+		v, err := DecodeVoucher(r.Voucher)
+		if err != nil {
+			return SignedSemiChannel{}, fmt.Errorf("channel %s: stored voucher: %w", id, err)
+		}
+		body := v.State.Data
+		st.Counterparty = &body
+	}
+	return SignSemiChannel(st, p.w.PrivateKey())
 }
 
 // Countersign checks a cooperative close signed by the client — the worker
