@@ -237,6 +237,7 @@ func (p *Payer) AddChannel(ch Channel, deposit uint64) error {
 // above the deposit.
 func (p *Payer) Pay(id ChannelID, total uint64) ([]byte, error) {
 	var out []byte
+	fresh := false
 	err := p.s.db.Update(func(tx *bolt.Tx) error {
 		r, err := p.s.get(tx, bucketClient, id)
 		if err != nil {
@@ -268,13 +269,15 @@ func (p *Payer) Pay(id ChannelID, total uint64) ([]byte, error) {
 			return err
 		}
 		crashHook("pay:signed")
-		out = enc
+		out, fresh = enc, true
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	crashHook("pay:committed")
+	if fresh {
+		crashHook("pay:committed")
+	}
 	return out, nil
 }
 
@@ -341,6 +344,7 @@ func (p *Payee) Accept(b []byte) (uint64, error) {
 	}
 	id := v.State.ChannelID
 	var newly uint64
+	fresh := false
 	err = p.s.db.Update(func(tx *bolt.Tx) error {
 		r, err := p.s.get(tx, bucketWorker, id)
 		if err != nil {
@@ -369,12 +373,15 @@ func (p *Payee) Accept(b []byte) (uint64, error) {
 			return err
 		}
 		crashHook("accept:signed")
+		fresh = true
 		return nil
 	})
 	if err != nil {
 		return 0, err
 	}
-	crashHook("accept:committed")
+	if fresh {
+		crashHook("accept:committed")
+	}
 	return newly, nil
 }
 
