@@ -21,7 +21,7 @@ type party struct {
 }
 
 type fixture struct {
-	t       *testing.T
+	t       testing.TB
 	l       *devledger.Ledger
 	client  party
 	worker  party
@@ -36,7 +36,7 @@ const (
 	workerFunds = 1_000_000_000
 )
 
-func newParty(t *testing.T, l settle.Ledger, name string) party {
+func newParty(t testing.TB, l settle.Ledger, name string) party {
 	t.Helper()
 	_, key, err := ed25519.GenerateKey(nil)
 	if err != nil {
@@ -53,7 +53,7 @@ func newParty(t *testing.T, l settle.Ledger, name string) party {
 
 // newFixture funds a client and a worker wallet on a fresh dev ledger and
 // opens a channel with deposit.
-func newFixture(t *testing.T, deposit uint64) *fixture {
+func newFixture(t testing.TB, deposit uint64) *fixture {
 	t.Helper()
 	l, err := devledger.New()
 	if err != nil {
@@ -405,4 +405,33 @@ func wantExit(t *testing.T, tr *settle.Trace, err error, codes ...int32) {
 		}
 	}
 	t.Fatalf("exit code %d; want one of %v", got, codes)
+}
+
+// BenchmarkDevledgerCooperativeClose: one cooperative close on the dev ledger
+// (the worker's wallet transaction, the contract's, and both payouts), real
+// contract and wallet code in the pure-Go TVM. Setup (open, vouchers) is not timed.
+func BenchmarkDevledgerCooperativeClose(b *testing.B) {
+	ctx := context.Background()
+	for b.Loop() {
+		b.StopTimer()
+		f := newBenchFixture(b)
+		cs, sigA, err := f.client.store.Payer(f.client.w).CloseState(f.ch.ID)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sigB, err := f.worker.store.Payee(f.worker.w).Countersign(cs, sigA)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		if _, err := f.worker.chain.CooperativeClose(ctx, f.ch, cs, sigA, sigB); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func newBenchFixture(b *testing.B) *fixture {
+	f := newFixture(b, 1_000_000_000)
+	f.pay([]uint64{1_000, 2_000, 3_000})
+	return f
 }
