@@ -16,7 +16,10 @@ type Chain interface {
 	Name() string
 	// Open deploys the channel contract and funds party A (the client) with deposit.
 	Open(ctx context.Context, ch Channel, deposit uint64) (*Trace, error)
-	// TopUp adds amount to the sender's side of an open channel.
+	// TopUp adds amount to the sender's side. The contract accepts top-ups
+	// only before init: on an initialised channel it refuses (exit 100,
+	// ErrContractFailed) and the value bounces back less fees. Open funds the
+	// client in one step, so more funds mean a new channel.
 	TopUp(ctx context.Context, ch Channel, amount uint64) (*Trace, error)
 	// CooperativeClose submits a close signed by both parties.
 	CooperativeClose(ctx context.Context, ch Channel, cs CloseState, sigA, sigB [64]byte) (*Trace, error)

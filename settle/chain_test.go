@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"log/slog"
 	"math/big"
 	"path/filepath"
 	"testing"
@@ -55,7 +56,7 @@ func newParty(t testing.TB, l settle.Ledger, name string) party {
 // opens a channel with deposit.
 func newFixture(t testing.TB, deposit uint64) *fixture {
 	t.Helper()
-	l, err := devledger.New()
+	l, err := devledger.New(devledger.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -434,4 +435,56 @@ func newBenchFixture(b *testing.B) *fixture {
 	f := newFixture(b, 1_000_000_000)
 	f.pay([]uint64{1_000, 2_000, 3_000})
 	return f
+}
+
+// The contract takes top-ups only before init (exit 100 after): a client adds
+// funds by opening another channel.
+func TestTopUpAfterInitRefused(t *testing.T) {
+	f := newFixture(t, 1_000_000_000)
+	tr, err := f.client.chain.TopUp(context.Background(), f.ch, 500_000_000)
+	f.record(tr)
+	wantExit(t, tr, err, settle.ExitAlreadyInited)
+	// The refused top-up bounced back to the client's wallet, less fees.
+	f.checkConservation()
+}
+
+// The client signs a newer state that sends less and starts an uncooperative
+// close with it; the worker's own state names the newest voucher, so its
+// challenge replaces the forged state and fines the client.
+func TestClientForgedNewerLowerStateLoses(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, 1_000_000_000)
+	payee := f.worker.store.Payee(f.worker.w)
+	zero, _ := payee.OwnState(f.ch.ID)
+	paid := f.pay([]uint64{300_000_000, 1})
+	forged, _ := settle.SignSemiChannel(settle.SemiChannel{ChannelID: f.ch.ID, Data: settle.SemiChannelBody{Seqno: 9, Sent: 1}}, f.client.w.PrivateKey())
+	tr, err := f.client.chain.UncooperativeClose(ctx, f.ch, forged, zero)
+	f.record(tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newest, _ := payee.Newest(f.ch.ID)
+	own, _ := payee.OwnState(f.ch.ID)
+	tr, err = f.worker.chain.Challenge(ctx, f.ch, newest, own)
+	f.record(tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := f.worker.chain.State(ctx, f.ch)
+	if q := st.Storage.Quarantine; q.StateA.Sent != paid+f.ch.Closing.MisbehaviorFine {
+		t.Fatalf("quarantined client state sends %d; want newest %d + fine", q.StateA.Sent, paid)
+	}
+	f.l.Advance(time.Duration(f.ch.Closing.QuarantineDuration+f.ch.Closing.ConditionalCloseDuration+1) * time.Second)
+	tr, err = f.worker.chain.Finish(ctx, f.ch)
+	f.record(tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chAddr, _ := f.ch.Address()
+	chF := settle.Friendly(chAddr)
+	toWorker := payoutTo(t, tr, chF, friendly(f, f.worker.w))
+	if got := toWorker.Value + toWorker.FwdFee + payoutActionFee(t, txsOf(tr, chF)[0]); got != paid+f.ch.Closing.MisbehaviorFine {
+		t.Fatalf("worker paid %d; want %d + fine", got, paid)
+	}
+	f.checkConservation()
 }

@@ -158,6 +158,9 @@ func init() {
 			if err != nil {
 				return err
 			}
+			if st, err := env.chain.State(ctx, r.Channel); err == nil && st.Status != settle.StatusUninitialized {
+				return fmt.Errorf("channel %s is %s: the contract takes top-ups only before init; open a new channel for more funds", id, st.Status)
+			}
 			tr, err := env.chain.TopUp(ctx, r.Channel, tamount)
 			printTrace(cmd, env.l.Name(), tr)
 			if err != nil {
