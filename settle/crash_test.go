@@ -185,11 +185,16 @@ func crashKillPoints(side string, iters int, rng *rand.Rand) []string {
 	return out
 }
 
+// crashIters is the number of kills per test: 60 (a third at each point),
+// 30 with -short, or COCOON_SETTLE_CRASH_ITERS.
 func crashIters() int {
+	if n, err := strconv.Atoi(os.Getenv("COCOON_SETTLE_CRASH_ITERS")); err == nil && n > 0 {
+		return n
+	}
 	if testing.Short() {
 		return 30
 	}
-	return 90
+	return 60
 }
 
 // The worker dies while accepting; the parent is an honest client.
