@@ -236,11 +236,22 @@ func (p *Payer) AddChannel(ch Channel, deposit uint64) error {
 // the stored voucher unchanged. It refuses a total below the current one or
 // above the deposit.
 func (p *Payer) Pay(id ChannelID, total uint64) ([]byte, error) {
+	b, _, err := p.pay(id, func(Record) (uint64, error) { return total, nil })
+	return b, err
+}
+
+// pay signs the state whose total target computes from the stored record,
+// all in one bbolt transaction.
+func (p *Payer) pay(id ChannelID, target func(Record) (uint64, error)) ([]byte, uint64, error) {
 	var out []byte
+	var total uint64
 	fresh := false
 	err := p.s.db.Update(func(tx *bolt.Tx) error {
 		r, err := p.s.get(tx, bucketClient, id)
 		if err != nil {
+			return err
+		}
+		if total, err = target(r); err != nil {
 			return err
 		}
 		switch {
@@ -273,25 +284,22 @@ func (p *Payer) Pay(id ChannelID, total uint64) ([]byte, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if fresh {
 		crashHook("pay:committed")
 	}
-	return out, nil
+	return out, total, nil
 }
 
 // Increase pays delta more than the current total and returns the voucher and the new total.
 func (p *Payer) Increase(id ChannelID, delta uint64) ([]byte, uint64, error) {
-	r, err := p.s.latest(bucketClient, id)
-	if err != nil {
-		return nil, 0, err
-	}
-	if r.Sent+delta < r.Sent {
-		return nil, 0, fmt.Errorf("pay on channel %s: amount overflows", id)
-	}
-	b, err := p.Pay(id, r.Sent+delta)
-	return b, r.Sent + delta, err
+	return p.pay(id, func(r Record) (uint64, error) {
+		if r.Sent+delta < r.Sent {
+			return 0, fmt.Errorf("pay on channel %s: amount overflows", id)
+		}
+		return r.Sent + delta, nil
+	})
 }
 
 // Latest returns the stored record of channel id.

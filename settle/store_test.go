@@ -123,3 +123,54 @@ func TestPayAccept(t *testing.T) {
 		t.Fatalf("Accept on a closed channel = %v", err)
 	}
 }
+
+// Concurrent payments on one channel get distinct seqnos and add up.
+func TestPayConcurrent(t *testing.T) {
+	st, err := OpenStore(filepath.Join(t.TempDir(), "s.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	payer := st.Payer(NewWallet(crashClientKey))
+	if err := payer.AddChannel(crashChannel, 1<<40); err != nil {
+		t.Fatal(err)
+	}
+	const workers, each = 8, 25
+	seqs := make(chan uint64, workers*each)
+	errc := make(chan error, workers)
+	for range workers {
+		go func() {
+			for range each {
+				b, _, err := payer.Increase(crashChannel.ID, 3)
+				if err != nil {
+					errc <- err
+					return
+				}
+				v, err := DecodeVoucher(b)
+				if err != nil {
+					errc <- err
+					return
+				}
+				seqs <- v.State.Data.Seqno
+			}
+			errc <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(seqs)
+	seen := map[uint64]bool{}
+	for s := range seqs {
+		if seen[s] {
+			t.Fatalf("seqno %d signed twice", s)
+		}
+		seen[s] = true
+	}
+	r, _ := payer.Latest(crashChannel.ID)
+	if r.Seqno != workers*each || r.Sent != 3*workers*each {
+		t.Fatalf("after %d payments of 3: seqno %d, sent %d", workers*each, r.Seqno, r.Sent)
+	}
+}
