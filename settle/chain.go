@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/xssnick/tonutils-go/tvm/cell"
@@ -27,6 +28,10 @@ type Chain interface {
 	UncooperativeClose(ctx context.Context, ch Channel, a, b SignedSemiChannel) (*Trace, error)
 	// Challenge answers a quarantine with newer signed states.
 	Challenge(ctx context.Context, ch Channel, a, b SignedSemiChannel) (*Trace, error)
+	// Settle settles the counterparty's conditional payments during the settle
+	// window after the quarantine; vouchers carry none, so this only confirms
+	// the counterparty's state sch on chain.
+	Settle(ctx context.Context, ch Channel, sch SignedSemiChannel) (*Trace, error)
 	// Finish pays out after the quarantine and settle windows.
 	Finish(ctx context.Context, ch Channel) (*Trace, error)
 	// State reads the channel contract.
@@ -78,6 +83,21 @@ type OnChain struct {
 	// OpValue is the nanoTON attached to each contract message for gas; what
 	// is left stays in the contract and goes to A at close. Zero: DefaultOpValue.
 	OpValue uint64
+	// Log receives one line per channel operation; nil: slog.Default().
+	Log *slog.Logger
+}
+
+func (c *OnChain) logOp(op string, ch Channel, tr *Trace, err error) {
+	l := c.Log
+	if l == nil {
+		l = slog.Default()
+	}
+	l = l.With("subsys", "settle", "chain", c.L.Name(), "channel", ch.ID.String(), "fees", tr.Fees())
+	if err != nil {
+		l.Warn(op+" failed", "err", err)
+		return
+	}
+	l.Info(op)
 }
 
 // DefaultOpValue is attached to channel messages to pay the contract's gas.
@@ -111,12 +131,13 @@ func (c *OnChain) isA(ch Channel) (bool, error) {
 // failed; the trace is returned too so callers can read the exit code.
 var ErrContractFailed = errors.New("contract transaction failed")
 
-func (c *OnChain) send(ctx context.Context, ch Channel, what string, value uint64, body *cell.Cell) (*Trace, error) {
+func (c *OnChain) send(ctx context.Context, ch Channel, what string, value uint64, body *cell.Cell) (tr *Trace, err error) {
 	addr, err := ch.Address()
 	if err != nil {
 		return nil, err
 	}
-	tr, err := c.W.Send(ctx, c.L, Transfer{To: addr, Amount: value, Body: body, Bounce: true})
+	defer func() { c.logOp(what+" channel", ch, tr, err) }()
+	tr, err = c.W.Send(ctx, c.L, Transfer{To: addr, Amount: value, Body: body, Bounce: true})
 	if err != nil {
 		return tr, fmt.Errorf("%s channel %s: %w", what, ch.ID, err)
 	}
@@ -129,7 +150,12 @@ func (c *OnChain) send(ctx context.Context, ch Channel, what string, value uint6
 // Open implements Chain: one wallet message deploys the contract with a
 // top-up of deposit for A, a second initialises it (both top-ups come
 // before init in this contract).
-func (c *OnChain) Open(ctx context.Context, ch Channel, deposit uint64) (*Trace, error) {
+func (c *OnChain) Open(ctx context.Context, ch Channel, deposit uint64) (tr *Trace, err error) {
+	defer func() { c.logOp("open channel", ch, tr, err) }()
+	return c.open(ctx, ch, deposit)
+}
+
+func (c *OnChain) open(ctx context.Context, ch Channel, deposit uint64) (*Trace, error) {
 	isA, err := c.isA(ch)
 	if err != nil {
 		return nil, err
@@ -206,6 +232,19 @@ func (c *OnChain) Challenge(ctx context.Context, ch Channel, a, b SignedSemiChan
 		return nil, fmt.Errorf("challenge channel %s: %w", ch.ID, err)
 	}
 	return c.send(ctx, ch, "challenge", c.opValue(), body)
+}
+
+// Settle implements Chain.
+func (c *OnChain) Settle(ctx context.Context, ch Channel, sch SignedSemiChannel) (*Trace, error) {
+	isA, err := c.isA(ch)
+	if err != nil {
+		return nil, err
+	}
+	body, err := SettleBody(ch.ID, isA, sch, c.W.PrivateKey())
+	if err != nil {
+		return nil, fmt.Errorf("settle channel %s: %w", ch.ID, err)
+	}
+	return c.send(ctx, ch, "settle", c.opValue(), body)
 }
 
 // Finish implements Chain. Anyone may send it.

@@ -488,3 +488,49 @@ func TestClientForgedNewerLowerStateLoses(t *testing.T) {
 	}
 	f.checkConservation()
 }
+
+// Settle: refused during the quarantine (exit 110), accepted in the settle
+// window, after which the contract's quarantine cell has lost its trailing
+// challenged bit (ParseStorage reads it as absent); Finish then pays.
+func TestSettleWindow(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, 1_000_000_000)
+	paid := f.pay([]uint64{100_000_000, 23})
+	payee := f.worker.store.Payee(f.worker.w)
+	newest, _ := payee.Newest(f.ch.ID)
+	own, _ := payee.OwnState(f.ch.ID)
+	tr, err := f.worker.chain.UncooperativeClose(ctx, f.ch, newest, own)
+	f.record(tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err = f.worker.chain.Settle(ctx, f.ch, newest)
+	f.record(tr)
+	wantExit(t, tr, err, settle.ExitSettleTooEarly)
+	f.l.Advance(time.Duration(f.ch.Closing.QuarantineDuration+1) * time.Second)
+	tr, err = f.worker.chain.Settle(ctx, f.ch, newest)
+	f.record(tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := f.worker.chain.State(ctx, f.ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Status != settle.StatusSettlingConditions || st.Storage.Quarantine.ChallengedPresent || st.Storage.Quarantine.StateA.Sent != paid {
+		t.Fatalf("after settle: %v %+v", st.Status, st.Storage.Quarantine)
+	}
+	f.l.Advance(time.Duration(f.ch.Closing.ConditionalCloseDuration) * time.Second)
+	tr, err = f.worker.chain.Finish(ctx, f.ch)
+	f.record(tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chAddr, _ := f.ch.Address()
+	chF := settle.Friendly(chAddr)
+	toWorker := payoutTo(t, tr, chF, friendly(f, f.worker.w))
+	if got := toWorker.Value + toWorker.FwdFee + payoutActionFee(t, txsOf(tr, chF)[0]); got != paid {
+		t.Fatalf("worker paid %d; want %d", got, paid)
+	}
+	f.checkConservation()
+}
