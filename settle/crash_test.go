@@ -75,6 +75,10 @@ func TestCrashChild(t *testing.T) {
 	}
 	out := bufio.NewWriter(os.Stdout)
 	say := func(f string, a ...any) { fmt.Fprintf(out, f+"\n", a...); out.Flush() }
+	if err := st.Check(); err != nil {
+		say("CORRUPT %v", err)
+		os.Exit(2)
+	}
 	in := bufio.NewScanner(os.Stdin)
 	switch role {
 	case "worker":

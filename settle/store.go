@@ -59,6 +59,17 @@ func OpenStore(path string, log *slog.Logger) (*Store, error) {
 	return &Store{db: db, log: log.With("subsys", "settle")}, nil
 }
 
+// Check runs bbolt's consistency check over the whole file (page
+// references, freelist, ordering) and returns the first problem found.
+func (s *Store) Check() error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		for err := range tx.Check() {
+			return fmt.Errorf("channel store check: %w", err)
+		}
+		return nil
+	})
+}
+
 // Close closes the file.
 func (s *Store) Close() error { return s.db.Close() }
 
