@@ -534,3 +534,47 @@ func TestSettleWindow(t *testing.T) {
 	}
 	f.checkConservation()
 }
+
+// Cooperative commit (the layout without v1.15.5's is_A bit) is accepted and
+// raises the committed seqnos; an older voucher then cannot start a close
+// (exit 105), and a commit that does not raise them is refused (108).
+func TestCooperativeCommit(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, 1_000_000_000)
+	f.pay([]uint64{10, 20})
+	payee := f.worker.store.Payee(f.worker.w)
+	old, _ := payee.Newest(f.ch.ID) // seqno 2
+	f.pay([]uint64{30})
+	chAddr, _ := f.ch.Address()
+	commit := func(seqA uint64) (*settle.Trace, error) {
+		body := settle.CoopCommitBody(settle.CommitState{ChannelID: f.ch.ID, SeqnoA: seqA, SeqnoB: 1}, f.client.w.PrivateKey(), f.worker.w.PrivateKey())
+		tr, err := f.worker.w.Send(ctx, f.l, settle.Transfer{To: chAddr, Amount: settle.DefaultOpValue, Body: body, Bounce: true})
+		f.record(tr)
+		if err == nil && tr.Failed() != nil {
+			err = settle.ErrContractFailed
+		}
+		return tr, err
+	}
+	if _, err := commit(3); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	st, _ := f.worker.chain.State(ctx, f.ch)
+	if st.Storage.CommittedSeqnoA != 3 || st.Storage.CommittedSeqnoB != 1 {
+		t.Fatalf("committed seqnos %d, %d; want 3, 1", st.Storage.CommittedSeqnoA, st.Storage.CommittedSeqnoB)
+	}
+	tr, err := commit(3)
+	wantExit(t, tr, err, settle.ExitSeqnoNotAbove)
+	// B's state without counterparty data, at its committed seqno: only
+	// the committed seqno of A can refuse the old voucher.
+	bState, _ := settle.SignSemiChannel(settle.SemiChannel{ChannelID: f.ch.ID, Data: settle.SemiChannelBody{Seqno: 1}}, f.worker.w.PrivateKey())
+	tr, err = f.worker.chain.UncooperativeClose(ctx, f.ch, old, bState)
+	f.record(tr)
+	wantExit(t, tr, err, settle.ExitOutdatedState)
+	newest, _ := payee.Newest(f.ch.ID)
+	tr, err = f.worker.chain.UncooperativeClose(ctx, f.ch, newest, bState)
+	f.record(tr)
+	if err != nil {
+		t.Fatalf("close with the committed voucher: %v", err)
+	}
+	f.checkConservation()
+}
