@@ -189,7 +189,7 @@ func crashKillPoints(side string, iters int, rng *rand.Rand) []string {
 	return out
 }
 
-// crashIters is the number of kills per test: 60 (a third at each point),
+// crashIters is the number of kills per test: 90 (a third at each point),
 // 30 with -short, or COCOON_SETTLE_CRASH_ITERS.
 func crashIters() int {
 	if n, err := strconv.Atoi(os.Getenv("COCOON_SETTLE_CRASH_ITERS")); err == nil && n > 0 {
@@ -198,7 +198,7 @@ func crashIters() int {
 	if testing.Short() {
 		return 30
 	}
-	return 60
+	return 90
 }
 
 // The worker dies while accepting; the parent is an honest client.
@@ -289,14 +289,24 @@ func TestCrashWorkerAccept(t *testing.T) {
 	if lost == 0 || stored == 0 {
 		t.Fatalf("kills never hit both sides of the commit: %d restarts recovered the acknowledged state, %d the stored unacknowledged one", lost, stored)
 	}
-	// Final restart: resend what is in flight; everything the client signed is paid once.
-	c, _, _ := startCrashChild(t, "worker", db, "")
+	// Final restart: account for a stored but unacknowledged voucher as in
+	// the loop, resend what is in flight; everything the client signed is
+	// paid once.
+	c, seq, sent := startCrashChild(t, "worker", db, "")
 	defer c.kill()
 	if inflight != nil {
+		v, _ := DecodeVoucher(inflight)
+		if seq == v.State.Data.Seqno && sent == v.State.Data.Sent {
+			paidSum += sent - ackedSent
+		} else if seq != ackedSeq || sent != ackedSent {
+			t.Fatalf("final restart recovered (%d, %d); acknowledged (%d, %d)", seq, sent, ackedSeq, ackedSent)
+		}
 		fmt.Fprintf(c.in, "%x\n", inflight)
 		line, _ := c.read()
 		var aSeq, aSent, newly uint64
-		fmt.Sscanf(line, "ACK %d %d %d", &aSeq, &aSent, &newly)
+		if _, err := fmt.Sscanf(line, "ACK %d %d %d", &aSeq, &aSent, &newly); err != nil {
+			t.Fatalf("child: %q", line)
+		}
 		paidSum += newly
 		ackedSent = aSent
 	}
@@ -395,6 +405,26 @@ func TestCrashClientPay(t *testing.T) {
 	if before == 0 || after == 0 {
 		t.Fatalf("kills never hit both sides of the commit: %d before, %d after", before, after)
 	}
+	// Final restart: the client re-delivers what it stored; the worker then
+	// holds exactly the client's recovered total.
+	c, seq, sent := startCrashChild(t, "client", db, "")
+	defer c.kill()
+	fmt.Fprintf(c.in, "%d\n", sent)
+	line, _ := c.read()
+	h, found := strings.CutPrefix(line, "VOUCHER ")
+	if !found {
+		t.Fatalf("child: %q", line)
+	}
+	b, _ := hex.DecodeString(h)
+	newly, err := payee.Accept(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted += newly
+	if v, _ := DecodeVoucher(b); v.State.Data.Seqno != seq {
+		t.Fatalf("re-delivered seqno %d, recovered %d", v.State.Data.Seqno, seq)
+	}
+	gotSeq, gotSent = seq, sent
 	bal, _ := payee.Balance(crashChannel.ID)
 	if accepted != bal || bal != gotSent {
 		t.Fatalf("worker accepted %d newly in total, balance %d, last voucher %d", accepted, bal, gotSent)
