@@ -18,16 +18,24 @@ deps:
 	@sh scripts/llama-libs.sh $(CACHE)/llama
 
 run: build deps
-	./$(BIN) node
+	@bash scripts/run.sh ./$(BIN)
 
+# The whole suite: vet, every test, each fuzz target briefly, each benchmark once
+# (so none rots; figures come from `make bench`).
 test: deps
 	$(GO) vet ./...
-	$(GO) test -count=1 ./...
+	$(GO) test -count=1 -timeout 15m ./...
+	FUZZTIME=$(TEST_FUZZTIME) GO=$(GO) bash scripts/fuzz.sh
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime=1x -timeout 15m ./...
+
+TEST_FUZZTIME ?= 2s
+FUZZTIME ?= 30s
 
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) test -count=1 -run '^$$' -bench . -benchmem -timeout 30m ./...
 
-fuzz:
+fuzz: deps
+	FUZZTIME=$(FUZZTIME) GO=$(GO) bash scripts/fuzz.sh
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)

@@ -14,14 +14,16 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/cocoon-network/cocoon/p2p"
+	"github.com/cocoon-network/cocoon/runtime"
 )
 
 // Config is the node's file format (<datadir>/config.toml). The zero value, after
 // Defaults, is a valid client-only node.
 type Config struct {
-	P2P P2PConfig `toml:"p2p"`
-	API APIConfig `toml:"api"`
-	Log LogConfig `toml:"log"`
+	P2P     P2PConfig      `toml:"p2p"`
+	API     APIConfig      `toml:"api"`
+	Log     LogConfig      `toml:"log"`
+	Runtime runtime.Config `toml:"runtime"`
 
 	// Datadir is where the config, keys and state live; set by Load, not read from the file.
 	Datadir string `toml:"-"`
@@ -90,8 +92,9 @@ func Defaults() Config {
 			ReprovideInterval: Duration{12 * time.Hour},
 			Limits:            P2PLimits{ConnsLow: 100, ConnsHigh: 400},
 		},
-		API: APIConfig{Listen: DefaultAPI},
-		Log: LogConfig{Level: "info", Format: "text"},
+		API:     APIConfig{Listen: DefaultAPI},
+		Log:     LogConfig{Level: "info", Format: "text"},
+		Runtime: runtime.Config{Backend: runtime.KindLlamaCPP},
 	}
 }
 
@@ -99,6 +102,7 @@ func Defaults() Config {
 const (
 	ConfigFile   = "config.toml"
 	IdentityFile = "identity.key"
+	WalletFile   = "wallet.key" // the TON wallet's 24-word mnemonic, 0600
 	TokenFile    = "api.token"
 	APIAddrFile  = "api.addr" // written by a running node: the address its API listens on
 )
@@ -173,6 +177,9 @@ func (c *Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.API.Listen); err != nil {
 		return fmt.Errorf("api.listen: %q is not HOST:PORT", c.API.Listen)
 	}
+	if err := c.Runtime.Validate(); err != nil {
+		return err
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -219,6 +226,28 @@ conns_high = 400
 # The local HTTP API (status, OpenAI-compatible endpoints). Keep it on loopback:
 # anyone who can reach it and holds api.token can spend this node's money.
 listen = "127.0.0.1:8421"
+
+[runtime]
+# How this node runs inference when it serves models (a node that serves none is
+# a client only). "llamacpp": GGUF files on the CPU through the embedded llama.cpp.
+# "openai": any OpenAI-compatible server (vLLM, llama-server, Ollama, SGLang).
+backend = "llamacpp"
+# llama.cpp's shared libraries; empty: $COCOON_LLAMA_LIB (make deps installs them).
+lib_dir = ""
+# Threads per generation (0: min(CPUs, 4)) and context size (0: the model's, at most 4096).
+threads = 0
+context_size = 0
+# Concurrent generations, and how many requests may wait for one (0: default, -1: none).
+slots = 0
+queue = 0
+# For backend = "openai": the server's base URL, and the environment variable
+# holding its API key (the key never sits in this file).
+upstream_url = ""
+api_key_env = ""
+# Models to serve, one table each ('cocoon node --serve FILE.gguf' adds more):
+# [[runtime.models]]
+# path = "/models/stories260K.gguf"
+# id = "stories260K"      # default: the file name without .gguf
 
 [log]
 # debug, info, warn or error.

@@ -18,6 +18,9 @@ import (
 
 	"github.com/cocoon-network/cocoon/node/gateway"
 	"github.com/cocoon-network/cocoon/p2p"
+	"github.com/cocoon-network/cocoon/runtime"
+	"github.com/cocoon-network/cocoon/runtime/backends"
+	"github.com/cocoon-network/cocoon/runtime/openaiapi"
 )
 
 // Options are the parts of a node that do not come from its config file.
@@ -36,6 +39,11 @@ type Node struct {
 	APIAddr string // the address the API really listens on (port 0 resolved)
 	Token   string
 	Log     *slog.Logger
+	// Backend runs this node's own inference; nil on a client-only node.
+	Backend *runtime.Limited
+	GPUs    []runtime.GPU
+	// GPUReason says why GPUs is empty.
+	GPUReason string
 
 	version string
 	started time.Time
@@ -103,8 +111,22 @@ func New(ctx context.Context, cfg Config, opt Options) (*Node, error) {
 		l.Close()
 		return nil, err
 	}
+	n.GPUs, n.GPUReason = runtime.DetectGPUs()
+	if len(cfg.Runtime.Models) > 0 || cfg.Runtime.Backend == runtime.KindOpenAI {
+		if n.Backend, err = backends.FromConfig(ctx, cfg.Runtime, log); err != nil {
+			l.Close()
+			n.P2P.Close()
+			return nil, err
+		}
+	}
 	n.APIAddr = l.Addr().String()
 	n.API = gateway.New(tok, n, log)
+	if n.Backend != nil {
+		// A worker answers its own OpenAI-compatible API from its own backend.
+		h := openaiapi.NewHandler(n.Backend)
+		h.Logger = log
+		n.API.Handle("/v1/", h)
+	}
 	go func() {
 		defer close(n.apiDone)
 		if err := n.API.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -126,13 +148,26 @@ func (n *Node) Status() gateway.Status {
 	for _, a := range h.Addrs() {
 		addrs = append(addrs, a.String()+"/p2p/"+h.ID().String())
 	}
-	return gateway.Status{
+	st := gateway.Status{
 		PeerID:        h.ID().String(),
 		Addrs:         addrs,
 		Peers:         len(h.Network().Peers()),
 		UptimeSeconds: time.Since(n.started).Seconds(),
 		Version:       n.version,
+		GPUReason:     n.GPUReason,
+		Models:        []gateway.Model{},
+		GPUs:          []gateway.GPU{},
 	}
+	for _, g := range n.GPUs {
+		st.GPUs = append(st.GPUs, gateway.GPU{Name: g.Name, VRAMBytes: g.VRAMBytes, Driver: g.Driver})
+	}
+	if n.Backend != nil {
+		for _, m := range n.Backend.Models() {
+			st.Models = append(st.Models, gateway.Model{ID: m.ID, Digest: m.Digest, ContextLength: m.ContextLength})
+		}
+		st.Slots.Total, st.Slots.Free, st.Slots.Queued = n.Backend.Slots()
+	}
+	return st
 }
 
 // Peers implements gateway.Info: the peers with open connections.
@@ -160,6 +195,9 @@ func (n *Node) Close() error {
 		if n.API != nil {
 			n.errs = errors.Join(n.errs, n.API.Shutdown(ctx))
 			<-n.apiDone
+		}
+		if n.Backend != nil {
+			n.errs = errors.Join(n.errs, n.Backend.Close())
 		}
 		n.errs = errors.Join(n.errs, n.P2P.Close())
 		os.Remove(filepath.Join(n.Config.Datadir, APIAddrFile))

@@ -2,10 +2,13 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cocoon-network/cocoon/node"
+	"github.com/cocoon-network/cocoon/settle"
 )
 
 func init() {
@@ -21,6 +24,16 @@ func init() {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "initialised %s\npeer ID: %s\n", datadir, id)
+			walletPath := filepath.Join(datadir, node.WalletFile)
+			if _, err := os.Stat(walletPath); err == nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "wallet: kept %s\n", walletPath)
+				return nil
+			}
+			addr, err := settle.CreateWalletKey(walletPath)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "TON wallet: %s (mnemonic in %s: back it up)\n", addr, walletPath)
 			return nil
 		},
 	}

@@ -11,14 +11,15 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cocoon-network/cocoon/node"
+	"github.com/cocoon-network/cocoon/runtime"
 )
 
 func init() {
 	var (
-		datadir, api, logFormat string
-		dhtMode                 string
-		listen, bootstrap       []string
-		mdns                    bool
+		datadir, api, logFormat  string
+		dhtMode                  string
+		listen, bootstrap, serve []string
+		mdns                     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "node",
@@ -41,6 +42,9 @@ func init() {
 			}
 			if f.Changed("mdns") {
 				cfg.P2P.MDNS = mdns
+			}
+			for _, path := range serve {
+				cfg.Runtime.Models = append(cfg.Runtime.Models, runtime.ModelConfig{Path: path})
 			}
 			if f.Changed("dht-mode") {
 				cfg.P2P.DHTMode = dhtMode
@@ -75,6 +79,7 @@ func init() {
 	f.StringArrayVar(&bootstrap, "bootstrap", nil, "bootstrap peer multiaddr ending in /p2p/<id> (repeatable)")
 	f.StringVar(&api, "api", node.DefaultAPI, "local API HOST:PORT (overrides api.listen)")
 	f.BoolVar(&mdns, "mdns", false, "discover peers on the LAN with mDNS (overrides p2p.mdns)")
+	f.StringArrayVar(&serve, "serve", nil, "serve this GGUF model file with the embedded llama.cpp (repeatable; adds to runtime.models)")
 	f.StringVar(&dhtMode, "dht-mode", "auto", "Kademlia mode: auto, server or client (overrides p2p.dht_mode)")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	rootCmd.AddCommand(cmd)

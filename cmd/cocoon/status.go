@@ -83,6 +83,21 @@ func init() {
 			fmt.Fprintf(tw, "version\t%s\n", st.Version)
 			fmt.Fprintf(tw, "uptime\t%s\n", (time.Duration(st.UptimeSeconds) * time.Second).String())
 			fmt.Fprintf(tw, "peers\t%d\n", st.Peers)
+			if len(st.GPUs) == 0 {
+				fmt.Fprintf(tw, "GPUs\tnone (%s)\n", st.GPUReason)
+			}
+			for _, g := range st.GPUs {
+				fmt.Fprintf(tw, "GPU\t%s, %.1f GiB, driver %s\n", g.Name, float64(g.VRAMBytes)/(1<<30), g.Driver)
+			}
+			if len(st.Models) == 0 {
+				fmt.Fprintf(tw, "serves\tnothing (client only)\n")
+			}
+			for _, m := range st.Models {
+				fmt.Fprintf(tw, "serves\t%s (%s, context %d)\n", m.ID, m.Digest, m.ContextLength)
+			}
+			if len(st.Models) > 0 {
+				fmt.Fprintf(tw, "slots\t%d free of %d, %d queued\n", st.Slots.Free, st.Slots.Total, st.Slots.Queued)
+			}
 			for i, a := range st.Addrs {
 				label := ""
 				if i == 0 {

@@ -19,6 +19,29 @@ type Status struct {
 	Peers         int      `json:"peers"`
 	UptimeSeconds float64  `json:"uptime_seconds"`
 	Version       string   `json:"version"`
+	// Models this node serves itself, with its slots; empty on a client-only node.
+	Models []Model `json:"models"`
+	Slots  struct {
+		Total  int `json:"total"`
+		Free   int `json:"free"`
+		Queued int `json:"queued"`
+	} `json:"slots"`
+	GPUs      []GPU  `json:"gpus"`
+	GPUReason string `json:"gpu_reason,omitempty"` // why GPUs is empty
+}
+
+// Model is one model a node serves.
+type Model struct {
+	ID            string `json:"id"`
+	Digest        string `json:"digest"`
+	ContextLength int    `json:"context_length"`
+}
+
+// GPU is one accelerator of the node's machine.
+type GPU struct {
+	Name      string `json:"name"`
+	VRAMBytes uint64 `json:"vram_bytes"`
+	Driver    string `json:"driver"`
 }
 
 // Peer is one connected peer in GET /api/v0/peers.
