@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,10 +79,16 @@ func startNode(t *testing.T, dir string, extra ...string) *proc {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	waitFor(t, 10*time.Second, "node API up", func() bool {
-		_, err := os.Stat(filepath.Join(dir, "api.addr"))
-		return err == nil
-	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "api.addr")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) || cmd.ProcessState != nil {
+			t.Fatalf("node API not up after 15 s; node stderr:\n%s", p.stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	return p
 }
 
@@ -212,6 +219,7 @@ func TestBadInputOneLine(t *testing.T) {
 		{"API port in use", []string{"node", "--datadir", ok, "--listen", "/ip4/127.0.0.1/tcp/0", "--api", busy.Addr().String()}, "api.listen"},
 		{"bad log format", []string{"node", "--datadir", ok, "--log-format", "xml"}, "log.format"},
 		{"no datadir", []string{"node", "--datadir", filepath.Join(t.TempDir(), "none")}, "cocoon init"},
+		{"missing model file", []string{"node", "--datadir", ok, "--serve", "/nonexistent/model.gguf"}, "runtime.models[0].path"},
 		{"status without node", []string{"status", "--datadir", ok}, "no running node"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -224,5 +232,52 @@ func TestBadInputOneLine(t *testing.T) {
 				t.Fatalf("cocoon %v stderr:\n%s\nwant one line containing %q", tc.args, stderr, tc.want)
 			}
 		})
+	}
+}
+
+// TestServeModel runs a worker node on the shared model, as `make run` does.
+func TestServeModel(t *testing.T) {
+	model := os.Getenv("COCOON_TEST_MODEL")
+	if model == "" {
+		model = "../../../shared/models/stories260K.gguf"
+	}
+	if _, err := os.Stat(model); err != nil {
+		t.Fatalf("the shared test model is missing (%v): see ../shared/models/MODELS.md", err)
+	}
+	if os.Getenv("COCOON_LLAMA_LIB") == "" { // make sets it; a bare go test uses make deps' folder
+		lib, _ := filepath.Abs("../../.cache/llama/lib")
+		t.Setenv("COCOON_LLAMA_LIB", lib)
+	}
+	p := startNode(t, initDir(t), "--serve", model)
+	st := p.status(t)
+	if len(st.Models) != 1 || st.Models[0].ID != "stories260K" ||
+		st.Models[0].Digest != "sha256:270cba1bd5109f42d03350f60406024560464db173c0e387d91f0426d3bd256d" {
+		t.Fatalf("status models = %+v", st.Models)
+	}
+	if len(st.GPUs) == 0 && st.GPUReason == "" {
+		t.Fatal("status reports no GPU and no reason")
+	}
+	addr, _ := os.ReadFile(filepath.Join(p.datadir, "api.addr"))
+	tok, _ := os.ReadFile(filepath.Join(p.datadir, "api.token"))
+	req, _ := http.NewRequest("POST", "http://"+strings.TrimSpace(string(addr))+"/v1/completions",
+		strings.NewReader(`{"model":"stories260K","prompt":"Once upon a time","max_tokens":24,"temperature":0}`))
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Choices []struct{ Text string }
+		Usage   struct {
+			CompletionTokens int `json:"completion_tokens"`
+		}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("completion: %s, %v", resp.Status, err)
+	}
+	// MODELS.md records the model's greedy continuation of this prompt.
+	if len(out.Choices) != 1 || !strings.HasPrefix(out.Choices[0].Text, ", there was a little girl named Lily") || out.Usage.CompletionTokens != 24 {
+		t.Fatalf("completion = %+v", out)
 	}
 }
