@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -281,3 +282,71 @@ func TestServeModel(t *testing.T) {
 		t.Fatalf("completion = %+v", out)
 	}
 }
+
+// TestLedgerWalletChannel drives the money commands as a user would: a shared
+// devledger service, a faucet, a wallet balance, a channel opened to a worker.
+func TestLedgerWalletChannel(t *testing.T) {
+	ledger := exec.Command(bin, "ledger", "serve", "--listen", "127.0.0.1:0")
+	out := &syncBuffer{}
+	ledger.Stdout = out
+	if err := ledger.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ledger.Process.Kill(); ledger.Wait() })
+	var url string
+	waitFor(t, 10*time.Second, "ledger URL", func() bool {
+		for _, f := range strings.Fields(out.String()) {
+			if strings.HasPrefix(f, "http://127.0.0.1:") {
+				url = f
+				return true
+			}
+		}
+		return false
+	})
+	client, worker := initDir(t), initDir(t)
+	mustRun := func(args ...string) string {
+		t.Helper()
+		o, e, err := run(t, args...)
+		if err != nil {
+			t.Fatalf("cocoon %v: %v\n%s", args, err, e)
+		}
+		return o
+	}
+	o := mustRun("wallet", "faucet", "--datadir", client, "--ledger", url)
+	if !strings.Contains(o, "simulated chain, not TON") || !strings.Contains(o, "credited") {
+		t.Fatalf("faucet output %q", o)
+	}
+	w := mustRun("wallet", "--datadir", worker, "--ledger", url)
+	field := func(out, name string) string {
+		for _, line := range strings.Split(out, "\n") {
+			if v, ok := strings.CutPrefix(line, name+": "); ok {
+				return strings.TrimSpace(v)
+			}
+		}
+		t.Fatalf("no %q in %q", name, out)
+		return ""
+	}
+	mustRun("channel", "open", "--datadir", client, "--ledger", url, "--deposit", "1000000000",
+		"--worker-addr", field(w, "address"), "--worker-key", field(w, "channel key"))
+	list := mustRun("channel", "list", "--datadir", client, "--ledger", url)
+	if !strings.Contains(list, "1000000000") {
+		t.Fatalf("channel list does not show the 1 TON deposit:\n%s", list)
+	}
+	bal := field(mustRun("wallet", "--datadir", client, "--ledger", url), "balance")
+	if !strings.HasSuffix(bal, "nanoTON") || bal == "10000000000 nanoTON" {
+		t.Fatalf("client balance after opening a channel = %q; want less than the 10 TON credited", bal)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer process and a reading test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
