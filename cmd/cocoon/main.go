@@ -1,6 +1,3 @@
-// Command cocoon is the one binary of the cocoon network: every node, worker or
-// client, runs it. Each subcommand lives in its own file and registers itself on
-// rootCmd in an init function.
 package main
 
 import (
