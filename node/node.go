@@ -105,7 +105,11 @@ func New(ctx context.Context, cfg Config, opt Options) (*Node, error) {
 	// Bind the API first: a port in use should fail before the node joins the network.
 	l, err := net.Listen("tcp", cfg.API.Listen)
 	if err != nil {
-		return nil, fmt.Errorf("api.listen: cannot listen on %s: %w", cfg.API.Listen, errors.Unwrap(err))
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Err != nil {
+			err = oe.Err // "bind: address already in use", without repeating the address
+		}
+		return nil, fmt.Errorf("api.listen: cannot listen on %s: %w", cfg.API.Listen, err)
 	}
 	if n.P2P, err = p2p.New(ctx, pcfg); err != nil {
 		l.Close()

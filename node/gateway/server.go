@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/json"
-	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -113,11 +112,7 @@ func (s *Server) auth(next http.Handler) http.Handler {
 // Serve answers requests on l until Shutdown; it then returns http.ErrServerClosed.
 func (s *Server) Serve(l net.Listener) error {
 	s.log.Info("api listening", "addr", l.Addr().String())
-	err := s.srv.Serve(l)
-	if errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return err
+	return s.srv.Serve(l)
 }
 
 // Shutdown stops accepting requests and waits for those in flight until ctx ends.
