@@ -116,26 +116,20 @@ func New(t testing.TB, opts ...Option) *Testnet {
 		}
 		tn.Nodes[i] = m
 	}
-	if tn.mn != nil {
-		// Hosts must exist before LinkAll; start them in parallel.
-		for i, m := range tn.Nodes {
-			wg.Add(1)
-			go func() { defer wg.Done(); errs[i] = tn.start(m) }()
-		}
-		wg.Wait()
-		if err := tn.mn.LinkAll(); err != nil {
-			t.Fatalf("testnet: link mocknet: %v", err)
-		}
-	} else {
-		for i, m := range tn.Nodes {
-			wg.Add(1)
-			go func() { defer wg.Done(); errs[i] = tn.start(m) }()
-		}
-		wg.Wait()
+	for i, m := range tn.Nodes {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = tn.start(m) }()
 	}
+	wg.Wait()
 	for i, err := range errs {
 		if err != nil {
 			t.Fatalf("testnet: start node %d: %v", i, err)
+		}
+	}
+	if tn.mn != nil {
+		// Mocknet hosts must all exist before LinkAll.
+		if err := tn.mn.LinkAll(); err != nil {
+			t.Fatalf("testnet: link mocknet: %v", err)
 		}
 	}
 	rng := rand.New(rand.NewPCG(o.seed, 0))
