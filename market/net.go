@@ -218,7 +218,7 @@ func (w *WorkerService) handle(s network.Stream) {
 	w.mu.Unlock()
 	defer w.wg.Done()
 	w.Republish()
-	err := w.worker.Serve(w.ctx, s)
+	err := w.worker.Serve(w.ctx, endReadStream{s})
 	if err != nil {
 		s.Reset()
 	} else {
@@ -610,9 +610,22 @@ func (c *ClientService) lock(ctx context.Context, p peer.ID) (func(), error) {
 
 // jobStream is a job stream that releases the per-worker hold when closed.
 type jobStream struct {
-	network.Stream
+	endReadStream
 	once    sync.Once
 	release func()
+}
+
+// endReadStream makes a read deadline in the past end a blocked Read also where
+// the transport's deadlines are no-ops (mocknet's are): it closes the read side.
+// The job protocol sets such a deadline only when it has stopped reading.
+type endReadStream struct{ network.Stream }
+
+func (s endReadStream) SetReadDeadline(t time.Time) error {
+	err := s.Stream.SetReadDeadline(t)
+	if !t.IsZero() && !t.After(time.Now()) {
+		_ = s.Stream.CloseRead()
+	}
+	return err
 }
 
 func (s *jobStream) Close() error {
@@ -646,7 +659,7 @@ func (c *ClientService) GeneratePolicy(ctx context.Context, req runtime.Request,
 				return nil, fmt.Errorf("open job stream: %w", err)
 			}
 			cur.Store(&cd)
-			return &jobStream{Stream: st, release: release}, nil
+			return &jobStream{endReadStream: endReadStream{st}, release: release}, nil
 		},
 		Payer: c.cfg.Payer,
 		Verify: func(ctx context.Context, cd Candidate) error {
