@@ -80,13 +80,16 @@ type netWorker struct {
 }
 
 type netFixture struct {
-	t       *testing.T
-	mn      mocknet.Mocknet
-	client  *p2p.Node
-	cs      *market.ClientService
-	payer   *settle.Payer
-	workers []*netWorker
-	byPeer  map[peer.ID]*netWorker
+	t        *testing.T
+	mn       mocknet.Mocknet
+	client   *p2p.Node
+	cs       *market.ClientService
+	payer    *settle.Payer
+	payers   *market.SettlePayers
+	verifier *enclave.Verifier
+	log      *slog.Logger
+	workers  []*netWorker
+	byPeer   map[peer.ID]*netWorker
 }
 
 const netDeposit = 2_000_000_000 // nanoTON per channel
@@ -146,11 +149,24 @@ func newNetFixture(t *testing.T, n int, opt market.RunOptions, wrap func(i int, 
 	cstore := openStore(t, "client")
 	f.payer = cstore.Payer(cw)
 	chain := settle.NewChain(ledger, cw)
+	chain.Log = slog.New(slog.DiscardHandler)
 
 	verifier, err := enclave.NewVerifier(enclave.Policy{AllowSim: true}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.verifier, f.log = verifier, log
+	// The client first, so that the workers' first ads find its validator.
+	f.payers = market.NewSettlePayers(f.payer)
+	f.cs, err = market.NewClientService(market.ClientConfig{
+		Node: f.client, Payer: f.payers.Payer, Verifier: verifier,
+		Policy:  market.Policy{TEE: []market.TEEKind{market.TEESim}},
+		Options: opt, Rand: rand.New(rand.NewPCG(7, 7)), Logger: log.With("client", 0),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.cs.Close() })
 	for i := 1; i <= n; i++ {
 		ww := newWallet(t)
 		id, err := settle.NewChannelID()
@@ -200,16 +216,6 @@ func newNetFixture(t *testing.T, n int, opt market.RunOptions, wrap func(i int, 
 		f.workers = append(f.workers, w)
 		f.byPeer[nodes[i].Host.ID()] = w
 	}
-	payers := market.NewSettlePayers(f.payer)
-	f.cs, err = market.NewClientService(market.ClientConfig{
-		Node: f.client, Payer: payers.Payer, Verifier: verifier,
-		Policy:  market.Policy{TEE: []market.TEEKind{market.TEESim}},
-		Options: opt, Rand: rand.New(rand.NewPCG(7, 7)), Logger: log.With("client", 0),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.cs.Close() })
 	waitFor(t, 30*time.Second, "every worker's ad in the client's book", func() bool {
 		return len(f.cs.Book().ByModel(netModel)) == n
 	})
