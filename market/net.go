@@ -2,12 +2,15 @@ package market
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +23,7 @@ import (
 	"github.com/cocoon-network/cocoon/enclave"
 	"github.com/cocoon-network/cocoon/p2p"
 	"github.com/cocoon-network/cocoon/runtime"
+	"github.com/cocoon-network/cocoon/runtime/openaiapi"
 )
 
 // Defaults of the network services.
@@ -513,6 +517,71 @@ func (c *ClientService) Models() []runtime.Model {
 	return out
 }
 
+// ModelSummary is what the book says of one model across its workers.
+type ModelSummary struct {
+	ID            string
+	Workers       int
+	ContextLength int
+	MinPrice      Price     // the lowest of each price over the workers
+	MaxPrice      Price     // the highest of each price
+	TEE           []TEEKind // the kinds offered, in the order of TEEKind values
+}
+
+// Summaries lists every model in the book with its worker count, price range and
+// TEE kinds, ordered by model ID.
+func (c *ClientService) Summaries() []ModelSummary {
+	by := map[string]*ModelSummary{}
+	var ids []string
+	for _, a := range c.book.All() {
+		for _, m := range a.Models {
+			s, ok := by[m.ID]
+			if !ok {
+				s = &ModelSummary{ID: m.ID, MinPrice: m.Price, MaxPrice: m.Price}
+				by[m.ID] = s
+				ids = append(ids, m.ID)
+			}
+			s.Workers++
+			s.ContextLength = max(s.ContextLength, int(m.ContextLength))
+			s.MinPrice = Price{Prompt: min(s.MinPrice.Prompt, m.Price.Prompt), Completion: min(s.MinPrice.Completion, m.Price.Completion)}
+			s.MaxPrice = Price{Prompt: max(s.MaxPrice.Prompt, m.Price.Prompt), Completion: max(s.MaxPrice.Completion, m.Price.Completion)}
+			if !slices.Contains(s.TEE, a.TEE.Kind) {
+				s.TEE = append(s.TEE, a.TEE.Kind)
+			}
+		}
+	}
+	slices.Sort(ids)
+	out := make([]ModelSummary, 0, len(ids))
+	for _, id := range ids {
+		s := by[id]
+		slices.Sort(s.TEE)
+		out = append(out, *s)
+	}
+	return out
+}
+
+// ListModels is the hook of openaiapi.Handler for GET /v1/models: the book's
+// models with "workers", "price_nanoton_per_1m" (min and max prompt and
+// completion prices) and "tee" (the kinds offered; sim is not confidential).
+func (c *ClientService) ListModels(context.Context) ([]openaiapi.Model, error) {
+	out := []openaiapi.Model{}
+	for _, s := range c.Summaries() {
+		tee := make([]string, len(s.TEE))
+		for i, k := range s.TEE {
+			tee[i] = k.String()
+		}
+		out = append(out, openaiapi.Model{ID: s.ID, Object: "model", OwnedBy: "cocoon", ContextLength: s.ContextLength,
+			Extra: map[string]any{
+				"workers": s.Workers,
+				"tee":     tee,
+				"price_nanoton_per_1m": map[string]any{
+					"prompt_min": s.MinPrice.Prompt, "prompt_max": s.MaxPrice.Prompt,
+					"completion_min": s.MinPrice.Completion, "completion_max": s.MaxPrice.Completion,
+				},
+			}})
+	}
+	return out, nil
+}
+
 // Close implements runtime.Backend: it stops taking ads (the validator is
 // removed) and waits for its goroutines. Streams still open keep running.
 func (c *ClientService) Close() error {
@@ -748,23 +817,12 @@ func (c *ClientService) verify(ctx context.Context, cd Candidate, pol Policy) (s
 // sameMeasurement compares an advertised measurement with a verdict's hex one;
 // for TDX the ad may carry the MRTD alone (the verdict's first field).
 func sameMeasurement(ad []byte, verdict string) bool {
-	h := fmt.Sprintf("%x", ad)
+	h := hex.EncodeToString(ad)
 	if h == verdict {
 		return true
 	}
-	if i := indexByte(verdict, ':'); i >= 0 {
-		return h == verdict[:i]
-	}
-	return false
-}
-
-func indexByte(s string, b byte) int {
-	for i := 0; i < len(s); i++ {
-		if s[i] == b {
-			return i
-		}
-	}
-	return -1
+	mrtd, _, ok := strings.Cut(verdict, ":")
+	return ok && h == mrtd
 }
 
 type streamEvent struct {

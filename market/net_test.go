@@ -550,3 +550,143 @@ func TestNetFailoverLlama(t *testing.T) {
 		t.Errorf("first attempt failed on attestation, not the kill: %v", as[0].Err)
 	}
 }
+
+// TestNetColdBookDHT runs a job from a client whose ad book is empty: it finds
+// the workers through their DHT provider records and pays the channel bound to
+// the peer, the job's Accept giving the price and the attestation the TEE.
+func TestNetColdBookDHT(t *testing.T) {
+	f := newNetFixture(t, 2, market.RunOptions{}, nil)
+	ctx := context.Background()
+	waitFor(t, 20*time.Second, "both workers' provider records", func() bool {
+		fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		ais, _ := f.client.FindProviders(fctx, netModel, 8)
+		return len(ais) == 2
+	})
+	// A new client linked to everyone but connected only to node 0.
+	h, err := f.mn.GenPeer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.mn.LinkAll(); err != nil {
+		t.Fatal(err)
+	}
+	nd, err := p2p.New(ctx, p2p.Config{Host: h, DHTMode: p2p.DHTServer, Logger: f.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nd.Close() })
+	if err := nd.Host.Connect(ctx, peer.AddrInfo{ID: f.client.Host.ID(), Addrs: f.client.Host.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the new client's routing table", func() bool { return nd.DHT.RoutingTable().Size() > 0 })
+	payers := market.NewSettlePayers(f.payer)
+	for _, w := range f.workers {
+		payers.Bind(w.node.Host.ID(), w.channel)
+	}
+	cs, err := market.NewClientService(market.ClientConfig{
+		Node: nd, Payer: payers.Payer, Verifier: f.verifier,
+		Policy: market.Policy{TEE: []market.TEEKind{market.TEESim}}, Logger: f.log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	if n := len(cs.Book().All()); n != 0 {
+		t.Fatalf("new client's book holds %d ads; the test needs it cold", n)
+	}
+	req := netRequest(5)
+	s, err := cs.Generate(ctx, req)
+	if err != nil {
+		t.Fatalf("generate on a cold book: %v", err)
+	}
+	ans, err := drain(s)
+	s.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := s.(*market.NetStream)
+	as := ns.Attempts()
+	if len(as) != 1 || as[0].Err != nil || as[0].Candidate.Ad != nil {
+		t.Fatalf("attempts %+v; want one clean attempt on a worker found in the DHT, without an ad", as)
+	}
+	w := f.byPeer[as[0].Candidate.Peer]
+	if ref := direct(t, w.raw, req); ans.text != ref.text || ans.usage != ref.usage {
+		t.Errorf("answer %q %+v; want %q %+v", ans.text, ans.usage, ref.text, ref.usage)
+	}
+	if as[0].Receipt.Price != w.price || ns.Header().Get("X-Cocoon-TEE") != enclave.KindSim.Tier() {
+		t.Errorf("price %+v from Accept, tee %q; want %+v, %q", as[0].Receipt.Price, ns.Header().Get("X-Cocoon-TEE"), w.price, enclave.KindSim.Tier())
+	}
+	checkBalances(t, f, map[peer.ID][]market.Receipt{as[0].Candidate.Peer: {as[0].Receipt}})
+}
+
+// TestNetAdsValidator publishes bad ads from a worker's node: the client's topic
+// validator drops and counts them, and the book keeps the worker's true ad.
+func TestNetAdsValidator(t *testing.T) {
+	f := newNetFixture(t, 2, market.RunOptions{}, nil)
+	ctx := context.Background()
+	w1, w2 := f.workers[0], f.workers[1]
+	good := *w2.svc.Ad()
+	good.Seq += 1000
+	forged, err := good.Encode() // w2's ad, sent by w1
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := *w1.svc.Ad()
+	stale.Seq += 1000
+	stale.IssuedAt = time.Now().Add(-time.Hour)
+	expired, err := stale.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range [][]byte{{0xff, 0xff, 0xff}, forged, expired} {
+		if err := w1.node.PublishAd(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "the bad ads dropped", func() bool {
+		st := f.cs.Book().Stats()
+		return st.Dropped[market.DropMalformed] >= 1 && st.Dropped[market.DropSender] >= 1 && st.Dropped[market.DropExpired] >= 1
+	})
+	if ad, ok := f.cs.Book().Get(w2.node.Host.ID()); !ok || ad.Seq == good.Seq {
+		t.Errorf("w2's book entry %+v; want its own ad, not the forged one", ad)
+	}
+	ms, err := f.cs.ListModels(ctx)
+	if err != nil || len(ms) != 1 || ms[0].ID != netModel || ms[0].Extra["workers"] != 2 {
+		t.Fatalf("ListModels = %+v, %v; want %s offered by 2 workers", ms, err, netModel)
+	}
+	if s := f.cs.Summaries()[0]; s.MinPrice != (market.Price{Prompt: w1.price.Prompt, Completion: w1.price.Completion}) || len(s.TEE) != 1 || s.TEE[0] != market.TEESim {
+		t.Errorf("summary %+v; want the lowest price %+v and tee sim", s, w1.price)
+	}
+}
+
+// TestNetAdOnChange checks that a worker re-publishes its ad when its free slots
+// change: a job holding the only slot shows as 0 free, and 1 again once it ends.
+func TestNetAdOnChange(t *testing.T) {
+	armed := &atomic.Bool{}
+	armed.Store(true)
+	stalled := make(chan int, 1)
+	f := newNetFixture(t, 1, market.RunOptions{}, func(_ int, b runtime.Backend) runtime.Backend {
+		return &stallBackend{Backend: b, after: 2, armed: armed, stalled: stalled}
+	})
+	w := f.workers[0]
+	free := func() uint32 {
+		ad, ok := f.cs.Book().Get(w.node.Host.ID())
+		if !ok {
+			return 99
+		}
+		return ad.Capacity.SlotsFree
+	}
+	if free() != 1 {
+		t.Fatalf("idle worker advertises %d free slots; want 1", free())
+	}
+	req := netRequest(1)
+	s, err := f.cs.Generate(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-stalled
+	waitFor(t, 5*time.Second, "an ad with no free slot", func() bool { return free() == 0 })
+	s.Close()
+	waitFor(t, 5*time.Second, "an ad with the slot free again", func() bool { return free() == 1 })
+}
