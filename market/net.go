@@ -677,16 +677,44 @@ func (c *ClientService) lock(ctx context.Context, p peer.ID) (func(), error) {
 	}
 }
 
-// jobStream is a job stream that releases the per-worker hold when closed.
+// jobStream is the client's job stream. Closing it waits (up to jobAckTimeout)
+// for the worker to close its side, which the worker does once it has taken the
+// last voucher, and only then releases the hold on the worker: vouchers of the
+// next job on the channel must not overtake this job's.
 type jobStream struct {
-	endReadStream
+	network.Stream
 	once    sync.Once
 	release func()
 }
 
+// jobAckTimeout bounds how long closing a job stream waits for the worker's close.
+const jobAckTimeout = 2 * time.Second
+
+func (s *jobStream) Close() error {
+	err := s.Stream.CloseWrite()
+	if err == nil {
+		_ = s.Stream.SetReadDeadline(time.Now().Add(jobAckTimeout))
+		ack := make(chan struct{})
+		go func() {
+			defer close(ack)
+			_, _ = io.Copy(io.Discard, io.LimitReader(s.Stream, MaxWorkerFrame))
+		}()
+		select { // mocknet streams ignore deadlines: bound the wait here too
+		case <-ack:
+		case <-time.After(jobAckTimeout):
+			_ = s.Stream.Reset()
+		}
+	}
+	err = errors.Join(err, s.Stream.Close())
+	s.once.Do(s.release)
+	return err
+}
+
 // endReadStream makes a read deadline in the past end a blocked Read also where
 // the transport's deadlines are no-ops (mocknet's are): it closes the read side.
-// The job protocol sets such a deadline only when it has stopped reading.
+// The job protocol sets such a deadline only when it has stopped reading. The
+// worker's side uses it, so that its job ends without waiting for the client's
+// close; the client's side waits for the worker's close instead (jobStream).
 type endReadStream struct{ network.Stream }
 
 func (s endReadStream) SetReadDeadline(t time.Time) error {
@@ -694,12 +722,6 @@ func (s endReadStream) SetReadDeadline(t time.Time) error {
 	if !t.IsZero() && !t.After(time.Now()) {
 		_ = s.Stream.CloseRead()
 	}
-	return err
-}
-
-func (s *jobStream) Close() error {
-	err := s.Stream.Close()
-	s.once.Do(s.release)
 	return err
 }
 
@@ -728,7 +750,7 @@ func (c *ClientService) GeneratePolicy(ctx context.Context, req runtime.Request,
 				return nil, fmt.Errorf("open job stream: %w", err)
 			}
 			cur.Store(&cd)
-			return &jobStream{endReadStream: endReadStream{st}, release: release}, nil
+			return &jobStream{Stream: st, release: release}, nil
 		},
 		Payer: c.cfg.Payer,
 		Verify: func(ctx context.Context, cd Candidate) error {

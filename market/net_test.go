@@ -80,7 +80,7 @@ type netWorker struct {
 }
 
 type netFixture struct {
-	t        *testing.T
+	t        testing.TB
 	mn       mocknet.Mocknet
 	client   *p2p.Node
 	cs       *market.ClientService
@@ -98,7 +98,7 @@ const netDeposit = 2_000_000_000 // nanoTON per channel
 // with a payment channel from the client opened on one dev ledger (simulated
 // chain, not TON), sim TEE (not confidential). wrap, when set, wraps each
 // worker's backend.
-func newNetFixture(t *testing.T, n int, opt market.RunOptions, wrap func(i int, b runtime.Backend) runtime.Backend) *netFixture {
+func newNetFixture(t testing.TB, n int, opt market.RunOptions, wrap func(i int, b runtime.Backend) runtime.Backend) *netFixture {
 	t.Helper()
 	ctx := context.Background()
 	log := netLogger()
@@ -689,4 +689,36 @@ func TestNetAdOnChange(t *testing.T) {
 	waitFor(t, 5*time.Second, "an ad with no free slot", func() bool { return free() == 0 })
 	s.Close()
 	waitFor(t, 5*time.Second, "an ad with the slot free again", func() bool { return free() == 1 })
+}
+
+// BenchmarkNetGenerate measures one streamed completion (greedy, 32 tokens) on the
+// shared llama.cpp model: directly on the backend (the baseline), and bought over
+// the overlay (mocknet, one worker: selection, job stream, sim attestation cached
+// per connection, vouchers on a dev-ledger channel), paying per half credit window
+// and per token.
+func BenchmarkNetGenerate(b *testing.B) {
+	seed := uint64(1)
+	req := runtime.Request{Model: netModel, Prompt: "once upon a time", MaxTokens: 32, Seed: &seed}
+	run := func(b *testing.B, be runtime.Backend) {
+		tokens := 0
+		b.ResetTimer()
+		for b.Loop() {
+			s, err := be.Generate(context.Background(), req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			a, err := drain(s)
+			s.Close()
+			if err != nil {
+				b.Fatal(err)
+			}
+			tokens += a.tokens
+		}
+		b.ReportMetric(float64(tokens)/b.Elapsed().Seconds(), "tokens/s")
+	}
+	b.Run("direct", func(b *testing.B) { run(b, llamaBackend(b)) })
+	b.Run("overlay", func(b *testing.B) { run(b, newNetFixture(b, 1, market.RunOptions{}, nil).cs) })
+	b.Run("overlay-pay-per-token", func(b *testing.B) {
+		run(b, newNetFixture(b, 1, market.RunOptions{PayEvery: 1}, nil).cs)
+	})
 }
