@@ -222,7 +222,9 @@ func (w *WorkerService) handle(s network.Stream) {
 	w.mu.Unlock()
 	defer w.wg.Done()
 	w.Republish()
-	err := w.worker.Serve(w.ctx, endReadStream{s})
+	ws := newWorkerStream(s)
+	err := w.worker.Serve(w.ctx, ws)
+	ws.stopReading()
 	if err != nil {
 		s.Reset()
 	} else {
@@ -677,6 +679,24 @@ func (c *ClientService) lock(ctx context.Context, p peer.ID) (func(), error) {
 	}
 }
 
+// busy reports whether a job of this client holds p now.
+func (c *ClientService) busy(p peer.ID) bool {
+	c.mu.Lock()
+	ch, ok := c.locks[p]
+	c.mu.Unlock()
+	return ok && len(ch) > 0
+}
+
+func boolCmp(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}
+
 // jobStream is the client's job stream. Closing it waits (up to jobAckTimeout)
 // for the worker to close its side, which the worker does once it has taken the
 // last voucher, and only then releases the hold on the worker: vouchers of the
@@ -710,19 +730,89 @@ func (s *jobStream) Close() error {
 	return err
 }
 
-// endReadStream makes a read deadline in the past end a blocked Read also where
-// the transport's deadlines are no-ops (mocknet's are): it closes the read side.
-// The job protocol sets such a deadline only when it has stopped reading. The
-// worker's side uses it, so that its job ends without waiting for the client's
-// close; the client's side waits for the worker's close instead (jobStream).
-type endReadStream struct{ network.Stream }
+// workerReadAhead is the buffer of client bytes a worker's job stream reads
+// ahead of the job: vouchers (a few hundred bytes each) must never wait behind
+// the chunks the worker is writing, also on transports without a receive
+// window (mocknet's synchronous pipes), or both sides could block in Write.
+const workerReadAhead = 256 << 10
 
-func (s endReadStream) SetReadDeadline(t time.Time) error {
-	err := s.Stream.SetReadDeadline(t)
-	if !t.IsZero() && !t.After(time.Now()) {
-		_ = s.Stream.CloseRead()
+// workerStream is the worker's side of a job stream: a goroutine reads ahead up
+// to workerReadAhead bytes, and a read deadline in the past (the job protocol
+// sets one only when it has stopped reading) ends a blocked Read at once, also
+// where the transport's deadlines are no-ops.
+type workerStream struct {
+	network.Stream
+	mu     sync.Mutex
+	cond   *sync.Cond
+	buf    []byte
+	err    error // from the stream, after buf is drained
+	closed bool  // reading stopped by the job
+}
+
+func newWorkerStream(s network.Stream) *workerStream {
+	ws := &workerStream{Stream: s}
+	ws.cond = sync.NewCond(&ws.mu)
+	go ws.fill()
+	return ws
+}
+
+func (ws *workerStream) fill() {
+	tmp := make([]byte, 16<<10)
+	for {
+		n, err := ws.Stream.Read(tmp)
+		ws.mu.Lock()
+		ws.buf = append(ws.buf, tmp[:n]...)
+		for len(ws.buf) >= workerReadAhead && !ws.closed {
+			ws.cond.Broadcast()
+			ws.cond.Wait()
+		}
+		if err != nil {
+			ws.err = err
+		}
+		stop := ws.closed || err != nil
+		ws.cond.Broadcast()
+		ws.mu.Unlock()
+		if stop {
+			return
+		}
 	}
-	return err
+}
+
+func (ws *workerStream) Read(p []byte) (int, error) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	for len(ws.buf) == 0 && ws.err == nil && !ws.closed {
+		ws.cond.Wait()
+	}
+	switch {
+	case ws.closed:
+		return 0, io.ErrClosedPipe
+	case len(ws.buf) > 0:
+		n := copy(p, ws.buf)
+		ws.buf = ws.buf[n:]
+		ws.cond.Broadcast()
+		return n, nil
+	}
+	return 0, ws.err
+}
+
+func (ws *workerStream) SetReadDeadline(t time.Time) error {
+	if !t.IsZero() && !t.After(time.Now()) {
+		ws.stopReading()
+	}
+	return nil
+}
+
+// stopReading ends reading: a blocked Read returns, the read side is closed.
+func (ws *workerStream) stopReading() {
+	ws.mu.Lock()
+	already := ws.closed
+	ws.closed = true
+	ws.cond.Broadcast()
+	ws.mu.Unlock()
+	if !already {
+		_ = ws.Stream.CloseRead()
+	}
 }
 
 // GeneratePolicy runs req on the network under pol and returns its stream once
@@ -735,6 +825,9 @@ func (c *ClientService) GeneratePolicy(ctx context.Context, req runtime.Request,
 	if len(cands) == 0 {
 		return nil, fmt.Errorf("%w: no worker offers %q under the policy", runtime.ErrUnknownModel, req.Model)
 	}
+	// A worker running another job of this client would make this one wait:
+	// try the idle ones first, keeping the selector's order otherwise.
+	slices.SortStableFunc(cands, func(a, b Candidate) int { return boolCmp(c.busy(a.Peer), c.busy(b.Peer)) })
 	rctx, cancel := context.WithCancel(ctx)
 	s := &NetStream{cancel: cancel, events: make(chan streamEvent), done: make(chan struct{}), tiers: map[peer.ID]string{}}
 	var cur atomic.Pointer[Candidate]
