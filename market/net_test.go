@@ -722,3 +722,49 @@ func BenchmarkNetGenerate(b *testing.B) {
 		run(b, newNetFixture(b, 1, market.RunOptions{PayEvery: 1}, nil).cs)
 	})
 }
+
+// TestNetPayPerTokenBackToBack pays every token (many vouchers in flight against
+// the chunks) on jobs that follow each other, some concurrently, on one worker:
+// no job may deadlock, and no voucher of one job may overtake another's on the
+// channel; the balance is exactly the cost of all of them.
+func TestNetPayPerTokenBackToBack(t *testing.T) {
+	f := newNetFixture(t, 1, market.RunOptions{PayEvery: 1}, nil)
+	w := f.workers[0]
+	const jobs = 8
+	rcs := make([][]market.Receipt, jobs)
+	var wg sync.WaitGroup
+	for i := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req := netRequest(i)
+			req.MaxTokens = 40
+			s, err := f.cs.Generate(context.Background(), req)
+			if err != nil {
+				t.Errorf("job %d: %v", i, err)
+				return
+			}
+			_, err = drain(s)
+			s.Close()
+			if err != nil {
+				t.Errorf("job %d: %v", i, err)
+				return
+			}
+			for _, a := range s.(*market.NetStream).Attempts() {
+				rcs[i] = append(rcs[i], a.Receipt)
+			}
+		}()
+		if i%2 == 1 {
+			wg.Wait() // pairs run concurrently, pairs one after the other
+		}
+	}
+	wg.Wait()
+	var all []market.Receipt
+	for i, r := range rcs {
+		if len(r) != 1 || r[0].CompletionTokens == 0 {
+			t.Fatalf("job %d: receipts %+v; want one with tokens", i, r)
+		}
+		all = append(all, r...)
+	}
+	checkBalances(t, f, map[peer.ID][]market.Receipt{w.node.Host.ID(): all})
+}
