@@ -725,8 +725,9 @@ func BenchmarkNetGenerate(b *testing.B) {
 
 // TestNetPayPerTokenBackToBack pays every token (many vouchers in flight against
 // the chunks) on jobs that follow each other, some concurrently, on one worker:
-// no job may deadlock, and no voucher of one job may overtake another's on the
-// channel; the balance is exactly the cost of all of them.
+// no job may deadlock (mocknet's synchronous pipes did, before workers read
+// ahead), every job is paid in full (a voucher overtaking another job's would be
+// refused), and the balance is exactly the cost of all of them.
 func TestNetPayPerTokenBackToBack(t *testing.T) {
 	f := newNetFixture(t, 1, market.RunOptions{PayEvery: 1}, nil)
 	w := f.workers[0]
