@@ -9,5 +9,9 @@
 //
 // The protocols are written over io.ReadWriter so that the state machines are
 // testable without a network; this package also mounts enclave's attestation
-// protocol on libp2p streams. Imported by node and node/gateway.
+// protocol on libp2p streams. WorkerService and ClientService (net.go) mount the
+// market on a p2p.Node: the worker side serves jobs and attestation, publishes
+// its ad and provides its models; the client side keeps the ad book from the ads
+// topic, selects, attests, pays through settle's channels (netpay.go) and fails
+// over, as a runtime.Backend for the gateway. Imported by node and node/gateway.
 package market

@@ -175,12 +175,14 @@ func (s *Selector) Select(pol Policy) []Candidate {
 	}
 	top = min(top, len(cands))
 	if top >= 2 {
-		r := s.Rand
-		if r == nil {
-			r = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+		var i, j int
+		if r := s.Rand; r != nil {
+			s.mu.Lock() // a *rand.Rand is not safe for concurrent use
+			i, j = r.IntN(top), r.IntN(top-1)
+			s.mu.Unlock()
+		} else {
+			i, j = rand.IntN(top), rand.IntN(top-1)
 		}
-		i := r.IntN(top)
-		j := r.IntN(top - 1)
 		if j >= i {
 			j++
 		}
