@@ -36,6 +36,23 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"[log]\nformat = 'xml'", "log.format"},
 		{"[p2p]\nmdns = 'yes'", "mdns"},
 		{"[p2p\n", "line 2"},
+		{"[[market.prices]]\nmodel = ''\nprompt = 1", "market.prices[0].model"},
+		{"[[market.prices]]\nmodel = 'm'\nprompt = 1\n[[market.prices]]\nmodel = 'm'\nprompt = 2", "market.prices[1].model"},
+		{"[[market.prices]]\nmodel = 'm'", "market.prices[0]"},
+		{"[[market.prices]]\nmodel = 'm'\nprompt = -1", "market.prices[0].prompt"},
+		{"[market]\ncredit_tokens = -5", "market.credit_tokens"},
+		{"[market]\nmin_deposit = -5", "market.min_deposit"},
+		{"[market]\nmax_completion_price = -5", "market.max_completion_price"},
+		{"[market]\naccept_tee = ['sgx']", "market.accept_tee[0]"},
+		{"[market]\naccept_tee = ['sim']", "market.accept_tee[0]"},
+		{"[enclave]\nattester = 'sim'", "enclave.attester"},
+		{"[enclave]\nattester = 'magic'", "enclave.attester"},
+		{"[enclave]\nattester = 'tdx'", "enclave.measurement"},
+		{"[enclave.policy]\nallowed_kinds = ['sim']", "enclave.policy"},
+		{"[enclave.policy]\nmax_evidence_age = 'old'", "max_evidence_age"},
+		{"[settle]\nchain = 'ton'", "settle.chain"},
+		{"[settle]\nchain = 'devledger'", "settle.devledger_url"},
+		{"[settle]\ndevledger_url = 'http://127.0.0.1:8590'", "settle.devledger_url"},
 	} {
 		cfg := Defaults()
 		err := Parse([]byte(tc.toml), &cfg)

@@ -119,7 +119,7 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 		Node: n.P2P, Backend: n.Backend, Prices: prices, Payee: market.SettlePayee{P: n.Payee},
 		Settlement: market.Settlement{
 			WalletAddress: settle.Friendly(n.Wallet.Address(globalID)),
-			ChannelKey:    n.Wallet.PublicKey(), MinDeposit: cfg.Market.MinDeposit,
+			ChannelKey:    n.Wallet.PublicKey(), MinDeposit: uint64(cfg.Market.MinDeposit),
 		},
 		TEE: tee, Attester: att, GPUs: gpus, CreditTokens: cfg.Market.CreditTokens, Logger: log,
 	}); err != nil {

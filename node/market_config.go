@@ -19,21 +19,22 @@ type MarketConfig struct {
 	// voucher (0: the market's default).
 	CreditTokens int `toml:"credit_tokens"`
 	// MinDeposit is the smallest channel deposit this worker asks for, nanoTON.
-	MinDeposit uint64 `toml:"min_deposit"`
+	MinDeposit int64 `toml:"min_deposit"`
 	// MaxPromptPrice and MaxCompletionPrice cap what this node pays as a client,
 	// nanoTON per 1M tokens; 0: no cap.
-	MaxPromptPrice     uint64 `toml:"max_prompt_price"`
-	MaxCompletionPrice uint64 `toml:"max_completion_price"`
+	MaxPromptPrice     int64 `toml:"max_prompt_price"`
+	MaxCompletionPrice int64 `toml:"max_completion_price"`
 	// AcceptTEE lists the enclave kinds of the workers this node buys from:
 	// "tdx", "sev-snp", "sim" (needs enclave.policy.allow_sim) and "none".
 	AcceptTEE []string `toml:"accept_tee"`
 }
 
-// ModelPrice is one [[market.prices]] entry.
+// ModelPrice is one [[market.prices]] entry. Amounts are signed in the file so
+// that a negative one is refused rather than wrapped to a huge price.
 type ModelPrice struct {
 	Model      string `toml:"model"`
-	Prompt     uint64 `toml:"prompt"`     // nanoTON per 1M prompt tokens
-	Completion uint64 `toml:"completion"` // nanoTON per 1M completion tokens
+	Prompt     int64  `toml:"prompt"`     // nanoTON per 1M prompt tokens
+	Completion int64  `toml:"completion"` // nanoTON per 1M completion tokens
 }
 
 // EnclaveConfig is the [enclave] section: the evidence this node makes as a
@@ -75,8 +76,22 @@ func (c *Config) validateMarket() error {
 			return fmt.Errorf("market.prices[%d].model: %q is priced twice", i, p.Model)
 		}
 		seen[p.Model] = true
+		if p.Prompt < 0 {
+			return fmt.Errorf("market.prices[%d].prompt: %d is negative", i, p.Prompt)
+		}
+		if p.Completion < 0 {
+			return fmt.Errorf("market.prices[%d].completion: %d is negative", i, p.Completion)
+		}
 		if p.Prompt == 0 && p.Completion == 0 {
 			return fmt.Errorf("market.prices[%d]: model %q has neither a prompt nor a completion price", i, p.Model)
+		}
+	}
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{{"min_deposit", c.Market.MinDeposit}, {"max_prompt_price", c.Market.MaxPromptPrice}, {"max_completion_price", c.Market.MaxCompletionPrice}} {
+		if f.v < 0 {
+			return fmt.Errorf("market.%s: %d is negative", f.name, f.v)
 		}
 	}
 	if c.Market.CreditTokens < 0 {
@@ -127,14 +142,14 @@ func (c *Config) validateMarket() error {
 func (c *Config) prices() map[string]market.Price {
 	out := make(map[string]market.Price, len(c.Market.Prices))
 	for _, p := range c.Market.Prices {
-		out[p.Model] = market.Price{Prompt: p.Prompt, Completion: p.Completion}
+		out[p.Model] = market.Price{Prompt: uint64(p.Prompt), Completion: uint64(p.Completion)}
 	}
 	return out
 }
 
 // clientPolicy is the ClientService's default policy from [market].
 func (c *Config) clientPolicy() market.Policy {
-	pol := market.Policy{MaxPrice: market.Price{Prompt: c.Market.MaxPromptPrice, Completion: c.Market.MaxCompletionPrice}}
+	pol := market.Policy{MaxPrice: market.Price{Prompt: uint64(c.Market.MaxPromptPrice), Completion: uint64(c.Market.MaxCompletionPrice)}}
 	for _, k := range c.Market.AcceptTEE {
 		tk, _ := market.ParseTEEKind(k) // validated
 		if !slices.Contains(pol.TEE, tk) {

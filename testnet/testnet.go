@@ -328,7 +328,7 @@ func (tn *Testnet) workerConfig(m *Member, cfg *node.Config) {
 		cfg.Runtime.LibDir = filepath.Join(repoRoot(), ".cache", "llama", "lib")
 	}
 	cfg.Runtime.Threads, cfg.Runtime.Slots = 1, 1
-	cfg.Market.Prices = []node.ModelPrice{{Model: Model, Prompt: m.Price.Prompt, Completion: m.Price.Completion}}
+	cfg.Market.Prices = []node.ModelPrice{{Model: Model, Prompt: int64(m.Price.Prompt), Completion: int64(m.Price.Completion)}}
 	cfg.Enclave.Attester = "sim"
 }
 
