@@ -1,6 +1,8 @@
 package node
 
 import (
+	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -8,6 +10,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/cocoon-network/cocoon/runtime"
 )
 
 // The file `cocoon init` writes must say exactly what Defaults says.
@@ -159,5 +163,34 @@ func TestAPINeedsToken(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(dir, APIAddrFile))
 	if err != nil || strings.TrimSpace(string(b)) != n.APIAddr {
 		t.Errorf("api.addr = %q, %v; want %s", b, err, n.APIAddr)
+	}
+}
+
+// A node that prices the models it serves but has no wallet cannot be paid: New
+// refuses it with one line naming the field, before loading any model.
+func TestSellerNeedsWallet(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Init(dir, false); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := filepath.Join(dir, "m.gguf")
+	if err := os.WriteFile(model, []byte("not loaded"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg.P2P.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.API.Listen = "127.0.0.1:0"
+	cfg.Runtime.Models = []runtime.ModelConfig{{Path: model, ID: "m"}}
+	cfg.Market.Prices = []ModelPrice{{Model: "m", Prompt: 1, Completion: 1}}
+	n, err := New(context.Background(), cfg, Options{Logger: slog.New(slog.DiscardHandler)})
+	if err == nil {
+		n.Close()
+		t.Fatal("New started a seller without a wallet")
+	}
+	if !strings.Contains(err.Error(), "market.prices") || !strings.Contains(err.Error(), "wallet") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("New = %v; want one line naming market.prices and the wallet", err)
 	}
 }

@@ -92,12 +92,15 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 		return fmt.Errorf("start market client: %w", err)
 	}
 
+	prices := cfg.prices()
+	if len(prices) > 0 && len(cfg.Runtime.Models) > 0 && n.Wallet == nil {
+		return fmt.Errorf("market.prices: selling needs a wallet at %s (settle.wallet)", cfg.WalletPath())
+	}
 	if len(cfg.Runtime.Models) > 0 || cfg.Runtime.Backend == runtime.KindOpenAI {
 		if n.Backend, err = backends.FromConfig(ctx, cfg.Runtime, log); err != nil {
 			return err
 		}
 	}
-	prices := cfg.prices()
 	if n.Backend == nil || len(prices) == 0 {
 		return nil
 	}
