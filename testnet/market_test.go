@@ -24,7 +24,7 @@ type httpAnswer struct {
 }
 
 // chat posts body to the node's /v1/chat/completions with its bearer token.
-func chat(t *testing.T, m *Member, body []byte, stream bool) httpAnswer {
+func chat(t testing.TB, m *Member, body []byte, stream bool) httpAnswer {
 	t.Helper()
 	req, err := http.NewRequest("POST", "http://"+m.APIAddr+"/v1/chat/completions", bytes.NewReader(body))
 	if err != nil {
@@ -194,4 +194,33 @@ func direct(t *testing.T, b runtime.Backend, req runtime.Request) directAnswer {
 	}
 	a.usage, a.finish = s.Usage(), s.FinishReason()
 	return a
+}
+
+// BenchmarkMarketGateway measures one non-streamed chat completion of 16 tokens
+// bought through a client node's HTTP gateway from two llama.cpp workers over
+// mocknet: selection, attestation (cached per connection), the job protocol,
+// vouchers with fsync on both sides, and generation.
+func BenchmarkMarketGateway(b *testing.B) {
+	tn := New(b, Nodes(3), Workers(2))
+	client := tn.Clients()[0]
+	body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"once upon a time"}],"max_tokens":16,"temperature":0}`, Model)
+	var paid uint64
+	i := 0
+	for b.Loop() {
+		i++
+		req, _ := http.NewRequest("POST", "http://"+client.APIAddr+"/v1/chat/completions", bytes.NewReader([]byte(body)))
+		req.Header.Set("Authorization", "Bearer "+client.Token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var cc openaiapi.ChatCompletion
+		err = json.NewDecoder(resp.Body).Decode(&cc)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || cc.Usage == nil || cc.Usage.CostNanoTON == nil {
+			b.Fatalf("answer %s: %+v, %v", resp.Status, cc, err)
+		}
+		paid += *cc.Usage.CostNanoTON
+	}
+	b.ReportMetric(float64(paid)/float64(i), "nanoTON/req")
 }

@@ -51,7 +51,7 @@ func (in *inbox) count(msg string, except int) int {
 }
 
 // testAd is a valid capacity ad of m, new at each call.
-func testAd(t *testing.T, m *Member) []byte {
+func testAd(t testing.TB, m *Member) []byte {
 	t.Helper()
 	ad := &market.Ad{
 		Peer: m.ID, Seq: uint64(time.Now().UnixMicro()), IssuedAt: time.Now(), TTL: time.Minute,
