@@ -93,7 +93,7 @@ func chat(t testing.TB, m *Member, body []byte, stream bool) httpAnswer {
 func TestMarketThroughGateway(t *testing.T) {
 	tn := New(t, Nodes(4), Workers(3))
 	client := tn.Clients()[0]
-	if client.Worker || client.Backend != nil || client.Worker != (client.Node.Worker != nil) {
+	if client.IsWorker || client.Backend != nil || client.Worker != nil {
 		t.Fatalf("node %d should be a client only", client.Index)
 	}
 	byPeer := map[peer.ID]*Member{}

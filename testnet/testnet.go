@@ -105,9 +105,10 @@ type Member struct {
 	Index int
 	ID    peer.ID
 
-	// Worker says whether the member serves Model at Price.
-	Worker bool
-	Price  market.Price
+	// IsWorker says whether the member serves Model at Price (Node.Worker is its
+	// worker service).
+	IsWorker bool
+	Price    market.Price
 	// Channels maps each worker's index to the channel this member (a client)
 	// opened to it.
 	Channels map[int]settle.ChannelID
@@ -202,7 +203,7 @@ func New(t testing.TB, opts ...Option) *Testnet {
 func (tn *Testnet) Clients() []*Member {
 	var out []*Member
 	for _, m := range tn.Nodes {
-		if !m.Worker {
+		if !m.IsWorker {
 			out = append(out, m)
 		}
 	}
@@ -213,7 +214,7 @@ func (tn *Testnet) Clients() []*Member {
 func (tn *Testnet) WorkerNodes() []*Member {
 	var out []*Member
 	for _, m := range tn.Nodes {
-		if m.Worker {
+		if m.IsWorker {
 			out = append(out, m)
 		}
 	}
@@ -292,7 +293,7 @@ func (tn *Testnet) prepare(i int) (*Member, error) {
 			return nil, err
 		}
 		if i >= tn.opt.n-tn.opt.workers {
-			m.Worker = true
+			m.IsWorker = true
 			// Odd prices, different per worker, so rounding and attribution show.
 			m.Price = market.Price{Prompt: 300_000_001 + uint64(i)*7, Completion: 1_500_000_007 + uint64(i)*13}
 		}
@@ -320,7 +321,7 @@ func TestModelPath() string {
 func (tn *Testnet) workerConfig(m *Member, cfg *node.Config) {
 	cfg.Enclave.Policy.AllowSim = true
 	cfg.Market.AcceptTEE = []string{"sim"}
-	if !m.Worker {
+	if !m.IsWorker {
 		return
 	}
 	cfg.Runtime.Models = []runtime.ModelConfig{{Path: TestModelPath(), ID: Model}}
