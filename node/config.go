@@ -13,6 +13,7 @@ import (
 	"github.com/BurntSushi/toml"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/cocoon-network/cocoon/enclave"
 	"github.com/cocoon-network/cocoon/p2p"
 	"github.com/cocoon-network/cocoon/runtime"
 )
@@ -24,6 +25,9 @@ type Config struct {
 	API     APIConfig      `toml:"api"`
 	Log     LogConfig      `toml:"log"`
 	Runtime runtime.Config `toml:"runtime"`
+	Market  MarketConfig   `toml:"market"`
+	Enclave EnclaveConfig  `toml:"enclave"`
+	Settle  SettleConfig   `toml:"settle"`
 
 	// Datadir is where the config, keys and state live; set by Load, not read from the file.
 	Datadir string `toml:"-"`
@@ -95,6 +99,18 @@ func Defaults() Config {
 		API:     APIConfig{Listen: DefaultAPI},
 		Log:     LogConfig{Level: "info", Format: "text"},
 		Runtime: runtime.Config{Backend: runtime.KindLlamaCPP},
+		Market: MarketConfig{
+			Prices:    []ModelPrice{},
+			AcceptTEE: []string{"tdx", "sev-snp"},
+		},
+		Enclave: EnclaveConfig{
+			Attester: string(enclave.KindNone),
+			Policy: enclave.Policy{
+				AllowedKinds:   []enclave.Kind{enclave.KindTDX, enclave.KindSNP},
+				MaxEvidenceAge: enclave.DefaultMaxEvidenceAge,
+			},
+		},
+		Settle: SettleConfig{Chain: ChainNone},
 	}
 }
 
@@ -180,6 +196,9 @@ func (c *Config) Validate() error {
 	if err := c.Runtime.Validate(); err != nil {
 		return err
 	}
+	if err := c.validateMarket(); err != nil {
+		return err
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -248,6 +267,58 @@ api_key_env = ""
 # [[runtime.models]]
 # path = "/models/stories260K.gguf"
 # id = "stories260K"      # default: the file name without .gguf
+
+[market]
+# What this node charges for the models it serves, in nanoTON per 1M prompt and
+# completion tokens; a served model without a price is not sold on the network.
+# Selling needs a wallet (settle.wallet). One table per model:
+# [[market.prices]]
+# model = "stories260K"
+# prompt = 100000000
+# completion = 400000000
+prices = []
+# Tokens a worker delivers before it waits for the next voucher (0: the market's default).
+credit_tokens = 0
+# The smallest channel deposit this worker asks of its clients, nanoTON.
+min_deposit = 0
+# As a client: the most this node pays per 1M prompt / completion tokens (0: no cap).
+max_prompt_price = 0
+max_completion_price = 0
+# As a client: the enclave kinds of the workers this node buys from: tdx, sev-snp,
+# none (no TEE: the worker sees the prompts), sim (needs enclave.policy.allow_sim).
+accept_tee = ["tdx", "sev-snp"]
+
+[enclave]
+# The evidence this node makes as a worker: "none", "tdx" or "sev-snp" (through the
+# kernel's configfs-tsm), or "sim" (SIMULATED, not confidential; testnets only,
+# refused unless policy.allow_sim = true).
+attester = "none"
+# For tdx and sev-snp: the hex measurement (TDX MRTD, SNP measurement) the ads announce.
+measurement = ""
+
+[enclave.policy]
+# The evidence this node accepts from workers.
+allowed_kinds = ["tdx", "sev-snp"]
+# Accept simulated TEEs (and allow attester = "sim"): testnets only.
+allow_sim = false
+# Accept debuggable guests, whose memory the host can read.
+allow_debug = false
+# Oldest signed evidence accepted (sim evidence carries a time).
+max_evidence_age = "5m0s"
+# Allow-lists of measurements per kind (absent: any measurement):
+# [enclave.policy.allowed_measurements]
+# tdx = ["<mrtd hex>"]
+
+[settle]
+# Where channels are settled: "none", or "devledger" (a SIMULATED chain, not TON,
+# served by 'cocoon ledger serve') at devledger_url.
+chain = "none"
+devledger_url = ""
+# The channel store; empty: <datadir>/channels.db.
+store = ""
+# The wallet's 24-word mnemonic file; empty: <datadir>/wallet.key (a node without
+# a wallet buys and sells nothing).
+wallet = ""
 
 [log]
 # debug, info, warn or error.

@@ -1,6 +1,8 @@
 package node
 
 import (
+	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -8,6 +10,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/cocoon-network/cocoon/runtime"
 )
 
 // The file `cocoon init` writes must say exactly what Defaults says.
@@ -36,6 +40,23 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"[log]\nformat = 'xml'", "log.format"},
 		{"[p2p]\nmdns = 'yes'", "mdns"},
 		{"[p2p\n", "line 2"},
+		{"[[market.prices]]\nmodel = ''\nprompt = 1", "market.prices[0].model"},
+		{"[[market.prices]]\nmodel = 'm'\nprompt = 1\n[[market.prices]]\nmodel = 'm'\nprompt = 2", "market.prices[1].model"},
+		{"[[market.prices]]\nmodel = 'm'", "market.prices[0]"},
+		{"[[market.prices]]\nmodel = 'm'\nprompt = -1", "market.prices[0].prompt"},
+		{"[market]\ncredit_tokens = -5", "market.credit_tokens"},
+		{"[market]\nmin_deposit = -5", "market.min_deposit"},
+		{"[market]\nmax_completion_price = -5", "market.max_completion_price"},
+		{"[market]\naccept_tee = ['sgx']", "market.accept_tee[0]"},
+		{"[market]\naccept_tee = ['sim']", "market.accept_tee[0]"},
+		{"[enclave]\nattester = 'sim'", "enclave.attester"},
+		{"[enclave]\nattester = 'magic'", "enclave.attester"},
+		{"[enclave]\nattester = 'tdx'", "enclave.measurement"},
+		{"[enclave.policy]\nallowed_kinds = ['sim']", "enclave.policy"},
+		{"[enclave.policy]\nmax_evidence_age = 'old'", "max_evidence_age"},
+		{"[settle]\nchain = 'ton'", "settle.chain"},
+		{"[settle]\nchain = 'devledger'", "settle.devledger_url"},
+		{"[settle]\ndevledger_url = 'http://127.0.0.1:8590'", "settle.devledger_url"},
 	} {
 		cfg := Defaults()
 		err := Parse([]byte(tc.toml), &cfg)
@@ -142,5 +163,34 @@ func TestAPINeedsToken(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(dir, APIAddrFile))
 	if err != nil || strings.TrimSpace(string(b)) != n.APIAddr {
 		t.Errorf("api.addr = %q, %v; want %s", b, err, n.APIAddr)
+	}
+}
+
+// A node that prices the models it serves but has no wallet cannot be paid: New
+// refuses it with one line naming the field, before loading any model.
+func TestSellerNeedsWallet(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Init(dir, false); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := filepath.Join(dir, "m.gguf")
+	if err := os.WriteFile(model, []byte("not loaded"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg.P2P.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.API.Listen = "127.0.0.1:0"
+	cfg.Runtime.Models = []runtime.ModelConfig{{Path: model, ID: "m"}}
+	cfg.Market.Prices = []ModelPrice{{Model: "m", Prompt: 1, Completion: 1}}
+	n, err := New(context.Background(), cfg, Options{Logger: slog.New(slog.DiscardHandler)})
+	if err == nil {
+		n.Close()
+		t.Fatal("New started a seller without a wallet")
+	}
+	if !strings.Contains(err.Error(), "market.prices") || !strings.Contains(err.Error(), "wallet") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("New = %v; want one line naming market.prices and the wallet", err)
 	}
 }

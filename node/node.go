@@ -16,11 +16,13 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 
+	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/node/gateway"
 	"github.com/cocoon-network/cocoon/p2p"
 	"github.com/cocoon-network/cocoon/runtime"
-	"github.com/cocoon-network/cocoon/runtime/backends"
 	"github.com/cocoon-network/cocoon/runtime/openaiapi"
+	"github.com/cocoon-network/cocoon/settle"
 )
 
 // Options are the parts of a node that do not come from its config file.
@@ -29,6 +31,9 @@ type Options struct {
 	Host    host.Host
 	Logger  *slog.Logger // nil: built from cfg.Log, writing to stderr
 	Version string
+	// Ledger replaces the chain of [settle] (testnet shares one in-process dev
+	// ledger, a simulated chain, between its nodes).
+	Ledger settle.Ledger
 }
 
 // Node is one running cocoon node.
@@ -44,6 +49,25 @@ type Node struct {
 	GPUs    []runtime.GPU
 	// GPUReason says why GPUs is empty.
 	GPUReason string
+
+	// Store is the channel store; Wallet the node's TON wallet and channel key
+	// (nil when <datadir>/wallet.key is absent: the node then buys and sells
+	// nothing); Chain the [settle] chain (nil for chain none).
+	Store  *settle.Store
+	Wallet *settle.Wallet
+	Chain  *settle.OnChain
+	// Payer pays this node's channels to workers; Payee takes vouchers on the
+	// channels clients opened to it. Both nil without a wallet.
+	Payer *settle.Payer
+	Payee *settle.Payee
+	// Payers finds the channel that pays each worker.
+	Payers *market.SettlePayers
+	// Client buys inference on the network; every node runs one, and /v1 goes
+	// through it for every model the node does not run itself.
+	Client *market.ClientService
+	// Worker sells Backend's priced models; nil unless the node serves models,
+	// [market] prices some of them and a wallet exists.
+	Worker *market.WorkerService
 
 	version string
 	started time.Time
@@ -116,21 +140,27 @@ func New(ctx context.Context, cfg Config, opt Options) (*Node, error) {
 		return nil, err
 	}
 	n.GPUs, n.GPUReason = runtime.DetectGPUs()
-	if len(cfg.Runtime.Models) > 0 || cfg.Runtime.Backend == runtime.KindOpenAI {
-		if n.Backend, err = backends.FromConfig(ctx, cfg.Runtime, log); err != nil {
-			l.Close()
-			n.P2P.Close()
-			return nil, err
-		}
+	// From here on, a failure closes what was started so far.
+	fail := func(err error) (*Node, error) {
+		l.Close()
+		n.closeParts()
+		return nil, err
+	}
+	if err := n.startMarket(ctx, cfg, opt); err != nil {
+		return fail(err)
 	}
 	n.APIAddr = l.Addr().String()
 	n.API = gateway.New(tok, n, log)
+	// Every node's /v1 is the market's client: see gatewayBackend for the models
+	// a worker runs itself.
+	gb := &gatewayBackend{net: n.Client, header: http.Header{"X-Cocoon-Worker": {n.P2P.Host.ID().String()}}}
 	if n.Backend != nil {
-		// A worker answers its own OpenAI-compatible API from its own backend.
-		h := openaiapi.NewHandler(n.Backend)
-		h.Logger = log
-		n.API.Handle("/v1/", h)
+		gb.local = n.Backend
+		gb.header.Set("X-Cocoon-TEE", enclave.Kind(cfg.Enclave.Attester).Tier())
 	}
+	h := openaiapi.NewHandler(gb)
+	h.Logger = log
+	n.API.Handle("/v1/", h)
 	go func() {
 		defer close(n.apiDone)
 		if err := n.API.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -191,7 +221,9 @@ func (n *Node) Peers() []gateway.Peer {
 	return out
 }
 
-// Close stops the API and the libp2p node. It is safe to call more than once.
+// Close stops everything New started, in reverse order: the API, the worker
+// service, the backend, the client service, the channel store and the libp2p
+// node. It is safe to call more than once.
 func (n *Node) Close() error {
 	n.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
@@ -200,12 +232,26 @@ func (n *Node) Close() error {
 			n.errs = errors.Join(n.errs, n.API.Shutdown(ctx))
 			<-n.apiDone
 		}
-		if n.Backend != nil {
-			n.errs = errors.Join(n.errs, n.Backend.Close())
-		}
-		n.errs = errors.Join(n.errs, n.P2P.Close())
+		n.closeParts()
 		os.Remove(filepath.Join(n.Config.Datadir, APIAddrFile))
 		n.Log.Info("node stopped")
 	})
 	return n.errs
+}
+
+// closeParts stops what startMarket and p2p started, in reverse order.
+func (n *Node) closeParts() {
+	if n.Worker != nil {
+		n.errs = errors.Join(n.errs, n.Worker.Close())
+	}
+	if n.Backend != nil {
+		n.errs = errors.Join(n.errs, n.Backend.Close())
+	}
+	if n.Client != nil {
+		n.errs = errors.Join(n.errs, n.Client.Close())
+	}
+	if n.Store != nil {
+		n.errs = errors.Join(n.errs, n.Store.Close())
+	}
+	n.errs = errors.Join(n.errs, n.P2P.Close())
 }

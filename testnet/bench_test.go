@@ -48,13 +48,14 @@ func BenchmarkGossip(b *testing.B) {
 			b.ResetTimer()
 			for b.Loop() {
 				i++
-				msg := fmt.Sprintf("bench ad %d", i)
 				src := tn.Nodes[rng.IntN(n)]
+				ad := testAd(b, src) // a real ad: every node's market client validates them
+				msg := string(ad)
 				start := time.Now()
-				if err := src.P2P.PublishAd(context.Background(), []byte(msg)); err != nil {
+				if err := src.P2P.PublishAd(context.Background(), ad); err != nil {
 					b.Fatal(err)
 				}
-				tn.WaitFor(30*time.Second, msg+" at 99% of nodes", func() bool {
+				tn.WaitFor(30*time.Second, fmt.Sprintf("ad %d at 99%% of nodes", i), func() bool {
 					mu.Lock()
 					defer mu.Unlock()
 					return len(arrivals[msg]) >= want+1 // +1: the publisher's own copy

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
+	goruntime "runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -17,8 +19,12 @@ import (
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/node"
 	"github.com/cocoon-network/cocoon/p2p"
+	"github.com/cocoon-network/cocoon/runtime"
+	"github.com/cocoon-network/cocoon/settle"
+	"github.com/cocoon-network/cocoon/settle/devledger"
 )
 
 // Transport says how the nodes of a testnet talk.
@@ -39,6 +45,7 @@ type options struct {
 	degree    int
 	seed      uint64
 	logW      io.Writer
+	workers   int
 }
 
 // Option configures New.
@@ -63,6 +70,21 @@ func Seed(s uint64) Option { return func(o *options) { o.seed = s } }
 // Logs sends every node's logs to w (default: discarded unless COCOON_TEST_LOG=1).
 func Logs(w io.Writer) Option { return func(o *options) { o.logW = w } }
 
+// Workers makes the last k nodes workers: each serves the test model
+// ($COCOON_TEST_MODEL, default ../shared/models/stories260K.gguf, as "stories260K")
+// on the embedded llama.cpp with one thread and one slot, at its own price,
+// attested by the simulated TEE (sim, NOT confidential; allow_sim is on in every
+// node of such a testnet). Every node gets a wallet; the testnet runs one
+// in-process dev ledger (a simulated chain, not TON) shared by all, funds each
+// client's wallet, and opens a channel from each client to each worker.
+func Workers(k int) Option { return func(o *options) { o.workers = k } }
+
+// Model is the id the workers of a testnet serve their model under.
+const Model = "stories260K"
+
+// Deposit is what each client deposits in each channel to a worker, nanoTON.
+const Deposit = 2_000_000_000
+
 // Testnet is a set of running nodes in this process. Its methods are for the test
 // goroutine; they fail the test on error.
 type Testnet struct {
@@ -73,6 +95,8 @@ type Testnet struct {
 	mn   mocknet.Mocknet
 	mu   sync.Mutex
 	logW io.Writer
+	// Ledger is the shared dev ledger (simulated chain, not TON); nil without workers.
+	Ledger *devledger.Ledger
 }
 
 // Member is one node of a testnet. Node is nil while it is killed.
@@ -80,6 +104,14 @@ type Member struct {
 	*node.Node
 	Index int
 	ID    peer.ID
+
+	// IsWorker says whether the member serves Model at Price (Node.Worker is its
+	// worker service).
+	IsWorker bool
+	Price    market.Price
+	// Channels maps each worker's index to the channel this member (a client)
+	// opened to it.
+	Channels map[int]settle.ChannelID
 
 	datadir string
 	key     crypto.PrivKey
@@ -105,6 +137,15 @@ func New(t testing.TB, opts ...Option) *Testnet {
 		tn.mn.SetLinkDefaults(mocknet.LinkOptions{Latency: o.latency})
 	}
 	t.Cleanup(tn.Close)
+	if o.workers > o.n {
+		t.Fatalf("testnet: %d workers among %d nodes", o.workers, o.n)
+	}
+	if o.workers > 0 {
+		var err error
+		if tn.Ledger, err = devledger.New(devledger.WithLogger(slog.New(slog.NewTextHandler(tn.logW, nil)).With("chain", devledger.Label))); err != nil {
+			t.Fatalf("testnet: dev ledger: %v", err)
+		}
+	}
 
 	var wg sync.WaitGroup
 	errs := make([]error, o.n)
@@ -152,7 +193,85 @@ func New(t testing.TB, opts ...Option) *Testnet {
 		}
 		return true
 	})
+	if o.workers > 0 {
+		tn.openChannels()
+	}
 	return tn
+}
+
+// Clients lists the members that serve no model.
+func (tn *Testnet) Clients() []*Member {
+	var out []*Member
+	for _, m := range tn.Nodes {
+		if !m.IsWorker {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// WorkerNodes lists the members that serve Model.
+func (tn *Testnet) WorkerNodes() []*Member {
+	var out []*Member
+	for _, m := range tn.Nodes {
+		if m.IsWorker {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// openChannels funds every client on the dev ledger, opens a channel from it to
+// every worker, and waits until each client's ad book holds every worker.
+//
+// Registering the channel on the worker with Payee.AddChannel straight from here
+// is a stop-gap: a worker should learn of a channel opened to it from the client
+// over the network and check it on the chain itself. Replace this with that
+// channel-discovery protocol once it exists.
+func (tn *Testnet) openChannels() {
+	tn.t.Helper()
+	ctx := context.Background()
+	workers := tn.WorkerNodes()
+	for _, c := range tn.Clients() {
+		addr := c.Wallet.Address(tn.Ledger.GlobalID())
+		if _, err := tn.Ledger.Faucet(addr, uint64(len(workers)+1)*Deposit); err != nil {
+			tn.t.Fatalf("testnet: fund node %d: %v", c.Index, err)
+		}
+		c.Channels = map[int]settle.ChannelID{}
+		for _, w := range workers {
+			id, err := settle.NewChannelID()
+			if err != nil {
+				tn.t.Fatal(err)
+			}
+			ch := settle.Channel{
+				ID: id, ClientKey: c.Wallet.PublicKey(), WorkerKey: w.Wallet.PublicKey(),
+				ClientAddr: addr, WorkerAddr: w.Wallet.Address(tn.Ledger.GlobalID()),
+				Closing: settle.DefaultClosing,
+			}
+			if _, err := c.Chain.Open(ctx, ch, Deposit); err != nil {
+				tn.t.Fatalf("testnet: open channel %d→%d: %v", c.Index, w.Index, err)
+			}
+			st, err := w.Chain.State(ctx, ch)
+			if err != nil || st.Status != settle.StatusOpen {
+				tn.t.Fatalf("testnet: channel %d→%d on the ledger: %v, %v", c.Index, w.Index, st, err)
+			}
+			if err := c.Payer.AddChannel(ch, Deposit); err != nil {
+				tn.t.Fatalf("testnet: client %d: add channel: %v", c.Index, err)
+			}
+			if err := w.Payee.AddChannel(ch, st.Storage.BalanceA); err != nil { // stop-gap, see above
+				tn.t.Fatalf("testnet: worker %d: add channel: %v", w.Index, err)
+			}
+			c.Channels[w.Index] = id
+		}
+	}
+	tn.WaitFor(60*time.Second, "every worker's ad in every client's book", func() bool {
+		for _, c := range tn.Clients() {
+			if len(c.Client.Book().ByModel(Model)) != len(workers) {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 func (tn *Testnet) prepare(i int) (*Member, error) {
@@ -168,7 +287,50 @@ func (tn *Testnet) prepare(i int) (*Member, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Member{Index: i, ID: id, datadir: dir, key: key}, nil
+	m := &Member{Index: i, ID: id, datadir: dir, key: key}
+	if tn.opt.workers > 0 {
+		if _, err := settle.CreateWalletKey(filepath.Join(dir, node.WalletFile)); err != nil {
+			return nil, err
+		}
+		if i >= tn.opt.n-tn.opt.workers {
+			m.IsWorker = true
+			// Odd prices, different per worker, so rounding and attribution show.
+			m.Price = market.Price{Prompt: 300_000_001 + uint64(i)*7, Completion: 1_500_000_007 + uint64(i)*13}
+		}
+	}
+	return m, nil
+}
+
+// repoRoot is the repository root, found from this file's path.
+func repoRoot() string {
+	_, file, _, _ := goruntime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), ".."))
+}
+
+// TestModelPath is the model the workers serve: $COCOON_TEST_MODEL or the shared
+// stories260K.
+func TestModelPath() string {
+	if p := os.Getenv("COCOON_TEST_MODEL"); p != "" {
+		return p
+	}
+	return filepath.Join(repoRoot(), "..", "shared", "models", "stories260K.gguf")
+}
+
+// workerConfig turns cfg into the config of a testnet member: sim TEE allowed and
+// accepted everywhere; a worker serves the test model at m.Price.
+func (tn *Testnet) workerConfig(m *Member, cfg *node.Config) {
+	cfg.Enclave.Policy.AllowSim = true
+	cfg.Market.AcceptTEE = []string{"sim"}
+	if !m.IsWorker {
+		return
+	}
+	cfg.Runtime.Models = []runtime.ModelConfig{{Path: TestModelPath(), ID: Model}}
+	if os.Getenv("COCOON_LLAMA_LIB") == "" {
+		cfg.Runtime.LibDir = filepath.Join(repoRoot(), ".cache", "llama", "lib")
+	}
+	cfg.Runtime.Threads, cfg.Runtime.Slots = 1, 1
+	cfg.Market.Prices = []node.ModelPrice{{Model: Model, Prompt: int64(m.Price.Prompt), Completion: int64(m.Price.Completion)}}
+	cfg.Enclave.Attester = "sim"
 }
 
 func (tn *Testnet) start(m *Member) error {
@@ -182,8 +344,14 @@ func (tn *Testnet) start(m *Member) error {
 	cfg.P2P.NATPortMap = false
 	cfg.P2P.RelayService = false
 	cfg.API.Listen = "127.0.0.1:0"
+	if tn.opt.workers > 0 {
+		tn.workerConfig(m, &cfg)
+	}
 	log := slog.New(slog.NewTextHandler(tn.logW, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", m.Index)
 	opt := node.Options{Logger: log, Version: "testnet"}
+	if tn.Ledger != nil {
+		opt.Ledger = tn.Ledger
+	}
 	if tn.mn != nil {
 		a, _ := ma.NewMultiaddr("/ip4/100.64." + strconv.Itoa(m.Index/250) + "." + strconv.Itoa(m.Index%250+1) + "/tcp/4001")
 		h, err := tn.mn.AddPeer(m.key, a)

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/cocoon-network/cocoon/market"
 )
 
 // inbox records, per node, the ads each node has received.
@@ -48,6 +50,23 @@ func (in *inbox) count(msg string, except int) int {
 	return n
 }
 
+// testAd is a valid capacity ad of m, new at each call.
+func testAd(t testing.TB, m *Member) []byte {
+	t.Helper()
+	ad := &market.Ad{
+		Peer: m.ID, Seq: uint64(time.Now().UnixMicro()), IssuedAt: time.Now(), TTL: time.Minute,
+		Models:     []market.ModelOffer{{ID: Model, ContextLength: 128, Price: market.Price{Prompt: 1, Completion: 1}}},
+		Capacity:   market.Capacity{SlotsTotal: 1, SlotsFree: 1},
+		TEE:        market.TEE{Kind: market.TEENone},
+		Settlement: market.Settlement{WalletAddress: fmt.Sprintf("wallet-of-node-%d", m.Index), ChannelKey: []byte{byte(m.Index)}},
+	}
+	b, err := ad.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func TestFiftyNodes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("50 nodes: not in -short")
@@ -85,11 +104,14 @@ func TestFiftyNodes(t *testing.T) {
 	}
 
 	// A gossip message from one node reaches all 49 others.
-	if err := tn.Nodes[5].P2P.PublishAd(ctx, []byte("ad from node 5")); err != nil {
+	// (Every node runs the market client, whose topic validator passes only
+	// well-formed ads signed by the peer they describe.)
+	ad5 := testAd(t, tn.Nodes[5])
+	if err := tn.Nodes[5].P2P.PublishAd(ctx, ad5); err != nil {
 		t.Fatal(err)
 	}
 	tn.WaitFor(15*time.Second, "ad from node 5 at all 49 others", func() bool {
-		return in.count("ad from node 5", 5) == 49
+		return in.count(string(ad5), 5) == 49
 	})
 
 	// A node that has just started publishes at once, before its gossip mesh has
@@ -101,7 +123,7 @@ func TestFiftyNodes(t *testing.T) {
 	tn.WaitFor(5*time.Second, "the restarted node to see a subscriber", func() bool {
 		return len(fresh.P2P.Ads.ListPeers()) > 0
 	})
-	msg := fmt.Sprintf("first ad of restarted node %d", fresh.Index)
+	msg := string(testAd(t, fresh))
 	if err := fresh.P2P.PublishAd(ctx, []byte(msg)); err != nil {
 		t.Fatal(err)
 	}

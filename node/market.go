@@ -1,0 +1,157 @@
+package node
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/google/go-configfs-tsm/configfs/linuxtsm"
+
+	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/runtime"
+	"github.com/cocoon-network/cocoon/runtime/backends"
+	"github.com/cocoon-network/cocoon/settle"
+	"github.com/cocoon-network/cocoon/settle/devledger"
+)
+
+// Default money files inside a datadir.
+const StoreFile = "channels.db"
+
+// errNoWallet is why a node without a wallet pays no worker.
+var errNoWallet = errors.New("no wallet: this node has no " + WalletFile + " and pays no worker")
+
+// StorePath and WalletPath are the [settle] files, defaults resolved.
+func (c *Config) StorePath() string {
+	if c.Settle.Store != "" {
+		return c.Settle.Store
+	}
+	return filepath.Join(c.Datadir, StoreFile)
+}
+
+// WalletPath is the wallet's mnemonic file.
+func (c *Config) WalletPath() string {
+	if c.Settle.Wallet != "" {
+		return c.Settle.Wallet
+	}
+	return filepath.Join(c.Datadir, WalletFile)
+}
+
+// startMarket opens the money side (store, wallet, chain), starts the client
+// service, the backend and, on a node that sells, the worker service: the client
+// first, because it installs the ads validator that the worker's own first ad
+// must find (see market/net.go).
+func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
+	log := n.Log
+	var err error
+	if n.Store, err = settle.OpenStore(cfg.StorePath(), log); err != nil {
+		return err
+	}
+	switch _, serr := os.Stat(cfg.WalletPath()); {
+	case serr == nil:
+		if n.Wallet, err = settle.LoadWallet(cfg.WalletPath()); err != nil {
+			return fmt.Errorf("settle.wallet: %w", err)
+		}
+	case errors.Is(serr, os.ErrNotExist):
+		log.Info("no wallet: this node buys and sells nothing", "wallet", cfg.WalletPath())
+	default:
+		return fmt.Errorf("settle.wallet: %w", serr)
+	}
+	ledger := opt.Ledger
+	if ledger == nil && cfg.Settle.Chain == ChainDevLedger {
+		if ledger, err = devledger.Dial(ctx, cfg.Settle.DevLedgerURL); err != nil {
+			return fmt.Errorf("settle.devledger_url: %w", err)
+		}
+	}
+	globalID := int32(settle.MainnetGlobalID)
+	if ledger != nil {
+		globalID = ledger.GlobalID()
+		if n.Wallet != nil {
+			n.Chain = settle.NewChain(ledger, n.Wallet)
+			n.Chain.Log = log
+		}
+		log.Info("settling on "+ledger.Name(), "chain", ledger.Name())
+	}
+
+	verifier, err := enclave.NewVerifier(cfg.Enclave.Policy, nil)
+	if err != nil {
+		return fmt.Errorf("enclave.policy: %w", err)
+	}
+	payer := func(market.Candidate) (market.Payer, error) { return nil, errNoWallet }
+	if n.Wallet != nil {
+		n.Payer, n.Payee = n.Store.Payer(n.Wallet), n.Store.Payee(n.Wallet)
+		n.Payers = market.NewSettlePayers(n.Payer)
+		payer = n.Payers.Payer
+	}
+	if n.Client, err = market.NewClientService(market.ClientConfig{
+		Node: n.P2P, Payer: payer, Verifier: verifier, Policy: cfg.clientPolicy(), Logger: log,
+	}); err != nil {
+		return fmt.Errorf("start market client: %w", err)
+	}
+
+	prices := cfg.prices()
+	if len(prices) > 0 && len(cfg.Runtime.Models) > 0 && n.Wallet == nil {
+		return fmt.Errorf("market.prices: selling needs a wallet at %s (settle.wallet)", cfg.WalletPath())
+	}
+	if len(cfg.Runtime.Models) > 0 || cfg.Runtime.Backend == runtime.KindOpenAI {
+		if n.Backend, err = backends.FromConfig(ctx, cfg.Runtime, log); err != nil {
+			return err
+		}
+	}
+	if n.Backend == nil || len(prices) == 0 {
+		return nil
+	}
+	if n.Wallet == nil {
+		return fmt.Errorf("market.prices: selling needs a wallet at %s (settle.wallet)", cfg.WalletPath())
+	}
+	tee, att, err := attester(cfg.Enclave)
+	if err != nil {
+		return err
+	}
+	if tee.Kind == market.TEESim {
+		log.Warn("simulated TEE: this worker's answers are NOT confidential (testnets only)")
+	}
+	gpus := make([]market.GPU, 0, len(n.GPUs))
+	for _, g := range n.GPUs {
+		gpus = append(gpus, market.GPU{Name: g.Name, VRAM: g.VRAMBytes})
+	}
+	if n.Worker, err = market.NewWorkerService(market.WorkerConfig{
+		Node: n.P2P, Backend: n.Backend, Prices: prices, Payee: market.SettlePayee{P: n.Payee},
+		Settlement: market.Settlement{
+			WalletAddress: settle.Friendly(n.Wallet.Address(globalID)),
+			ChannelKey:    n.Wallet.PublicKey(), MinDeposit: uint64(cfg.Market.MinDeposit),
+		},
+		TEE: tee, Attester: att, GPUs: gpus, CreditTokens: cfg.Market.CreditTokens, Logger: log,
+	}); err != nil {
+		return fmt.Errorf("start market worker: %w", err)
+	}
+	return nil
+}
+
+// attester builds the [enclave] attester and the TEE the ads announce.
+func attester(c EnclaveConfig) (market.TEE, enclave.Attester, error) {
+	switch enclave.Kind(c.Attester) {
+	case enclave.KindSim:
+		return market.TEE{Kind: market.TEESim, Measurement: enclave.DefaultSimMeasurement[:]},
+			enclave.NewSimAttester(nil, enclave.DefaultSimMeasurement, nil), nil
+	case enclave.KindTDX, enclave.KindSNP:
+		m, _ := hex.DecodeString(c.Measurement) // validated
+		client, err := linuxtsm.MakeClient()
+		if err != nil {
+			return market.TEE{}, nil, fmt.Errorf("enclave.attester %s: %w: %w", c.Attester, enclave.ErrNoTSM, err)
+		}
+		a, err := enclave.NewTSMAttester(client)
+		if err != nil {
+			return market.TEE{}, nil, fmt.Errorf("enclave.attester %s: %w", c.Attester, err)
+		}
+		if string(a.Kind()) != c.Attester {
+			return market.TEE{}, nil, fmt.Errorf("enclave.attester: %s configured, but this machine's TEE is %s", c.Attester, a.Kind())
+		}
+		kind, _ := market.ParseTEEKind(c.Attester)
+		return market.TEE{Kind: kind, Measurement: m}, a, nil
+	}
+	return market.TEE{Kind: market.TEENone}, nil, nil
+}

@@ -1,0 +1,160 @@
+package node
+
+import (
+	"encoding/hex"
+	"fmt"
+	"slices"
+
+	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/market"
+)
+
+// MarketConfig is the [market] section: what this node charges for the models it
+// serves (the worker side) and what it accepts when it buys (the client side).
+type MarketConfig struct {
+	// Prices lists the price of every model sold; a served model without a price
+	// is not sold on the network.
+	Prices []ModelPrice `toml:"prices"`
+	// CreditTokens is how many tokens a worker delivers before it waits for a
+	// voucher (0: the market's default).
+	CreditTokens int `toml:"credit_tokens"`
+	// MinDeposit is the smallest channel deposit this worker asks for, nanoTON.
+	MinDeposit int64 `toml:"min_deposit"`
+	// MaxPromptPrice and MaxCompletionPrice cap what this node pays as a client,
+	// nanoTON per 1M tokens; 0: no cap.
+	MaxPromptPrice     int64 `toml:"max_prompt_price"`
+	MaxCompletionPrice int64 `toml:"max_completion_price"`
+	// AcceptTEE lists the enclave kinds of the workers this node buys from:
+	// "tdx", "sev-snp", "sim" (needs enclave.policy.allow_sim) and "none".
+	AcceptTEE []string `toml:"accept_tee"`
+}
+
+// ModelPrice is one [[market.prices]] entry. Amounts are signed in the file so
+// that a negative one is refused rather than wrapped to a huge price.
+type ModelPrice struct {
+	Model      string `toml:"model"`
+	Prompt     int64  `toml:"prompt"`     // nanoTON per 1M prompt tokens
+	Completion int64  `toml:"completion"` // nanoTON per 1M completion tokens
+}
+
+// EnclaveConfig is the [enclave] section: the evidence this node makes as a
+// worker (Attester) and the evidence it accepts from workers (Policy).
+type EnclaveConfig struct {
+	// Attester is "none" (no TEE), "tdx" or "sev-snp" (through configfs-tsm), or
+	// "sim" (simulated, not confidential; refused unless policy.allow_sim is on).
+	Attester string `toml:"attester"`
+	// Measurement is the hex measurement the ads announce for tdx (MRTD) or
+	// sev-snp; required for those kinds.
+	Measurement string         `toml:"measurement"`
+	Policy      enclave.Policy `toml:"policy"`
+}
+
+// SettleConfig is the [settle] section: the chain and the local money files.
+type SettleConfig struct {
+	// Chain is "none" or "devledger" (a simulated chain, not TON, at DevLedgerURL).
+	Chain        string `toml:"chain"`
+	DevLedgerURL string `toml:"devledger_url"`
+	// Store is the channel store; "": <datadir>/channels.db.
+	Store string `toml:"store"`
+	// Wallet is the wallet's mnemonic file; "": <datadir>/wallet.key.
+	Wallet string `toml:"wallet"`
+}
+
+// Chains a node can settle on.
+const (
+	ChainNone      = "none"
+	ChainDevLedger = "devledger"
+)
+
+func (c *Config) validateMarket() error {
+	seen := map[string]bool{}
+	for i, p := range c.Market.Prices {
+		if p.Model == "" {
+			return fmt.Errorf("market.prices[%d].model: empty", i)
+		}
+		if seen[p.Model] {
+			return fmt.Errorf("market.prices[%d].model: %q is priced twice", i, p.Model)
+		}
+		seen[p.Model] = true
+		if p.Prompt < 0 {
+			return fmt.Errorf("market.prices[%d].prompt: %d is negative", i, p.Prompt)
+		}
+		if p.Completion < 0 {
+			return fmt.Errorf("market.prices[%d].completion: %d is negative", i, p.Completion)
+		}
+		if p.Prompt == 0 && p.Completion == 0 {
+			return fmt.Errorf("market.prices[%d]: model %q has neither a prompt nor a completion price", i, p.Model)
+		}
+	}
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{{"min_deposit", c.Market.MinDeposit}, {"max_prompt_price", c.Market.MaxPromptPrice}, {"max_completion_price", c.Market.MaxCompletionPrice}} {
+		if f.v < 0 {
+			return fmt.Errorf("market.%s: %d is negative", f.name, f.v)
+		}
+	}
+	if c.Market.CreditTokens < 0 {
+		return fmt.Errorf("market.credit_tokens: %d is negative", c.Market.CreditTokens)
+	}
+	for i, k := range c.Market.AcceptTEE {
+		tk, err := market.ParseTEEKind(k)
+		if err != nil || tk == market.TEEUnknown {
+			return fmt.Errorf("market.accept_tee[%d]: %q is not tdx, sev-snp, sim or none", i, k)
+		}
+		if tk == market.TEESim && !c.Enclave.Policy.AllowSim {
+			return fmt.Errorf("market.accept_tee[%d]: sim needs enclave.policy.allow_sim = true (testnets only)", i)
+		}
+	}
+	switch c.Enclave.Attester {
+	case string(enclave.KindNone), string(enclave.KindTDX), string(enclave.KindSNP):
+	case string(enclave.KindSim):
+		if !c.Enclave.Policy.AllowSim {
+			return fmt.Errorf("enclave.attester: sim (simulated TEE, not confidential) needs enclave.policy.allow_sim = true (testnets only)")
+		}
+	default:
+		return fmt.Errorf("enclave.attester: %q is not none, tdx, sev-snp or sim", c.Enclave.Attester)
+	}
+	if c.Enclave.Attester == string(enclave.KindTDX) || c.Enclave.Attester == string(enclave.KindSNP) {
+		if b, err := hex.DecodeString(c.Enclave.Measurement); err != nil || len(b) == 0 || len(b) > enclave.MeasurementSize {
+			return fmt.Errorf("enclave.measurement: %q is not the hex measurement of at most %d bytes that %s needs", c.Enclave.Measurement, enclave.MeasurementSize, c.Enclave.Attester)
+		}
+	}
+	if err := c.Enclave.Policy.Validate(); err != nil {
+		return fmt.Errorf("enclave.policy: %w", err)
+	}
+	switch c.Settle.Chain {
+	case ChainNone:
+		if c.Settle.DevLedgerURL != "" {
+			return fmt.Errorf("settle.devledger_url: set, but settle.chain is none")
+		}
+	case ChainDevLedger:
+		if c.Settle.DevLedgerURL == "" {
+			return fmt.Errorf("settle.devledger_url: empty, but settle.chain is devledger")
+		}
+	default:
+		return fmt.Errorf("settle.chain: %q is not none or devledger", c.Settle.Chain)
+	}
+	return nil
+}
+
+// prices returns the [market] prices by model.
+func (c *Config) prices() map[string]market.Price {
+	out := make(map[string]market.Price, len(c.Market.Prices))
+	for _, p := range c.Market.Prices {
+		out[p.Model] = market.Price{Prompt: uint64(p.Prompt), Completion: uint64(p.Completion)}
+	}
+	return out
+}
+
+// clientPolicy is the ClientService's default policy from [market].
+func (c *Config) clientPolicy() market.Policy {
+	pol := market.Policy{MaxPrice: market.Price{Prompt: uint64(c.Market.MaxPromptPrice), Completion: uint64(c.Market.MaxCompletionPrice)}}
+	for _, k := range c.Market.AcceptTEE {
+		tk, _ := market.ParseTEEKind(k) // validated
+		if !slices.Contains(pol.TEE, tk) {
+			pol.TEE = append(pol.TEE, tk)
+		}
+	}
+	return pol
+}
