@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cocoon-network/cocoon/market/pb"
+	"github.com/cocoon-network/cocoon/settle"
 )
 
 // The job stream, one per job, each message a varint-length-delimited pb.Frame:
@@ -56,6 +57,7 @@ const (
 	maxStops       = 8
 	maxStopLen     = 256
 	maxNonceLen    = 64
+	maxChannelAddr = 80 // a TON address: 48 characters user-friendly, 66 raw
 	maxMessages    = 4096
 	maxBlobLen     = 4 << 10 // vouchers, receipts, channel keys
 	maxChunkText   = 16 << 10
@@ -154,6 +156,7 @@ type Timeouts struct {
 	Voucher    time.Duration // worker: a Voucher once the credit window is spent, and the final one after Done [10s]
 	Done       time.Duration // client: Done after it sent Cancel [5s]
 	Write      time.Duration // either: one message write, where the stream has write deadlines [10s]
+	Channel    time.Duration // worker: the chain lookup of the channel a client names in Open [10s]
 }
 
 func (t Timeouts) withDefaults() Timeouts {
@@ -170,6 +173,7 @@ func (t Timeouts) withDefaults() Timeouts {
 	def(&t.Voucher, 10*time.Second)
 	def(&t.Done, 5*time.Second)
 	def(&t.Write, 10*time.Second)
+	def(&t.Channel, 10*time.Second)
 	return t
 }
 
@@ -355,6 +359,14 @@ func checkOpen(m *pb.Open) error {
 	}
 	if len(m.GetNonce()) > maxNonceLen {
 		return fmt.Errorf("open: nonce of %d bytes", len(m.GetNonce()))
+	}
+	if c := m.GetChannel(); c != "" {
+		if len(c) > maxChannelAddr {
+			return fmt.Errorf("open: channel address of %d bytes", len(c))
+		}
+		if _, err := settle.ParseAddress(c); err != nil {
+			return fmt.Errorf("open: channel: %w", err)
+		}
 	}
 	p := m.GetParams()
 	if t := p.GetTemperature(); math.IsNaN(t) || t < 0 || t > 10 {

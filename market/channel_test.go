@@ -1,0 +1,260 @@
+package market_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
+
+	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/p2p"
+	"github.com/cocoon-network/cocoon/runtime"
+	"github.com/cocoon-network/cocoon/settle"
+	"github.com/cocoon-network/cocoon/settle/devledger"
+)
+
+// wordBackend answers every request with the same words, one token each: enough
+// to run paid jobs without a model.
+type wordBackend struct{ words []string }
+
+func (b wordBackend) Models() []runtime.Model {
+	return []runtime.Model{{ID: netModel, ContextLength: 2048}}
+}
+func (b wordBackend) Close() error { return nil }
+func (b wordBackend) Generate(_ context.Context, r runtime.Request) (runtime.Stream, error) {
+	if r.Model != netModel {
+		return nil, runtime.ErrUnknownModel
+	}
+	prompt := 0
+	for _, m := range r.Messages {
+		prompt += len(strings.Fields(m.Content))
+	}
+	return &wordStream{words: b.words, prompt: prompt}, nil
+}
+
+type wordStream struct {
+	words  []string
+	next   int
+	prompt int
+}
+
+func (s *wordStream) Recv() (runtime.Delta, error) {
+	if s.next == len(s.words) {
+		return runtime.Delta{}, io.EOF
+	}
+	s.next++
+	return runtime.Delta{Text: " " + s.words[s.next-1], Tokens: 1}, nil
+}
+func (s *wordStream) Usage() runtime.Usage {
+	return runtime.Usage{PromptTokens: s.prompt, CompletionTokens: s.next}
+}
+func (s *wordStream) FinishReason() string { return runtime.FinishStop }
+func (s *wordStream) Close() error         { return nil }
+
+// chanFixture is a client and one worker on a mocknet, sharing a dev ledger
+// (simulated chain, not TON), sim TEE (not confidential). The worker's settle
+// store starts empty: it knows no channel, only how to read them from the chain.
+type chanFixture struct {
+	ledger *devledger.Ledger
+	client *settle.Wallet
+	chain  *settle.OnChain
+	payer  *settle.Payer
+	payers *market.SettlePayers
+	cs     *market.ClientService
+	worker *settle.Wallet
+	wnode  *p2p.Node
+	payee  *settle.Payee
+	price  market.Price
+}
+
+func newChanFixture(t *testing.T) *chanFixture {
+	t.Helper()
+	ctx := context.Background()
+	log := netLogger()
+	mn := mocknet.New()
+	t.Cleanup(func() { mn.Close() })
+	nodes := make([]*p2p.Node, 2)
+	for i := range nodes {
+		h, err := mn.GenPeer()
+		if err != nil {
+			t.Fatal(err)
+		}
+		nd, err := p2p.New(ctx, p2p.Config{Host: h, DHTMode: p2p.DHTServer, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nd.Close() })
+		nodes[i] = nd
+	}
+	if err := mn.LinkAll(); err != nil {
+		t.Fatal(err)
+	}
+	if err := mn.ConnectAllButSelf(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "DHT routing tables", func() bool {
+		return nodes[0].DHT.RoutingTable().Size() > 0 && nodes[1].DHT.RoutingTable().Size() > 0
+	})
+	ledger, err := devledger.New(devledger.WithLogger(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &chanFixture{ledger: ledger, client: newWallet(t), worker: newWallet(t), wnode: nodes[1],
+		price: market.Price{Prompt: 300_000_001, Completion: 1_500_000_007}}
+	if _, err := ledger.Faucet(f.client.Address(ledger.GlobalID()), 3*netDeposit+1_000_000_000); err != nil {
+		t.Fatal(err)
+	}
+	f.chain = settle.NewChain(ledger, f.client)
+	f.chain.Log = log
+	f.payer = openStore(t, "client").Payer(f.client)
+	f.payee = openStore(t, "worker").Payee(f.worker)
+
+	verifier, err := enclave.NewVerifier(enclave.Policy{AllowSim: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.payers = market.NewSettlePayers(f.payer)
+	f.cs, err = market.NewClientService(market.ClientConfig{
+		Node: nodes[0], Payer: f.payers.Payer, Verifier: verifier, MaxAttempts: 1,
+		Policy: market.Policy{TEE: []market.TEEKind{market.TEESim}}, Logger: log.With("client", 0),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.cs.Close() })
+	words := strings.Fields("the worker learnt the channel from the chain and was paid for every word")
+	svc, err := market.NewWorkerService(market.WorkerConfig{
+		Node: nodes[1], Backend: wordBackend{words: words}, Payee: market.SettlePayee{P: f.payee},
+		Channels:   market.LedgerChannels(ledger),
+		Prices:     map[string]market.Price{netModel: f.price},
+		Settlement: market.Settlement{WalletAddress: settle.Friendly(f.worker.Address(ledger.GlobalID())), ChannelKey: f.worker.PublicKey(), MinDeposit: 1_000_000},
+		TEE:        market.TEE{Kind: market.TEESim, Measurement: enclave.DefaultSimMeasurement[:]},
+		Attester:   enclave.NewSimAttester(nil, enclave.DefaultSimMeasurement, nil),
+		Logger:     log.With("worker", 1),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	waitFor(t, 30*time.Second, "the worker's ad in the client's book", func() bool {
+		return len(f.cs.Book().ByModel(netModel)) == 1
+	})
+	return f
+}
+
+// open opens a channel from the client to workerKey's owner on the ledger and
+// records it in the client's store only.
+func (f *chanFixture) open(t *testing.T, worker *settle.Wallet, deploy bool) settle.Channel {
+	t.Helper()
+	id, err := settle.NewChannelID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := settle.Channel{
+		ID: id, ClientKey: f.client.PublicKey(), WorkerKey: worker.PublicKey(),
+		ClientAddr: f.client.Address(f.ledger.GlobalID()), WorkerAddr: worker.Address(f.ledger.GlobalID()),
+		Closing: settle.DefaultClosing,
+	}
+	if deploy {
+		if _, err := f.chain.Open(context.Background(), ch, netDeposit); err != nil {
+			t.Fatalf("open channel: %v", err)
+		}
+	}
+	if err := f.payer.AddChannel(ch, netDeposit); err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
+func chanRequest() runtime.Request {
+	seed := uint64(7)
+	return runtime.Request{Model: netModel, Messages: []runtime.Message{{Role: "user", Content: "tell me about channels"}}, Seed: &seed}
+}
+
+// TestNetChannelLearntFromChain: a client opens a channel on the ledger that the
+// worker never heard of; the worker learns it from the contract when the client
+// names it in Open, and the first job is served and paid exactly.
+func TestNetChannelLearntFromChain(t *testing.T) {
+	f := newChanFixture(t)
+	ch := f.open(t, f.worker, true)
+	if _, err := f.payee.Latest(ch.ID); !errors.Is(err, settle.ErrUnknownChannel) {
+		t.Fatalf("worker's store before the job: %v; want unknown channel", err)
+	}
+	for job := 1; job <= 2; job++ { // the second job finds the channel known
+		s, err := f.cs.Generate(context.Background(), chanRequest())
+		if err != nil {
+			t.Fatalf("job %d: generate: %v", job, err)
+		}
+		ans, err := drain(s)
+		s.Close()
+		if err != nil {
+			t.Fatalf("job %d: %v", job, err)
+		}
+		if ans.usage.CompletionTokens == 0 || ans.tokens != ans.usage.CompletionTokens {
+			t.Fatalf("job %d: answer %+v", job, ans)
+		}
+	}
+	rec, err := f.payee.Latest(ch.ID)
+	if err != nil {
+		t.Fatalf("worker's store after the jobs: %v", err)
+	}
+	if rec.Deposit != netDeposit || !rec.Channel.ClientKey.Equal(ch.ClientKey) {
+		t.Fatalf("learnt record: deposit %d, client key %x; want %d, %x", rec.Deposit, rec.Channel.ClientKey, netDeposit, ch.ClientKey)
+	}
+	// Two identical jobs: each costs the same.
+	one, err := market.Cost(f.price, uint64(len(strings.Fields(chanRequest().Messages[0].Content))), 14)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bal, err := f.payee.Balance(ch.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crec, err := f.payer.Latest(ch.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bal != 2*one || crec.Sent != 2*one {
+		t.Fatalf("worker balance %d, client sent %d; want the cost of two jobs, %d", bal, crec.Sent, 2*one)
+	}
+	t.Logf("worker learnt channel %s from the ledger; balance %d nanoTON = 2 × %d", ch.ID, bal, one)
+}
+
+// TestNetChannelForeignRefused: a client that names a channel whose worker key
+// is someone else's, or a channel that is not on the chain, is rejected with
+// RejectNoChannel before any work, and pays nothing.
+func TestNetChannelForeignRefused(t *testing.T) {
+	f := newChanFixture(t)
+	for _, tc := range []struct {
+		name string
+		ch   func() settle.Channel
+	}{
+		{"another worker's key", func() settle.Channel { return f.open(t, newWallet(t), true) }},
+		{"not on the chain", func() settle.Channel { return f.open(t, f.worker, false) }},
+	} {
+		ch := tc.ch()
+		f.payers.Bind(f.wnode.Host.ID(), ch.ID)
+		s, err := f.cs.Generate(context.Background(), chanRequest())
+		if err == nil {
+			_, err = drain(s)
+			s.Close()
+		}
+		var rej *market.RejectError
+		if !errors.As(err, &rej) || rej.Code != market.RejectNoChannel {
+			t.Fatalf("%s: err %v; want a reject with code %v", tc.name, err, market.RejectNoChannel)
+		}
+		if rec, err := f.payer.Latest(ch.ID); err != nil || rec.Sent != 0 || rec.Seqno != 0 {
+			t.Fatalf("%s: client channel %+v, %v; want nothing sent", tc.name, rec, err)
+		}
+		if _, err := f.payee.Latest(ch.ID); !errors.Is(err, settle.ErrUnknownChannel) {
+			t.Fatalf("%s: worker stored the channel: %v", tc.name, err)
+		}
+		t.Logf("%s: %v", tc.name, fmt.Sprint(err))
+	}
+}
