@@ -10,6 +10,7 @@ import (
 	"time"
 
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
+	"github.com/xssnick/tonutils-go/address"
 
 	"github.com/cocoon-network/cocoon/enclave"
 	"github.com/cocoon-network/cocoon/market"
@@ -128,9 +129,8 @@ func newChanFixture(t *testing.T) *chanFixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.cs.Close() })
-	words := strings.Fields("the worker learnt the channel from the chain and was paid for every word")
 	svc, err := market.NewWorkerService(market.WorkerConfig{
-		Node: nodes[1], Backend: wordBackend{words: words}, Payee: market.SettlePayee{P: f.payee},
+		Node: nodes[1], Backend: wordBackend{words: chanWords}, Payee: market.SettlePayee{P: f.payee},
 		Channels:   market.LedgerChannels(ledger),
 		Prices:     map[string]market.Price{netModel: f.price},
 		Settlement: market.Settlement{WalletAddress: settle.Friendly(f.worker.Address(ledger.GlobalID())), ChannelKey: f.worker.PublicKey(), MinDeposit: 1_000_000},
@@ -172,6 +172,9 @@ func (f *chanFixture) open(t *testing.T, worker *settle.Wallet, deploy bool) set
 	return ch
 }
 
+// chanWords is the worker's answer to every job, one token a word.
+var chanWords = strings.Fields("the worker learnt the channel from the chain and was paid for every word")
+
 func chanRequest() runtime.Request {
 	seed := uint64(7)
 	return runtime.Request{Model: netModel, Messages: []runtime.Message{{Role: "user", Content: "tell me about channels"}}, Seed: &seed}
@@ -207,8 +210,8 @@ func TestNetChannelLearntFromChain(t *testing.T) {
 	if rec.Deposit != netDeposit || !rec.Channel.ClientKey.Equal(ch.ClientKey) {
 		t.Fatalf("learnt record: deposit %d, client key %x; want %d, %x", rec.Deposit, rec.Channel.ClientKey, netDeposit, ch.ClientKey)
 	}
-	// Two identical jobs: each costs the same.
-	one, err := market.Cost(f.price, uint64(len(strings.Fields(chanRequest().Messages[0].Content))), 14)
+	// Two identical jobs: each costs the same, computed here from the tokens.
+	one, err := market.Cost(f.price, uint64(len(strings.Fields(chanRequest().Messages[0].Content))), uint64(len(chanWords)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,5 +259,82 @@ func TestNetChannelForeignRefused(t *testing.T) {
 			t.Fatalf("%s: worker stored the channel: %v", tc.name, err)
 		}
 		t.Logf("%s: %v", tc.name, fmt.Sprint(err))
+	}
+}
+
+// TestSettlePayeeLearn checks each refusal of Learn on states a lookup may
+// report, and that a known channel's deposit follows the chain.
+func TestSettlePayeeLearn(t *testing.T) {
+	ctx := context.Background()
+	client, worker := newWallet(t), newWallet(t)
+	payee := openStore(t, "worker").Payee(worker)
+	sp := market.SettlePayee{P: payee}
+	id, err := settle.NewChannelID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := settle.Channel{
+		ID: id, ClientKey: client.PublicKey(), WorkerKey: worker.PublicKey(),
+		ClientAddr: client.Address(devledger.GlobalID), WorkerAddr: worker.Address(devledger.GlobalID),
+		Closing: settle.DefaultClosing,
+	}
+	addr, err := ch.Address()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// state is what the fake chain reports for addr.
+	state := func(status settle.ChannelStatus, balanceA uint64) market.ChannelLookup {
+		return func(_ context.Context, a *address.Address) (settle.Channel, *settle.ChannelState, error) {
+			if !a.Equals(addr) {
+				return settle.Channel{}, nil, fmt.Errorf("no account at %s", a)
+			}
+			st := ch.InitialStorage()
+			st.Inited, st.BalanceA = status != settle.StatusUninitialized, balanceA
+			return ch, &settle.ChannelState{Status: status, Storage: &st}, nil
+		}
+	}
+	other := worker.Address(devledger.GlobalID).String()
+	for _, tc := range []struct {
+		name   string
+		lookup market.ChannelLookup
+		addr   string
+	}{
+		{"uninitialised", state(settle.StatusUninitialized, netDeposit), addr.String()},
+		{"closing", state(settle.StatusClosureStarted, netDeposit), addr.String()},
+		{"unfunded", state(settle.StatusOpen, 0), addr.String()},
+		{"no contract", state(settle.StatusOpen, netDeposit), other},
+		{"bad address", state(settle.StatusOpen, netDeposit), "nowhere"},
+	} {
+		if err := sp.Learn(ctx, tc.lookup, tc.addr); err == nil {
+			t.Errorf("%s: learnt", tc.name)
+		}
+		if _, err := payee.Latest(id); !errors.Is(err, settle.ErrUnknownChannel) {
+			t.Fatalf("%s: stored: %v", tc.name, err)
+		}
+	}
+	if err := sp.Learn(ctx, state(settle.StatusOpen, netDeposit), addr.String()); err != nil {
+		t.Fatalf("open, funded: %v", err)
+	}
+	if err := sp.Learn(ctx, state(settle.StatusOpen, 2*netDeposit), addr.String()); err != nil {
+		t.Fatalf("again, deposit raised: %v", err)
+	}
+	if r, err := payee.Latest(id); err != nil || r.Deposit != 2*netDeposit {
+		t.Fatalf("record %+v, %v; want deposit %d", r, err, 2*netDeposit)
+	}
+	// A lookup that reports a channel paying another key is refused by the
+	// payee's own key check, whatever the lookup says.
+	foreign := ch
+	foreign.WorkerKey = client.PublicKey()
+	lie := func(context.Context, *address.Address) (settle.Channel, *settle.ChannelState, error) {
+		st := foreign.InitialStorage()
+		st.Inited, st.BalanceA = true, netDeposit
+		return foreign, &settle.ChannelState{Status: settle.StatusOpen, Storage: &st}, nil
+	}
+	foreign.ID[0] ^= 1
+	if err := sp.Learn(ctx, lie, addr.String()); err == nil {
+		t.Fatal("learnt a channel that pays another key")
+	}
+	if _, err := payee.Latest(foreign.ID); !errors.Is(err, settle.ErrUnknownChannel) {
+		t.Fatalf("foreign channel stored: %v", err)
 	}
 }
