@@ -246,7 +246,11 @@ func (w *WorkerService) handle(s network.Stream) {
 	ws := newWorkerStream(s)
 	err := w.worker.Serve(w.ctx, ws)
 	ws.stopReading()
-	if err != nil {
+	// A reject is a clean end: Close delivers the Reject frame, where Reset
+	// may drop it before the client has read it (the client then sees a reset,
+	// not the reject code).
+	var rej *RejectError
+	if err != nil && !errors.As(err, &rej) {
 		s.Reset()
 	} else {
 		s.Close()
