@@ -21,7 +21,9 @@ import (
 // The job stream, one per job, each message a varint-length-delimited pb.Frame:
 //
 //	client                                   worker
-//	Open{job_id, model, params, max_price} →
+//	Open{job_id, model, params, max_price, channel} →
+//	                                       [worker: a channel it does not know
+//	                                        is read from the chain (Learn)]
 //	                                       ← Accept{prices, credit_tokens, settlement}
 //	                                         | Reject{code}            (stream ends)
 //	[client checks the attestation verdict; on failure Cancel{ATTESTATION}, no prompt]
@@ -39,6 +41,14 @@ import (
 // prompt tokens and reports them in Done: the worker's risk is the prompt plus one
 // credit window, the client's is nothing it did not receive. Either side may send
 // Cancel{code}; the worker answers a client's Cancel with Done.
+//
+// Channels: Open.channel (optional) is the TON address of the client's payment
+// channel contract to the worker. A worker with WorkerConfig.Channels reads that
+// contract from the chain before it accepts; it stores the channel (with the
+// deposit on the chain) only if the contract runs the channel code, its storage
+// hashes to that address, it is open, the client's balance is above zero and
+// its worker key is the worker's wallet key; otherwise Reject{NO_CHANNEL}, before
+// any token or voucher. Nothing about the channel is taken from the client's word.
 
 // ProtocolID is the libp2p protocol of the job stream.
 const ProtocolID = "/cocoon/job/1.0.0"
