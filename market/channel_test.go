@@ -338,3 +338,46 @@ func TestSettlePayeeLearn(t *testing.T) {
 		t.Fatalf("foreign channel stored: %v", err)
 	}
 }
+
+// BenchmarkLearnKnownChannel is the worker's cost per Open that names a channel
+// it already knows: one contract read from the dev ledger (simulated chain, not
+// TON; a liteserver round trip on TON comes on top) and one store read.
+func BenchmarkLearnKnownChannel(b *testing.B) {
+	ctx := context.Background()
+	ledger, err := devledger.New(devledger.WithLogger(netLogger()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	client, worker := newWallet(b), newWallet(b)
+	if _, err := ledger.Faucet(client.Address(ledger.GlobalID()), netDeposit+1_000_000_000); err != nil {
+		b.Fatal(err)
+	}
+	id, err := settle.NewChannelID()
+	if err != nil {
+		b.Fatal(err)
+	}
+	ch := settle.Channel{
+		ID: id, ClientKey: client.PublicKey(), WorkerKey: worker.PublicKey(),
+		ClientAddr: client.Address(ledger.GlobalID()), WorkerAddr: worker.Address(ledger.GlobalID()),
+		Closing: settle.DefaultClosing,
+	}
+	chain := settle.NewChain(ledger, client)
+	chain.Log = netLogger()
+	if _, err := chain.Open(ctx, ch, netDeposit); err != nil {
+		b.Fatal(err)
+	}
+	addr, err := ch.Address()
+	if err != nil {
+		b.Fatal(err)
+	}
+	sp := market.SettlePayee{P: openStore(b, "worker").Payee(worker)}
+	lookup := market.LedgerChannels(ledger)
+	if err := sp.Learn(ctx, lookup, addr.String()); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := sp.Learn(ctx, lookup, addr.String()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
