@@ -12,6 +12,13 @@ import (
 	"github.com/cocoon-network/cocoon/runtime"
 )
 
+// ChannelNamer is what a Payer may implement to name its payment channel (the
+// TON address of the contract) in Open, so that a worker that has not heard of
+// the channel can read it from the chain. SettlePayers' payers implement it.
+type ChannelNamer interface {
+	ChannelAddress() string
+}
+
 // Payer pays one worker on the client side. Pay returns a voucher that brings the
 // total paid for job to total nanoTON; Run never lowers total between calls for a
 // job. An implementation persists (fsyncs) the signed state before it returns it.
@@ -145,6 +152,9 @@ func (c *clientRun) run(ctx context.Context, opt RunOptions) error {
 		},
 		MaxPricePrompt:     c.job.MaxPrice.Prompt,
 		MaxPriceCompletion: c.job.MaxPrice.Completion,
+	}
+	if cn, ok := c.pay.(ChannelNamer); ok {
+		open.Channel = cn.ChannelAddress()
 	}
 	if err := checkOpen(open); err != nil {
 		return fmt.Errorf("open job: %w", err)

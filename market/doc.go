@@ -13,5 +13,7 @@
 // market on a p2p.Node: the worker side serves jobs and attestation, publishes
 // its ad and provides its models; the client side keeps the ad book from the ads
 // topic, selects, attests, pays through settle's channels (netpay.go) and fails
-// over, as a runtime.Backend for the gateway. Imported by node and node/gateway.
+// over, as a runtime.Backend for the gateway. A worker learns a client's new
+// channel from the chain when the client names it in Open (SettlePayee.Learn,
+// LedgerChannels). Imported by node and node/gateway.
 package market

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"net"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -14,6 +15,9 @@ import (
 
 	"github.com/cocoon-network/cocoon/market/pb"
 )
+
+// goldenChannel is the address 0:5c5c…5c in user-friendly form.
+const goldenChannel = "EQBcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFRo"
 
 type golden struct {
 	name string
@@ -28,10 +32,17 @@ func goldenFrames() []golden {
 			Params:         &pb.Params{MaxTokens: 64, Temperature: 0.7, TopP: 0.9, Stop: []string{"\n\n"}, Seed: &seed},
 			MaxPricePrompt: 1_000, MaxPriceCompletion: 3_000, Nonce: []byte{1, 2, 3, 4}},
 			"0a10abababababababababababababababab120b73746f726965733236304b1a1a084011666666666666e63f19cdccccccccccec3f22020a0a282a20e80728b817320401020304"},
+		// The same Open naming the client's payment channel: field 7 (tag 0x3a),
+		// 48 bytes of user-friendly address appended; the rest unchanged.
+		{"open-channel", &pb.Open{JobId: bytes.Repeat([]byte{0xab}, 16), Model: "stories260K",
+			Params:         &pb.Params{MaxTokens: 64, Temperature: 0.7, TopP: 0.9, Stop: []string{"\n\n"}, Seed: &seed},
+			MaxPricePrompt: 1_000, MaxPriceCompletion: 3_000, Nonce: []byte{1, 2, 3, 4}, Channel: goldenChannel},
+			"0a10abababababababababababababababab120b73746f726965733236304b1a1a084011666666666666e63f19cdccccccccccec3f22020a0a282a20e80728b8173204010203043a3045514263584678635846786358467863584678635846786358467863584678635846786358467863584678635846526f"},
 		{"accept", &pb.Accept{PricePrompt: 1_000, PriceCompletion: 3_000, CreditTokens: 64,
 			Settlement: &pb.Settlement{WalletAddress: "EQD...", ChannelKey: bytes.Repeat([]byte{7}, 32), MinDeposit: 1_000_000_000}},
 			"08e80710b817184022300a064551442e2e2e12200707070707070707070707070707070707070707070707070707070707070707188094ebdc03"},
 		{"reject", &pb.Reject{Code: pb.RejectCode_REJECT_BUSY}, "0801"},
+		{"reject-no-channel", &pb.Reject{Code: pb.RejectCode_REJECT_NO_CHANNEL}, "0804"},
 		{"prompt", &pb.Prompt{Messages: []*pb.ChatMessage{{Role: "system", Content: "be brief"}, {Role: "user", Content: "once upon a time"}}, Continuation: " there was"}, "0a120a0673797374656d120862652062726965660a180a047573657212106f6e63652075706f6e20612074696d651a0a20746865726520776173"},
 		{"prompt-raw", &pb.Prompt{Prompt: "once upon a time"}, "12106f6e63652075706f6e20612074696d65"},
 		{"voucher", &pb.Voucher{Voucher: bytes.Repeat([]byte{0x11}, 64), Cumulative: 123_456}, "0a401111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111110c0c407"},
@@ -109,14 +120,35 @@ func fuzzMessage[T proto.Message](f *testing.F, names []string, newT func() T, c
 	})
 }
 
+// TestCheckOpenChannel: the channel an Open names must be a TON address of
+// bounded length; absent is fine.
+func TestCheckOpenChannel(t *testing.T) {
+	for _, tc := range []struct {
+		channel string
+		ok      bool
+	}{
+		{"", true},
+		{goldenChannel, true},
+		{"0:" + strings.Repeat("5c", 32), true},
+		{"EQBcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFRp", false}, // bad checksum
+		{"not an address", false},
+		{"0:" + strings.Repeat("5c", 32) + strings.Repeat(" ", 20), false}, // over the cap
+	} {
+		m := &pb.Open{JobId: bytes.Repeat([]byte{1}, 16), Model: "m", Channel: tc.channel}
+		if err := checkOpen(m); (err == nil) != tc.ok {
+			t.Errorf("channel %q: checkOpen = %v; want ok %v", tc.channel, err, tc.ok)
+		}
+	}
+}
+
 func FuzzOpen(f *testing.F) {
-	fuzzMessage(f, []string{"open"}, func() *pb.Open { return new(pb.Open) }, checkOpen)
+	fuzzMessage(f, []string{"open", "open-channel"}, func() *pb.Open { return new(pb.Open) }, checkOpen)
 }
 func FuzzAccept(f *testing.F) {
 	fuzzMessage(f, []string{"accept"}, func() *pb.Accept { return new(pb.Accept) }, checkAccept)
 }
 func FuzzReject(f *testing.F) {
-	fuzzMessage(f, []string{"reject"}, func() *pb.Reject { return new(pb.Reject) }, checkReject)
+	fuzzMessage(f, []string{"reject", "reject-no-channel"}, func() *pb.Reject { return new(pb.Reject) }, checkReject)
 }
 func FuzzPrompt(f *testing.F) {
 	fuzzMessage(f, []string{"prompt", "prompt-raw"}, func() *pb.Prompt { return new(pb.Prompt) }, checkPrompt)

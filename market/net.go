@@ -64,6 +64,13 @@ type WorkerConfig struct {
 	Payee Payee
 	// Settlement is how this worker is paid (wallet, channel key, minimum deposit).
 	Settlement Settlement
+	// Channels, when set, reads from the chain a payment channel a client names
+	// in Open (LedgerChannels): a channel the worker has not heard of is learnt
+	// from its contract (SettlePayee.Learn), and a job on a channel that is not
+	// open, not funded or pays another key is rejected with RejectNoChannel. It
+	// needs Payee to be a SettlePayee. Nil: only channels added to the store by
+	// hand are paid on.
+	Channels ChannelLookup
 	// TEE is the enclave kind and measurement the ads announce; Attester makes the
 	// evidence that proves it (nil serves none: only for TEE kind none).
 	TEE      TEE
@@ -157,6 +164,20 @@ func NewWorkerService(cfg WorkerConfig) (*WorkerService, error) {
 		Settlement: cfg.Settlement, MaxJobs: cfg.MaxJobs, Admit: cfg.Admit, Receipt: cfg.Receipt,
 		MaxPromptBytes: cfg.MaxPromptBytes, Timeouts: cfg.Timeouts, Logger: cfg.Logger,
 	}
+	if cfg.Channels != nil {
+		var sp SettlePayee
+		switch p := cfg.Payee.(type) {
+		case SettlePayee:
+			sp = p
+		case *SettlePayee:
+			sp = *p
+		default:
+			cancel()
+			return nil, fmt.Errorf("market: worker service: Channels needs a SettlePayee, got %T", cfg.Payee)
+		}
+		lookup := cfg.Channels
+		w.worker.LearnChannel = func(ctx context.Context, addr string) error { return sp.Learn(ctx, lookup, addr) }
+	}
 	acfg := cfg.Attest
 	acfg.Attester = cfg.Attester
 	if acfg.Logger == nil {
@@ -225,7 +246,11 @@ func (w *WorkerService) handle(s network.Stream) {
 	ws := newWorkerStream(s)
 	err := w.worker.Serve(w.ctx, ws)
 	ws.stopReading()
-	if err != nil {
+	// A reject is a clean end: Close delivers the Reject frame, where Reset
+	// may drop it before the client has read it (the client then sees a reset,
+	// not the reject code).
+	var rej *RejectError
+	if err != nil && !errors.As(err, &rej) {
 		s.Reset()
 	} else {
 		s.Close()

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/xssnick/tonutils-go/address"
 
 	"github.com/cocoon-network/cocoon/settle"
 )
@@ -33,6 +34,54 @@ func (s SettlePayee) Accept(_ context.Context, job JobID, voucher []byte) (uint6
 		return 0, fmt.Errorf("accept voucher for job %s: %w", job, err)
 	}
 	return newly, nil
+}
+
+// ChannelLookup reads the payment channel contract at addr from the chain: the
+// Channel its storage names and its state. It must trust nothing but the chain
+// (LedgerChannels does, through settle.LookupChannel).
+type ChannelLookup func(ctx context.Context, addr *address.Address) (settle.Channel, *settle.ChannelState, error)
+
+// LedgerChannels is the ChannelLookup over a ledger (TON, or the dev ledger).
+func LedgerChannels(l settle.Ledger) ChannelLookup {
+	return func(ctx context.Context, addr *address.Address) (settle.Channel, *settle.ChannelState, error) {
+		return settle.LookupChannel(ctx, l, addr)
+	}
+}
+
+// Learn makes the channel at addr, as the client names it in Open, one the
+// payee accepts vouchers on. It reads the contract with lookup and refuses it
+// unless it is open (initialised, no close started), funded by the client
+// (balance A above zero) and pays this payee's wallet key (Payee.AddChannel
+// checks the key); the deposit recorded is the one on the chain, never the
+// client's word. A known channel has its deposit refreshed from the chain.
+func (s SettlePayee) Learn(ctx context.Context, lookup ChannelLookup, addr string) error {
+	a, err := settle.ParseAddress(addr)
+	if err != nil {
+		return fmt.Errorf("learn channel: %w", err)
+	}
+	ch, st, err := lookup(ctx, a)
+	if err != nil {
+		return fmt.Errorf("learn channel: %w", err)
+	}
+	if st == nil || st.Storage == nil || st.Status != settle.StatusOpen {
+		status := settle.StatusMissing
+		if st != nil {
+			status = st.Status
+		}
+		return fmt.Errorf("learn channel %s: contract is %v, not open", ch.ID, status)
+	}
+	deposit := st.Storage.BalanceA
+	if deposit == 0 {
+		return fmt.Errorf("learn channel %s: the client deposited nothing", ch.ID)
+	}
+	if r, err := s.P.Latest(ch.ID); err == nil && !r.Closed && r.Deposit == deposit &&
+		r.Channel.ClientKey.Equal(ch.ClientKey) && r.Channel.WorkerKey.Equal(ch.WorkerKey) {
+		return nil // known, nothing changed
+	}
+	if err := s.P.AddChannel(ch, deposit); err != nil {
+		return fmt.Errorf("learn channel: %w", err)
+	}
+	return nil
 }
 
 // SettlePayers finds and pays the client's channel to each worker from settle's
@@ -88,14 +137,23 @@ func (s *SettlePayers) Payer(c Candidate) (Payer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &channelPayer{p: s.P, id: id, paid: make(map[JobID]uint64)}, nil
+	rec, err := s.P.Latest(id)
+	if err != nil {
+		return nil, fmt.Errorf("worker %s: %w", c.Peer, err)
+	}
+	addr, err := rec.Channel.Address()
+	if err != nil {
+		return nil, fmt.Errorf("worker %s: channel %s: %w", c.Peer, id, err)
+	}
+	return &channelPayer{p: s.P, id: id, addr: settle.Friendly(addr), paid: make(map[JobID]uint64)}, nil
 }
 
 // channelPayer turns per-job totals into cumulative channel states: each Pay
 // raises the channel's total by what the job's total rose.
 type channelPayer struct {
-	p  *settle.Payer
-	id settle.ChannelID
+	p    *settle.Payer
+	id   settle.ChannelID
+	addr string // the contract's address, named in Open
 
 	mu   sync.Mutex
 	paid map[JobID]uint64
@@ -115,3 +173,6 @@ func (c *channelPayer) Pay(_ context.Context, job JobID, total uint64) ([]byte, 
 	c.paid[job] = total
 	return v, nil
 }
+
+// ChannelAddress implements ChannelNamer.
+func (c *channelPayer) ChannelAddress() string { return c.addr }

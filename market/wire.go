@@ -15,12 +15,15 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cocoon-network/cocoon/market/pb"
+	"github.com/cocoon-network/cocoon/settle"
 )
 
 // The job stream, one per job, each message a varint-length-delimited pb.Frame:
 //
 //	client                                   worker
-//	Open{job_id, model, params, max_price} →
+//	Open{job_id, model, params, max_price, channel} →
+//	                                       [worker: a channel it does not know
+//	                                        is read from the chain (Learn)]
 //	                                       ← Accept{prices, credit_tokens, settlement}
 //	                                         | Reject{code}            (stream ends)
 //	[client checks the attestation verdict; on failure Cancel{ATTESTATION}, no prompt]
@@ -38,6 +41,14 @@ import (
 // prompt tokens and reports them in Done: the worker's risk is the prompt plus one
 // credit window, the client's is nothing it did not receive. Either side may send
 // Cancel{code}; the worker answers a client's Cancel with Done.
+//
+// Channels: Open.channel (optional) is the TON address of the client's payment
+// channel contract to the worker. A worker with WorkerConfig.Channels reads that
+// contract from the chain before it accepts; it stores the channel (with the
+// deposit on the chain) only if the contract runs the channel code, its storage
+// hashes to that address, it is open, the client's balance is above zero and
+// its worker key is the worker's wallet key; otherwise Reject{NO_CHANNEL}, before
+// any token or voucher. Nothing about the channel is taken from the client's word.
 
 // ProtocolID is the libp2p protocol of the job stream.
 const ProtocolID = "/cocoon/job/1.0.0"
@@ -56,6 +67,7 @@ const (
 	maxStops       = 8
 	maxStopLen     = 256
 	maxNonceLen    = 64
+	maxChannelAddr = 80 // a TON address: 48 characters user-friendly, 66 raw
 	maxMessages    = 4096
 	maxBlobLen     = 4 << 10 // vouchers, receipts, channel keys
 	maxChunkText   = 16 << 10
@@ -154,6 +166,7 @@ type Timeouts struct {
 	Voucher    time.Duration // worker: a Voucher once the credit window is spent, and the final one after Done [10s]
 	Done       time.Duration // client: Done after it sent Cancel [5s]
 	Write      time.Duration // either: one message write, where the stream has write deadlines [10s]
+	Channel    time.Duration // worker: the chain lookup of the channel a client names in Open [10s]
 }
 
 func (t Timeouts) withDefaults() Timeouts {
@@ -170,6 +183,7 @@ func (t Timeouts) withDefaults() Timeouts {
 	def(&t.Voucher, 10*time.Second)
 	def(&t.Done, 5*time.Second)
 	def(&t.Write, 10*time.Second)
+	def(&t.Channel, 10*time.Second)
 	return t
 }
 
@@ -355,6 +369,14 @@ func checkOpen(m *pb.Open) error {
 	}
 	if len(m.GetNonce()) > maxNonceLen {
 		return fmt.Errorf("open: nonce of %d bytes", len(m.GetNonce()))
+	}
+	if c := m.GetChannel(); c != "" {
+		if len(c) > maxChannelAddr {
+			return fmt.Errorf("open: channel address of %d bytes", len(c))
+		}
+		if _, err := settle.ParseAddress(c); err != nil {
+			return fmt.Errorf("open: channel: %w", err)
+		}
 	}
 	p := m.GetParams()
 	if t := p.GetTemperature(); math.IsNaN(t) || t < 0 || t > 10 {

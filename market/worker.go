@@ -46,6 +46,11 @@ type Worker struct {
 	// Admit, when set, may decline a job with a reject code (RejectNoChannel when
 	// the client has no open channel, RejectPolicy, ...); 0 admits it.
 	Admit func(ctx context.Context, req OpenRequest) RejectCode
+	// LearnChannel, when set, is called with the payment channel address a
+	// client names in Open (within Timeouts.Channel); an error rejects the job
+	// with RejectNoChannel before anything is generated. WorkerService sets it
+	// from WorkerConfig.Channels (SettlePayee.Learn).
+	LearnChannel func(ctx context.Context, addr string) error
 	// Receipt, when set, builds the receipt sent in Done (e.g. signed by the
 	// enclave key).
 	Receipt func(ctx context.Context, job JobID, u runtime.Usage, cost uint64) ([]byte, error)
@@ -143,6 +148,14 @@ func (s *serveRun) run(ctx context.Context) error {
 	}
 	if (maxPrice.Prompt != 0 && price.Prompt > maxPrice.Prompt) || (maxPrice.Completion != 0 && price.Completion > maxPrice.Completion) {
 		return s.reject(RejectPrice, "client's maximum below the price")
+	}
+	if addr := open.GetChannel(); addr != "" && s.w.LearnChannel != nil {
+		lctx, cancel := context.WithTimeout(ctx, s.t.Channel)
+		err := s.w.LearnChannel(lctx, addr)
+		cancel()
+		if err != nil {
+			return s.reject(RejectNoChannel, err.Error())
+		}
 	}
 	if s.w.Admit != nil {
 		if code := s.w.Admit(ctx, OpenRequest{Job: s.id, Model: req.Model, MaxPrice: maxPrice, Params: req}); code != 0 {

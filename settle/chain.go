@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/xssnick/tonutils-go/address"
 	"github.com/xssnick/tonutils-go/tvm/cell"
 )
 
@@ -339,4 +340,46 @@ func (c *OnChain) Watch(ctx context.Context, ch Channel, every time.Duration) <-
 		}
 	}()
 	return out
+}
+
+// LookupChannel reads the channel contract at addr from the ledger and rebuilds
+// the Channel it holds, trusting nothing but the chain: the account must run the
+// channel code, and the Channel rebuilt from its storage (id, keys, payout
+// addresses, closing config, excess fee) must hash to addr, so nobody can make a
+// contract at addr that claims other parties. The state says whether it is open
+// and what the client deposited (Storage.BalanceA). A missing or closed account
+// is an error.
+func LookupChannel(ctx context.Context, l Ledger, addr *address.Address) (Channel, *ChannelState, error) {
+	acc, err := l.Account(ctx, addr)
+	if err != nil {
+		return Channel{}, nil, fmt.Errorf("look up channel %s: %w", Friendly(addr), err)
+	}
+	if !acc.Active() {
+		return Channel{}, nil, fmt.Errorf("look up channel %s: account is %s, not a live contract", Friendly(addr), acc.Status)
+	}
+	st, err := ParseStorage(acc.Data)
+	if err != nil {
+		return Channel{}, nil, fmt.Errorf("look up channel %s: %w", Friendly(addr), err)
+	}
+	ch := Channel{
+		ID: st.ChannelID, ClientKey: st.KeyA, WorkerKey: st.KeyB,
+		ClientAddr: st.Payments.DestA, WorkerAddr: st.Payments.DestB,
+		Closing: st.Closing, ExcessFee: st.Payments.ExcessFee,
+	}
+	if err := ch.VerifyContract(acc.Code, st); err != nil {
+		return Channel{}, nil, fmt.Errorf("look up channel %s: %w", Friendly(addr), err)
+	}
+	want, err := ch.Address()
+	if err != nil {
+		return Channel{}, nil, fmt.Errorf("look up channel %s: %w", Friendly(addr), err)
+	}
+	if !want.Equals(addr) {
+		return Channel{}, nil, fmt.Errorf("look up channel %s: its storage belongs to %s", Friendly(addr), Friendly(want))
+	}
+	now, err := l.Now(ctx)
+	if err != nil {
+		return Channel{}, nil, fmt.Errorf("look up channel %s: %w", Friendly(addr), err)
+	}
+	out := &ChannelState{Address: Friendly(addr), Balance: acc.Balance, LastLT: acc.LastLT, Now: now, Storage: &st, Status: phase(st, now)}
+	return ch, out, nil
 }

@@ -47,4 +47,7 @@
 // Chain is implemented by OnChain over a Ledger: settle/tonchain (TON through
 // a liteserver) or settle/devledger (an offline ledger that runs the real
 // contract and wallet code in tonutils-go's TVM: a simulated chain, not TON).
+// LookupChannel rebuilds a Channel from its contract address alone, checking
+// the code and that the storage hashes to that address: how a worker learns a
+// channel a client opened without telling it.
 package settle

@@ -901,8 +901,13 @@ type Open struct {
 	MaxPricePrompt     uint64                 `protobuf:"varint,4,opt,name=max_price_prompt,json=maxPricePrompt,proto3" json:"max_price_prompt,omitempty"` // nanoTON per 1M tokens the client accepts at most
 	MaxPriceCompletion uint64                 `protobuf:"varint,5,opt,name=max_price_completion,json=maxPriceCompletion,proto3" json:"max_price_completion,omitempty"`
 	Nonce              []byte                 `protobuf:"bytes,6,opt,name=nonce,proto3" json:"nonce,omitempty"` // optional, echoed in the worker's receipt
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// optional: the TON address of the client's payment channel contract to this
+	// worker. A worker that does not know the channel reads it from the chain and
+	// serves only if the contract is open, funded and names the worker's key;
+	// otherwise it rejects with REJECT_NO_CHANNEL.
+	Channel       string `protobuf:"bytes,7,opt,name=channel,proto3" json:"channel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Open) Reset() {
@@ -975,6 +980,13 @@ func (x *Open) GetNonce() []byte {
 		return x.Nonce
 	}
 	return nil
+}
+
+func (x *Open) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
 }
 
 // W→C: the worker takes the job at these prices.
@@ -1532,14 +1544,15 @@ const file_market_proto_rawDesc = "" +
 	"\x05top_p\x18\x03 \x01(\x01R\x04topP\x12\x12\n" +
 	"\x04stop\x18\x04 \x03(\tR\x04stop\x12\x17\n" +
 	"\x04seed\x18\x05 \x01(\x04H\x00R\x04seed\x88\x01\x01B\a\n" +
-	"\x05_seed\"\xd7\x01\n" +
+	"\x05_seed\"\xf1\x01\n" +
 	"\x04Open\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x120\n" +
 	"\x06params\x18\x03 \x01(\v2\x18.cocoon.market.v1.ParamsR\x06params\x12(\n" +
 	"\x10max_price_prompt\x18\x04 \x01(\x04R\x0emaxPricePrompt\x120\n" +
 	"\x14max_price_completion\x18\x05 \x01(\x04R\x12maxPriceCompletion\x12\x14\n" +
-	"\x05nonce\x18\x06 \x01(\fR\x05nonce\"\xb9\x01\n" +
+	"\x05nonce\x18\x06 \x01(\fR\x05nonce\x12\x18\n" +
+	"\achannel\x18\a \x01(\tR\achannel\"\xb9\x01\n" +
 	"\x06Accept\x12!\n" +
 	"\fprice_prompt\x18\x01 \x01(\x04R\vpricePrompt\x12)\n" +
 	"\x10price_completion\x18\x02 \x01(\x04R\x0fpriceCompletion\x12#\n" +

@@ -1,0 +1,383 @@
+package market_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
+	"github.com/xssnick/tonutils-go/address"
+
+	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/p2p"
+	"github.com/cocoon-network/cocoon/runtime"
+	"github.com/cocoon-network/cocoon/settle"
+	"github.com/cocoon-network/cocoon/settle/devledger"
+)
+
+// wordBackend answers every request with the same words, one token each: enough
+// to run paid jobs without a model.
+type wordBackend struct{ words []string }
+
+func (b wordBackend) Models() []runtime.Model {
+	return []runtime.Model{{ID: netModel, ContextLength: 2048}}
+}
+func (b wordBackend) Close() error { return nil }
+func (b wordBackend) Generate(_ context.Context, r runtime.Request) (runtime.Stream, error) {
+	if r.Model != netModel {
+		return nil, runtime.ErrUnknownModel
+	}
+	prompt := 0
+	for _, m := range r.Messages {
+		prompt += len(strings.Fields(m.Content))
+	}
+	return &wordStream{words: b.words, prompt: prompt}, nil
+}
+
+type wordStream struct {
+	words  []string
+	next   int
+	prompt int
+}
+
+func (s *wordStream) Recv() (runtime.Delta, error) {
+	if s.next == len(s.words) {
+		return runtime.Delta{}, io.EOF
+	}
+	s.next++
+	return runtime.Delta{Text: " " + s.words[s.next-1], Tokens: 1}, nil
+}
+func (s *wordStream) Usage() runtime.Usage {
+	return runtime.Usage{PromptTokens: s.prompt, CompletionTokens: s.next}
+}
+func (s *wordStream) FinishReason() string { return runtime.FinishStop }
+func (s *wordStream) Close() error         { return nil }
+
+// chanFixture is a client and one worker on a mocknet, sharing a dev ledger
+// (simulated chain, not TON), sim TEE (not confidential). The worker's settle
+// store starts empty: it knows no channel, only how to read them from the chain.
+type chanFixture struct {
+	ledger *devledger.Ledger
+	client *settle.Wallet
+	chain  *settle.OnChain
+	payer  *settle.Payer
+	payers *market.SettlePayers
+	cs     *market.ClientService
+	worker *settle.Wallet
+	wnode  *p2p.Node
+	payee  *settle.Payee
+	price  market.Price
+}
+
+func newChanFixture(t *testing.T) *chanFixture {
+	t.Helper()
+	ctx := context.Background()
+	log := netLogger()
+	mn := mocknet.New()
+	t.Cleanup(func() { mn.Close() })
+	nodes := make([]*p2p.Node, 2)
+	for i := range nodes {
+		h, err := mn.GenPeer()
+		if err != nil {
+			t.Fatal(err)
+		}
+		nd, err := p2p.New(ctx, p2p.Config{Host: h, DHTMode: p2p.DHTServer, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nd.Close() })
+		nodes[i] = nd
+	}
+	if err := mn.LinkAll(); err != nil {
+		t.Fatal(err)
+	}
+	if err := mn.ConnectAllButSelf(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "DHT routing tables", func() bool {
+		return nodes[0].DHT.RoutingTable().Size() > 0 && nodes[1].DHT.RoutingTable().Size() > 0
+	})
+	ledger, err := devledger.New(devledger.WithLogger(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &chanFixture{ledger: ledger, client: newWallet(t), worker: newWallet(t), wnode: nodes[1],
+		price: market.Price{Prompt: 300_000_001, Completion: 1_500_000_007}}
+	if _, err := ledger.Faucet(f.client.Address(ledger.GlobalID()), 3*netDeposit+1_000_000_000); err != nil {
+		t.Fatal(err)
+	}
+	f.chain = settle.NewChain(ledger, f.client)
+	f.chain.Log = log
+	f.payer = openStore(t, "client").Payer(f.client)
+	f.payee = openStore(t, "worker").Payee(f.worker)
+
+	verifier, err := enclave.NewVerifier(enclave.Policy{AllowSim: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.payers = market.NewSettlePayers(f.payer)
+	f.cs, err = market.NewClientService(market.ClientConfig{
+		Node: nodes[0], Payer: f.payers.Payer, Verifier: verifier, MaxAttempts: 1,
+		Policy: market.Policy{TEE: []market.TEEKind{market.TEESim}}, Logger: log.With("client", 0),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.cs.Close() })
+	svc, err := market.NewWorkerService(market.WorkerConfig{
+		Node: nodes[1], Backend: wordBackend{words: chanWords}, Payee: market.SettlePayee{P: f.payee},
+		Channels:   market.LedgerChannels(ledger),
+		Prices:     map[string]market.Price{netModel: f.price},
+		Settlement: market.Settlement{WalletAddress: settle.Friendly(f.worker.Address(ledger.GlobalID())), ChannelKey: f.worker.PublicKey(), MinDeposit: 1_000_000},
+		TEE:        market.TEE{Kind: market.TEESim, Measurement: enclave.DefaultSimMeasurement[:]},
+		Attester:   enclave.NewSimAttester(nil, enclave.DefaultSimMeasurement, nil),
+		Logger:     log.With("worker", 1),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	waitFor(t, 30*time.Second, "the worker's ad in the client's book", func() bool {
+		return len(f.cs.Book().ByModel(netModel)) == 1
+	})
+	return f
+}
+
+// open opens a channel from the client to workerKey's owner on the ledger and
+// records it in the client's store only.
+func (f *chanFixture) open(t *testing.T, worker *settle.Wallet, deploy bool) settle.Channel {
+	t.Helper()
+	id, err := settle.NewChannelID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := settle.Channel{
+		ID: id, ClientKey: f.client.PublicKey(), WorkerKey: worker.PublicKey(),
+		ClientAddr: f.client.Address(f.ledger.GlobalID()), WorkerAddr: worker.Address(f.ledger.GlobalID()),
+		Closing: settle.DefaultClosing,
+	}
+	if deploy {
+		if _, err := f.chain.Open(context.Background(), ch, netDeposit); err != nil {
+			t.Fatalf("open channel: %v", err)
+		}
+	}
+	if err := f.payer.AddChannel(ch, netDeposit); err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
+// chanWords is the worker's answer to every job, one token a word.
+var chanWords = strings.Fields("the worker learnt the channel from the chain and was paid for every word")
+
+func chanRequest() runtime.Request {
+	seed := uint64(7)
+	return runtime.Request{Model: netModel, Messages: []runtime.Message{{Role: "user", Content: "tell me about channels"}}, Seed: &seed}
+}
+
+// TestNetChannelLearntFromChain: a client opens a channel on the ledger that the
+// worker never heard of; the worker learns it from the contract when the client
+// names it in Open, and the first job is served and paid exactly.
+func TestNetChannelLearntFromChain(t *testing.T) {
+	f := newChanFixture(t)
+	ch := f.open(t, f.worker, true)
+	if _, err := f.payee.Latest(ch.ID); !errors.Is(err, settle.ErrUnknownChannel) {
+		t.Fatalf("worker's store before the job: %v; want unknown channel", err)
+	}
+	for job := 1; job <= 2; job++ { // the second job finds the channel known
+		s, err := f.cs.Generate(context.Background(), chanRequest())
+		if err != nil {
+			t.Fatalf("job %d: generate: %v", job, err)
+		}
+		ans, err := drain(s)
+		s.Close()
+		if err != nil {
+			t.Fatalf("job %d: %v", job, err)
+		}
+		if ans.usage.CompletionTokens == 0 || ans.tokens != ans.usage.CompletionTokens {
+			t.Fatalf("job %d: answer %+v", job, ans)
+		}
+	}
+	rec, err := f.payee.Latest(ch.ID)
+	if err != nil {
+		t.Fatalf("worker's store after the jobs: %v", err)
+	}
+	if rec.Deposit != netDeposit || !rec.Channel.ClientKey.Equal(ch.ClientKey) {
+		t.Fatalf("learnt record: deposit %d, client key %x; want %d, %x", rec.Deposit, rec.Channel.ClientKey, netDeposit, ch.ClientKey)
+	}
+	// Two identical jobs: each costs the same, computed here from the tokens.
+	one, err := market.Cost(f.price, uint64(len(strings.Fields(chanRequest().Messages[0].Content))), uint64(len(chanWords)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bal, err := f.payee.Balance(ch.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crec, err := f.payer.Latest(ch.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bal != 2*one || crec.Sent != 2*one {
+		t.Fatalf("worker balance %d, client sent %d; want the cost of two jobs, %d", bal, crec.Sent, 2*one)
+	}
+	t.Logf("worker learnt channel %s from the ledger; balance %d nanoTON = 2 × %d", ch.ID, bal, one)
+}
+
+// TestNetChannelForeignRefused: a client that names a channel whose worker key
+// is someone else's, or a channel that is not on the chain, is rejected with
+// RejectNoChannel before any work, and pays nothing.
+func TestNetChannelForeignRefused(t *testing.T) {
+	f := newChanFixture(t)
+	for _, tc := range []struct {
+		name string
+		ch   func() settle.Channel
+	}{
+		{"another worker's key", func() settle.Channel { return f.open(t, newWallet(t), true) }},
+		{"not on the chain", func() settle.Channel { return f.open(t, f.worker, false) }},
+	} {
+		ch := tc.ch()
+		f.payers.Bind(f.wnode.Host.ID(), ch.ID)
+		s, err := f.cs.Generate(context.Background(), chanRequest())
+		if err == nil {
+			_, err = drain(s)
+			s.Close()
+		}
+		var rej *market.RejectError
+		if !errors.As(err, &rej) || rej.Code != market.RejectNoChannel {
+			t.Fatalf("%s: err %v; want a reject with code %v", tc.name, err, market.RejectNoChannel)
+		}
+		if rec, err := f.payer.Latest(ch.ID); err != nil || rec.Sent != 0 || rec.Seqno != 0 {
+			t.Fatalf("%s: client channel %+v, %v; want nothing sent", tc.name, rec, err)
+		}
+		if _, err := f.payee.Latest(ch.ID); !errors.Is(err, settle.ErrUnknownChannel) {
+			t.Fatalf("%s: worker stored the channel: %v", tc.name, err)
+		}
+		t.Logf("%s: %v", tc.name, fmt.Sprint(err))
+	}
+}
+
+// TestSettlePayeeLearn checks each refusal of Learn on states a lookup may
+// report, and that a known channel's deposit follows the chain.
+func TestSettlePayeeLearn(t *testing.T) {
+	ctx := context.Background()
+	client, worker := newWallet(t), newWallet(t)
+	payee := openStore(t, "worker").Payee(worker)
+	sp := market.SettlePayee{P: payee}
+	id, err := settle.NewChannelID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := settle.Channel{
+		ID: id, ClientKey: client.PublicKey(), WorkerKey: worker.PublicKey(),
+		ClientAddr: client.Address(devledger.GlobalID), WorkerAddr: worker.Address(devledger.GlobalID),
+		Closing: settle.DefaultClosing,
+	}
+	addr, err := ch.Address()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// state is what the fake chain reports for addr.
+	state := func(status settle.ChannelStatus, balanceA uint64) market.ChannelLookup {
+		return func(_ context.Context, a *address.Address) (settle.Channel, *settle.ChannelState, error) {
+			if !a.Equals(addr) {
+				return settle.Channel{}, nil, fmt.Errorf("no account at %s", a)
+			}
+			st := ch.InitialStorage()
+			st.Inited, st.BalanceA = status != settle.StatusUninitialized, balanceA
+			return ch, &settle.ChannelState{Status: status, Storage: &st}, nil
+		}
+	}
+	other := worker.Address(devledger.GlobalID).String()
+	for _, tc := range []struct {
+		name   string
+		lookup market.ChannelLookup
+		addr   string
+	}{
+		{"uninitialised", state(settle.StatusUninitialized, netDeposit), addr.String()},
+		{"closing", state(settle.StatusClosureStarted, netDeposit), addr.String()},
+		{"unfunded", state(settle.StatusOpen, 0), addr.String()},
+		{"no contract", state(settle.StatusOpen, netDeposit), other},
+		{"bad address", state(settle.StatusOpen, netDeposit), "nowhere"},
+	} {
+		if err := sp.Learn(ctx, tc.lookup, tc.addr); err == nil {
+			t.Errorf("%s: learnt", tc.name)
+		}
+		if _, err := payee.Latest(id); !errors.Is(err, settle.ErrUnknownChannel) {
+			t.Fatalf("%s: stored: %v", tc.name, err)
+		}
+	}
+	if err := sp.Learn(ctx, state(settle.StatusOpen, netDeposit), addr.String()); err != nil {
+		t.Fatalf("open, funded: %v", err)
+	}
+	if err := sp.Learn(ctx, state(settle.StatusOpen, 2*netDeposit), addr.String()); err != nil {
+		t.Fatalf("again, deposit raised: %v", err)
+	}
+	if r, err := payee.Latest(id); err != nil || r.Deposit != 2*netDeposit {
+		t.Fatalf("record %+v, %v; want deposit %d", r, err, 2*netDeposit)
+	}
+	// A lookup that reports a channel paying another key is refused by the
+	// payee's own key check, whatever the lookup says.
+	foreign := ch
+	foreign.WorkerKey = client.PublicKey()
+	lie := func(context.Context, *address.Address) (settle.Channel, *settle.ChannelState, error) {
+		st := foreign.InitialStorage()
+		st.Inited, st.BalanceA = true, netDeposit
+		return foreign, &settle.ChannelState{Status: settle.StatusOpen, Storage: &st}, nil
+	}
+	foreign.ID[0] ^= 1
+	if err := sp.Learn(ctx, lie, addr.String()); err == nil {
+		t.Fatal("learnt a channel that pays another key")
+	}
+	if _, err := payee.Latest(foreign.ID); !errors.Is(err, settle.ErrUnknownChannel) {
+		t.Fatalf("foreign channel stored: %v", err)
+	}
+}
+
+// BenchmarkLearnKnownChannel is the worker's cost per Open that names a channel
+// it already knows: one contract read from the dev ledger (simulated chain, not
+// TON; a liteserver round trip on TON comes on top) and one store read.
+func BenchmarkLearnKnownChannel(b *testing.B) {
+	ctx := context.Background()
+	ledger, err := devledger.New(devledger.WithLogger(netLogger()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	client, worker := newWallet(b), newWallet(b)
+	if _, err := ledger.Faucet(client.Address(ledger.GlobalID()), netDeposit+1_000_000_000); err != nil {
+		b.Fatal(err)
+	}
+	id, err := settle.NewChannelID()
+	if err != nil {
+		b.Fatal(err)
+	}
+	ch := settle.Channel{
+		ID: id, ClientKey: client.PublicKey(), WorkerKey: worker.PublicKey(),
+		ClientAddr: client.Address(ledger.GlobalID()), WorkerAddr: worker.Address(ledger.GlobalID()),
+		Closing: settle.DefaultClosing,
+	}
+	chain := settle.NewChain(ledger, client)
+	chain.Log = netLogger()
+	if _, err := chain.Open(ctx, ch, netDeposit); err != nil {
+		b.Fatal(err)
+	}
+	addr, err := ch.Address()
+	if err != nil {
+		b.Fatal(err)
+	}
+	sp := market.SettlePayee{P: openStore(b, "worker").Payee(worker)}
+	lookup := market.LedgerChannels(ledger)
+	if err := sp.Learn(ctx, lookup, addr.String()); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := sp.Learn(ctx, lookup, addr.String()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
