@@ -118,6 +118,12 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 	for _, g := range n.GPUs {
 		gpus = append(gpus, market.GPU{Name: g.Name, VRAM: g.VRAMBytes})
 	}
+	// A worker learns the channels clients open to it from the chain itself, when
+	// the client names one in its Open.
+	var channels market.ChannelLookup
+	if ledger != nil {
+		channels = market.LedgerChannels(ledger)
+	}
 	if n.Worker, err = market.NewWorkerService(market.WorkerConfig{
 		Node: n.P2P, Backend: n.Backend, Prices: prices, Payee: market.SettlePayee{P: n.Payee},
 		Settlement: market.Settlement{
@@ -125,6 +131,7 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 			ChannelKey:    n.Wallet.PublicKey(), MinDeposit: uint64(cfg.Market.MinDeposit),
 		},
 		TEE: tee, Attester: att, GPUs: gpus, CreditTokens: cfg.Market.CreditTokens, Logger: log,
+		Channels: channels,
 	}); err != nil {
 		return fmt.Errorf("start market worker: %w", err)
 	}

@@ -224,10 +224,8 @@ func (tn *Testnet) WorkerNodes() []*Member {
 // openChannels funds every client on the dev ledger, opens a channel from it to
 // every worker, and waits until each client's ad book holds every worker.
 //
-// Registering the channel on the worker with Payee.AddChannel straight from here
-// is a stop-gap: a worker should learn of a channel opened to it from the client
-// over the network and check it on the chain itself. Replace this with that
-// channel-discovery protocol once it exists.
+// Workers are not told: each learns a channel from the chain when a client first
+// names it in a job's Open (market's channel lookup), as on a real network.
 func (tn *Testnet) openChannels() {
 	tn.t.Helper()
 	ctx := context.Background()
@@ -257,9 +255,6 @@ func (tn *Testnet) openChannels() {
 			}
 			if err := c.Payer.AddChannel(ch, Deposit); err != nil {
 				tn.t.Fatalf("testnet: client %d: add channel: %v", c.Index, err)
-			}
-			if err := w.Payee.AddChannel(ch, st.Storage.BalanceA); err != nil { // stop-gap, see above
-				tn.t.Fatalf("testnet: worker %d: add channel: %v", w.Index, err)
 			}
 			c.Channels[w.Index] = id
 		}
