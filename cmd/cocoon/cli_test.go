@@ -281,6 +281,37 @@ func TestServeModel(t *testing.T) {
 	if len(out.Choices) != 1 || !strings.HasPrefix(out.Choices[0].Text, ", there was a little girl named Lily") || out.Usage.CompletionTokens != 24 {
 		t.Fatalf("completion = %+v", out)
 	}
+
+	// `cocoon models` lists it; `cocoon chat` streams the same greedy answer the
+	// non-streaming chat endpoint gives.
+	mo, _, err := run(t, "models", "--datadir", p.datadir, "--json")
+	if err != nil || !strings.Contains(mo, `"stories260K"`) {
+		t.Fatalf("cocoon models: %v: %s", err, mo)
+	}
+	creq, _ := http.NewRequest("POST", "http://"+strings.TrimSpace(string(addr))+"/v1/chat/completions",
+		strings.NewReader(`{"model":"stories260K","messages":[{"role":"user","content":"Tell me a story"}],"max_tokens":20,"temperature":0}`))
+	creq.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	cresp, err := http.DefaultClient.Do(creq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cresp.Body.Close()
+	var cout struct {
+		Choices []struct{ Message struct{ Content string } }
+	}
+	if err := json.NewDecoder(cresp.Body).Decode(&cout); err != nil || len(cout.Choices) != 1 {
+		t.Fatalf("chat completion: %s, %v", cresp.Status, err)
+	}
+	streamed, stderr, err := run(t, "chat", "--datadir", p.datadir, "--model", "stories260K", "--temperature", "0", "--max-tokens", "20", "Tell me a story")
+	if err != nil {
+		t.Fatalf("cocoon chat: %v: %s", err, stderr)
+	}
+	if strings.TrimSuffix(streamed, "\n") != cout.Choices[0].Message.Content || cout.Choices[0].Message.Content == "" {
+		t.Fatalf("cocoon chat printed %q; the API answered %q", streamed, cout.Choices[0].Message.Content)
+	}
+	if !strings.Contains(stderr, "20 completion tokens") {
+		t.Fatalf("cocoon chat summary %q lacks the usage", stderr)
+	}
 }
 
 // TestLedgerWalletChannel drives the money commands as a user would: a shared
