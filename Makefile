@@ -7,6 +7,8 @@ CACHE     := $(CURDIR)/.cache
 # The embedded llama.cpp runtime's shared libraries (installed from npm by scripts/llama-libs.sh).
 export COCOON_LLAMA_LIB ?= $(CACHE)/llama/lib
 # The small real model used by tests and the demo (see ../shared/models/MODELS.md).
+# The official OpenAI JavaScript SDK, for the test that drives a gateway with it.
+export COCOON_OPENAI_SDK ?= $(CACHE)/openai-sdk/node_modules/openai
 export COCOON_TEST_MODEL ?= $(abspath $(CURDIR)/../shared/models/stories260K.gguf)
 
 .PHONY: build run test bench fuzz lint deps
@@ -16,6 +18,7 @@ build:
 
 deps:
 	@sh scripts/llama-libs.sh $(CACHE)/llama
+	@sh scripts/openai-sdk.sh $(CACHE)/openai-sdk
 
 run: build deps
 	@bash scripts/run.sh ./$(BIN)
