@@ -104,7 +104,9 @@ func TestMarketThroughGateway(t *testing.T) {
 		"Tom had a red ball", "the sun was hot", "a big bird", "mom said"}
 	costs := map[peer.ID]uint64{} // from the receipts' usage and the worker's price
 	told := map[peer.ID]uint64{}  // usage.cost_nanoton the client's gateway returned
-	for i, p := range prompts {
+	// 50 requests, half streamed, each prompt with several lengths and seeds.
+	for i := range 50 {
+		p := prompts[i%len(prompts)]
 		stream := i%2 == 1
 		body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":%q}],"max_tokens":%d,"temperature":0,"seed":%d,"stream":%t`,
 			Model, p, 16+i%3*8, 1000+i, stream)
