@@ -19,6 +19,7 @@ build:
 deps:
 	@sh scripts/llama-libs.sh $(CACHE)/llama
 	@sh scripts/openai-sdk.sh $(CACHE)/openai-sdk
+	@sh scripts/nginx.sh $(CACHE)/nginx
 
 run: build deps
 	@bash scripts/run.sh ./$(BIN)

@@ -46,6 +46,7 @@ type options struct {
 	seed      uint64
 	logW      io.Writer
 	workers   int
+	upstream  string
 }
 
 // Option configures New.
@@ -78,6 +79,11 @@ func Logs(w io.Writer) Option { return func(o *options) { o.logW = w } }
 // in-process dev ledger (a simulated chain, not TON) shared by all, funds each
 // client's wallet, and opens a channel from each client to each worker.
 func Workers(k int) Option { return func(o *options) { o.workers = k } }
+
+// Upstream makes the workers serve Model from an OpenAI-compatible server at url
+// (runtime backend "openai") instead of the embedded llama.cpp: benchmarks use a
+// server whose own cost is negligible, so that the overlay's cost is measured.
+func Upstream(url string) Option { return func(o *options) { o.upstream = url } }
 
 // Model is the id the workers of a testnet serve their model under.
 const Model = "stories260K"
@@ -320,6 +326,10 @@ func (tn *Testnet) workerConfig(m *Member, cfg *node.Config) {
 		return
 	}
 	cfg.Runtime.Models = []runtime.ModelConfig{{Path: TestModelPath(), ID: Model}}
+	if tn.opt.upstream != "" {
+		cfg.Runtime.Backend, cfg.Runtime.UpstreamURL = runtime.KindOpenAI, tn.opt.upstream
+		cfg.Runtime.Models = []runtime.ModelConfig{{ID: Model}}
+	}
 	if os.Getenv("COCOON_LLAMA_LIB") == "" {
 		cfg.Runtime.LibDir = filepath.Join(repoRoot(), ".cache", "llama", "lib")
 	}
