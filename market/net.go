@@ -105,6 +105,7 @@ type WorkerService struct {
 	att    *Attestations
 	log    *slog.Logger
 	models []ModelOffer
+	lat    *latencies // measured TTFT and time per token, for the ads
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -112,6 +113,7 @@ type WorkerService struct {
 	nb     *network.NotifyBundle
 	kick   chan struct{}
 	peerAt atomic.Int64 // unix nanos when a new peer asks for an ad; 0: none
+	forced atomic.Bool  // Republish was called: publish at the next chance
 
 	mu      sync.Mutex
 	closed  bool
@@ -147,7 +149,7 @@ func NewWorkerService(cfg WorkerConfig) (*WorkerService, error) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &WorkerService{cfg: cfg, node: cfg.Node, log: log, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1)}
+	w := &WorkerService{cfg: cfg, node: cfg.Node, log: log, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1), lat: newLatencies()}
 	for _, m := range cfg.Backend.Models() {
 		p, ok := cfg.Prices[m.ID]
 		if !ok {
@@ -160,7 +162,7 @@ func NewWorkerService(cfg WorkerConfig) (*WorkerService, error) {
 		return nil, fmt.Errorf("worker ad: %w", err)
 	}
 	w.worker = &Worker{
-		Backend: cfg.Backend, Payee: cfg.Payee, Prices: cfg.Prices, CreditTokens: cfg.CreditTokens,
+		Backend: timedBackend{cfg.Backend, w.lat}, Payee: cfg.Payee, Prices: cfg.Prices, CreditTokens: cfg.CreditTokens,
 		Settlement: cfg.Settlement, MaxJobs: cfg.MaxJobs, Admit: cfg.Admit, Receipt: cfg.Receipt,
 		MaxPromptBytes: cfg.MaxPromptBytes, Timeouts: cfg.Timeouts, Logger: cfg.Logger,
 	}
@@ -225,6 +227,7 @@ func (w *WorkerService) Served() uint64 {
 
 // Republish asks for an ad now (still at most one per MinAdGap).
 func (w *WorkerService) Republish() {
+	w.forced.Store(true)
 	select {
 	case w.kick <- struct{}{}:
 	default:
@@ -280,9 +283,13 @@ func (w *WorkerService) capacity() Capacity {
 }
 
 func (w *WorkerService) buildAd(now time.Time) *Ad {
+	models := slices.Clone(w.models)
+	for i := range models {
+		models[i].TTFT, models[i].TimePerToken = w.lat.p50(models[i].ID)
+	}
 	return &Ad{
 		Peer: w.node.Host.ID(), Seq: 1, IssuedAt: now, TTL: w.cfg.AdTTL,
-		Models: w.models, Capacity: w.capacity(), TEE: w.cfg.TEE, Settlement: w.cfg.Settlement,
+		Models: models, Capacity: w.capacity(), TEE: w.cfg.TEE, Settlement: w.cfg.Settlement,
 	}
 }
 
@@ -333,6 +340,9 @@ func (w *WorkerService) adLoop() {
 		due := now.Sub(last) >= w.cfg.AdInterval
 		if pa := w.peerAt.Load(); pa != 0 && now.UnixNano() >= pa {
 			w.peerAt.Store(0)
+			due = true
+		}
+		if now.Sub(last) >= MinAdGap && w.forced.Swap(false) {
 			due = true
 		}
 		if due || (capChanged && now.Sub(last) >= MinAdGap) {

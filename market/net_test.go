@@ -394,6 +394,25 @@ func TestNetMarketLlama(t *testing.T) {
 	for p, rcs := range perWorker {
 		t.Logf("worker %s: %d jobs", p.ShortString(), len(rcs))
 	}
+	// A worker that has served jobs advertises its measured medians.
+	for _, w := range f.workers {
+		if len(perWorker[w.node.Host.ID()]) == 0 {
+			continue
+		}
+		w.svc.Republish()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			ad := w.svc.Ad()
+			if ad != nil && ad.Models[0].TTFT > 0 && ad.Models[0].TimePerToken > 0 {
+				t.Logf("worker %s advertises p50 TTFT %s, time per token %s", w.node.Host.ID().ShortString(), ad.Models[0].TTFT, ad.Models[0].TimePerToken)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("worker %s served jobs but its ad carries no measured latency: %+v", w.node.Host.ID().ShortString(), ad)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 }
 
 // checkBalances checks that every worker's provable balance is the cost of the
