@@ -194,3 +194,31 @@ func TestSellerNeedsWallet(t *testing.T) {
 		t.Fatalf("New = %v; want one line naming market.prices and the wallet", err)
 	}
 }
+
+// What Save writes, Load reads back unchanged.
+func TestSaveLoadRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Init(dir, false); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.P2P.Bootstrap = []string{"/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo"}
+	cfg.Market.Prices = []ModelPrice{{Model: "m", Prompt: 5, Completion: 7}}
+	cfg.Market.AcceptTEE = []string{"sim"}
+	cfg.Enclave.Attester = "sim"
+	cfg.Enclave.Policy.AllowSim = true
+	cfg.Settle.Chain, cfg.Settle.DevLedgerURL = ChainDevLedger, "http://127.0.0.1:8590"
+	if err := Save(dir, cfg); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, cfg) {
+		t.Fatalf("loaded %+v\nsaved  %+v", got, cfg)
+	}
+}

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/BurntSushi/toml"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -116,4 +118,15 @@ func writeFileAtomic(path string, b []byte, mode fs.FileMode) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// Save writes cfg as <datadir>/config.toml (without the template's comments), for
+// tools that generate node configurations such as the local testnet.
+func Save(datadir string, cfg Config) error {
+	var b bytes.Buffer
+	b.WriteString("# written by a tool; `cocoon init` writes the commented template\n")
+	if err := toml.NewEncoder(&b).Encode(cfg); err != nil {
+		return fmt.Errorf("encode config: %w", err)
+	}
+	return writeFileAtomic(filepath.Join(datadir, ConfigFile), b.Bytes(), 0o644)
 }

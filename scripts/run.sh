@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# `make run`: starts one cocoon node in a temporary datadir that serves the small
-# real model with the embedded llama.cpp, sends it one real completion through the
-# node's OpenAI-compatible API, prints the answer and how to send more, and runs
-# until Ctrl-C.
+# `make run`: a local testnet of real processes on 127.0.0.1 (a dev ledger and five
+# nodes, three of them workers serving the small real model with the embedded
+# llama.cpp, simulated TEE and simulated money), one sample chat answer bought from
+# the network through the first client's gateway, then the testnet runs until Ctrl-C.
 set -euo pipefail
 bin=${1:-bin/cocoon}
 model=${COCOON_TEST_MODEL:-}
@@ -13,27 +13,20 @@ if [ -z "$model" ] || [ ! -f "$model" ]; then
   echo "  or run: make run COCOON_TEST_MODEL=/path/to/any/model.gguf" >&2
   exit 1
 fi
-dir=$(mktemp -d "${TMPDIR:-/tmp}/cocoon-run.XXXXXX")
-"$bin" init --datadir "$dir" >/dev/null
-"$bin" node --datadir "$dir" --listen /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/udp/0/quic-v1 \
-  --api 127.0.0.1:0 --serve "$model" 2>"$dir/node.log" &
-pid=$!
-trap 'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null; echo; echo "stopped; logs in $dir/node.log"' EXIT
+dir=${COCOON_TESTNET_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/cocoon-testnet.XXXXXX")}
+"$bin" testnet up -n 5 --workers 3 --dir "$dir" --model "$model" &
+up=$!
+trap 'kill -INT $up 2>/dev/null; wait $up 2>/dev/null || true' EXIT
 trap 'exit 0' INT TERM
-for _ in $(seq 100); do [ -s "$dir/api.addr" ] && break; kill -0 $pid 2>/dev/null || { cat "$dir/node.log" >&2; exit 1; }; sleep 0.1; done
-url="http://$(cat "$dir/api.addr")"
-token=$(cat "$dir/api.token")
-body='{"model":"'"$(basename "$model" .gguf)"'","prompt":"Once upon a time","max_tokens":48,"temperature":0}'
-echo "cocoon node up: API $url (token in $dir/api.token)"
-echo "prompt: Once upon a time"
-if command -v curl >/dev/null; then
-  answer=$(curl -sS -H "Authorization: Bearer $token" -H 'Content-Type: application/json' -d "$body" "$url/v1/completions")
-else
-  answer=$(node -e 'fetch(process.argv[1],{method:"POST",headers:{"Authorization":"Bearer "+process.argv[2],"Content-Type":"application/json"},body:process.argv[3]}).then(r=>r.text()).then(t=>console.log(t))' "$url/v1/completions" "$token" "$body")
-fi
-echo "answer: $answer"
+for _ in $(seq 900); do
+  [ -s "$dir/testnet.json" ] && break
+  kill -0 $up 2>/dev/null || { echo "make run: the testnet did not start; logs in $dir" >&2; exit 1; }
+  sleep 0.1
+done
+sleep 0.2 # let `up` print its table first
 echo
-echo "Try:  curl -H 'Authorization: Bearer $token' -d '$body' $url/v1/completions"
-echo "      $bin status --datadir $dir"
-echo "Ctrl-C stops the node."
-wait $pid
+echo "sample question to the network from node0: Tell me a story"
+echo -n "answer:"
+"$bin" chat --datadir "$dir/node0" --temperature 0 --max-tokens 48 "Tell me a story"
+echo
+wait $up

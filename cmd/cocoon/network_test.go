@@ -1,8 +1,8 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,55 +12,14 @@ import (
 	"time"
 
 	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/testnet"
 )
 
-// startLedger runs `cocoon ledger serve` on a free loopback port and returns its URL.
-func startLedger(t *testing.T) string {
-	t.Helper()
-	ledger := exec.Command(bin, "ledger", "serve", "--listen", "127.0.0.1:0")
-	out := &syncBuffer{}
-	ledger.Stdout = out
-	if err := ledger.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ledger.Process.Kill(); ledger.Wait() })
-	var url string
-	waitFor(t, 10*time.Second, "ledger URL", func() bool {
-		for _, f := range strings.Fields(out.String()) {
-			if strings.HasPrefix(f, "http://127.0.0.1:") {
-				url = f
-				return true
-			}
-		}
-		return false
-	})
-	return url
-}
-
-// configure rewrites lines of a datadir's config.toml.
-func configure(t *testing.T, dir string, repl ...string) {
-	t.Helper()
-	path := filepath.Join(dir, "config.toml")
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := string(b)
-	for i := 0; i < len(repl); i += 2 {
-		if !strings.Contains(s, repl[i]) {
-			t.Fatalf("config.toml has no %q", repl[i])
-		}
-		s = strings.Replace(s, repl[i], repl[i+1], 1)
-	}
-	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // channelPaid sums the PAID column of `cocoon channel list` rows of one role.
-func channelPaid(t *testing.T, dir, ledger, role string) (total uint64, rows int) {
+// It reads the local store only (the ledger may be stopped).
+func channelPaid(t *testing.T, dir, role string) (total uint64, rows int) {
 	t.Helper()
-	out, stderr, err := run(t, "channel", "list", "--datadir", dir, "--ledger", ledger)
+	out, stderr, err := run(t, "channel", "list", "--datadir", dir)
 	if err != nil {
 		t.Fatalf("cocoon channel list: %v: %s", err, stderr)
 	}
@@ -99,57 +58,14 @@ func TestNetworkWithOpenAIClient(t *testing.T) {
 		lib, _ := filepath.Abs("../../.cache/llama/lib")
 		t.Setenv("COCOON_LLAMA_LIB", lib)
 	}
-	ledger := startLedger(t)
-	price := market.Price{Prompt: 1_000_000, Completion: 3_000_000} // nanoTON per 1M tokens
-	devledger := []string{`chain = "none"`, `chain = "devledger"`, `devledger_url = ""`, fmt.Sprintf("devledger_url = %q", ledger),
-		`allow_sim = false`, `allow_sim = true`, `allowed_kinds = ["tdx", "sev-snp"]`, `allowed_kinds = ["sim"]`}
-
-	var workers []string
-	for range 2 {
-		dir := initDir(t)
-		configure(t, dir, append(devledger, `prices = []`,
-			fmt.Sprintf("prices = [{model = \"stories260K\", prompt = %d, completion = %d}]", price.Prompt, price.Completion),
-			`attester = "none"`, `attester = "sim"`)...)
-		workers = append(workers, dir)
+	dir := t.TempDir()
+	c, err := testnet.Launch(context.Background(), testnet.LaunchConfig{Bin: bin, Dir: dir, Nodes: 3, Workers: 2, Model: model})
+	if err != nil {
+		t.Fatal(err)
 	}
-	client := initDir(t)
-	configure(t, client, append(devledger, `accept_tee = ["tdx", "sev-snp"]`, `accept_tee = ["sim"]`)...)
-	if _, stderr, err := run(t, "wallet", "faucet", "--datadir", client, "--ledger", ledger); err != nil {
-		t.Fatalf("faucet: %v: %s", err, stderr)
-	}
-	field := func(out, name string) string {
-		for _, line := range strings.Split(out, "\n") {
-			if v, ok := strings.CutPrefix(line, name+": "); ok {
-				return strings.TrimSpace(v)
-			}
-		}
-		t.Fatalf("no %q in %q", name, out)
-		return ""
-	}
-	for _, w := range workers {
-		wo, stderr, err := run(t, "wallet", "--datadir", w, "--ledger", ledger)
-		if err != nil {
-			t.Fatalf("wallet: %v: %s", err, stderr)
-		}
-		if _, stderr, err := run(t, "channel", "open", "--datadir", client, "--ledger", ledger, "--deposit", "1000000000",
-			"--worker-addr", field(wo, "address"), "--worker-key", field(wo, "channel key")); err != nil {
-			t.Fatalf("channel open: %v: %s", err, stderr)
-		}
-	}
-
-	w0 := startNode(t, workers[0], "--serve", model, "--dht-mode", "server")
-	var boot string
-	for _, a := range w0.status(t).Addrs {
-		if strings.Contains(a, "/tcp/") {
-			boot = a
-		}
-	}
-	w1 := startNode(t, workers[1], "--serve", model, "--dht-mode", "server", "--bootstrap", boot)
-	c := startNode(t, client, "--dht-mode", "server", "--bootstrap", boot)
-	waitFor(t, 40*time.Second, "both workers' ads at the client", func() bool {
-		out, _, err := run(t, "models", "--datadir", client, "--json")
-		return err == nil && strings.Contains(out, `"workers": 2`)
-	})
+	t.Cleanup(func() { c.Stop() })
+	client, workers := c.Nodes[0], c.Nodes[1:]
+	price := market.Price{Prompt: uint64(testnet.LaunchPrice.Prompt), Completion: uint64(testnet.LaunchPrice.Completion)}
 
 	script := filepath.Join(t.TempDir(), "client.js")
 	os.WriteFile(script, []byte(`
@@ -171,9 +87,7 @@ const OpenAI = mod.default || mod.OpenAI || mod;
   console.log(JSON.stringify({ models, text, usage, worker: response.headers.get("x-cocoon-worker"), tee: response.headers.get("x-cocoon-tee") }));
 })().catch((e) => { console.error(String(e)); process.exit(1); });
 `), 0o644)
-	addr, _ := os.ReadFile(filepath.Join(client, "api.addr"))
-	tok, _ := os.ReadFile(filepath.Join(client, "api.token"))
-	js := exec.Command("node", script, "http://"+strings.TrimSpace(string(addr)), strings.TrimSpace(string(tok)))
+	js := exec.Command("node", script, client.URL, client.Token)
 	js.Env = append(os.Environ(), "OPENAI_SDK="+sdk)
 	out, err := js.Output()
 	if err != nil {
@@ -181,7 +95,8 @@ const OpenAI = mod.default || mod.OpenAI || mod;
 		if ee, ok := err.(*exec.ExitError); ok {
 			stderr = ee.Stderr
 		}
-		t.Fatalf("openai SDK client: %v\n%s\nclient node log:\n%s", err, stderr, c.stderr)
+		log, _ := os.ReadFile(client.Log)
+		t.Fatalf("openai SDK client: %v\n%s\nclient node log:\n%s", err, stderr, log)
 	}
 	var res struct {
 		Models []string
@@ -203,7 +118,7 @@ const OpenAI = mod.default || mod.OpenAI || mod;
 	if res.Text == "" || res.Usage.CompletionTokens != 24 || res.Usage.CostNanoTON == nil {
 		t.Fatalf("streamed answer %q, usage %+v", res.Text, res.Usage)
 	}
-	if !strings.Contains(res.TEE, "sim") || (res.Worker != w0.status(t).PeerID && res.Worker != w1.status(t).PeerID) {
+	if !strings.Contains(res.TEE, "sim") || (res.Worker != workers[0].PeerID && res.Worker != workers[1].PeerID) {
 		t.Fatalf("answered by %q (TEE %q); want one of the two sim workers", res.Worker, res.TEE)
 	}
 	want, err := market.Cost(price, uint64(res.Usage.PromptTokens), uint64(res.Usage.CompletionTokens))
@@ -211,18 +126,98 @@ const OpenAI = mod.default || mod.OpenAI || mod;
 		t.Fatalf("cost_nanoton %d; the price times the tokens is %d (%v)", *res.Usage.CostNanoTON, want, err)
 	}
 
-	// Stop the nodes (they hold their channel stores) and read the books.
-	for _, p := range []*proc{c, w0, w1} {
-		p.cmd.Process.Signal(os.Interrupt)
-		p.cmd.Wait()
+	checkBooks(t, c, want)
+}
+
+// checkBooks stops the testnet (its nodes hold their channel stores) and checks
+// that what the clients paid and what the workers can claim both equal want.
+func checkBooks(t *testing.T, c *testnet.Cluster, want uint64) {
+	t.Helper()
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
 	}
-	paid, _ := channelPaid(t, client, ledger, "client")
-	var claim uint64
-	for _, w := range workers {
-		got, _ := channelPaid(t, w, ledger, "worker")
-		claim += got
+	var paid, claim uint64
+	for _, p := range c.Nodes {
+		got, _ := channelPaid(t, p.Datadir, p.Role)
+		if p.Role == "client" {
+			paid += got
+		} else {
+			claim += got
+		}
 	}
 	if paid != want || claim != want {
-		t.Fatalf("client paid %d, workers can claim %d; the answer cost %d", paid, claim, want)
+		t.Fatalf("clients paid %d, workers can claim %d; the answers cost %d", paid, claim, want)
+	}
+}
+
+// TestTestnetUpDown runs `cocoon testnet up` as a user would, asks it a question
+// with `cocoon chat`, stops it with `cocoon testnet down` (which leaves no process
+// behind and ends `up`), and checks the books.
+func TestTestnetUpDown(t *testing.T) {
+	model := os.Getenv("COCOON_TEST_MODEL")
+	if model == "" {
+		model = "../../../shared/models/stories260K.gguf"
+	}
+	if os.Getenv("COCOON_LLAMA_LIB") == "" {
+		lib, _ := filepath.Abs("../../.cache/llama/lib")
+		t.Setenv("COCOON_LLAMA_LIB", lib)
+	}
+	dir := t.TempDir()
+	up := exec.Command(bin, "testnet", "up", "-n", "3", "--workers", "2", "--dir", dir, "--model", model)
+	out := &syncBuffer{}
+	up.Stdout, up.Stderr = out, out
+	if err := up.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- up.Wait() }()
+	t.Cleanup(func() { up.Process.Kill(); run(t, "testnet", "down", "--dir", dir) })
+	waitFor(t, 90*time.Second, "testnet up to print its table", func() bool {
+		return strings.Contains(out.String(), "Ctrl-C")
+	})
+	c, err := testnet.LoadCluster(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Nodes) != 3 || c.Ledger == nil || !strings.Contains(out.String(), "ledger (simulated)") {
+		t.Fatalf("testnet state %+v; output:\n%s", c, out)
+	}
+	text, summary, err := run(t, "chat", "--datadir", c.Nodes[0].Datadir, "--temperature", "0", "--max-tokens", "16", "Tell me a story")
+	if err != nil || strings.TrimSpace(text) == "" {
+		t.Fatalf("cocoon chat: %v: %q %s", err, text, summary)
+	}
+	i := strings.LastIndex(summary, "; ")
+	j := strings.LastIndex(summary, " nanoTON]")
+	if i < 0 || j < i {
+		t.Fatalf("chat summary %q names no cost", summary)
+	}
+	cost, err := strconv.ParseUint(summary[i+2:j], 10, 64)
+	if err != nil || cost == 0 {
+		t.Fatalf("chat summary %q: cost %d, %v", summary, cost, err)
+	}
+	if _, stderr, err := run(t, "testnet", "down", "--dir", dir); err != nil {
+		t.Fatalf("testnet down: %v: %s", err, stderr)
+	}
+	select {
+	case <-exited:
+	case <-time.After(15 * time.Second):
+		t.Fatal("`testnet up` still running after `testnet down`")
+	}
+	for _, p := range append(c.Nodes, c.Ledger) {
+		if p.Alive() {
+			t.Errorf("%s (pid %d) still running after down", p.Name, p.PID)
+		}
+	}
+	var paid, claim uint64
+	for _, p := range c.Nodes {
+		got, _ := channelPaid(t, p.Datadir, p.Role)
+		if p.Role == "client" {
+			paid += got
+		} else {
+			claim += got
+		}
+	}
+	if paid != cost || claim != cost {
+		t.Fatalf("client paid %d, workers can claim %d; the answer cost %d", paid, claim, cost)
 	}
 }
