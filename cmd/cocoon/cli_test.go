@@ -238,17 +238,7 @@ func TestBadInputOneLine(t *testing.T) {
 
 // TestServeModel runs a worker node on the shared model, as `make run` does.
 func TestServeModel(t *testing.T) {
-	model := os.Getenv("COCOON_TEST_MODEL")
-	if model == "" {
-		model = "../../../shared/models/stories260K.gguf"
-	}
-	if _, err := os.Stat(model); err != nil {
-		t.Fatalf("the shared test model is missing (%v): see ../shared/models/MODELS.md", err)
-	}
-	if os.Getenv("COCOON_LLAMA_LIB") == "" { // make sets it; a bare go test uses make deps' folder
-		lib, _ := filepath.Abs("../../.cache/llama/lib")
-		t.Setenv("COCOON_LLAMA_LIB", lib)
-	}
+	model := testModel(t)
 	p := startNode(t, initDir(t), "--serve", model)
 	st := p.status(t)
 	if len(st.Models) != 1 || st.Models[0].ID != "stories260K" ||

@@ -50,14 +50,7 @@ func TestNetworkWithOpenAIClient(t *testing.T) {
 	if _, err := os.Stat(sdk); err != nil {
 		t.Fatalf("the OpenAI SDK is not installed at %s: run `make deps`", sdk)
 	}
-	model := os.Getenv("COCOON_TEST_MODEL")
-	if model == "" {
-		model = "../../../shared/models/stories260K.gguf"
-	}
-	if os.Getenv("COCOON_LLAMA_LIB") == "" {
-		lib, _ := filepath.Abs("../../.cache/llama/lib")
-		t.Setenv("COCOON_LLAMA_LIB", lib)
-	}
+	model := testModel(t)
 	dir := t.TempDir()
 	c, err := testnet.Launch(context.Background(), testnet.LaunchConfig{Bin: bin, Dir: dir, Nodes: 3, Workers: 2, Model: model})
 	if err != nil {
@@ -136,7 +129,14 @@ func checkBooks(t *testing.T, c *testnet.Cluster, want uint64) {
 	if err := c.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	var paid, claim uint64
+	if paid, claim := books(t, c); paid != want || claim != want {
+		t.Fatalf("clients paid %d, workers can claim %d; the answers cost %d", paid, claim, want)
+	}
+}
+
+// books sums what a stopped testnet's clients paid and its workers can claim.
+func books(t *testing.T, c *testnet.Cluster) (paid, claim uint64) {
+	t.Helper()
 	for _, p := range c.Nodes {
 		got, _ := channelPaid(t, p.Datadir, p.Role)
 		if p.Role == "client" {
@@ -145,23 +145,14 @@ func checkBooks(t *testing.T, c *testnet.Cluster, want uint64) {
 			claim += got
 		}
 	}
-	if paid != want || claim != want {
-		t.Fatalf("clients paid %d, workers can claim %d; the answers cost %d", paid, claim, want)
-	}
+	return paid, claim
 }
 
 // TestTestnetUpDown runs `cocoon testnet up` as a user would, asks it a question
 // with `cocoon chat`, stops it with `cocoon testnet down` (which leaves no process
 // behind and ends `up`), and checks the books.
 func TestTestnetUpDown(t *testing.T) {
-	model := os.Getenv("COCOON_TEST_MODEL")
-	if model == "" {
-		model = "../../../shared/models/stories260K.gguf"
-	}
-	if os.Getenv("COCOON_LLAMA_LIB") == "" {
-		lib, _ := filepath.Abs("../../.cache/llama/lib")
-		t.Setenv("COCOON_LLAMA_LIB", lib)
-	}
+	model := testModel(t)
 	dir := t.TempDir()
 	up := exec.Command(bin, "testnet", "up", "-n", "3", "--workers", "2", "--dir", dir, "--model", model)
 	out := &syncBuffer{}
@@ -208,16 +199,25 @@ func TestTestnetUpDown(t *testing.T) {
 			t.Errorf("%s (pid %d) still running after down", p.Name, p.PID)
 		}
 	}
-	var paid, claim uint64
-	for _, p := range c.Nodes {
-		got, _ := channelPaid(t, p.Datadir, p.Role)
-		if p.Role == "client" {
-			paid += got
-		} else {
-			claim += got
-		}
-	}
-	if paid != cost || claim != cost {
+	if paid, claim := books(t, c); paid != cost || claim != cost {
 		t.Fatalf("client paid %d, workers can claim %d; the answer cost %d", paid, claim, cost)
 	}
+}
+
+// testModel is the shared model's path; it also points the nodes this test starts
+// at make deps' llama.cpp libraries when the environment does not.
+func testModel(t *testing.T) string {
+	t.Helper()
+	if os.Getenv("COCOON_LLAMA_LIB") == "" {
+		lib, _ := filepath.Abs("../../.cache/llama/lib")
+		t.Setenv("COCOON_LLAMA_LIB", lib)
+	}
+	model := os.Getenv("COCOON_TEST_MODEL")
+	if model == "" {
+		model = "../../../shared/models/stories260K.gguf"
+	}
+	if _, err := os.Stat(model); err != nil {
+		t.Fatalf("the shared test model is missing (%v): see ../shared/models/MODELS.md", err)
+	}
+	return model
 }
