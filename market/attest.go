@@ -52,6 +52,8 @@ type AttestConfig struct {
 	// MaxInflight bounds evidence being made at once for all peers (0:
 	// DefaultAttestInflight); requests beyond it wait within their timeout.
 	MaxInflight int
+	// Observer, when set, learns the outcome of every exchange Verify ran.
+	Observer Observer
 	// Logger receives the service's logs (nil: slog.Default()).
 	Logger *slog.Logger
 }
@@ -176,6 +178,13 @@ func (a *Attestations) Verify(ctx context.Context, p peer.ID) (enclave.Verdict, 
 	a.mu.Unlock()
 
 	call.verdict, call.err = a.exchange(ctx, p)
+	if o := a.cfg.Observer; o != nil {
+		e := AttestEvent{Peer: p, Verdict: VerdictAccepted, Kind: string(call.verdict.Kind), Tier: call.verdict.Tier}
+		if call.err != nil {
+			e = AttestEvent{Peer: p, Verdict: VerdictRefused, Err: call.err}
+		}
+		o.Attested(e)
+	}
 
 	a.mu.Lock()
 	delete(a.inflight, p)

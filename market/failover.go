@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 )
 
 // Attempt is one worker's part of a job run by Failover.
@@ -32,6 +33,9 @@ type Failover struct {
 	// MaxAttempts bounds the workers tried (0: every candidate).
 	MaxAttempts int
 	Options     RunOptions
+	// Observer, when set, learns of every attempt (as a client job) and every
+	// voucher sent.
+	Observer Observer
 }
 
 // ErrNoWorker is returned by Failover.Run when every candidate failed.
@@ -57,7 +61,7 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 			break
 		}
 		sub := job
-		if i > 0 {
+		if i > 0 || sub.ID == (JobID{}) {
 			sub.ID = NewJobID()
 		}
 		sub.Request.Continuation = job.Request.Continuation + delivered.String()
@@ -77,9 +81,18 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 			}
 			return nil
 		}
+		start := time.Now()
 		rc, err := fo.attempt(ctx, c, sub, sink)
 		attempts = append(attempts, Attempt{Candidate: c, Receipt: rc, Err: err})
 		callerStopped := sinkErr != nil || ctx.Err() != nil
+		if fo.Observer != nil {
+			fo.Observer.JobEnded(JobEvent{
+				ID: rc.Job, Side: SideClient, Peer: c.Peer, Model: sub.Request.Model,
+				Start: start, TTFT: rc.TTFT, Duration: time.Since(start),
+				PromptTokens: rc.PromptTokens, CompletionTokens: rc.CompletionTokens, NanoTON: rc.Paid,
+				Outcome: clientOutcome(err, callerStopped), Err: err,
+			})
+		}
 		if fo.Selector != nil && !(callerStopped && rc.Violation == ViolationNone) {
 			fo.Selector.Record(c.Peer, rc, err) // the caller's own failure is no mark against the worker
 		}
@@ -98,9 +111,15 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 }
 
 func (fo *Failover) attempt(ctx context.Context, c Candidate, job Job, sink func(Chunk) error) (Receipt, error) {
+	if fo.Observer != nil {
+		fo.Observer.JobStarted(JobEvent{ID: job.ID, Side: SideClient, Peer: c.Peer, Model: job.Request.Model, Start: time.Now()})
+	}
 	pay, err := fo.Payer(c)
 	if err != nil {
 		return Receipt{Job: job.ID}, fmt.Errorf("payer: %w", err)
+	}
+	if fo.Observer != nil {
+		pay = &observedPayer{Payer: pay, obs: fo.Observer, peer: c.Peer}
 	}
 	s, err := fo.Dial(ctx, c)
 	if err != nil {

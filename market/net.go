@@ -91,7 +91,9 @@ type WorkerConfig struct {
 	AdTTL      time.Duration
 	// Attest tunes the attestation service (its Attester is set from above).
 	Attest AttestConfig
-	Logger *slog.Logger
+	// Observer, when set, learns of every job served and voucher accepted.
+	Observer Observer
+	Logger   *slog.Logger
 }
 
 // WorkerService sells a backend's inference on the network: it serves the job
@@ -164,7 +166,7 @@ func NewWorkerService(cfg WorkerConfig) (*WorkerService, error) {
 	w.worker = &Worker{
 		Backend: timedBackend{cfg.Backend, w.lat}, Payee: cfg.Payee, Prices: cfg.Prices, CreditTokens: cfg.CreditTokens,
 		Settlement: cfg.Settlement, MaxJobs: cfg.MaxJobs, Admit: cfg.Admit, Receipt: cfg.Receipt,
-		MaxPromptBytes: cfg.MaxPromptBytes, Timeouts: cfg.Timeouts, Logger: cfg.Logger,
+		MaxPromptBytes: cfg.MaxPromptBytes, Timeouts: cfg.Timeouts, Logger: cfg.Logger, Observer: cfg.Observer,
 	}
 	if cfg.Channels != nil {
 		var sp SettlePayee
@@ -247,7 +249,7 @@ func (w *WorkerService) handle(s network.Stream) {
 	defer w.wg.Done()
 	w.Republish()
 	ws := newWorkerStream(s)
-	err := w.worker.Serve(w.ctx, ws)
+	err := w.worker.serve(w.ctx, ws, s.Conn().RemotePeer())
 	ws.stopReading()
 	// A reject is a clean end: Close delivers the Reject frame, where Reset
 	// may drop it before the client has read it (the client then sees a reset,
@@ -435,8 +437,11 @@ type ClientConfig struct {
 	FindTimeout time.Duration
 	Options     RunOptions
 	// Rand seeds the selector's choices (nil: random).
-	Rand   *rand.Rand
-	Logger *slog.Logger
+	Rand *rand.Rand
+	// Observer, when set, learns of every job attempt, voucher and attestation
+	// (the node's metrics and status page).
+	Observer Observer
+	Logger   *slog.Logger
 }
 
 // ClientService buys inference on the network: it keeps the ad book from the
@@ -487,7 +492,7 @@ func NewClientService(cfg ClientConfig) (*ClientService, error) {
 	c.sel = &Selector{Book: c.book, Rand: cfg.Rand}
 	c.att = cfg.Attestations
 	if c.att == nil {
-		c.att = NewAttestations(cfg.Node.Host, AttestConfig{Verifier: cfg.Verifier, Logger: cfg.Logger})
+		c.att = NewAttestations(cfg.Node.Host, AttestConfig{Verifier: cfg.Verifier, Observer: cfg.Observer, Logger: cfg.Logger})
 		c.ownAt = true
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
@@ -894,6 +899,7 @@ func (c *ClientService) GeneratePolicy(ctx context.Context, req runtime.Request,
 		Selector:    c.sel,
 		MaxAttempts: c.cfg.MaxAttempts,
 		Options:     c.cfg.Options,
+		Observer:    c.cfg.Observer,
 	}
 	job := Job{ID: NewJobID(), Request: req, MaxPrice: pol.MaxPrice}
 	go func() {

@@ -77,6 +77,7 @@ type netWorker struct {
 	channel settle.ChannelID
 	price   market.Price
 	killed  bool
+	obs     *recorder
 }
 
 type netFixture struct {
@@ -90,6 +91,7 @@ type netFixture struct {
 	log      *slog.Logger
 	workers  []*netWorker
 	byPeer   map[peer.ID]*netWorker
+	obs      *recorder // the client's observer
 }
 
 const netDeposit = 2_000_000_000 // nanoTON per channel
@@ -158,8 +160,10 @@ func newNetFixture(t testing.TB, n int, opt market.RunOptions, wrap func(i int, 
 	f.verifier, f.log = verifier, log
 	// The client first, so that the workers' first ads find its validator.
 	f.payers = market.NewSettlePayers(f.payer)
+	f.obs = &recorder{}
 	f.cs, err = market.NewClientService(market.ClientConfig{
-		Node: f.client, Payer: f.payers.Payer, Verifier: verifier,
+		Observer: f.obs,
+		Node:     f.client, Payer: f.payers.Payer, Verifier: verifier,
 		Policy:  market.Policy{TEE: []market.TEEKind{market.TEESim}},
 		Options: opt, Rand: rand.New(rand.NewPCG(7, 7)), Logger: log.With("client", 0),
 	})
@@ -200,9 +204,11 @@ func newNetFixture(t testing.TB, n int, opt market.RunOptions, wrap func(i int, 
 		}
 		w := &netWorker{node: nodes[i], raw: raw, backend: b, payee: payee, channel: id,
 			// Odd prices, different per worker, so rounding and attribution show.
-			price: market.Price{Prompt: 300_000_001 + uint64(i)*7, Completion: 1_500_000_007 + uint64(i)*13}}
+			price: market.Price{Prompt: 300_000_001 + uint64(i)*7, Completion: 1_500_000_007 + uint64(i)*13},
+			obs:   &recorder{}}
 		w.svc, err = market.NewWorkerService(market.WorkerConfig{
-			Node: nodes[i], Backend: b, Payee: market.SettlePayee{P: payee},
+			Observer: w.obs,
+			Node:     nodes[i], Backend: b, Payee: market.SettlePayee{P: payee},
 			Prices:     map[string]market.Price{netModel: w.price},
 			Settlement: market.Settlement{WalletAddress: settle.Friendly(ww.Address(ledger.GlobalID())), ChannelKey: ww.PublicKey(), MinDeposit: 1_000_000},
 			TEE:        market.TEE{Kind: market.TEESim, Measurement: enclave.DefaultSimMeasurement[:]},

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/cocoon-network/cocoon/market/pb"
 	"github.com/cocoon-network/cocoon/runtime"
 )
@@ -57,7 +59,10 @@ type Worker struct {
 	// MaxPromptBytes caps each message the worker reads (0: DefaultMaxPromptFrame).
 	MaxPromptBytes int
 	Timeouts       Timeouts
-	Logger         *slog.Logger
+	// Observer, when set, learns of every job (started once its prompt arrived,
+	// ended always) and every voucher accepted.
+	Observer Observer
+	Logger   *slog.Logger
 
 	active atomic.Int64
 }
@@ -66,6 +71,11 @@ type Worker struct {
 // It returns nil when the job finished and was paid in full, or was cancelled by
 // the client. It never closes rw.
 func (w *Worker) Serve(ctx context.Context, rw io.ReadWriter) error {
+	return w.serve(ctx, rw, "")
+}
+
+// serve is Serve for a job from the client remote (for the observer).
+func (w *Worker) serve(ctx context.Context, rw io.ReadWriter, remote peer.ID) error {
 	t := w.Timeouts.withDefaults()
 	log := w.Logger
 	if log == nil {
@@ -76,13 +86,26 @@ func (w *Worker) Serve(ctx context.Context, rw io.ReadWriter) error {
 	if maxIn <= 0 {
 		maxIn = DefaultMaxPromptFrame
 	}
-	s := &serveRun{w: w, t: t, log: log, out: newWriter(rw, t.Write), rd: startReader(rw, maxIn, checkClientFrame)}
+	s := &serveRun{w: w, t: t, log: log, out: newWriter(rw, t.Write), rd: startReader(rw, maxIn, checkClientFrame),
+		peer: remote, start: time.Now()}
 	defer s.rd.stop()
 	err := s.run(ctx)
 	if err != nil {
 		log.Info("job ended", "job", s.id.String(), "err", err, "sent", s.sent, "paid", s.paid)
 	}
+	if w.Observer != nil && s.id != (JobID{}) {
+		e := s.event()
+		e.Duration = time.Since(s.start)
+		e.TTFT = s.ttft
+		e.PromptTokens, e.CompletionTokens, e.NanoTON = s.prompt, s.sent, s.paid
+		e.Outcome, e.Err = workerOutcome(err, s.finishReason), err
+		w.Observer.JobEnded(e)
+	}
 	return err
+}
+
+func (s *serveRun) event() JobEvent {
+	return JobEvent{ID: s.id, Side: SideWorker, Peer: s.peer, Model: s.model, Start: s.start}
 }
 
 // Serve runs one job on rw with a Worker made of these parts and default limits.
@@ -101,6 +124,15 @@ type serveRun struct {
 	price Price
 	sent  uint64 // completion tokens sent
 	paid  uint64 // nanoTON accepted for this job
+
+	// for the observer
+	peer         peer.ID
+	model        string
+	start        time.Time
+	prompted     time.Time
+	ttft         time.Duration
+	prompt       uint64
+	finishReason string
 }
 
 type genItem struct {
@@ -137,6 +169,7 @@ func (s *serveRun) run(ctx context.Context) error {
 		TopP:        p.GetTopP(),
 		Stop:        p.GetStop(),
 	}
+	s.model = req.Model
 	if p != nil && p.Seed != nil {
 		seed := p.GetSeed()
 		req.Seed = &seed
@@ -193,9 +226,14 @@ func (s *serveRun) run(ctx context.Context) error {
 			req.Messages = append(req.Messages, runtime.Message{Role: msg.GetRole(), Content: msg.GetContent()})
 		}
 	case *pb.Frame_Cancel:
+		s.finishReason = FinishCancelled
 		return nil // the client declined (price, attestation) before sending the prompt
 	default:
 		return s.fail(CancelProtocol, fmt.Errorf("wait for prompt: got %s: %w", frameName(f), ErrProtocol))
+	}
+	s.prompted = time.Now()
+	if s.w.Observer != nil {
+		s.w.Observer.JobStarted(s.event())
 	}
 	return s.generate(ctx, req, uint64(credit))
 }
@@ -277,6 +315,9 @@ func (s *serveRun) generate(ctx context.Context, req runtime.Request, credit uin
 				err := s.out.send(&pb.Frame{Msg: &pb.Frame_Chunk{Chunk: &pb.Chunk{Delta: pending.Text, TokensSoFar: uint32(next)}}})
 				if err != nil {
 					return s.fail(CancelInternal, fmt.Errorf("send chunk: %w", err))
+				}
+				if s.sent == 0 {
+					s.ttft = time.Since(s.prompted)
 				}
 				s.sent = next
 				pending = nil
@@ -360,6 +401,9 @@ func (s *serveRun) voucher(ctx context.Context, v *pb.Voucher) error {
 		return s.fail(CancelBadVoucher, fmt.Errorf("accept voucher: %w", err))
 	}
 	s.paid += newly
+	if newly > 0 && s.w.Observer != nil {
+		s.w.Observer.Voucher(VoucherEvent{Side: SideWorker, Peer: s.peer, Job: s.id, NanoTON: newly})
+	}
 	if s.paid != v.GetCumulative() {
 		return s.fail(CancelBadVoucher, fmt.Errorf("voucher brings the job to %d nanoTON, the client says %d: %w",
 			s.paid, v.GetCumulative(), ErrProtocol))
@@ -396,6 +440,7 @@ wait:
 
 // finish sends Done and waits for the voucher that pays the job in full.
 func (s *serveRun) finish(ctx context.Context, prompt int, reason string) error {
+	s.prompt, s.finishReason = uint64(prompt), reason
 	u := runtime.Usage{PromptTokens: prompt, CompletionTokens: int(s.sent)}
 	cost, err := Cost(s.price, uint64(prompt), s.sent)
 	if err != nil {

@@ -88,6 +88,7 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 	}
 	if n.Client, err = market.NewClientService(market.ClientConfig{
 		Node: n.P2P, Payer: payer, Verifier: verifier, Policy: cfg.clientPolicy(), Logger: log,
+		Observer: market.Observers(n.Metrics, n.Activity),
 	}); err != nil {
 		return fmt.Errorf("start market client: %w", err)
 	}
@@ -131,7 +132,7 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 			ChannelKey:    n.Wallet.PublicKey(), MinDeposit: uint64(cfg.Market.MinDeposit),
 		},
 		TEE: tee, Attester: att, GPUs: gpus, CreditTokens: cfg.Market.CreditTokens, Logger: log,
-		Channels: channels,
+		Channels: channels, Observer: market.Observers(n.Metrics, n.Activity),
 	}); err != nil {
 		return fmt.Errorf("start market worker: %w", err)
 	}

@@ -18,12 +18,17 @@ import (
 
 	"github.com/cocoon-network/cocoon/enclave"
 	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/node/activity"
 	"github.com/cocoon-network/cocoon/node/gateway"
+	"github.com/cocoon-network/cocoon/node/metrics"
 	"github.com/cocoon-network/cocoon/p2p"
 	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/runtime/openaiapi"
 	"github.com/cocoon-network/cocoon/settle"
 )
+
+// activityKeep is how many finished jobs the status page lists.
+const activityKeep = 50
 
 // Options are the parts of a node that do not come from its config file.
 type Options struct {
@@ -68,6 +73,10 @@ type Node struct {
 	// Worker sells Backend's priced models; nil unless the node serves models,
 	// [market] prices some of them and a wallet exists.
 	Worker *market.WorkerService
+	// Metrics are served at /metrics; Activity feeds the status page at /. Both
+	// observe the market services.
+	Metrics  *metrics.Metrics
+	Activity *activity.Journal
 
 	version string
 	started time.Time
@@ -146,6 +155,16 @@ func New(ctx context.Context, cfg Config, opt Options) (*Node, error) {
 		n.closeParts()
 		return nil, err
 	}
+	n.Activity = activity.New(activityKeep)
+	n.Metrics = metrics.New(metrics.Sources{
+		Peers: func() int { return len(n.P2P.Host.Network().Peers()) },
+		Book: func() market.BookStats {
+			if n.Client == nil {
+				return market.BookStats{}
+			}
+			return n.Client.Book().Stats()
+		},
+	})
 	if err := n.startMarket(ctx, cfg, opt); err != nil {
 		return fail(err)
 	}
@@ -161,6 +180,7 @@ func New(ctx context.Context, cfg Config, opt Options) (*Node, error) {
 	h := openaiapi.NewHandler(gb)
 	h.Logger = log
 	n.API.Handle("/v1/", h)
+	n.API.Handle("GET /metrics", n.Metrics.Handler())
 	go func() {
 		defer close(n.apiDone)
 		if err := n.API.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
