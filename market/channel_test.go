@@ -381,3 +381,53 @@ func BenchmarkLearnKnownChannel(b *testing.B) {
 		}
 	}
 }
+
+// TestCachedChannels: an open channel is read from the chain once per TTL, a
+// failure or a channel not open is read again every time.
+func TestCachedChannels(t *testing.T) {
+	ctx := context.Background()
+	client, worker := newWallet(t), newWallet(t)
+	id, err := settle.NewChannelID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := settle.Channel{
+		ID: id, ClientKey: client.PublicKey(), WorkerKey: worker.PublicKey(),
+		ClientAddr: client.Address(devledger.GlobalID), WorkerAddr: worker.Address(devledger.GlobalID),
+		Closing: settle.DefaultClosing,
+	}
+	addr, err := ch.Address()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls int
+	status := settle.StatusUninitialized
+	lookup := func(_ context.Context, a *address.Address) (settle.Channel, *settle.ChannelState, error) {
+		calls++
+		st := ch.InitialStorage()
+		return ch, &settle.ChannelState{Status: status, Storage: &st}, nil
+	}
+	cached := market.CachedChannels(lookup, 150*time.Millisecond)
+	for range 3 {
+		if _, st, err := cached(ctx, addr); err != nil || st.Status != settle.StatusUninitialized {
+			t.Fatalf("lookup: %v, %v", st, err)
+		}
+	}
+	if calls != 3 {
+		t.Fatalf("a channel not open was read %d times for 3 lookups; want 3 (never cached)", calls)
+	}
+	status = settle.StatusOpen
+	for range 3 {
+		if _, st, err := cached(ctx, addr); err != nil || st.Status != settle.StatusOpen {
+			t.Fatalf("lookup: %v, %v", st, err)
+		}
+	}
+	if calls != 4 {
+		t.Fatalf("an open channel was read %d times in all; want 4 (once cached)", calls)
+	}
+	time.Sleep(200 * time.Millisecond)
+	status = settle.StatusClosureStarted
+	if _, st, _ := cached(ctx, addr); st.Status != settle.StatusClosureStarted || calls != 5 {
+		t.Fatalf("after the TTL: status %v, %d reads; want the chain's new status, 5 reads", st.Status, calls)
+	}
+}

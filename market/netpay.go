@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/xssnick/tonutils-go/address"
@@ -47,6 +48,58 @@ func LedgerChannels(l settle.Ledger) ChannelLookup {
 		return settle.LookupChannel(ctx, l, addr)
 	}
 }
+
+// DefaultChannelCacheTTL is how long CachedChannels trusts what it read.
+const DefaultChannelCacheTTL = 30 * time.Second
+
+// CachedChannels remembers for ttl (0: DefaultChannelCacheTTL) each channel that
+// lookup found open, so that a worker reads a client's contract once per ttl
+// rather than once per job (a liteserver round trip on TON). Failures are not
+// cached: a channel opened a moment ago is found on the next job. Trusting a
+// state for ttl is safe because a channel's deposit only changes before it is
+// initialised, and a close started on chain leaves the worker its closing
+// period (hours) to answer.
+func CachedChannels(lookup ChannelLookup, ttl time.Duration) ChannelLookup {
+	if ttl <= 0 {
+		ttl = DefaultChannelCacheTTL
+	}
+	type entry struct {
+		ch  settle.Channel
+		st  *settle.ChannelState
+		exp time.Time
+	}
+	var (
+		mu    sync.Mutex
+		cache = map[string]entry{}
+	)
+	return func(ctx context.Context, addr *address.Address) (settle.Channel, *settle.ChannelState, error) {
+		key := addr.StringRaw()
+		now := time.Now()
+		mu.Lock()
+		e, ok := cache[key]
+		if ok && now.After(e.exp) {
+			delete(cache, key)
+			ok = false
+		}
+		mu.Unlock()
+		if ok {
+			return e.ch, e.st, nil
+		}
+		ch, st, err := lookup(ctx, addr)
+		if err == nil && st != nil && st.Status == settle.StatusOpen {
+			mu.Lock()
+			if len(cache) >= maxCachedChannels {
+				clear(cache) // crude bound; a busy worker simply reads again
+			}
+			cache[key] = entry{ch: ch, st: st, exp: now.Add(ttl)}
+			mu.Unlock()
+		}
+		return ch, st, err
+	}
+}
+
+// maxCachedChannels bounds CachedChannels' memory.
+const maxCachedChannels = 100_000
 
 // Learn makes the channel at addr, as the client names it in Open, one the
 // payee accepts vouchers on. It reads the contract with lookup and refuses it

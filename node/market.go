@@ -123,7 +123,7 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 	// the client names one in its Open.
 	var channels market.ChannelLookup
 	if ledger != nil {
-		channels = market.LedgerChannels(ledger)
+		channels = market.CachedChannels(market.LedgerChannels(ledger), 0)
 	}
 	if n.Worker, err = market.NewWorkerService(market.WorkerConfig{
 		Node: n.P2P, Backend: n.Backend, Prices: prices, Payee: market.SettlePayee{P: n.Payee},
