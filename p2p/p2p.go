@@ -64,6 +64,11 @@ type Config struct {
 	// ReprovideInterval is how often provider records are re-announced; it must be
 	// shorter than the DHT's record validity (48 h). Zero: 12 h.
 	ReprovideInterval time.Duration
+	// LivenessInterval is how often every connected peer is pinged (a peer that
+	// misses LivenessMisses pings in a row is disconnected). 0: LivenessInterval
+	// on a host the node builds, never on a Host given (in-process test networks
+	// of hundreds of nodes would spend their CPU on pings); negative: never.
+	LivenessInterval time.Duration
 
 	// Host, when set, is used instead of building one (tests use mocknet hosts);
 	// Listen, Limits and the NAT options are then ignored. The Node owns it.
@@ -192,6 +197,13 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.wg.Add(1)
 	go n.reprovideLoop(ctx)
+	if iv := cfg.LivenessInterval; iv > 0 || (iv == 0 && cfg.Host == nil) {
+		if iv == 0 {
+			iv = LivenessInterval
+		}
+		n.wg.Add(1)
+		go n.livenessLoop(ctx, iv)
+	}
 	n.log.Info("libp2p node started", "peer", h.ID(), "addrs", h.Addrs(), "dht_mode", cfg.DHTMode)
 	return n, nil
 }
