@@ -139,6 +139,20 @@ func TestMetricsPrometheus(t *testing.T) {
 		time.Sleep(250 * time.Millisecond)
 	}
 	t.Logf("Prometheus' query API:\n%s", strings.Join(got, "\n"))
+	// Figures that depend on timing have floors: the client is connected to both
+	// workers, took each one's ad into its book and attested at least one sim worker.
+	for _, f := range []struct {
+		query string
+		least float64
+	}{
+		{`cocoon_peers_connected` + client0, 2},
+		{`cocoon_ads_accepted_total` + client0, 2},
+		{`cocoon_attestations_total` + withLabels(client0, `verdict="accepted",kind="sim"`), 1},
+	} {
+		if v, ok := q.value(f.query); !ok || v < f.least {
+			t.Errorf("%s = %g (found %v); want at least %g", f.query, v, ok, f.least)
+		}
+	}
 	// The spent and earned counters agree with the channel books, too.
 	checkBooks(t, c, cost)
 }
