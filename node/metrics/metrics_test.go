@@ -349,3 +349,35 @@ func TestLint(t *testing.T) {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
 }
+
+// BenchmarkObserveJob is what the metrics add to one job's own goroutine: a
+// start, a voucher and an end.
+func BenchmarkObserveJob(b *testing.B) {
+	m := New(Sources{})
+	e := market.JobEvent{Side: market.SideWorker, TTFT: time.Millisecond, Duration: 50 * time.Millisecond,
+		PromptTokens: 5, CompletionTokens: 16, NanoTON: 100, Outcome: market.OutcomeOK}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		e.ID = market.JobID{byte(i), byte(i >> 8), byte(i >> 16), byte(i >> 24)}
+		m.JobStarted(e)
+		m.Voucher(market.VoucherEvent{Side: market.SideWorker, NanoTON: 100})
+		m.JobEnded(e)
+	}
+}
+
+// BenchmarkScrape is one whole /metrics response, go_ and process_ included.
+func BenchmarkScrape(b *testing.B) {
+	m := New(sources())
+	drive(m)
+	b.ReportAllocs()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+		if rec.Code != http.StatusOK {
+			b.Fatal(rec.Code)
+		}
+		b.SetBytes(int64(rec.Body.Len()))
+	}
+}
