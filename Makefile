@@ -10,6 +10,9 @@ export COCOON_LLAMA_LIB ?= $(CACHE)/llama/lib
 # The official OpenAI JavaScript SDK, for the test that drives a gateway with it.
 export COCOON_OPENAI_SDK ?= $(CACHE)/openai-sdk/node_modules/openai
 export COCOON_TEST_MODEL ?= $(abspath $(CURDIR)/../shared/models/stories260K.gguf)
+# Debian's prometheus, unpacked (not installed) by scripts/prometheus.sh, for the test
+# in which a real Prometheus scrapes a node's /metrics.
+export COCOON_PROMETHEUS ?= $(CACHE)/prometheus/usr/bin/prometheus
 
 .PHONY: build run test bench fuzz lint deps
 
@@ -20,6 +23,7 @@ deps:
 	@sh scripts/llama-libs.sh $(CACHE)/llama
 	@sh scripts/openai-sdk.sh $(CACHE)/openai-sdk
 	@sh scripts/nginx.sh $(CACHE)/nginx
+	@sh scripts/prometheus.sh $(CACHE)/prometheus
 
 run: build deps
 	@bash scripts/run.sh ./$(BIN)
