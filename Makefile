@@ -10,6 +10,9 @@ export COCOON_LLAMA_LIB ?= $(CACHE)/llama/lib
 # The official OpenAI JavaScript SDK, for the test that drives a gateway with it.
 export COCOON_OPENAI_SDK ?= $(CACHE)/openai-sdk/node_modules/openai
 export COCOON_TEST_MODEL ?= $(abspath $(CURDIR)/../shared/models/stories260K.gguf)
+# Debian's headless Chromium, for the status page's browser test (installed by
+# scripts/chromium.sh; looked up when each recipe runs, so after deps installed it).
+export COCOON_CHROMIUM ?= $(shell sh scripts/chromium.sh --no-install)
 
 .PHONY: build run test bench fuzz lint deps
 
@@ -20,6 +23,7 @@ deps:
 	@sh scripts/llama-libs.sh $(CACHE)/llama
 	@sh scripts/openai-sdk.sh $(CACHE)/openai-sdk
 	@sh scripts/nginx.sh $(CACHE)/nginx
+	@sh scripts/chromium.sh >/dev/null
 
 run: build deps
 	@bash scripts/run.sh ./$(BIN)

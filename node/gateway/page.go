@@ -37,6 +37,7 @@ var pageTmpl = template.Must(template.New("").Funcs(template.FuncMap{
 	"uptime":  uptimeString,
 	"gib":     gibString,
 	"join":    strings.Join,
+	"count":   countString,
 	"refresh": func() int64 { return RefreshInterval.Milliseconds() },
 }).ParseFS(pageFiles, "page/*.html"))
 
@@ -228,8 +229,10 @@ func msString(ms float64) string {
 		return "—"
 	case ms < 10:
 		return strconv.FormatFloat(ms, 'f', 1, 64) + " ms"
-	case ms < 10000:
+	case ms < 1000:
 		return strconv.FormatFloat(ms, 'f', 0, 64) + " ms"
+	case ms < 10000:
+		return strconv.FormatFloat(ms/1000, 'f', 2, 64) + " s"
 	}
 	return strconv.FormatFloat(ms/1000, 'f', 1, 64) + " s"
 }
@@ -259,6 +262,14 @@ func roughDuration(d time.Duration) string {
 		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
 	}
 	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+// countString is "1 job", "2 jobs": n and the word, plural unless n is 1.
+func countString(n uint64, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return strconv.FormatUint(n, 10) + " " + word + "s"
 }
 
 func uptimeString(sec float64) string {

@@ -354,6 +354,14 @@ func TestPageFormats(t *testing.T) {
 			t.Errorf("sinceString(%v) = %q; want %q", tc.t, got, tc.want)
 		}
 	}
+	for ms, want := range map[float64]string{0: "—", 0.42: "0.4 ms", 94: "94 ms", 5521: "5.52 s", 12345: "12.3 s"} {
+		if got := msString(ms); got != want {
+			t.Errorf("msString(%v) = %q; want %q", ms, got, want)
+		}
+	}
+	if got := countString(1, "job") + ", " + countString(0, "job"); got != "1 job, 0 jobs" {
+		t.Errorf("countString = %q", got)
+	}
 	if got := shortID(workerID); got != "12D3KooW…AAAAA1" {
 		t.Errorf("shortID = %q", got)
 	}
