@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -66,19 +65,17 @@ const readPage = `(() => {
 })()`
 
 // chromiumPath is Debian's headless Chromium that `make deps` installs
-// (scripts/chromium.sh), from $COCOON_CHROMIUM or else the PATH.
+// (scripts/chromium.sh) and the Makefile names in $COCOON_CHROMIUM.
 func chromiumPath(t *testing.T) string {
 	t.Helper()
-	if p := os.Getenv("COCOON_CHROMIUM"); p != "" {
-		return p
+	p := os.Getenv("COCOON_CHROMIUM")
+	if p == "" {
+		t.Fatal("COCOON_CHROMIUM is not set: run `make deps` (scripts/chromium.sh installs Debian's chromium-headless-shell and prints its path), then run the tests through make or export COCOON_CHROMIUM=$(sh scripts/chromium.sh)")
 	}
-	for _, name := range []string{"chromium-headless-shell", "chromium"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("COCOON_CHROMIUM=%s: %v; run `make deps`", p, err)
 	}
-	t.Fatal("no Chromium for the status page's browser test: run `make deps` (scripts/chromium.sh installs Debian's chromium-headless-shell), or set COCOON_CHROMIUM to a Chromium binary")
-	return ""
+	return p
 }
 
 // artifactDir is where tests keep what a person should look at afterwards:
