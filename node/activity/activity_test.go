@@ -233,3 +233,19 @@ func TestSnapshotIsACopy(t *testing.T) {
 		t.Fatalf("snapshot changed after a later event: %+v", s)
 	}
 }
+
+// The journal is called synchronously from every job's goroutine: what one
+// job's events cost (start, two vouchers, end) with a full ring of done jobs.
+func BenchmarkJournalJob(b *testing.B) {
+	j := New(50)
+	p := peer.ID("worker")
+	var id market.JobID
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		id[0], id[1] = byte(i), byte(i>>8)
+		j.JobStarted(market.JobEvent{ID: id, Side: market.SideClient, Peer: p, Model: "m"})
+		j.Voucher(market.VoucherEvent{Side: market.SideClient, Peer: p, Job: id, NanoTON: 10})
+		j.Voucher(market.VoucherEvent{Side: market.SideClient, Peer: p, Job: id, NanoTON: 10})
+		j.JobEnded(market.JobEvent{ID: id, Side: market.SideClient, Peer: p, Model: "m", NanoTON: 20, Outcome: market.OutcomeOK})
+	}
+}

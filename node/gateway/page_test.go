@@ -366,3 +366,29 @@ func TestPageFormats(t *testing.T) {
 		t.Errorf("shortID = %q", got)
 	}
 }
+
+// What one refresh of the status page costs the node to render (the data
+// gathering is the node's), for an overview of 50 peers, ads and jobs.
+func BenchmarkStatusPageLive(b *testing.B) {
+	ov := testnetOverview()
+	for len(ov.Peers) < 50 {
+		ov.Peers = append(ov.Peers, ov.Peers[0])
+		ov.Ads = append(ov.Ads, ov.Ads[0])
+		ov.Done = append(ov.Done, ov.Done[0])
+	}
+	s := New(testToken, &fakeInfo{ov: ov}, nil)
+	h := s.Handler()
+	req := httptest.NewRequest("GET", "/api/v0/overview.html", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	b.ReportAllocs()
+	var n int
+	for b.Loop() {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != 200 {
+			b.Fatalf("status %d", w.Code)
+		}
+		n = w.Body.Len()
+	}
+	b.ReportMetric(float64(n), "bytes/page")
+}
