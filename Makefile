@@ -13,6 +13,9 @@ export COCOON_TEST_MODEL ?= $(abspath $(CURDIR)/../shared/models/stories260K.ggu
 # Debian's prometheus, unpacked (not installed) by scripts/prometheus.sh, for the test
 # in which a real Prometheus scrapes a node's /metrics.
 export COCOON_PROMETHEUS ?= $(CACHE)/prometheus/usr/bin/prometheus
+# Debian's headless Chromium, for the status page's browser test (installed by
+# scripts/chromium.sh; looked up when each recipe runs, so after deps installed it).
+export COCOON_CHROMIUM ?= $(shell sh scripts/chromium.sh --no-install)
 
 .PHONY: build run test bench fuzz lint deps
 
@@ -24,6 +27,7 @@ deps:
 	@sh scripts/openai-sdk.sh $(CACHE)/openai-sdk
 	@sh scripts/nginx.sh $(CACHE)/nginx
 	@sh scripts/prometheus.sh $(CACHE)/prometheus
+	@sh scripts/chromium.sh >/dev/null
 
 run: build deps
 	@bash scripts/run.sh ./$(BIN)

@@ -51,13 +51,18 @@ type Peer struct {
 	LatencyMS float64  `json:"latency_ms"`
 }
 
-// Info is what the gateway asks of the node it serves.
+// Info is what the gateway asks of the node it serves. Its methods are called
+// from request goroutines, concurrently.
 type Info interface {
 	Status() Status
 	Peers() []Peer
+	// Overview is everything the status page shows.
+	Overview() Overview
 }
 
-// Server is the node's local HTTP API. Every request needs the bearer token.
+// Server is the node's local HTTP API. Every request needs the bearer token,
+// except the status page's GETs, which also take the cookie that GET /?token=
+// sets (see cookieAllowed).
 type Server struct {
 	token string
 	info  Info
@@ -82,6 +87,9 @@ func New(token string, info Info, log *slog.Logger) *Server {
 		}
 		writeJSON(w, http.StatusOK, peers)
 	})
+	s.mux.HandleFunc("GET /api/v0/overview", s.serveOverview)
+	s.mux.HandleFunc("GET /api/v0/overview.html", s.serveLive)
+	s.mux.HandleFunc("GET /{$}", s.servePage)
 	s.srv = &http.Server{
 		Handler:           s.auth(s.mux),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -99,7 +107,20 @@ func (s *Server) Handler() http.Handler { return s.srv.Handler }
 func (s *Server) auth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) != 1 {
+		authed := ok && subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) == 1
+		page := r.Method == http.MethodGet && r.URL.Path == "/"
+		if page && r.URL.Query().Has("token") {
+			s.signIn(w, r, r.URL.Query().Get("token"))
+			return
+		}
+		if !authed && cookieAllowed(r) && s.cookieOK(r) {
+			authed = true
+		}
+		if !authed && page {
+			s.unauthorizedPage(w, r, "")
+			return
+		}
+		if !authed {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="cocoon"`)
 			writeError(w, http.StatusUnauthorized, "invalid_api_key",
 				"missing or wrong bearer token: send 'Authorization: Bearer <token>' with the token from <datadir>/api.token")
