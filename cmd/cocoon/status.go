@@ -61,7 +61,7 @@ func printJSON(w io.Writer, v any) error {
 
 func init() {
 	var datadir string
-	var asJSON bool
+	var asJSON, pageURL bool
 	status := &cobra.Command{
 		Use:   "status",
 		Short: "Show the running node's status",
@@ -70,6 +70,10 @@ func init() {
 			c, err := newAPIClient(datadir)
 			if err != nil {
 				return err
+			}
+			if pageURL { // the sign-in URL carries the secret token: only on request
+				fmt.Fprintf(cmd.OutOrStdout(), "%s/?token=%s\n", c.base, c.token)
+				return nil
 			}
 			var st gateway.Status
 			if err := c.get("/api/v0/status", &st); err != nil {
@@ -105,11 +109,13 @@ func init() {
 				}
 				fmt.Fprintf(tw, "%s\t%s\n", label, a)
 			}
+			fmt.Fprintf(tw, "status page\t%s/ (sign in: open the URL `cocoon status --page-url` prints)\n", c.base)
 			return tw.Flush()
 		},
 	}
 	status.Flags().StringVar(&datadir, "datadir", defaultDatadir(), "node data directory")
 	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	status.Flags().BoolVar(&pageURL, "page-url", false, "print only the status page's sign-in URL (it contains the API token)")
 	rootCmd.AddCommand(status)
 
 	var pdatadir string

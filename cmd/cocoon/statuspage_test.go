@@ -142,8 +142,14 @@ func TestStatusPage(t *testing.T) {
 	}); err != nil {
 		fail("start Chromium %s: %v", chromium, err)
 	}
+	// The sign-in URL as a user gets it: `cocoon status --page-url`.
+	pageURL, _, err := run(t, "status", "--datadir", client.Datadir, "--page-url")
+	pageURL = strings.TrimSpace(pageURL)
+	if err != nil || pageURL != client.URL+"/?token="+url.QueryEscape(client.Token) {
+		fail("cocoon status --page-url: %q, %v; want %s/?token=<its token>", pageURL, err, client.URL)
+	}
 	// The first Run starts the browser: no timeout on it (see chromedp.Run).
-	if err := chromedp.Do(ctx, chromedp.Navigate(client.URL+"/?token="+url.QueryEscape(client.Token))); err != nil {
+	if err := chromedp.Do(ctx, chromedp.Navigate(pageURL)); err != nil {
 		fail("open the status page: %v", err)
 	}
 	step, stepCancel := context.WithTimeout(ctx, 45*time.Second)
