@@ -674,7 +674,10 @@ func (b *batchRun) run(stdout io.Writer) error {
 		}
 		interrupted.Store(true)
 		close(stopping)
-		fmt.Fprintf(b.stderr, "\nbatch: stopping; waiting up to %s for the requests in flight (Ctrl-C again cancels them)\n", b.grace)
+		if b.tty {
+			fmt.Fprintln(b.stderr) // off the bar's line
+		}
+		fmt.Fprintf(b.stderr, "batch: stopping; waiting up to %s for the requests in flight (Ctrl-C again cancels them)\n", b.grace)
 		select {
 		case <-sigs:
 		case <-time.After(b.grace):
@@ -731,6 +734,9 @@ feed:
 		return fmt.Errorf("batch: %w; free the disk or fix the file, then run the same command again", *werr)
 	}
 	if interrupted.Load() {
+		if failed > 0 {
+			fmt.Fprintf(b.stderr, "batch: %d requests got no answer (cancelled in flight, or failed); a worker may have been paid for the part it delivered; they run again next time\n", failed)
+		}
 		return fmt.Errorf("interrupted: %d of %d done; run the same command again to finish the rest", doneAll, b.total)
 	}
 	if failed > 0 {
