@@ -163,15 +163,19 @@ func decodeBatchLine(line []byte) (batchRequest, error) {
 	return r, nil
 }
 
-// marshal encodes r as a batch input line (without the newline).
+// marshal encodes r as a batch input line (without the newline), the body
+// byte for byte (no HTML escaping).
 func (r batchRequest) marshal() []byte {
-	b, _ := json.Marshal(struct {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(struct {
 		CustomID string          `json:"custom_id"`
 		Method   string          `json:"method"`
 		URL      string          `json:"url"`
 		Body     json.RawMessage `json:"body"`
 	}{r.CustomID, r.Method, r.URL, r.Body})
-	return b
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
 }
 
 // readBatchInput reads and checks every line of a batch input file; blank
@@ -390,12 +394,14 @@ func (b *batchRun) send(ctx context.Context, req batchRequest) {
 	if len(h) > 0 {
 		o.Response.Headers = h
 	}
-	line, err := json.Marshal(o)
-	if err != nil {
+	var line bytes.Buffer // the answer as it came, not HTML-escaped
+	enc := json.NewEncoder(&line)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(o); err != nil {
 		fail(fmt.Errorf("encode the output line: %w", err))
 		return
 	}
-	if err := b.write(append(line, '\n')); err != nil {
+	if err := b.write(line.Bytes()); err != nil {
 		b.writeError.CompareAndSwap(nil, &err)
 		fail(err)
 		return
