@@ -309,6 +309,10 @@ type batchRun struct {
 	failed     atomic.Int64
 	cost       atomic.Uint64
 	firstFail  atomic.Pointer[string]
+	lastFail   atomic.Pointer[string]
+	inARow     atomic.Int64 // requests without an answer since the last answer
+	gaveUp     chan struct{}
+	giveUpOnce sync.Once
 	workers    sync.Map // worker peer ID → struct{}
 	writeError atomic.Pointer[error]
 }
@@ -329,6 +333,10 @@ func (b *batchRun) send(ctx context.Context, req batchRequest) {
 		b.failed.Add(1)
 		msg := fmt.Sprintf("%s (line %d): %v", req.CustomID, req.Line, err)
 		b.firstFail.CompareAndSwap(nil, &msg)
+		b.lastFail.Store(&msg)
+		if b.inARow.Add(1) >= b.giveUpAfter() {
+			b.giveUp()
+		}
 	}
 	hreq, err := http.NewRequestWithContext(rctx, http.MethodPost, b.api.base+req.URL, bytes.NewReader(req.Body))
 	if err != nil {
@@ -407,11 +415,19 @@ func (b *batchRun) send(ctx context.Context, req batchRequest) {
 		return
 	}
 	b.written.Add(1)
+	b.inARow.Store(0)
 	b.cost.Add(cost)
 	if resp.StatusCode/100 != 2 {
 		b.errStatus.Add(1)
 	}
 }
+
+// giveUpAfter is how many requests in a row may get no answer before the run
+// stops starting new ones: the node is most likely down, and every further
+// request would fail the same way.
+func (b *batchRun) giveUpAfter() int64 { return int64(max(5, 2*b.parallel)) }
+
+func (b *batchRun) giveUp() { b.giveUpOnce.Do(func() { close(b.gaveUp) }) }
 
 // write appends one whole line to the output and syncs it to disk, so that a
 // kill loses at most the requests in flight.
@@ -654,7 +670,7 @@ func runBatch(cmd *cobra.Command, inPath, outPath, datadir string, parallel int,
 		tty = term.IsTerminal(int(f.Fd()))
 	}
 	b := &batchRun{api: api, out: out, reqs: todo, total: total, skipped: skipped, parallel: parallel,
-		timeout: timeout, grace: grace, stderr: stderr, tty: tty}
+		timeout: timeout, grace: grace, stderr: stderr, tty: tty, gaveUp: make(chan struct{})}
 	fmt.Fprintf(stderr, "batch: %d requests (%d already in %s), sending %d, %d at a time (%d workers offer %s)\n",
 		total, skipped, outPath, len(todo), parallel, workers, strings.Join(ids, ", "))
 	return b.run(cmd.OutOrStdout())
@@ -716,6 +732,8 @@ feed:
 		case queue <- r:
 		case <-stopping:
 			break feed
+		case <-b.gaveUp:
+			break feed
 		case <-reqCtx.Done():
 			break feed
 		}
@@ -734,7 +752,7 @@ feed:
 	if n := b.errStatus.Load(); n > 0 {
 		errNote = fmt.Sprintf(" (%d with an error status)", n)
 	}
-	fmt.Fprintf(stdout, "batch: %d of %d done: %d answered now%s, %d skipped as already finished, %d failed; %d nanoTON spent; %d workers; %.1f s, %.2f req/s\n",
+	fmt.Fprintf(stdout, "batch: %d of %d done: %d answered now%s, %d skipped as already finished, %d failed; %d nanoTON spent; answered by %d workers; %.1f s, %.2f req/s\n",
 		doneAll, b.total, written, errNote, b.skipped, failed, b.cost.Load(), nworkers, el.Seconds(), float64(written)/el.Seconds())
 	if werr := b.writeError.Load(); werr != nil {
 		return fmt.Errorf("batch: %w; free the disk or fix the file, then run the same command again", *werr)
@@ -744,6 +762,12 @@ feed:
 			fmt.Fprintf(b.stderr, "batch: %d requests got no answer (cancelled in flight, or failed); a worker may have been paid for the part it delivered; they run again next time\n", failed)
 		}
 		return fmt.Errorf("interrupted: %d of %d done; run the same command again to finish the rest", doneAll, b.total)
+	}
+	select {
+	case <-b.gaveUp:
+		return fmt.Errorf("batch: stopped after %d requests in a row got no answer (last: %s); check the node (`cocoon status`) and run the same command again to finish the rest",
+			b.giveUpAfter(), *b.lastFail.Load())
+	default:
 	}
 	if failed > 0 {
 		return fmt.Errorf("batch: %d requests got no answer (first: %s); check the node (`cocoon status`) and run the same command again to retry them", failed, *b.firstFail.Load())

@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -194,7 +196,7 @@ func FuzzBatchLine(f *testing.F) {
 // 2-core machine slow every generation by an order of magnitude (1.2 instead of
 // 20 answers per second here). A process pinned to one CPU sees one CPU, so its
 // llama.cpp runs one thread.
-func pinnedBin(t *testing.T) string {
+func pinnedBin(t testing.TB) string {
 	t.Helper()
 	if _, err := exec.LookPath("taskset"); err != nil {
 		return bin
@@ -252,7 +254,7 @@ func countLines(path string) int {
 	return bytes.Count(b, []byte("\n"))
 }
 
-var batchSummary = regexp.MustCompile(`batch: (\d+) of (\d+) done: (\d+) answered now, (\d+) skipped as already finished, (\d+) failed; (\d+) nanoTON spent`)
+var batchSummary = regexp.MustCompile(`batch: (\d+) of (\d+) done: (\d+) answered now(?: \(\d+ with an error status\))?, (\d+) skipped as already finished, (\d+) failed; (\d+) nanoTON spent`)
 
 // parseSummary reads done, total, answered now, skipped, failed and spent from
 // the summary line.
@@ -267,6 +269,31 @@ func parseSummary(t *testing.T, out string) [6]uint64 {
 		v[i], _ = strconv.ParseUint(m[i+1], 10, 64)
 	}
 	return v
+}
+
+// writeBatchInput writes n requests for the test model, distinct prompts at
+// temperature 0 with 8 to 16 tokens, every tenth a /v1/completions one, and
+// returns each custom_id's url and body.
+func writeBatchInput(t testing.TB, path string, n int) map[string]string {
+	t.Helper()
+	var buf bytes.Buffer
+	bodies := map[string]string{}
+	for i := range n {
+		id := fmt.Sprintf("req-%03d", i)
+		url := "/v1/chat/completions"
+		body := fmt.Sprintf(`{"model":"stories260K","messages":[{"role":"user","content":"Tell me story %d about %s"}],"max_tokens":%d,"temperature":0}`,
+			i, []string{"a cat", "a dog", "the sea", "a red ball", "Lily"}[i%5], 8+i%9)
+		if i%10 == 9 {
+			url = "/v1/completions"
+			body = fmt.Sprintf(`{"model":"stories260K","prompt":"Once upon a time, story %d,","max_tokens":%d,"temperature":0}`, i, 8+i%9)
+		}
+		bodies[id] = url + " " + body
+		fmt.Fprintf(&buf, `{"custom_id":%q,"method":"POST","url":%q,"body":%s}`+"\n", id, url, body)
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return bodies
 }
 
 // TestBatchInterruptResume runs a 200-line batch with `cocoon batch` against a
@@ -290,21 +317,7 @@ func TestBatchInterruptResume(t *testing.T) {
 
 	const n = 200
 	in, out := filepath.Join(dir, "in.jsonl"), filepath.Join(dir, "out.jsonl")
-	var inBuf bytes.Buffer
-	bodies := map[string]string{} // custom_id → url and body
-	for i := range n {
-		id := fmt.Sprintf("req-%03d", i)
-		url := "/v1/chat/completions"
-		body := fmt.Sprintf(`{"model":"stories260K","messages":[{"role":"user","content":"Tell me story %d about %s"}],"max_tokens":%d,"temperature":0}`,
-			i, []string{"a cat", "a dog", "the sea", "a red ball", "Lily"}[i%5], 8+i%9)
-		if i%10 == 9 {
-			url = "/v1/completions"
-			body = fmt.Sprintf(`{"model":"stories260K","prompt":"Once upon a time, story %d,","max_tokens":%d,"temperature":0}`, i, 8+i%9)
-		}
-		bodies[id] = url + " " + body
-		fmt.Fprintf(&inBuf, `{"custom_id":%q,"method":"POST","url":%q,"body":%s}`+"\n", id, url, body)
-	}
-	os.WriteFile(in, inBuf.Bytes(), 0o644)
+	bodies := writeBatchInput(t, in, n)
 
 	// First run: SIGINT once about half the answers are in.
 	start := time.Now()
@@ -431,4 +444,185 @@ func TestBatchInterruptResume(t *testing.T) {
 	// Money: what the client paid and what the workers can claim both equal the
 	// cost written in the output plus the ten re-sent requests.
 	checkBooks(t, c, spent+resent)
+}
+
+// fakeGateway is a node API that answers batch requests by their prompt: "bad"
+// gets a 400 with OpenAI's error body; "drop" has its connection closed without
+// an answer the first time, "gone" every time; anything else a 200 with a cost of 5. It counts the
+// requests in flight at once.
+type fakeGateway struct {
+	mu               sync.Mutex
+	inFlight, most   int
+	dropped, handled map[string]int
+}
+
+func (g *fakeGateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Authorization") != "Bearer "+strings.Repeat("ab", 16) {
+		http.Error(w, "unauthorized", http.StatusUnauthorized)
+		return
+	}
+	if r.URL.Path == "/v1/models" {
+		w.Write([]byte(`{"object":"list","data":[{"id":"m","object":"model","workers":2}]}`))
+		return
+	}
+	var body struct{ Prompt string }
+	json.NewDecoder(r.Body).Decode(&body)
+	g.mu.Lock()
+	g.inFlight++
+	g.most = max(g.most, g.inFlight)
+	g.handled[body.Prompt]++
+	drop := strings.HasPrefix(body.Prompt, "drop") && g.dropped[body.Prompt] == 0 || strings.HasPrefix(body.Prompt, "gone")
+	if drop {
+		g.dropped[body.Prompt]++
+	}
+	g.mu.Unlock()
+	defer func() { g.mu.Lock(); g.inFlight--; g.mu.Unlock() }()
+	time.Sleep(20 * time.Millisecond)
+	switch {
+	case drop:
+		conn, _, _ := w.(http.Hijacker).Hijack()
+		conn.Close()
+	case strings.HasPrefix(body.Prompt, "bad"):
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		w.Write([]byte(`{"error":{"message":"no & good","type":"invalid_request_error","param":null,"code":null}}`))
+	default:
+		w.Header().Set("X-Cocoon-Worker", "w1")
+		w.Write([]byte(`{"id":"cmpl-1","object":"text_completion","choices":[{"text":"ok & fine","index":0}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2,"cost_nanoton":5}}`))
+	}
+}
+
+// TestBatchErrorsAndRetries runs `cocoon batch` against a fake gateway: error
+// answers are written with their status and body, requests whose connection was
+// cut are not written, are reported with what to do, and are the only ones the
+// re-run sends; as many requests run at once as the node says workers offer the
+// model.
+func TestBatchErrorsAndRetries(t *testing.T) {
+	g := &fakeGateway{dropped: map[string]int{}, handled: map[string]int{}}
+	srv := httptest.NewServer(g)
+	defer srv.Close()
+	dir := t.TempDir()
+	datadir := filepath.Join(dir, "node")
+	os.MkdirAll(datadir, 0o700)
+	os.WriteFile(filepath.Join(datadir, "api.addr"), []byte(strings.TrimPrefix(srv.URL, "http://")), 0o600)
+	os.WriteFile(filepath.Join(datadir, "api.token"), []byte(strings.Repeat("ab", 16)), 0o600)
+
+	in, out := filepath.Join(dir, "in.jsonl"), filepath.Join(dir, "out.jsonl")
+	var inBuf bytes.Buffer
+	prompts := map[string]string{}
+	for i := range 30 {
+		p := fmt.Sprintf("ok %d", i)
+		switch i % 10 {
+		case 3:
+			p = fmt.Sprintf("bad %d", i)
+		case 7:
+			p = fmt.Sprintf("drop %d", i)
+		}
+		id := fmt.Sprintf("r%d", i)
+		prompts[id] = p
+		fmt.Fprintf(&inBuf, `{"custom_id":%q,"method":"POST","url":"/v1/completions","body":{"model":"m","prompt":%q}}`+"\n", id, p)
+	}
+	os.WriteFile(in, inBuf.Bytes(), 0o644)
+
+	stdout, stderr, err := run(t, "batch", in, "-o", out, "--datadir", datadir)
+	if err == nil || !strings.Contains(stderr, "3 requests got no answer") || !strings.Contains(stderr, "run the same command again to retry them") {
+		t.Fatalf("first run: %v; want a non-zero exit naming 3 unanswered requests; stdout %q stderr %q", err, stdout, stderr)
+	}
+	if s := parseSummary(t, stdout); s != [6]uint64{27, 30, 27, 0, 3, 24 * 5} {
+		t.Fatalf("first run's summary %v (%q); want 27 of 30 done, 3 failed, 120 nanoTON", s, stdout)
+	}
+	if !strings.Contains(stdout, "(3 with an error status)") || !strings.Contains(stderr, "2 at a time (2 workers offer m)") {
+		t.Fatalf("first run: stdout %q, stderr %q", stdout, stderr)
+	}
+	if g.most != 2 {
+		t.Fatalf("%d requests ran at once; the node said 2 workers offer the model", g.most)
+	}
+	stdout, stderr, err = run(t, "batch", in, "-o", out, "--datadir", datadir, "--parallel", "1")
+	if err != nil {
+		t.Fatalf("re-run: %v: %s%s", err, stdout, stderr)
+	}
+	if s := parseSummary(t, stdout); s != [6]uint64{30, 30, 3, 27, 0, 15} {
+		t.Fatalf("re-run's summary %v (%q); want 3 answered now, 27 skipped", s, stdout)
+	}
+	b, _ := os.ReadFile(out)
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	if len(lines) != 30 {
+		t.Fatalf("%d output lines; want 30", len(lines))
+	}
+	seen := map[string]bool{}
+	for _, l := range lines {
+		var o batchOut
+		if err := json.Unmarshal([]byte(l), &o); err != nil || seen[o.CustomID] {
+			t.Fatalf("output line %q: %v (or a second line for its custom_id)", l, err)
+		}
+		seen[o.CustomID] = true
+		want := 200
+		if strings.HasPrefix(prompts[o.CustomID], "bad") {
+			want = 400
+		}
+		if o.Response.StatusCode != want || (want == 200) != (o.Response.Headers["x-cocoon-worker"] == "w1") {
+			t.Fatalf("output line for %q (%q): %s", o.CustomID, prompts[o.CustomID], l)
+		}
+		if want == 400 && !strings.Contains(string(o.Response.Body), `"message":"no & good"`) {
+			t.Fatalf("error body not kept as answered: %s", l)
+		}
+	}
+	for p, n := range g.handled {
+		if want := 1 + g.dropped[p]; n != want {
+			t.Errorf("%q sent %d times; want %d", p, n, want)
+		}
+	}
+
+	// A node that stops answering: the run gives up after a few requests in a
+	// row got no answer, instead of failing every remaining one.
+	inBuf.Reset()
+	for i := range 50 {
+		fmt.Fprintf(&inBuf, `{"custom_id":"g%d","method":"POST","url":"/v1/completions","body":{"model":"m","prompt":"gone %d"}}`+"\n", i, i)
+	}
+	os.WriteFile(in, inBuf.Bytes(), 0o644)
+	out = filepath.Join(dir, "out2.jsonl")
+	stdout, stderr, err = run(t, "batch", in, "-o", out, "--datadir", datadir)
+	s := parseSummary(t, stdout)
+	if err == nil || !strings.Contains(stderr, "stopped after 5 requests in a row got no answer") || s[4] < 5 || s[4] > 7 || countLines(out) != 0 {
+		t.Fatalf("a node answering nothing: %v, summary %v; want a stop after 5 to 7 failures, nothing written; stderr %q", err, s, stderr)
+	}
+}
+
+// BenchmarkBatch runs the 200-line batch of TestBatchInterruptResume against a
+// local testnet of 3 workers (each pinned to one CPU, see pinnedBin), one
+// request at a time and one per worker, and reports answered lines per second.
+// It needs the environment `make bench` sets.
+func BenchmarkBatch(b *testing.B) {
+	model, lib := os.Getenv("COCOON_TEST_MODEL"), os.Getenv("COCOON_LLAMA_LIB")
+	if model == "" || lib == "" {
+		b.Fatal("COCOON_TEST_MODEL and COCOON_LLAMA_LIB are unset: run it through `make bench`")
+	}
+	dir := b.TempDir()
+	c, err := testnet.Launch(context.Background(), testnet.LaunchConfig{Bin: pinnedBin(b), Dir: dir, Nodes: 4, Workers: 3, Model: model, LibDir: lib})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Stop() })
+	const n = 200
+	in := filepath.Join(dir, "in.jsonl")
+	writeBatchInput(b, in, n)
+	for _, parallel := range []string{"1", "0"} {
+		name := "parallel=" + parallel
+		if parallel == "0" {
+			name = "parallel=workers"
+		}
+		b.Run(name, func(b *testing.B) {
+			i := 0
+			for b.Loop() {
+				i++
+				out := filepath.Join(dir, fmt.Sprintf("out-%s-%d.jsonl", parallel, i))
+				cmd := exec.Command(bin, "batch", in, "-o", out, "--datadir", c.Nodes[0].Datadir, "--parallel", parallel)
+				if msg, err := cmd.CombinedOutput(); err != nil || countLines(out) != n {
+					b.Fatalf("batch: %v: %s", err, msg)
+				}
+			}
+			b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "lines/s")
+			b.ReportMetric(b.Elapsed().Seconds()/float64(b.N), "s/200lines")
+		})
+	}
 }
