@@ -510,8 +510,11 @@ func (p *progress) stop() {
 }
 
 // workersFor asks the node how many workers offer each model and returns the
-// smallest such count over the models (a model this node serves itself counts
-// as one). A model nobody offers is an error: its requests would all fail.
+// largest such count over the models (a model this node serves itself counts
+// as one): with more requests at once than a model has workers, the extra ones
+// wait in the node for a free worker, which costs nothing, while fewer would
+// leave workers idle. A model nobody offers is an error: its requests would all
+// fail.
 func workersFor(api *apiClient, models []string) (int, error) {
 	list, err := api.models()
 	if err != nil {
@@ -528,17 +531,15 @@ func workersFor(api *apiClient, models []string) (int, error) {
 		}
 		count[m.ID] = n
 	}
-	least := 0
-	for i, id := range models {
+	most := 1
+	for _, id := range models {
 		n := count[id]
 		if n == 0 {
 			return 0, fmt.Errorf("no worker offers model %q yet (`cocoon models` lists what is on offer; workers' ads arrive within 10 s of their start)", id)
 		}
-		if i == 0 || n < least {
-			least = n
-		}
+		most = max(most, n)
 	}
-	return max(1, least), nil
+	return most, nil
 }
 
 func init() {
@@ -567,10 +568,14 @@ OUT is appended to: a re-run skips the custom_ids already in it, so an interrupt
 partly failed batch is finished by running the same command again. Requests that never
 got an answer (node unreachable, connection cut) are not written and are retried then.
 
-By default as many requests run at once as there are workers offering the model; the
-node's market runs one job per worker at a time and prefers idle workers.
-Ctrl-C stops starting requests and waits up to --grace for those in flight; a second
-Ctrl-C cancels them at once.`,
+Lines of IN may be up to 1 MiB. By default as many requests run at once as there are
+workers offering the model; the node's market runs one job per worker at a time and
+prefers idle workers. Where several llama.cpp workers share one machine's CPUs (a
+local testnet), their threads compete and --parallel 1 can be faster.
+
+Ctrl-C (or SIGTERM) stops starting requests and waits up to --grace for those in
+flight; a second one cancels them at once. After several requests in a row got no
+answer the run stops too. Either way, run the same command again to finish.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if outPath == "" {
