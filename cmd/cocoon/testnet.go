@@ -1,11 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -31,6 +37,19 @@ func init() {
 			if c, err := testnet.LoadCluster(dir); err == nil && c.Ledger != nil && c.Ledger.Alive() {
 				return fmt.Errorf("a testnet is already running in %s (`cocoon testnet down --dir %s` stops it)", dir, dir)
 			}
+			if workers < 1 || nodes <= workers {
+				return fmt.Errorf("a testnet needs at least one worker and one client: -n %d --workers %d; give -n more than --workers (e.g. -n 5 --workers 3)", nodes, workers)
+			}
+			if _, err := os.Stat(model); err != nil {
+				return fmt.Errorf("the workers' model %s is missing: pass --model PATH.gguf or set COCOON_TEST_MODEL (the shared test model is ../shared/models/stories260K.gguf)", model)
+			}
+			lib := os.Getenv("COCOON_LLAMA_LIB")
+			if lib == "" {
+				return errors.New("the workers need llama.cpp's libraries and COCOON_LLAMA_LIB is unset: run `make deps`, then `export COCOON_LLAMA_LIB=$PWD/.cache/llama/lib` (`make run` does both)")
+			}
+			if _, err := os.Stat(filepath.Join(lib, "libllama.so")); err != nil {
+				return fmt.Errorf("COCOON_LLAMA_LIB=%s holds no libllama.so: run `make deps` and point COCOON_LLAMA_LIB at its .cache/llama/lib", lib)
+			}
 			self, err := os.Executable()
 			if err != nil {
 				return err
@@ -39,13 +58,20 @@ func init() {
 			defer stop()
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "starting %d nodes (%d workers) in %s — simulated TEE and dev ledger: NOT confidential, NOT real TON\n", nodes, workers, dir)
-			c, err := testnet.Launch(ctx, testnet.LaunchConfig{
+			prog := newStepWriter(out, 10*time.Second)
+			c, err := launch(ctx, testnet.LaunchConfig{
 				Bin: self, Dir: dir, Nodes: nodes, Workers: workers, Model: model,
-				LibDir: os.Getenv("COCOON_LLAMA_LIB"), Progress: out,
+				LibDir: lib, Progress: prog,
 			})
+			prog.stop()
 			if err != nil {
-				return fmt.Errorf("%w (logs in %s)", err, dir)
+				showFatalLogs(cmd.ErrOrStderr(), dir)
+				if ctx.Err() != nil {
+					return fmt.Errorf("interrupted while starting; %v (logs in %s)", err, dir)
+				}
+				return fmt.Errorf("%w (logs in %s; fix the cause and run `cocoon testnet up` again)", err, dir)
 			}
+			fmt.Fprintf(out, "ready in %s\n", prog.elapsed().Round(100*time.Millisecond))
 			printCluster(cmd, c)
 			fmt.Fprintf(out, "\nTry: curl -H \"Authorization: Bearer %s\" -d '{\"model\":\"%s\",\"messages\":[{\"role\":\"user\",\"content\":\"Tell me a story\"}],\"max_tokens\":48}' %s/v1/chat/completions\n",
 				c.Nodes[0].Token, modelID(model), c.Nodes[0].URL)
@@ -131,4 +157,128 @@ func printCluster(cmd *cobra.Command, c *testnet.Cluster) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, role, state, p.PeerID, p.URL, p.Token)
 	}
 	tw.Flush()
+}
+
+// stepWriter passes the launcher's progress lines through, each prefixed with
+// the time since the start, and says that the launch is still working when a
+// step has been quiet for a while (waiting for the workers' ads can take up to
+// a minute), so that a long start never looks hung.
+type stepWriter struct {
+	w     io.Writer
+	start time.Time
+	mu    sync.Mutex
+	last  time.Time
+	quit  chan struct{}
+	done  chan struct{}
+}
+
+func newStepWriter(w io.Writer, quiet time.Duration) *stepWriter {
+	s := &stepWriter{w: w, start: time.Now(), last: time.Now(), quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		t := time.NewTicker(quiet / 5)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.quit:
+				return
+			case <-t.C:
+				s.mu.Lock()
+				if time.Since(s.last) >= quiet {
+					fmt.Fprintf(s.w, "[%5.1fs]   still working (this step has taken %s so far)\n", s.elapsed().Seconds(), time.Since(s.last).Round(time.Second))
+					s.last = time.Now()
+				}
+				s.mu.Unlock()
+			}
+		}
+	}()
+	return s
+}
+
+func (s *stepWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.last = time.Now()
+	for _, line := range bytes.SplitAfter(p, []byte("\n")) {
+		if len(line) > 0 {
+			fmt.Fprintf(s.w, "[%5.1fs] %s", s.elapsed().Seconds(), line)
+		}
+	}
+	return len(p), nil
+}
+
+func (s *stepWriter) elapsed() time.Duration { return time.Since(s.start) }
+
+// stop ends the quiet-step reminders.
+func (s *stepWriter) stop() { close(s.quit); <-s.done }
+
+// launch runs testnet.Launch. When a start fails, Launch stops what it had
+// started; should that stop itself panic (it did: Launch's deferred Stop ran on
+// the nil Cluster it returned), this stops the processes it had started, which
+// are this process's children, and returns an error.
+func launch(ctx context.Context, cfg testnet.LaunchConfig) (c *testnet.Cluster, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			c, err = nil, fmt.Errorf("the start failed; %s (the launcher's own clean-up failed: %v)", stopChildren(), r)
+		}
+	}()
+	c, err = testnet.Launch(ctx, cfg)
+	if err != nil && ctx.Err() != nil {
+		err = errors.New("stopped everything started so far")
+	}
+	return c, err
+}
+
+// stopChildren ends this process's child processes (SIGTERM, then SIGKILL after
+// 10 s) and says how many it stopped.
+func stopChildren() string {
+	children := func() []int {
+		var out []int
+		dirs, _ := os.ReadDir("/proc")
+		for _, d := range dirs {
+			pid, err := strconv.Atoi(d.Name())
+			if err != nil {
+				continue
+			}
+			b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+			if err != nil {
+				continue
+			}
+			// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+			f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+			if len(f) > 1 && f[0] != "Z" && f[1] == strconv.Itoa(os.Getpid()) {
+				out = append(out, pid)
+			}
+		}
+		return out
+	}
+	pids := children()
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(children()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, pid := range children() {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	return fmt.Sprintf("stopped the %d processes started so far", len(pids))
+}
+
+// showFatalLogs prints the last line of each process log in dir that ended with
+// the process's own fatal error ("cocoon: ..."), so that the cause of a failed
+// start (a missing library, a port in use) shows without opening the logs.
+func showFatalLogs(w io.Writer, dir string) {
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		if last := lines[len(lines)-1]; strings.HasPrefix(last, "cocoon: ") {
+			fmt.Fprintf(w, "%s: %s\n", filepath.Base(l), last)
+		}
+	}
 }
