@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -91,10 +92,13 @@ func Launch(ctx context.Context, cfg LaunchConfig) (c *Cluster, err error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	c = &Cluster{Dir: cfg.Dir}
+	// cl, not the named result: every error return below sets c to nil before
+	// this deferred clean-up runs.
+	cl := &Cluster{Dir: cfg.Dir}
+	c = cl
 	defer func() {
 		if err != nil {
-			c.Stop()
+			cl.Stop()
 		}
 	}()
 	model, err := filepath.Abs(cfg.Model)
@@ -145,6 +149,10 @@ func Launch(ctx context.Context, cfg LaunchConfig) (c *Cluster, err error) {
 			ncfg.Enclave.Attester = "sim"
 			ncfg.Runtime.Models = nil
 			ncfg.Runtime.LibDir = cfg.LibDir
+			// The workers share this machine: llama.cpp's threads spin while
+			// they wait, so more threads than cores between them slows every
+			// worker down many times over.
+			ncfg.Runtime.Threads = max(1, min(4, goruntime.NumCPU()/cfg.Workers))
 			ncfg.Market.Prices = []node.ModelPrice{{Model: strings.TrimSuffix(filepath.Base(model), ".gguf"), Prompt: cfg.Price.Prompt, Completion: cfg.Price.Completion}}
 		}
 		if err := node.Save(p.Datadir, ncfg); err != nil {

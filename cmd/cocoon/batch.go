@@ -570,8 +570,7 @@ got an answer (node unreachable, connection cut) are not written and are retried
 
 Lines of IN may be up to 1 MiB. By default as many requests run at once as there are
 workers offering the model; the node's market runs one job per worker at a time and
-prefers idle workers. Where several llama.cpp workers share one machine's CPUs (a
-local testnet), their threads compete and --parallel 1 can be faster.
+prefers idle workers.
 
 Ctrl-C (or SIGTERM) stops starting requests and waits up to --grace for those in
 flight; a second one cancels them at once. After several requests in a row got no

@@ -190,26 +190,6 @@ func FuzzBatchLine(f *testing.F) {
 	})
 }
 
-// pinnedBin writes a wrapper of the cocoon binary that runs each node on one CPU
-// of its own choosing (node1, node3 on CPU 1; the others on CPU 0). llama.cpp's
-// threads spin-wait: three workers each running min(CPUs, 4) threads on a
-// 2-core machine slow every generation by an order of magnitude (1.2 instead of
-// 20 answers per second here). A process pinned to one CPU sees one CPU, so its
-// llama.cpp runs one thread.
-func pinnedBin(t testing.TB) string {
-	t.Helper()
-	if _, err := exec.LookPath("taskset"); err != nil {
-		return bin
-	}
-	w := filepath.Join(t.TempDir(), "cocoon-pinned")
-	script := "#!/bin/sh\ncpu=0\ncase \"$*\" in *node1*|*node3*) cpu=1 ;; esac\n" +
-		"[ \"$(nproc --all)\" -gt 1 ] || cpu=0\nexec taskset -c $cpu " + bin + " \"$@\"\n"
-	if err := os.WriteFile(w, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return w
-}
-
 // batchOut is what the test reads of an output line.
 type batchOut struct {
 	ID       string          `json:"id"`
@@ -304,7 +284,7 @@ func writeBatchInput(t testing.TB, path string, n int) map[string]string {
 func TestBatchInterruptResume(t *testing.T) {
 	model := testModel(t)
 	dir := t.TempDir()
-	c, err := testnet.Launch(context.Background(), testnet.LaunchConfig{Bin: pinnedBin(t), Dir: dir, Nodes: 4, Workers: 3, Model: model})
+	c, err := testnet.Launch(context.Background(), testnet.LaunchConfig{Bin: bin, Dir: dir, Nodes: 4, Workers: 3, Model: model})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -589,7 +569,7 @@ func TestBatchErrorsAndRetries(t *testing.T) {
 }
 
 // BenchmarkBatch runs the 200-line batch of TestBatchInterruptResume against a
-// local testnet of 3 workers (each pinned to one CPU, see pinnedBin), one
+// local testnet of 3 workers (testnet.Launch gives each worker its share of the CPUs), one
 // request at a time and one per worker, and reports answered lines per second.
 // It needs the environment `make bench` sets.
 func BenchmarkBatch(b *testing.B) {
@@ -598,7 +578,7 @@ func BenchmarkBatch(b *testing.B) {
 		b.Fatal("COCOON_TEST_MODEL and COCOON_LLAMA_LIB are unset: run it through `make bench`")
 	}
 	dir := b.TempDir()
-	c, err := testnet.Launch(context.Background(), testnet.LaunchConfig{Bin: pinnedBin(b), Dir: dir, Nodes: 4, Workers: 3, Model: model, LibDir: lib})
+	c, err := testnet.Launch(context.Background(), testnet.LaunchConfig{Bin: bin, Dir: dir, Nodes: 4, Workers: 3, Model: model, LibDir: lib})
 	if err != nil {
 		b.Fatal(err)
 	}

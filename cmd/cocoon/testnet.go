@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -212,58 +211,14 @@ func (s *stepWriter) elapsed() time.Duration { return time.Since(s.start) }
 // stop ends the quiet-step reminders.
 func (s *stepWriter) stop() { close(s.quit); <-s.done }
 
-// launch runs testnet.Launch. When a start fails, Launch stops what it had
-// started; should that stop itself panic (it did: Launch's deferred Stop ran on
-// the nil Cluster it returned), this stops the processes it had started, which
-// are this process's children, and returns an error.
-func launch(ctx context.Context, cfg testnet.LaunchConfig) (c *testnet.Cluster, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			c, err = nil, fmt.Errorf("the start failed; %s (the launcher's own clean-up failed: %v)", stopChildren(), r)
-		}
-	}()
-	c, err = testnet.Launch(ctx, cfg)
+// launch runs testnet.Launch; a start stopped by Ctrl-C says so plainly
+// (Launch has then stopped everything it started).
+func launch(ctx context.Context, cfg testnet.LaunchConfig) (*testnet.Cluster, error) {
+	c, err := testnet.Launch(ctx, cfg)
 	if err != nil && ctx.Err() != nil {
 		err = errors.New("stopped everything started so far")
 	}
 	return c, err
-}
-
-// stopChildren ends this process's child processes (SIGTERM, then SIGKILL after
-// 10 s) and says how many it stopped.
-func stopChildren() string {
-	children := func() []int {
-		var out []int
-		dirs, _ := os.ReadDir("/proc")
-		for _, d := range dirs {
-			pid, err := strconv.Atoi(d.Name())
-			if err != nil {
-				continue
-			}
-			b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
-			if err != nil {
-				continue
-			}
-			// pid (comm) state ppid ...; comm may hold spaces and parentheses.
-			f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-			if len(f) > 1 && f[0] != "Z" && f[1] == strconv.Itoa(os.Getpid()) {
-				out = append(out, pid)
-			}
-		}
-		return out
-	}
-	pids := children()
-	for _, pid := range pids {
-		syscall.Kill(pid, syscall.SIGTERM)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(children()) > 0 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	for _, pid := range children() {
-		syscall.Kill(pid, syscall.SIGKILL)
-	}
-	return fmt.Sprintf("stopped the %d processes started so far", len(pids))
 }
 
 // showFatalLogs prints the last line of each process log in dir that ended with
