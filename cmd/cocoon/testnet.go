@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -74,6 +75,7 @@ func init() {
 			printCluster(cmd, c)
 			fmt.Fprintf(out, "\nTry: curl -H \"Authorization: Bearer %s\" -d '{\"model\":\"%s\",\"messages\":[{\"role\":\"user\",\"content\":\"Tell me a story\"}],\"max_tokens\":48}' %s/v1/chat/completions\n",
 				c.Nodes[0].Token, modelID(model), c.Nodes[0].URL)
+			fmt.Fprintf(out, "Status page: %s/?token=%s (any node: its URL + /?token=<its token>)\n", c.Nodes[0].URL, url.QueryEscape(c.Nodes[0].Token))
 			fmt.Fprintln(out, "Ctrl-C (or `cocoon testnet down`) stops everything; logs stay in "+dir)
 			// Run until Ctrl-C, or until `cocoon testnet down` has stopped them all.
 			for ctx.Err() == nil && c.Running() {
