@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"embed"
-	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"html/template"
@@ -143,8 +142,8 @@ func (s *Server) unauthorizedPage(w http.ResponseWriter, r *http.Request, why st
 
 func newNonce() string {
 	var raw [16]byte
-	rand.Read(raw[:]) // crypto/rand.Read never fails
-	return base64.RawStdEncoding.EncodeToString(raw[:])
+	rand.Read(raw[:])                 // crypto/rand.Read never fails
+	return hex.EncodeToString(raw[:]) // hex: html/template would escape base64's + and / in the attribute
 }
 
 // setPageHeaders keeps the page to itself: only its own inline code runs (by
