@@ -23,11 +23,20 @@ if [ "${1:-}" = "--no-install" ]; then
 	exit 1
 fi
 command -v apt-get >/dev/null 2>&1 || { echo "chromium: apt-get not found; install Chromium and set COCOON_CHROMIUM to its binary" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || { echo "chromium: run as root (or: sudo apt-get install chromium-headless-shell)" >&2; exit 1; }
+sudo=
+if [ "$(id -u)" != 0 ]; then
+	# Not root: sudo without a password prompt, as on CI runners; else say how.
+	if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+		sudo="sudo -n"
+	else
+		echo "chromium: installing Debian's chromium-headless-shell needs root: run 'sudo apt-get install chromium-headless-shell' (or make deps as root)" >&2
+		exit 1
+	fi
+fi
 export DEBIAN_FRONTEND=noninteractive
-if ! apt-get install -y --no-install-recommends chromium-headless-shell >/dev/null 2>&1; then
-	apt-get update >/dev/null
-	apt-get install -y --no-install-recommends chromium-headless-shell >/dev/null
+if ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium-headless-shell >/dev/null 2>&1; then
+	$sudo apt-get update >/dev/null
+	$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium-headless-shell >/dev/null
 fi
 p=$(find_bin) || { echo "chromium: installed chromium-headless-shell, but no binary found on PATH" >&2; exit 1; }
 echo "chromium: $("$p" --version 2>/dev/null | head -n1) installed" >&2
