@@ -129,3 +129,46 @@ func TestTSMAbsent(t *testing.T) {
 		t.Fatalf("NewTSMAttester(nil) kind %s", a.Kind())
 	}
 }
+
+// TestSelfMeasurement: a worker reads its own measurement from the report its
+// configfs hands out (here the genuine samples behind the fake backend), equal
+// to what a verifier of the same evidence reports; garbage is refused.
+func TestSelfMeasurement(t *testing.T) {
+	ctx := context.Background()
+	tdx, snp := genuineTDX(t), genuineSNP(t)
+	for _, tc := range []struct {
+		provider string
+		ev       Evidence
+		rd       [ReportDataSize]byte
+		policy   Policy
+	}{
+		{"tdx_guest", tdx, mustHex64(t, genuineTDXReportData), Policy{}},
+		{"sev_guest", snp, genuineSNPReportData(), Policy{AllowDebug: true}},
+	} {
+		client, _ := fakeTSM(t, tc.provider, func([]byte) []byte { return tc.ev.Report }, tc.ev.Aux)
+		a, err := NewTSMAttester(client)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := SelfMeasurement(ctx, a)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.provider, err)
+		}
+		vd, err := (&Verifier{Policy: tc.policy}).Verify(ctx, tc.ev, tc.rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, _, _ := strings.Cut(vd.Measurement, ":")
+		if hex.EncodeToString(m) != first || len(m) != 48 {
+			t.Errorf("%s: self measurement %x; the verifier reports %s", tc.provider, m, vd.Measurement)
+		}
+	}
+	client, _ := fakeTSM(t, "tdx_guest", func([]byte) []byte { return []byte("not a quote") }, nil)
+	a, err := NewTSMAttester(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := SelfMeasurement(ctx, a); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("SelfMeasurement(garbage) = %v; want ErrMalformed", err)
+	}
+}

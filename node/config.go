@@ -293,7 +293,9 @@ accept_tee = ["tdx", "sev-snp"]
 # kernel's configfs-tsm), or "sim" (SIMULATED, not confidential; testnets only,
 # refused unless policy.allow_sim = true).
 attester = "none"
-# For tdx and sev-snp: the hex measurement (TDX MRTD, SNP measurement) the ads announce.
+# For tdx and sev-snp the ads announce the measurement this machine's own report
+# carries (TDX MRTD, SNP measurement). Set a hex value here to refuse to start
+# when the report says anything else (e.g. after an unplanned image change).
 measurement = ""
 
 [enclave.policy]

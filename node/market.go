@@ -1,12 +1,14 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/google/go-configfs-tsm/configfs/linuxtsm"
 
@@ -108,7 +110,7 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 	if n.Wallet == nil {
 		return fmt.Errorf("market.prices: selling needs a wallet at %s (settle.wallet)", cfg.WalletPath())
 	}
-	tee, att, err := attester(cfg.Enclave)
+	tee, att, err := attester(ctx, cfg.Enclave)
 	if err != nil {
 		return err
 	}
@@ -140,13 +142,12 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 }
 
 // attester builds the [enclave] attester and the TEE the ads announce.
-func attester(c EnclaveConfig) (market.TEE, enclave.Attester, error) {
+func attester(ctx context.Context, c EnclaveConfig) (market.TEE, enclave.Attester, error) {
 	switch enclave.Kind(c.Attester) {
 	case enclave.KindSim:
 		return market.TEE{Kind: market.TEESim, Measurement: enclave.DefaultSimMeasurement[:]},
 			enclave.NewSimAttester(nil, enclave.DefaultSimMeasurement, nil), nil
 	case enclave.KindTDX, enclave.KindSNP:
-		m, _ := hex.DecodeString(c.Measurement) // validated
 		client, err := linuxtsm.MakeClient()
 		if err != nil {
 			return market.TEE{}, nil, fmt.Errorf("enclave.attester %s: %w: %w", c.Attester, enclave.ErrNoTSM, err)
@@ -157,6 +158,15 @@ func attester(c EnclaveConfig) (market.TEE, enclave.Attester, error) {
 		}
 		if string(a.Kind()) != c.Attester {
 			return market.TEE{}, nil, fmt.Errorf("enclave.attester: %s configured, but this machine's TEE is %s", c.Attester, a.Kind())
+		}
+		mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		m, err := enclave.SelfMeasurement(mctx, a)
+		cancel()
+		if err != nil {
+			return market.TEE{}, nil, fmt.Errorf("enclave.attester %s: %w", c.Attester, err)
+		}
+		if want, _ := hex.DecodeString(c.Measurement); len(want) > 0 && !bytes.Equal(want, m) { // validated
+			return market.TEE{}, nil, fmt.Errorf("enclave.measurement: configured %x, but this machine's %s report says %x", want, c.Attester, m)
 		}
 		kind, _ := market.ParseTEEKind(c.Attester)
 		return market.TEE{Kind: kind, Measurement: m}, a, nil

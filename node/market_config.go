@@ -43,8 +43,9 @@ type EnclaveConfig struct {
 	// Attester is "none" (no TEE), "tdx" or "sev-snp" (through configfs-tsm), or
 	// "sim" (simulated, not confidential; refused unless policy.allow_sim is on).
 	Attester string `toml:"attester"`
-	// Measurement is the hex measurement the ads announce for tdx (MRTD) or
-	// sev-snp; required for those kinds.
+	// Measurement, for tdx (MRTD) or sev-snp, is the hex measurement this worker
+	// expects its own hardware to report; the node refuses to start when the
+	// report says otherwise. Empty: whatever the report says is announced.
 	Measurement string         `toml:"measurement"`
 	Policy      enclave.Policy `toml:"policy"`
 }
@@ -115,9 +116,12 @@ func (c *Config) validateMarket() error {
 	default:
 		return fmt.Errorf("enclave.attester: %q is not none, tdx, sev-snp or sim", c.Enclave.Attester)
 	}
-	if c.Enclave.Attester == string(enclave.KindTDX) || c.Enclave.Attester == string(enclave.KindSNP) {
-		if b, err := hex.DecodeString(c.Enclave.Measurement); err != nil || len(b) == 0 || len(b) > enclave.MeasurementSize {
-			return fmt.Errorf("enclave.measurement: %q is not the hex measurement of at most %d bytes that %s needs", c.Enclave.Measurement, enclave.MeasurementSize, c.Enclave.Attester)
+	if c.Enclave.Measurement != "" {
+		if b, err := hex.DecodeString(c.Enclave.Measurement); err != nil || len(b) > enclave.MeasurementSize {
+			return fmt.Errorf("enclave.measurement: %q is not a hex measurement of at most %d bytes", c.Enclave.Measurement, enclave.MeasurementSize)
+		}
+		if c.Enclave.Attester != string(enclave.KindTDX) && c.Enclave.Attester != string(enclave.KindSNP) {
+			return fmt.Errorf("enclave.measurement: only for attester tdx or sev-snp, not %q", c.Enclave.Attester)
 		}
 	}
 	if err := c.Enclave.Policy.Validate(); err != nil {
