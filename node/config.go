@@ -312,10 +312,14 @@ max_evidence_age = "5m0s"
 # tdx = ["<mrtd hex>"]
 
 [settle]
-# Where channels are settled: "none", or "devledger" (a SIMULATED chain, not TON,
-# served by 'cocoon ledger serve') at devledger_url.
+# Where channels are settled: "none"; "ton" (TON itself: ton_network "mainnet" or
+# "testnet", ton_config the URL or file of its liteserver global config, empty for
+# the network's public one); or "devledger" (a SIMULATED chain, not TON, served by
+# 'cocoon ledger serve') at devledger_url.
 chain = "none"
 devledger_url = ""
+ton_network = ""
+ton_config = ""
 # The channel store; empty: <datadir>/channels.db.
 store = ""
 # The wallet's 24-word mnemonic file; empty: <datadir>/wallet.key (a node without

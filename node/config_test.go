@@ -2,7 +2,10 @@ package node
 
 import (
 	"context"
+	"encoding/base64"
+	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -10,6 +13,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cocoon-network/cocoon/runtime"
 )
@@ -55,7 +59,12 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"[enclave]\nattester = 'none'\nmeasurement = 'abcd'", "enclave.measurement"},
 		{"[enclave.policy]\nallowed_kinds = ['sim']", "enclave.policy"},
 		{"[enclave.policy]\nmax_evidence_age = 'old'", "max_evidence_age"},
-		{"[settle]\nchain = 'ton'", "settle.chain"},
+		{"[settle]\nchain = 'ton'", "settle.ton_network"},
+		{"[settle]\nchain = 'ton'\nton_network = 'moon'", "settle.ton_network"},
+		{"[settle]\nchain = 'eth'", "settle.chain"},
+		{"[settle]\nton_network = 'mainnet'", "settle.ton_network"},
+		{"[settle]\nton_config = 'x.json'", "settle.ton_config"},
+		{"[settle]\nchain = 'ton'\nton_network = 'testnet'\ndevledger_url = 'http://x'", "settle.devledger_url"},
 		{"[settle]\nchain = 'devledger'", "settle.devledger_url"},
 		{"[settle]\ndevledger_url = 'http://127.0.0.1:8590'", "settle.devledger_url"},
 	} {
@@ -221,5 +230,53 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, cfg) {
 		t.Fatalf("loaded %+v\nsaved  %+v", got, cfg)
+	}
+}
+
+// TestTONChainUnreachable: chain ton with a global config that is missing, or
+// whose only liteserver does not answer, stops the node with one line naming
+// settle.ton_config. (Reaching TON itself needs the internet, which tests have
+// not; the ledger's messages are tested against a fake liteserver API in
+// settle/tonchain.)
+func TestTONChainUnreachable(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Init(dir, false); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.P2P.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.API.Listen = "127.0.0.1:0"
+	cfg.Settle.Chain, cfg.Settle.TONNetwork = ChainTON, "testnet"
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close() // nothing listens there now
+	global := filepath.Join(dir, "global.config.json")
+	conf := fmt.Sprintf(`{"liteservers":[{"ip":2130706433,"port":%d,"id":{"@type":"pub.ed25519","key":"%s"}}],"validator":{"@type":"validator.config.global","zero_state":{"workchain":-1,"shard":-9223372036854775808,"seqno":0,"root_hash":"F6OpKZKqvqeFp6CQmFomXNMfMj2EnaUSOXN+Mh+wVWk=","file_hash":"XplPz01CXAps5qeSWUtxcyBfdAo5zVb1N979KLSKD24="}}}`,
+		port, base64.StdEncoding.EncodeToString(make([]byte, 32)))
+	if err := os.WriteFile(global, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, config string }{
+		{"missing file", filepath.Join(dir, "absent.json")},
+		{"liteserver down", global},
+	} {
+		cfg.Settle.TONConfig = tc.config
+		start := time.Now()
+		n, err := New(context.Background(), cfg, Options{Logger: slog.New(slog.DiscardHandler)})
+		if err == nil {
+			n.Close()
+			t.Fatalf("%s: the node started", tc.name)
+		}
+		if !strings.HasPrefix(err.Error(), "settle.ton_config: ") || strings.Contains(err.Error(), "\n") {
+			t.Fatalf("%s: New = %v; want one line naming settle.ton_config", tc.name, err)
+		}
+		t.Logf("%s: %v (after %v)", tc.name, err, time.Since(start).Round(time.Millisecond))
 	}
 }

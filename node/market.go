@@ -18,10 +18,14 @@ import (
 	"github.com/cocoon-network/cocoon/runtime/backends"
 	"github.com/cocoon-network/cocoon/settle"
 	"github.com/cocoon-network/cocoon/settle/devledger"
+	"github.com/cocoon-network/cocoon/settle/tonchain"
 )
 
 // Default money files inside a datadir.
 const StoreFile = "channels.db"
+
+// tonConnectTimeout bounds fetching TON's global config and reaching its liteservers.
+const tonConnectTimeout = 30 * time.Second
 
 // errNoWallet is why a node without a wallet pays no worker.
 var errNoWallet = errors.New("no wallet: this node has no " + WalletFile + " and pays no worker")
@@ -66,6 +70,14 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 	if ledger == nil && cfg.Settle.Chain == ChainDevLedger {
 		if ledger, err = devledger.Dial(ctx, cfg.Settle.DevLedgerURL); err != nil {
 			return fmt.Errorf("settle.devledger_url: %w", err)
+		}
+	}
+	if ledger == nil && cfg.Settle.Chain == ChainTON {
+		tctx, cancel := context.WithTimeout(ctx, tonConnectTimeout)
+		ledger, err = tonchain.New(tctx, cfg.Settle.TONNetwork, cfg.Settle.TONConfig)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("settle.ton_config: %w", err)
 		}
 	}
 	globalID := int32(settle.MainnetGlobalID)

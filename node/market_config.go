@@ -7,6 +7,7 @@ import (
 
 	"github.com/cocoon-network/cocoon/enclave"
 	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/settle/tonchain"
 )
 
 // MarketConfig is the [market] section: what this node charges for the models it
@@ -52,9 +53,14 @@ type EnclaveConfig struct {
 
 // SettleConfig is the [settle] section: the chain and the local money files.
 type SettleConfig struct {
-	// Chain is "none" or "devledger" (a simulated chain, not TON, at DevLedgerURL).
+	// Chain is "none", "ton" (TON itself, through liteservers) or "devledger" (a
+	// simulated chain, not TON, at DevLedgerURL).
 	Chain        string `toml:"chain"`
 	DevLedgerURL string `toml:"devledger_url"`
+	// TONNetwork is "mainnet" or "testnet" for chain ton; TONConfig the URL or
+	// file of its liteserver global config ("": the network's public one).
+	TONNetwork string `toml:"ton_network"`
+	TONConfig  string `toml:"ton_config"`
 	// Store is the channel store; "": <datadir>/channels.db.
 	Store string `toml:"store"`
 	// Wallet is the wallet's mnemonic file; "": <datadir>/wallet.key.
@@ -65,6 +71,7 @@ type SettleConfig struct {
 const (
 	ChainNone      = "none"
 	ChainDevLedger = "devledger"
+	ChainTON       = "ton"
 )
 
 func (c *Config) validateMarket() error {
@@ -127,6 +134,13 @@ func (c *Config) validateMarket() error {
 	if err := c.Enclave.Policy.Validate(); err != nil {
 		return fmt.Errorf("enclave.policy: %w", err)
 	}
+	if c.Settle.Chain != ChainTON && (c.Settle.TONNetwork != "" || c.Settle.TONConfig != "") {
+		field := "settle.ton_network"
+		if c.Settle.TONNetwork == "" {
+			field = "settle.ton_config"
+		}
+		return fmt.Errorf("%s: set, but settle.chain is %s", field, c.Settle.Chain)
+	}
 	switch c.Settle.Chain {
 	case ChainNone:
 		if c.Settle.DevLedgerURL != "" {
@@ -136,8 +150,15 @@ func (c *Config) validateMarket() error {
 		if c.Settle.DevLedgerURL == "" {
 			return fmt.Errorf("settle.devledger_url: empty, but settle.chain is devledger")
 		}
+	case ChainTON:
+		if c.Settle.DevLedgerURL != "" {
+			return fmt.Errorf("settle.devledger_url: set, but settle.chain is ton")
+		}
+		if _, err := tonchain.GlobalIDOf(c.Settle.TONNetwork); err != nil {
+			return fmt.Errorf("settle.ton_network: %q is not mainnet or testnet", c.Settle.TONNetwork)
+		}
 	default:
-		return fmt.Errorf("settle.chain: %q is not none or devledger", c.Settle.Chain)
+		return fmt.Errorf("settle.chain: %q is not none, ton or devledger", c.Settle.Chain)
 	}
 	return nil
 }
