@@ -40,6 +40,11 @@ func TestRejectCodes(t *testing.T) {
 		{"price", newWorker(0), "m", Price{Completion: 199}, RejectPrice},
 		{"no channel", newWorker(RejectNoChannel), "m", Price{}, RejectNoChannel},
 		{"policy", newWorker(RejectPolicy), "m", Price{}, RejectPolicy},
+		{"names no channel to a worker that learns them", func() *Worker {
+			w := newWorker(0)
+			w.LearnChannel = func(context.Context, string) error { return nil }
+			return w
+		}(), "m", Price{}, RejectNoChannel},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

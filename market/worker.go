@@ -49,8 +49,9 @@ type Worker struct {
 	// the client has no open channel, RejectPolicy, ...); 0 admits it.
 	Admit func(ctx context.Context, req OpenRequest) RejectCode
 	// LearnChannel, when set, is called with the payment channel address a
-	// client names in Open (within Timeouts.Channel); an error rejects the job
-	// with RejectNoChannel before anything is generated. WorkerService sets it
+	// client names in Open (within Timeouts.Channel); an error, or an Open that
+	// names no channel, rejects the job with RejectNoChannel before anything is
+	// generated. WorkerService sets it
 	// from WorkerConfig.Channels (SettlePayee.Learn).
 	LearnChannel func(ctx context.Context, addr string) error
 	// Receipt, when set, builds the receipt sent in Done (e.g. signed by the
@@ -181,6 +182,11 @@ func (s *serveRun) run(ctx context.Context) error {
 	}
 	if (maxPrice.Prompt != 0 && price.Prompt > maxPrice.Prompt) || (maxPrice.Completion != 0 && price.Completion > maxPrice.Completion) {
 		return s.reject(RejectPrice, "client's maximum below the price")
+	}
+	if s.w.LearnChannel != nil && open.GetChannel() == "" {
+		// A worker that learns channels from the chain pays out its credit window
+		// only to a client that names a channel it can check first.
+		return s.reject(RejectNoChannel, "open names no payment channel")
 	}
 	if addr := open.GetChannel(); addr != "" && s.w.LearnChannel != nil {
 		lctx, cancel := context.WithTimeout(ctx, s.t.Channel)
