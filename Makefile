@@ -10,7 +10,7 @@ export COCOON_LLAMA_LIB ?= $(CACHE)/llama/lib
 # The official OpenAI JavaScript SDK, for the test that drives a gateway with it.
 export COCOON_OPENAI_SDK ?= $(CACHE)/openai-sdk/node_modules/openai
 export COCOON_TEST_MODEL ?= $(abspath $(CURDIR)/../shared/models/stories260K.gguf)
-# Debian's prometheus, unpacked (not installed) by scripts/prometheus.sh, for the test
+# Debian's prometheus, unpacked (not installed) by scripts/deb-unpack.sh, for the test
 # in which a real Prometheus scrapes a node's /metrics.
 export COCOON_PROMETHEUS ?= $(CACHE)/prometheus/usr/bin/prometheus
 # Debian's headless Chromium, for the status page's browser test (installed by
@@ -25,8 +25,8 @@ build:
 deps:
 	@sh scripts/llama-libs.sh $(CACHE)/llama
 	@sh scripts/openai-sdk.sh $(CACHE)/openai-sdk
-	@sh scripts/nginx.sh $(CACHE)/nginx
-	@sh scripts/prometheus.sh $(CACHE)/prometheus
+	@sh scripts/deb-unpack.sh nginx $(CACHE)/nginx usr/sbin/nginx
+	@sh scripts/deb-unpack.sh prometheus $(CACHE)/prometheus usr/bin/prometheus
 	@sh scripts/chromium.sh >/dev/null
 
 run: build deps

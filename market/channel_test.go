@@ -269,19 +269,8 @@ func TestSettlePayeeLearn(t *testing.T) {
 	client, worker := newWallet(t), newWallet(t)
 	payee := openStore(t, "worker").Payee(worker)
 	sp := market.SettlePayee{P: payee}
-	id, err := settle.NewChannelID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch := settle.Channel{
-		ID: id, ClientKey: client.PublicKey(), WorkerKey: worker.PublicKey(),
-		ClientAddr: client.Address(devledger.GlobalID), WorkerAddr: worker.Address(devledger.GlobalID),
-		Closing: settle.DefaultClosing,
-	}
-	addr, err := ch.Address()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch, addr := devChannel(t, client, worker)
+	id := ch.ID
 	// state is what the fake chain reports for addr.
 	state := func(status settle.ChannelStatus, balanceA uint64) market.ChannelLookup {
 		return func(_ context.Context, a *address.Address) (settle.Channel, *settle.ChannelState, error) {
@@ -352,22 +341,10 @@ func BenchmarkLearnKnownChannel(b *testing.B) {
 	if _, err := ledger.Faucet(client.Address(ledger.GlobalID()), netDeposit+1_000_000_000); err != nil {
 		b.Fatal(err)
 	}
-	id, err := settle.NewChannelID()
-	if err != nil {
-		b.Fatal(err)
-	}
-	ch := settle.Channel{
-		ID: id, ClientKey: client.PublicKey(), WorkerKey: worker.PublicKey(),
-		ClientAddr: client.Address(ledger.GlobalID()), WorkerAddr: worker.Address(ledger.GlobalID()),
-		Closing: settle.DefaultClosing,
-	}
+	ch, addr := devChannel(b, client, worker)
 	chain := settle.NewChain(ledger, client)
 	chain.Log = netLogger()
 	if _, err := chain.Open(ctx, ch, netDeposit); err != nil {
-		b.Fatal(err)
-	}
-	addr, err := ch.Address()
-	if err != nil {
 		b.Fatal(err)
 	}
 	sp := market.SettlePayee{P: openStore(b, "worker").Payee(worker)}
@@ -387,19 +364,7 @@ func BenchmarkLearnKnownChannel(b *testing.B) {
 func TestCachedChannels(t *testing.T) {
 	ctx := context.Background()
 	client, worker := newWallet(t), newWallet(t)
-	id, err := settle.NewChannelID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch := settle.Channel{
-		ID: id, ClientKey: client.PublicKey(), WorkerKey: worker.PublicKey(),
-		ClientAddr: client.Address(devledger.GlobalID), WorkerAddr: worker.Address(devledger.GlobalID),
-		Closing: settle.DefaultClosing,
-	}
-	addr, err := ch.Address()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch, addr := devChannel(t, client, worker)
 	var calls int
 	status := settle.StatusUninitialized
 	lookup := func(_ context.Context, a *address.Address) (settle.Channel, *settle.ChannelState, error) {
@@ -430,4 +395,24 @@ func TestCachedChannels(t *testing.T) {
 	if _, st, _ := cached(ctx, addr); st.Status != settle.StatusClosureStarted || calls != 5 {
 		t.Fatalf("after the TTL: status %v, %d reads; want the chain's new status, 5 reads", st.Status, calls)
 	}
+}
+
+// devChannel is a fresh channel from client to worker on the dev ledger's
+// network, with its contract address.
+func devChannel(tb testing.TB, client, worker *settle.Wallet) (settle.Channel, *address.Address) {
+	tb.Helper()
+	id, err := settle.NewChannelID()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ch := settle.Channel{
+		ID: id, ClientKey: client.PublicKey(), WorkerKey: worker.PublicKey(),
+		ClientAddr: client.Address(devledger.GlobalID), WorkerAddr: worker.Address(devledger.GlobalID),
+		Closing: settle.DefaultClosing,
+	}
+	addr, err := ch.Address()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ch, addr
 }

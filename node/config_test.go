@@ -136,16 +136,7 @@ func TestLoadIdentityRefusesBadFiles(t *testing.T) {
 }
 
 func TestAPINeedsToken(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := Init(dir, false); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.P2P.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
-	cfg.API.Listen = "127.0.0.1:0"
+	dir, cfg := loopbackConfig(t)
 	n, err := New(t.Context(), cfg, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -179,20 +170,11 @@ func TestAPINeedsToken(t *testing.T) {
 // A node that prices the models it serves but has no wallet cannot be paid: New
 // refuses it with one line naming the field, before loading any model.
 func TestSellerNeedsWallet(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := Init(dir, false); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, cfg := loopbackConfig(t)
 	model := filepath.Join(dir, "m.gguf")
 	if err := os.WriteFile(model, []byte("not loaded"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg.P2P.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
-	cfg.API.Listen = "127.0.0.1:0"
 	cfg.Runtime.Models = []runtime.ModelConfig{{Path: model, ID: "m"}}
 	cfg.Market.Prices = []ModelPrice{{Model: "m", Prompt: 1, Completion: 1}}
 	n, err := New(context.Background(), cfg, Options{Logger: slog.New(slog.DiscardHandler)})
@@ -239,16 +221,7 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 // not; the ledger's messages are tested against a fake liteserver API in
 // settle/tonchain.)
 func TestTONChainUnreachable(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := Init(dir, false); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.P2P.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
-	cfg.API.Listen = "127.0.0.1:0"
+	dir, cfg := loopbackConfig(t)
 	cfg.Settle.Chain, cfg.Settle.TONNetwork = ChainTON, "testnet"
 
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -279,4 +252,21 @@ func TestTONChainUnreachable(t *testing.T) {
 		}
 		t.Logf("%s: %v (after %v)", tc.name, err, time.Since(start).Round(time.Millisecond))
 	}
+}
+
+// loopbackConfig initialises a datadir and returns it with its config, the libp2p
+// host and the API on 127.0.0.1 ports of the system's choosing.
+func loopbackConfig(t *testing.T) (string, Config) {
+	t.Helper()
+	dir := t.TempDir()
+	if _, err := Init(dir, false); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.P2P.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.API.Listen = "127.0.0.1:0"
+	return dir, cfg
 }

@@ -18,16 +18,7 @@ import (
 // A default node (client only, no TEE, no chain) reports what its journal saw,
 // with no sim or dev ledger mark, and its page renders it.
 func TestOverviewOfDefaultNode(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := Init(dir, false); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.P2P.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
-	cfg.API.Listen = "127.0.0.1:0"
+	_, cfg := loopbackConfig(t)
 	n, err := New(t.Context(), cfg, Options{Logger: slog.New(slog.DiscardHandler), Version: "v-test"})
 	if err != nil {
 		t.Fatal(err)

@@ -282,13 +282,8 @@ func writeBatchInput(t testing.TB, path string, n int) map[string]string {
 // answered exactly once, by its own answer, across all 3 workers, and that what
 // the output says was spent is what the workers can claim.
 func TestBatchInterruptResume(t *testing.T) {
-	model := testModel(t)
-	dir := t.TempDir()
-	c, err := testnet.Launch(context.Background(), testnet.LaunchConfig{Bin: bin, Dir: dir, Nodes: 4, Workers: 3, Model: model})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Stop() })
+	c := startTestnet(t, 4, 3)
+	dir := c.Dir
 	client := c.Nodes[0]
 	workers := map[string]bool{}
 	for _, w := range c.Nodes[1:] {
@@ -312,6 +307,7 @@ func TestBatchInterruptResume(t *testing.T) {
 	t.Cleanup(func() { first.Process.Kill() })
 	waitFor(t, 90*time.Second, "half the answers in OUT", func() bool { return countLines(out) >= n/2 })
 	first.Process.Signal(syscall.SIGINT)
+	var err error
 	select {
 	case err = <-exited:
 	case <-time.After(45 * time.Second):

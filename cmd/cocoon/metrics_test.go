@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -75,19 +74,8 @@ func TestMetricsAuth(t *testing.T) {
 // (client side on the client, worker side summed over the workers) and that the
 // nanoTON the client spent equal those the workers earned and the answers cost.
 func TestMetricsPrometheus(t *testing.T) {
-	prom := os.Getenv("COCOON_PROMETHEUS")
-	if prom == "" {
-		prom, _ = filepath.Abs("../../.cache/prometheus/usr/bin/prometheus")
-	}
-	if _, err := os.Stat(prom); err != nil {
-		t.Fatalf("Debian's prometheus is not unpacked at %s (COCOON_PROMETHEUS): run `make deps`", prom)
-	}
-	model := testModel(t)
-	c, err := testnet.Launch(context.Background(), testnet.LaunchConfig{Bin: bin, Dir: t.TempDir(), Nodes: 3, Workers: 2, Model: model})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Stop() })
+	prom := depPath(t, "COCOON_PROMETHEUS", "prometheus/usr/bin/prometheus", "Debian's prometheus")
+	c := startTestnet(t, 3, 2)
 	client, workers := c.Nodes[0], c.Nodes[1:]
 
 	const jobs = 4

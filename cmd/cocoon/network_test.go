@@ -43,20 +43,8 @@ func channelPaid(t *testing.T, dir, role string) (total uint64, rows int) {
 // chat completion through the client's gateway; then what the workers can claim
 // is checked against what the client paid and was told.
 func TestNetworkWithOpenAIClient(t *testing.T) {
-	sdk := os.Getenv("COCOON_OPENAI_SDK")
-	if sdk == "" {
-		sdk, _ = filepath.Abs("../../.cache/openai-sdk/node_modules/openai")
-	}
-	if _, err := os.Stat(sdk); err != nil {
-		t.Fatalf("the OpenAI SDK is not installed at %s: run `make deps`", sdk)
-	}
-	model := testModel(t)
-	dir := t.TempDir()
-	c, err := testnet.Launch(context.Background(), testnet.LaunchConfig{Bin: bin, Dir: dir, Nodes: 3, Workers: 2, Model: model})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Stop() })
+	sdk := depPath(t, "COCOON_OPENAI_SDK", "openai-sdk/node_modules/openai", "the OpenAI SDK")
+	c := startTestnet(t, 3, 2)
 	client, workers := c.Nodes[0], c.Nodes[1:]
 	price := market.Price{Prompt: uint64(testnet.LaunchPrice.Prompt), Completion: uint64(testnet.LaunchPrice.Completion)}
 
@@ -220,4 +208,30 @@ func testModel(t *testing.T) string {
 		t.Fatalf("the shared test model is missing (%v): see ../shared/models/MODELS.md", err)
 	}
 	return model
+}
+
+// startTestnet launches a local testnet of real processes on 127.0.0.1 (the last
+// workers of nodes serve the test model), stopped when the test ends.
+func startTestnet(t *testing.T, nodes, workers int) *testnet.Cluster {
+	t.Helper()
+	c, err := testnet.Launch(context.Background(), testnet.LaunchConfig{Bin: bin, Dir: t.TempDir(), Nodes: nodes, Workers: workers, Model: testModel(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Stop() })
+	return c
+}
+
+// depPath is a tool `make deps` put under .cache (rel), or $env when set; the
+// test fails, saying to run `make deps`, when it is not there.
+func depPath(t *testing.T, env, rel, what string) string {
+	t.Helper()
+	p := os.Getenv(env)
+	if p == "" {
+		p, _ = filepath.Abs(filepath.Join("../../.cache", rel))
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("%s is not at %s (%s): run `make deps`", what, p, env)
+	}
+	return p
 }

@@ -100,13 +100,8 @@ func artifactDir(t *testing.T) string {
 // ledger marks are visible. The screenshot is kept in the artifacts folder.
 func TestStatusPage(t *testing.T) {
 	chromium := chromiumPath(t)
-	model := testModel(t)
 	start := time.Now()
-	c, err := testnet.Launch(context.Background(), testnet.LaunchConfig{Bin: bin, Dir: t.TempDir(), Nodes: 3, Workers: 2, Model: model})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Stop() })
+	c := startTestnet(t, 3, 2)
 	client, workers := c.Nodes[0], c.Nodes[1:]
 	t.Logf("testnet up in %s", time.Since(start).Round(time.Millisecond))
 
