@@ -10,13 +10,14 @@ import (
 	"os"
 
 	"github.com/cocoon-network/cocoon/runtime"
-	"github.com/cocoon-network/cocoon/runtime/llamacpp"
+	"github.com/cocoon-network/cocoon/runtime/runner"
 	"github.com/cocoon-network/cocoon/runtime/openai"
 )
 
 // FromConfig validates cfg, builds its backend and wraps it in runtime.Limit
-// with cfg.Slots slots and a queue of cfg.Queue. The llamacpp backend gets one
-// llama.cpp context per slot. ctx bounds the start-up (the openai backend
+// with cfg.Slots slots and a queue of cfg.Queue. The llamacpp backend runs
+// each model in a supervised child process (runtime/runner) with one llama.cpp
+// context per slot. ctx bounds the start-up (the openai backend
 // lists its upstream's models). Errors name the config field at fault.
 func FromConfig(ctx context.Context, cfg runtime.Config, log *slog.Logger) (*runtime.Limited, error) {
 	if err := cfg.Validate(); err != nil {
@@ -26,7 +27,10 @@ func FromConfig(ctx context.Context, cfg runtime.Config, log *slog.Logger) (*run
 	var b runtime.Backend
 	switch cfg.Backend {
 	case "", runtime.KindLlamaCPP:
-		lb, err := llamacpp.New(llamacpp.Config{
+		// Each model's llama.cpp runs in a child process (runtime/runner):
+		// it parses strangers' prompts, and a native crash there must not
+		// take the node down.
+		lb, err := runner.New(ctx, runner.Config{
 			LibDir:      cfg.LibDir,
 			Models:      cfg.Models,
 			Threads:     cfg.Threads,

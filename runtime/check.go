@@ -1,0 +1,129 @@
+package runtime
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// Limits on a Request, checked by Check. Each is far above what a real
+// request needs and far below what could exhaust a node.
+const (
+	// MaxTokensLimit is the largest max_tokens a request may ask for (2^24).
+	// No served model has a context near it, and it fits every integer type
+	// the request passes through (the job protocol carries uint32).
+	MaxTokensLimit = 1 << 24
+	// MaxMessages is the most messages a chat request may hold.
+	MaxMessages = 4096
+	// MaxTextBytes caps the prompt, the continuation and all messages'
+	// content together (the gateway's 4 MiB body cap, less JSON's framing).
+	MaxTextBytes = 4 << 20
+	// MaxStops is the most stop sequences a request may give (as OpenAI).
+	MaxStops = 4
+	// MaxStopBytes caps one stop sequence.
+	MaxStopBytes = 256
+	// MaxModelIDBytes caps the model id.
+	MaxModelIDBytes = 256
+)
+
+// Check reports the first thing wrong with req as an ErrInvalidRequest whose
+// message starts with the OpenAI field at fault ("max_tokens: ..."). It is the
+// one rule for what may reach a backend, applied at every edge a stranger's
+// request crosses: the gateway (runtime/openaiapi), the worker side of the job
+// protocol (market) and the engine supervisor (runtime/runner). Text must be
+// valid UTF-8 without NUL (native tokenizers take C strings: a NUL cut the
+// string or made it a null pointer, which aborted llama.cpp); integers are
+// range-checked before anything narrows them; floats must be finite and in
+// range (NaN passes every comparison, so each check is written to fail on it).
+func (req Request) Check() error {
+	bad := func(field, format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrInvalidRequest, field, fmt.Sprintf(format, args...))
+	}
+	if req.Model == "" {
+		return bad("model", "missing")
+	}
+	if len(req.Model) > MaxModelIDBytes {
+		return bad("model", "%d bytes, at most %d", len(req.Model), MaxModelIDBytes)
+	}
+	if err := checkText(req.Model); err != nil {
+		return bad("model", "%v", err)
+	}
+	switch {
+	case len(req.Messages) > 0 && req.Prompt != "":
+		return bad("messages", "both messages and prompt given")
+	case len(req.Messages) == 0 && req.Prompt == "":
+		return bad("messages", "empty: give messages or a prompt")
+	case len(req.Messages) > MaxMessages:
+		return bad("messages", "%d messages, at most %d", len(req.Messages), MaxMessages)
+	}
+	size := len(req.Prompt) + len(req.Continuation)
+	if err := checkText(req.Prompt); err != nil {
+		return bad("prompt", "%v", err)
+	}
+	if err := checkText(req.Continuation); err != nil {
+		return bad("continuation", "%v", err)
+	}
+	for i, m := range req.Messages {
+		switch m.Role {
+		case "system", "user", "assistant", "developer", "tool":
+		default:
+			return bad(fmt.Sprintf("messages[%d].role", i), "%q is not system, user, assistant, developer or tool", truncate(m.Role))
+		}
+		if err := checkText(m.Content); err != nil {
+			return bad(fmt.Sprintf("messages[%d].content", i), "%v", err)
+		}
+		size += len(m.Content)
+	}
+	if size > MaxTextBytes {
+		return bad("messages", "%d bytes of text, at most %d", size, MaxTextBytes)
+	}
+	switch {
+	case req.MaxTokens < 0:
+		return bad("max_tokens", "%d is negative", req.MaxTokens)
+	case req.MaxTokens > MaxTokensLimit:
+		return bad("max_tokens", "%d is above the limit of %d", req.MaxTokens, MaxTokensLimit)
+	case !(req.Temperature >= 0 && req.Temperature <= 2):
+		return bad("temperature", "%g is outside [0, 2]", req.Temperature)
+	case !(req.TopP >= 0 && req.TopP <= 1):
+		return bad("top_p", "%g is outside [0, 1]", req.TopP)
+	case len(req.Stop) > MaxStops:
+		return bad("stop", "%d stop sequences, at most %d", len(req.Stop), MaxStops)
+	}
+	for i, s := range req.Stop {
+		if s == "" {
+			return bad(fmt.Sprintf("stop[%d]", i), "empty")
+		}
+		if len(s) > MaxStopBytes {
+			return bad(fmt.Sprintf("stop[%d]", i), "%d bytes, at most %d", len(s), MaxStopBytes)
+		}
+		if err := checkText(s); err != nil {
+			return bad(fmt.Sprintf("stop[%d]", i), "%v", err)
+		}
+	}
+	return nil
+}
+
+// errNUL and errUTF8 say why text was refused.
+var (
+	errNUL  = errors.New("holds a NUL character (U+0000)")
+	errUTF8 = errors.New("is not valid UTF-8")
+)
+
+func checkText(s string) error {
+	if strings.IndexByte(s, 0) >= 0 {
+		return errNUL
+	}
+	if !utf8.ValidString(s) {
+		return errUTF8
+	}
+	return nil
+}
+
+// truncate shortens a stranger's string for an error message.
+func truncate(s string) string {
+	if len(s) <= 32 {
+		return s
+	}
+	return s[:32] + "…"
+}

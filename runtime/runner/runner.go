@@ -1,0 +1,709 @@
+package runner
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cocoon-network/cocoon/runtime"
+)
+
+// Config configures a Backend: the llama.cpp settings each child loads with,
+// and how the children are supervised. Zero durations take the defaults.
+type Config struct {
+	LibDir      string                // llama.cpp's libraries; empty: $COCOON_LLAMA_LIB
+	Models      []runtime.ModelConfig // one child per model
+	Threads     int
+	ContextSize int
+	Parallel    int
+	Logger      *slog.Logger
+
+	// Exe is the runner binary; empty: this process's own executable.
+	Exe string
+	// StartTimeout bounds a child's start (process and model load); 0: 2 min.
+	StartTimeout time.Duration
+	// Ping is how often a child is pinged; it is killed as hung after
+	// missing pongs for 5 × Ping. 0: 2 s.
+	Ping time.Duration
+	// MinBackoff and MaxBackoff bound the wait before a restart; the wait
+	// doubles on each crash and starts over once a child ran for a minute.
+	// 0: 200 ms and 30 s.
+	MinBackoff, MaxBackoff time.Duration
+	// RefuseAfter is the number of crashes a request shape may be in flight
+	// for before it is refused; 0: 2.
+	RefuseAfter int
+}
+
+// Backend serves each model from its own supervised child process. It is
+// safe for concurrent use.
+type Backend struct {
+	engines map[string]*engine
+	order   []runtime.Model
+}
+
+// New starts one child per model and waits until each has loaded its model.
+// A child that cannot start (libraries missing, model rejected) makes New
+// fail with the child's own one-line reason.
+func New(ctx context.Context, cfg Config) (*Backend, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Exe == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("runner: find own executable: %w", err)
+		}
+		cfg.Exe = exe
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = 2 * time.Minute
+	}
+	if cfg.Ping <= 0 {
+		cfg.Ping = 2 * time.Second
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 200 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	if cfg.RefuseAfter <= 0 {
+		cfg.RefuseAfter = 2
+	}
+	b := &Backend{engines: map[string]*engine{}}
+	for _, mc := range cfg.Models {
+		e, err := startEngine(ctx, cfg, mc)
+		if err != nil {
+			b.Close()
+			return nil, err
+		}
+		for _, m := range e.models {
+			if _, dup := b.engines[m.ID]; dup {
+				e.close()
+				b.Close()
+				return nil, fmt.Errorf("load model %s: id %q used twice", mc.Path, m.ID)
+			}
+			b.engines[m.ID] = e
+			b.order = append(b.order, m)
+		}
+	}
+	return b, nil
+}
+
+// Models lists the served models in configuration order.
+func (b *Backend) Models() []runtime.Model { return append([]runtime.Model(nil), b.order...) }
+
+// Generate checks req (runtime.Request.Check) and starts it in the model's
+// child. While that child is restarting it answers runtime.ErrBusy at once, so
+// the caller goes elsewhere rather than wait for it.
+func (b *Backend) Generate(ctx context.Context, req runtime.Request) (runtime.Stream, error) {
+	if err := req.Check(); err != nil {
+		return nil, err
+	}
+	e, ok := b.engines[req.Model]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", runtime.ErrUnknownModel, req.Model)
+	}
+	return e.generate(ctx, req)
+}
+
+// Close stops every child and waits for them to exit.
+func (b *Backend) Close() error {
+	seen := map[*engine]bool{}
+	for _, e := range b.engines {
+		if !seen[e] {
+			seen[e] = true
+			e.close()
+		}
+	}
+	return nil
+}
+
+// Child describes one model's engine process, for status and tests.
+type Child struct {
+	Model    string
+	PID      int // 0 while restarting
+	Restarts int
+	Refused  int // request shapes refused after crashes
+}
+
+// Children lists the engine processes.
+func (b *Backend) Children() []Child {
+	var out []Child
+	for _, m := range b.order {
+		e := b.engines[m.ID]
+		e.mu.Lock()
+		c := Child{Model: m.ID, Restarts: e.restarts, Refused: e.refusedShapes()}
+		if e.cur != nil {
+			c.PID = e.cur.pid
+		}
+		e.mu.Unlock()
+		out = append(out, c)
+	}
+	return out
+}
+
+// engine supervises the child of one model.
+type engine struct {
+	cfg    Config
+	mc     runtime.ModelConfig
+	log    *slog.Logger
+	models []runtime.Model
+
+	mu       sync.Mutex
+	cur      *child // nil while restarting
+	closed   bool
+	restarts int
+	crashes  map[[32]byte]int // request shape → crashes it was in flight for
+	stop     chan struct{}
+	done     chan struct{} // closed when the supervisor returned
+}
+
+func startEngine(ctx context.Context, cfg Config, mc runtime.ModelConfig) (*engine, error) {
+	id := mc.ID
+	if id == "" {
+		id = runtime.ModelIDFromPath(mc.Path)
+	}
+	e := &engine{cfg: cfg, mc: mc, log: cfg.Logger.With("subsys", "runner", "model", id),
+		crashes: map[[32]byte]int{}, stop: make(chan struct{}), done: make(chan struct{})}
+	c, err := e.spawn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e.models = c.models
+	e.cur = c
+	go e.supervise(c)
+	return e, nil
+}
+
+// supervise waits for the child to exit and starts the next one, with
+// backoff, until the engine is closed.
+func (e *engine) supervise(c *child) {
+	defer close(e.done)
+	backoff := e.cfg.MinBackoff
+	for {
+		started := time.Now()
+		select {
+		case <-c.exited:
+		case <-e.stop:
+			c.shutdown()
+			return
+		}
+		e.mu.Lock()
+		e.cur = nil
+		e.mu.Unlock()
+		shapes := c.failAll(fmt.Errorf("%w: %s", ErrEngineCrashed, c.why()))
+		e.recordCrash(shapes)
+		e.log.Warn("engine process exited; its jobs failed, restarting", "pid", c.pid, "why", c.why(),
+			"jobs", len(shapes), "backoff", backoff)
+		if time.Since(started) > time.Minute {
+			backoff = e.cfg.MinBackoff
+		}
+		for {
+			select {
+			case <-time.After(backoff):
+			case <-e.stop:
+				return
+			}
+			backoff = min(2*backoff, e.cfg.MaxBackoff)
+			ctx, cancel := context.WithTimeout(context.Background(), e.cfg.StartTimeout)
+			next, err := e.spawn(ctx)
+			cancel()
+			if err == nil {
+				c = next
+				break
+			}
+			e.log.Warn("engine restart failed", "err", err, "backoff", backoff)
+		}
+		e.mu.Lock()
+		e.restarts++
+		if e.closed {
+			e.mu.Unlock()
+			c.shutdown()
+			return
+		}
+		e.cur = c
+		e.mu.Unlock()
+		e.log.Info("engine process restarted", "pid", c.pid)
+	}
+}
+
+// shape identifies a request for crash accounting: everything but the seed.
+func shape(req runtime.Request) [32]byte {
+	req.Seed = nil
+	b, _ := json.Marshal(req)
+	return sha256.Sum256(b)
+}
+
+// maxShapes bounds the crash memory.
+const maxShapes = 4096
+
+func (e *engine) recordCrash(shapes [][32]byte) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, s := range shapes {
+		if len(e.crashes) >= maxShapes {
+			for k := range e.crashes { // forget an arbitrary one
+				delete(e.crashes, k)
+				break
+			}
+		}
+		e.crashes[s]++
+		if e.crashes[s] == e.cfg.RefuseAfter {
+			e.log.Warn("request shape refused from now on: it was in flight at every crash", "crashes", e.cfg.RefuseAfter)
+		}
+	}
+}
+
+func (e *engine) refusedShapes() int {
+	n := 0
+	for _, c := range e.crashes {
+		if c >= e.cfg.RefuseAfter {
+			n++
+		}
+	}
+	return n
+}
+
+func (e *engine) generate(ctx context.Context, req runtime.Request) (runtime.Stream, error) {
+	sh := shape(req)
+	e.mu.Lock()
+	c, closed, crashes := e.cur, e.closed, e.crashes[sh]
+	e.mu.Unlock()
+	switch {
+	case closed:
+		return nil, runtime.ErrClosed
+	case crashes >= e.cfg.RefuseAfter:
+		return nil, fmt.Errorf("%w (%d times)", ErrRefused, crashes)
+	case c == nil:
+		return nil, fmt.Errorf("%w: the engine process is restarting after a crash", runtime.ErrBusy)
+	}
+	return c.generate(ctx, req, sh)
+}
+
+func (e *engine) close() {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return
+	}
+	e.closed = true
+	e.mu.Unlock()
+	close(e.stop)
+	<-e.done
+}
+
+// child is one running engine process.
+type child struct {
+	cmd    *exec.Cmd
+	pid    int
+	models []runtime.Model
+	w      *frameWriter
+	in     io.Closer // the pipe the child reads; closing it asks the child to exit
+	log    *slog.Logger
+	tail   *tailBuffer
+	exited chan struct{} // closed once the process is reaped and the reader ended
+
+	mu      sync.Mutex
+	streams map[uint64]*stream
+	nextID  uint64
+	pongAt  time.Time
+	dead    bool
+	err     error // why it exited
+}
+
+// spawn starts a child, sends it the load frame and waits for ready.
+func (e *engine) spawn(ctx context.Context) (*child, error) {
+	cfg := e.cfg
+	toChild, ourW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("runner: pipe: %w", err)
+	}
+	ourR, fromChild, err := os.Pipe()
+	if err != nil {
+		toChild.Close()
+		ourW.Close()
+		return nil, fmt.Errorf("runner: pipe: %w", err)
+	}
+	tail := &tailBuffer{log: e.log}
+	cmd := exec.Command(cfg.Exe)
+	cmd.Env = append(os.Environ(), ChildEnv+"=1")
+	cmd.ExtraFiles = []*os.File{toChild, fromChild}
+	cmd.Stdout = tail
+	cmd.Stderr = tail
+	// The child dies with the node even if the node is killed with SIGKILL.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		toChild.Close()
+		ourW.Close()
+		ourR.Close()
+		fromChild.Close()
+		return nil, fmt.Errorf("runner: start %s: %w", cfg.Exe, err)
+	}
+	toChild.Close()
+	fromChild.Close()
+	c := &child{cmd: cmd, pid: cmd.Process.Pid, w: newFrameWriter(ourW), in: ourW, log: e.log, tail: tail,
+		exited: make(chan struct{}), streams: map[uint64]*stream{}, pongAt: time.Now()}
+	r := bufio.NewReaderSize(ourR, 64<<10)
+
+	level := "INFO"
+	if e.log.Enabled(context.Background(), slog.LevelDebug) {
+		level = "DEBUG"
+	}
+	load := frame{Op: opLoad, Config: &childConfig{LibDir: cfg.LibDir, Models: []runtime.ModelConfig{e.mc},
+		Threads: cfg.Threads, ContextSize: cfg.ContextSize, Parallel: cfg.Parallel, LogLevel: level}}
+	ready := make(chan error, 1)
+	go func() {
+		if err := c.w.send(load); err != nil {
+			ready <- fmt.Errorf("send load: %w", err)
+			return
+		}
+		f, err := readFrame(r)
+		switch {
+		case err != nil:
+			ready <- fmt.Errorf("exited before it was ready: %s", tail.last())
+		case f.Op == opFatal:
+			ready <- errors.New(f.Msg)
+		case f.Op != opReady:
+			ready <- fmt.Errorf("answered %q to load", f.Op)
+		default:
+			c.models = f.Models
+			ready <- nil
+		}
+	}()
+	select {
+	case err = <-ready:
+	case <-ctx.Done():
+		err = fmt.Errorf("runner: start: %w", ctx.Err())
+	}
+	if err != nil {
+		ourW.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+		ourR.Close()
+		return nil, err
+	}
+	go func() {
+		rerr := c.read(r)
+		// The reader ends when the child's end of the pipe closes: it exited,
+		// or it broke the protocol (then it is killed).
+		cmd.Process.Kill()
+		werr := cmd.Wait()
+		ourR.Close()
+		c.mu.Lock()
+		c.dead = true
+		c.err = errors.Join(rerr, werr)
+		c.mu.Unlock()
+		close(c.exited)
+	}()
+	go c.watch(cfg.Ping)
+	return c, nil
+}
+
+// read dispatches the child's frames to their streams until the pipe ends.
+func (c *child) read(r *bufio.Reader) error {
+	for {
+		f, err := readFrame(r)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if f.Op == opPong {
+			c.mu.Lock()
+			c.pongAt = time.Now()
+			c.mu.Unlock()
+			continue
+		}
+		c.mu.Lock()
+		s := c.streams[f.ID]
+		c.mu.Unlock()
+		if s == nil {
+			continue // a stream closed while its frames were on the way
+		}
+		if !s.deliver(f) {
+			return fmt.Errorf("stream %d: %s frame beyond the window", f.ID, f.Op)
+		}
+	}
+}
+
+// watch pings the child and kills it when it stops answering (a hang: a
+// native call that never returns, a deadlock).
+func (c *child) watch(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.exited:
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		silent := time.Since(c.pongAt)
+		c.mu.Unlock()
+		if silent > 5*every {
+			c.log.Warn("engine process stopped answering pings: killing it", "pid", c.pid, "silent", silent)
+			c.cmd.Process.Kill()
+			return
+		}
+		_ = c.w.send(frame{Op: opPing})
+	}
+}
+
+// shutdown asks the child to exit (by closing its input) and kills it if it
+// has not within 5 s.
+func (c *child) shutdown() {
+	c.in.Close()
+	select {
+	case <-c.exited:
+	case <-time.After(5 * time.Second):
+		c.cmd.Process.Kill()
+		<-c.exited
+	}
+	c.failAll(runtime.ErrClosed)
+}
+
+// failAll ends every stream in flight with err and returns their request
+// shapes.
+func (c *child) failAll(err error) [][32]byte {
+	c.mu.Lock()
+	streams := c.streams
+	c.streams = map[uint64]*stream{}
+	c.mu.Unlock()
+	var shapes [][32]byte
+	for _, s := range streams {
+		shapes = append(shapes, s.shape)
+		s.end(err)
+	}
+	return shapes
+}
+
+func (c *child) why() string {
+	c.mu.Lock()
+	err := c.err
+	c.mu.Unlock()
+	why := "exited"
+	if err != nil {
+		why = err.Error()
+	}
+	if t := c.tail.last(); t != "" {
+		why += ": " + t
+	}
+	return why
+}
+
+func (c *child) generate(ctx context.Context, req runtime.Request, sh [32]byte) (runtime.Stream, error) {
+	s := &stream{c: c, shape: sh, frames: make(chan frame, Window+2), gone: make(chan struct{})}
+	c.mu.Lock()
+	if c.dead {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("%w: the engine process is restarting after a crash", runtime.ErrBusy)
+	}
+	c.nextID++
+	s.id = c.nextID
+	c.streams[s.id] = s
+	c.mu.Unlock()
+	if err := c.w.send(frame{Op: opGenerate, ID: s.id, Req: &req}); err != nil {
+		s.forget()
+		return nil, fmt.Errorf("%w: send to the engine process: %v", ErrEngineCrashed, err)
+	}
+	select {
+	case f := <-s.frames:
+		if f.Op == opStarted {
+			return s, nil
+		}
+		s.forget()
+		return nil, errorFrom(f)
+	case <-s.gone:
+		return nil, s.ended()
+	case <-ctx.Done():
+		s.Close()
+		return nil, fmt.Errorf("start generation: %w", ctx.Err())
+	}
+}
+
+// stream is one generation in a child, seen from the parent. Recv is called
+// by one goroutine; Close may come from any.
+type stream struct {
+	c      *child
+	id     uint64
+	shape  [32]byte
+	frames chan frame    // from the child's reader: started, then at most Window deltas and one end
+	gone   chan struct{} // closed by end: the child died, or Close
+
+	mu       sync.Mutex
+	usage    runtime.Usage
+	finish   string
+	err      error // sticky once set: io.EOF after the last delta, or why it ended
+	consumed int   // deltas read and not yet credited
+}
+
+// deliver hands a frame to the stream; false when the child ran past the window.
+func (s *stream) deliver(f frame) bool {
+	select {
+	case s.frames <- f:
+		return true
+	default:
+		return false
+	}
+}
+
+// end ends the stream with err unless it already ended.
+func (s *stream) end(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err == nil {
+		s.err = err
+		close(s.gone)
+	}
+}
+
+func (s *stream) ended() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+func (s *stream) forget() {
+	s.c.mu.Lock()
+	delete(s.c.streams, s.id)
+	s.c.mu.Unlock()
+}
+
+func (s *stream) Recv() (runtime.Delta, error) {
+	if err := s.ended(); err != nil {
+		return runtime.Delta{}, err
+	}
+	var f frame
+	select {
+	case f = <-s.frames:
+	case <-s.gone:
+		return runtime.Delta{}, s.ended()
+	}
+	switch f.Op {
+	case opDelta:
+		s.mu.Lock()
+		s.consumed++
+		grant := 0
+		if s.consumed >= Window/2 {
+			grant, s.consumed = s.consumed, 0
+		}
+		s.mu.Unlock()
+		if grant > 0 {
+			_ = s.c.w.send(frame{Op: opCredit, ID: s.id, N: grant})
+		}
+		return runtime.Delta{Text: f.Text, Tokens: f.Tokens}, nil
+	case opEnd:
+		s.mu.Lock()
+		if f.Usage != nil {
+			s.usage = *f.Usage
+		}
+		s.finish = f.Finish
+		s.mu.Unlock()
+		s.forget()
+		s.end(io.EOF)
+	default:
+		s.forget()
+		s.end(errorFrom(f))
+	}
+	return runtime.Delta{}, s.ended()
+}
+
+func (s *stream) Usage() runtime.Usage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.usage
+}
+
+func (s *stream) FinishReason() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.finish
+}
+
+// errStreamClosed ends Recv after Close.
+var errStreamClosed = errors.New("runner: stream closed")
+
+// Close aborts the generation in the child (if it still runs) and frees the
+// stream. A Recv blocked in another goroutine returns errStreamClosed.
+func (s *stream) Close() error {
+	if s.ended() != nil {
+		return nil
+	}
+	s.end(errStreamClosed)
+	s.forget()
+	_ = s.c.w.send(frame{Op: opClose, ID: s.id})
+	return nil
+}
+
+// tailBuffer keeps the last lines a child wrote to stdout and stderr, to say
+// why it died ("terminate called …", a Go panic's first line).
+type tailBuffer struct {
+	log   *slog.Logger // each line at debug level
+	mu     sync.Mutex
+	lines  []string
+	part   []byte
+	reason string // the first line that says why a process died
+}
+
+// crashMarkers start the lines that say why a process died: C++'s
+// terminate, a Go fatal error, panic or signal.
+var crashMarkers = []string{"terminate called", "fatal error:", "panic:", "SIGABRT", "SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "GGML_ASSERT", "runner:"}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.part = append(t.part, p...)
+	for {
+		i := bytes.IndexByte(t.part, '\n')
+		if i < 0 {
+			break
+		}
+		line := strings.TrimSpace(string(t.part[:i]))
+		t.part = t.part[i+1:]
+		if line == "" || strings.HasPrefix(line, "goroutine ") {
+			continue
+		}
+		if t.log != nil {
+			t.log.Debug("engine", "line", line)
+		}
+		if t.reason == "" {
+			for _, m := range crashMarkers {
+				if strings.Contains(line, m) {
+					t.reason = line
+					break
+				}
+			}
+		}
+		t.lines = append(t.lines, line)
+		if len(t.lines) > 6 {
+			t.lines = t.lines[len(t.lines)-6:]
+		}
+	}
+	if len(t.part) > 4096 {
+		t.part = t.part[:0]
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) last() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.reason != "" {
+		return t.reason
+	}
+	return strings.Join(t.lines, " | ")
+}
