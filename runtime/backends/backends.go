@@ -10,8 +10,8 @@ import (
 	"os"
 
 	"github.com/cocoon-network/cocoon/runtime"
-	"github.com/cocoon-network/cocoon/runtime/runner"
 	"github.com/cocoon-network/cocoon/runtime/openai"
+	"github.com/cocoon-network/cocoon/runtime/runner"
 )
 
 // FromConfig validates cfg, builds its backend and wraps it in runtime.Limit

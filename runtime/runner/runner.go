@@ -652,7 +652,7 @@ func (s *stream) Close() error {
 // tailBuffer keeps the last lines a child wrote to stdout and stderr, to say
 // why it died ("terminate called …", a Go panic's first line).
 type tailBuffer struct {
-	log   *slog.Logger // each line at debug level
+	log    *slog.Logger // each line at debug level
 	mu     sync.Mutex
 	lines  []string
 	part   []byte
