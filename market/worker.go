@@ -175,6 +175,11 @@ func (s *serveRun) run(ctx context.Context) error {
 		seed := p.GetSeed()
 		req.Seed = &seed
 	}
+	// The client is a stranger too: its parameters get the gateway's checks
+	// before anything is accepted, and its prompt after it arrives.
+	if err := req.CheckParams(); err != nil {
+		return s.reject(RejectBadRequest, err.Error())
+	}
 	maxPrice := Price{Prompt: open.GetMaxPricePrompt(), Completion: open.GetMaxPriceCompletion()}
 	price, ok := s.w.Prices[req.Model]
 	if !ok || !slices.ContainsFunc(s.w.Backend.Models(), func(m runtime.Model) bool { return m.ID == req.Model }) {
@@ -236,6 +241,9 @@ func (s *serveRun) run(ctx context.Context) error {
 		return nil // the client declined (price, attestation) before sending the prompt
 	default:
 		return s.fail(CancelProtocol, fmt.Errorf("wait for prompt: got %s: %w", frameName(f), ErrProtocol))
+	}
+	if err := req.Check(); err != nil {
+		return s.fail(CancelProtocol, fmt.Errorf("prompt: %w", err))
 	}
 	s.prompted = time.Now()
 	if s.w.Observer != nil {

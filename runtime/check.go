@@ -27,8 +27,8 @@ const (
 	MaxModelIDBytes = 256
 )
 
-// Check reports the first thing wrong with req as an ErrInvalidRequest whose
-// message starts with the OpenAI field at fault ("max_tokens: ..."). It is the
+// Check reports the first thing wrong with req as a *FieldError (which is an
+// ErrInvalidRequest) naming the OpenAI field at fault. It is the
 // one rule for what may reach a backend, applied at every edge a stranger's
 // request crosses: the gateway (runtime/openaiapi), the worker side of the job
 // protocol (market) and the engine supervisor (runtime/runner). Text must be
@@ -38,16 +38,10 @@ const (
 // range (NaN passes every comparison, so each check is written to fail on it).
 func (req Request) Check() error {
 	bad := func(field, format string, args ...any) error {
-		return fmt.Errorf("%w: %s: %s", ErrInvalidRequest, field, fmt.Sprintf(format, args...))
+		return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 	}
-	if req.Model == "" {
-		return bad("model", "missing")
-	}
-	if len(req.Model) > MaxModelIDBytes {
-		return bad("model", "%d bytes, at most %d", len(req.Model), MaxModelIDBytes)
-	}
-	if err := checkText(req.Model); err != nil {
-		return bad("model", "%v", err)
+	if err := req.CheckParams(); err != nil {
+		return err
 	}
 	switch {
 	case len(req.Messages) > 0 && req.Prompt != "":
@@ -78,6 +72,25 @@ func (req Request) Check() error {
 	if size > MaxTextBytes {
 		return bad("messages", "%d bytes of text, at most %d", size, MaxTextBytes)
 	}
+	return nil
+}
+
+// CheckParams is the part of Check that needs no text: the model id and the
+// sampling parameters. The worker applies it to a job's Open, before it
+// accepts and the prompt arrives.
+func (req Request) CheckParams() error {
+	bad := func(field, format string, args ...any) error {
+		return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+	}
+	if req.Model == "" {
+		return bad("model", "missing")
+	}
+	if len(req.Model) > MaxModelIDBytes {
+		return bad("model", "%d bytes, at most %d", len(req.Model), MaxModelIDBytes)
+	}
+	if err := checkText(req.Model); err != nil {
+		return bad("model", "%v", err)
+	}
 	switch {
 	case req.MaxTokens < 0:
 		return bad("max_tokens", "%d is negative", req.MaxTokens)
@@ -103,6 +116,19 @@ func (req Request) Check() error {
 	}
 	return nil
 }
+
+// FieldError is a request refused for one field's value. errors.Is(err,
+// ErrInvalidRequest) holds for it.
+type FieldError struct {
+	Field string // as in the OpenAI API: "max_tokens", "messages[2].content"
+	Msg   string // what is wrong with it
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("%v: %s: %s", ErrInvalidRequest, e.Field, e.Msg)
+}
+
+func (e *FieldError) Unwrap() error { return ErrInvalidRequest }
 
 // errNUL and errUTF8 say why text was refused.
 var (

@@ -15,7 +15,7 @@ import (
 const MaxBodyBytes = 4 << 20
 
 // MaxStops is the most stop sequences a request may give (as OpenAI).
-const MaxStops = 4
+const MaxStops = runtime.MaxStops
 
 // decodeJSON reads one JSON object of at most MaxBodyBytes from r into v.
 func decodeJSON(r io.Reader, v any) error {
@@ -117,6 +117,18 @@ func (s sampling) apply(rr *runtime.Request) error {
 	return nil
 }
 
+// check applies runtime.Request.Check, the rule every edge applies, and
+// turns its refusal into a 400 naming the field.
+func check(rr runtime.Request) error {
+	var fe *runtime.FieldError
+	if err := rr.Check(); errors.As(err, &fe) {
+		return badRequest(fe.Field, "%s: %s", fe.Field, fe.Msg)
+	} else if err != nil {
+		return badRequest("", "%v", err)
+	}
+	return nil
+}
+
 // Runtime checks the request and converts it.
 func (req ChatCompletionRequest) Runtime() (runtime.Request, error) {
 	if req.Model == "" {
@@ -151,6 +163,9 @@ func (req ChatCompletionRequest) Runtime() (runtime.Request, error) {
 		max = req.MaxCompletionTokens
 	}
 	err := sampling{max, req.Temperature, req.TopP, req.Stop, req.Seed, req.N}.apply(&rr)
+	if err == nil {
+		err = check(rr)
+	}
 	if err != nil {
 		if e := (*Error)(nil); errors.As(err, &e) && e.Param == "max_tokens" && req.MaxCompletionTokens != nil {
 			e.Param = "max_completion_tokens"
@@ -174,6 +189,9 @@ func (req CompletionRequest) Runtime() (runtime.Request, error) {
 	}
 	rr := runtime.Request{Model: req.Model, Prompt: string(req.Prompt)}
 	if err := (sampling{req.MaxTokens, req.Temperature, req.TopP, req.Stop, req.Seed, req.N}).apply(&rr); err != nil {
+		return runtime.Request{}, err
+	}
+	if err := check(rr); err != nil {
 		return runtime.Request{}, err
 	}
 	return rr, nil

@@ -118,3 +118,58 @@ func FuzzDecodeCompletionRequest(f *testing.F) {
 		}
 	})
 }
+
+// Hostile values of every field a request narrows or hands to native code
+// are refused with a 400 naming the field; none wraps or reaches a backend.
+func TestEdgeRefusesByName(t *testing.T) {
+	chat := func(extra string) string {
+		return `{"model":"m","messages":[{"role":"user","content":"hi"}]` + extra + `}`
+	}
+	for _, tc := range []struct{ body, param string }{
+		{chat(`,"max_tokens":4294967297`), "max_tokens"},
+		{chat(`,"max_tokens":-1`), "max_tokens"},
+		{chat(`,"max_tokens":0`), "max_tokens"},
+		{chat(`,"max_tokens":1000000000000000000`), "max_tokens"},
+		{chat(`,"max_tokens":1e30`), "max_tokens"},
+		{chat(`,"max_completion_tokens":4294967297`), "max_completion_tokens"},
+		{chat(`,"n":4294967297`), "n"},
+		{chat(`,"n":-1`), "n"},
+		{chat(`,"seed":18446744073709551616`), "seed"},
+		{chat(`,"temperature":1e308`), "temperature"},
+		{chat(`,"stop":["a","b","c","d","e"]`), "stop"},
+		{chat(`,"stop":"` + strings.Repeat("x", 300) + `"`), "stop[0]"},
+		{chat(`,"stop":"a\u0000"`), "stop[0]"},
+		{`{"model":"m","messages":[{"role":"user","content":"a\u0000b"}]}`, "messages[0].content"},
+		{`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a\u0000b"}]}]}`, "messages[0].content"},
+		{`{"model":"m\u0000","messages":[{"role":"user","content":"hi"}]}`, "model"},
+		{`{"model":"` + strings.Repeat("m", 300) + `","messages":[{"role":"user","content":"hi"}]}`, "model"},
+		{`{"model":"m","messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"a\u0000"}],"continue_final_message":true}`, "continuation"},
+	} {
+		_, _, err := openaiapi.DecodeChatRequest(strings.NewReader(tc.body))
+		var e *openaiapi.Error
+		if !errors.As(err, &e) || e.Status != 400 || e.Param != tc.param || !strings.Contains(e.Message, tc.param) {
+			t.Errorf("%.80s: %v (param %q); want a 400 naming %s", tc.body, err, func() string {
+				if e != nil {
+					return e.Param
+				}
+				return ""
+			}(), tc.param)
+		}
+	}
+	for _, tc := range []struct{ body, param string }{
+		{`{"model":"m","prompt":"a\u0000b"}`, "prompt"},
+		{`{"model":"m","prompt":"hi","max_tokens":4294967297}`, "max_tokens"},
+	} {
+		_, _, err := openaiapi.DecodeCompletionRequest(strings.NewReader(tc.body))
+		var e *openaiapi.Error
+		if !errors.As(err, &e) || e.Status != 400 || e.Param != tc.param {
+			t.Errorf("%s: %v; want a 400 naming %s", tc.body, err, tc.param)
+		}
+	}
+	// Go's JSON decoder turns invalid UTF-8 into U+FFFD: what reaches the
+	// backend is valid text, answered exactly as that text.
+	_, rr, err := openaiapi.DecodeChatRequest(strings.NewReader("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\xff\xfeb\"}]}"))
+	if err != nil || rr.Messages[0].Content != "a\uFFFD\uFFFDb" {
+		t.Errorf("invalid UTF-8: %q, %v", rr.Messages, err)
+	}
+}
