@@ -44,6 +44,12 @@ type Config struct {
 	// RefuseAfter is the number of crashes a request shape may be in flight
 	// for before it is refused; 0: 2.
 	RefuseAfter int
+	// RestartWait is how long Generate waits for a restarting child before it
+	// answers runtime.ErrBusy; 0: 5 s. A restart takes well under a second,
+	// so a job that arrives during one is served rather than refused, while a
+	// child that keeps crashing (backoff up to MaxBackoff) sends callers
+	// elsewhere.
+	RestartWait time.Duration
 }
 
 // Backend serves each model from its own supervised child process. It is
@@ -82,6 +88,9 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.RefuseAfter <= 0 {
 		cfg.RefuseAfter = 2
 	}
+	if cfg.RestartWait <= 0 {
+		cfg.RestartWait = 5 * time.Second
+	}
 	b := &Backend{engines: map[string]*engine{}}
 	for _, mc := range cfg.Models {
 		e, err := startEngine(ctx, cfg, mc)
@@ -106,8 +115,8 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 func (b *Backend) Models() []runtime.Model { return append([]runtime.Model(nil), b.order...) }
 
 // Generate checks req (runtime.Request.Check) and starts it in the model's
-// child. While that child is restarting it answers runtime.ErrBusy at once, so
-// the caller goes elsewhere rather than wait for it.
+// child. While that child is restarting it waits up to Config.RestartWait,
+// then answers runtime.ErrBusy.
 func (b *Backend) Generate(ctx context.Context, req runtime.Request) (runtime.Stream, error) {
 	if err := req.Check(); err != nil {
 		return nil, err
@@ -163,7 +172,8 @@ type engine struct {
 	models []runtime.Model
 
 	mu       sync.Mutex
-	cur      *child // nil while restarting
+	cur      *child        // nil while restarting
+	up       chan struct{} // closed when cur is set (or the engine closed)
 	closed   bool
 	restarts int
 	crashes  map[[32]byte]int // request shape → crashes it was in flight for
@@ -184,6 +194,8 @@ func startEngine(ctx context.Context, cfg Config, mc runtime.ModelConfig) (*engi
 	}
 	e.models = c.models
 	e.cur = c
+	e.up = make(chan struct{})
+	close(e.up)
 	go e.supervise(c)
 	return e, nil
 }
@@ -203,6 +215,7 @@ func (e *engine) supervise(c *child) {
 		}
 		e.mu.Lock()
 		e.cur = nil
+		e.up = make(chan struct{})
 		e.mu.Unlock()
 		shapes := c.failAll(fmt.Errorf("%w: %s", ErrEngineCrashed, c.why()))
 		e.recordCrash(shapes)
@@ -235,6 +248,7 @@ func (e *engine) supervise(c *child) {
 			return
 		}
 		e.cur = c
+		close(e.up)
 		e.mu.Unlock()
 		e.log.Info("engine process restarted", "pid", c.pid)
 	}
@@ -279,18 +293,32 @@ func (e *engine) refusedShapes() int {
 
 func (e *engine) generate(ctx context.Context, req runtime.Request) (runtime.Stream, error) {
 	sh := shape(req)
-	e.mu.Lock()
-	c, closed, crashes := e.cur, e.closed, e.crashes[sh]
-	e.mu.Unlock()
-	switch {
-	case closed:
-		return nil, runtime.ErrClosed
-	case crashes >= e.cfg.RefuseAfter:
-		return nil, fmt.Errorf("%w (%d times)", ErrRefused, crashes)
-	case c == nil:
-		return nil, fmt.Errorf("%w: the engine process is restarting after a crash", runtime.ErrBusy)
+	var wait <-chan time.Time
+	for {
+		e.mu.Lock()
+		c, up, closed, crashes := e.cur, e.up, e.closed, e.crashes[sh]
+		e.mu.Unlock()
+		switch {
+		case closed:
+			return nil, runtime.ErrClosed
+		case crashes >= e.cfg.RefuseAfter:
+			return nil, fmt.Errorf("%w (%d times)", ErrRefused, crashes)
+		case c != nil:
+			return c.generate(ctx, req, sh)
+		}
+		if wait == nil {
+			t := time.NewTimer(e.cfg.RestartWait)
+			defer t.Stop()
+			wait = t.C
+		}
+		select {
+		case <-up:
+		case <-wait:
+			return nil, fmt.Errorf("%w: the engine process is restarting after a crash", runtime.ErrBusy)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for the engine process to restart: %w", ctx.Err())
+		}
 	}
-	return c.generate(ctx, req, sh)
 }
 
 func (e *engine) close() {
@@ -300,6 +328,11 @@ func (e *engine) close() {
 		return
 	}
 	e.closed = true
+	select {
+	case <-e.up:
+	default:
+		close(e.up) // wake the waiters: they see closed
+	}
 	e.mu.Unlock()
 	close(e.stop)
 	<-e.done

@@ -214,14 +214,17 @@ func TestKillMidStream(t *testing.T) {
 					t.Errorf("stream ended with %v, want ErrEngineCrashed", err)
 				}
 			}
-			waitUp(t, b, pid)
-			t.Logf("%v: child back after %v", sig, time.Since(at).Round(time.Millisecond))
+			// A job that arrives while the child restarts waits for it.
 			s, err := b.Generate(context.Background(), greedy("Once upon a time", 16))
 			if err != nil {
 				t.Fatal(err)
 			}
 			if _, n, err := collect(t, s); err != nil || n == 0 {
 				t.Fatalf("after the kill: %d tokens, %v", n, err)
+			}
+			t.Logf("%v: served by the next child %v after the kill", sig, time.Since(at).Round(time.Millisecond))
+			if waitUp(t, b, pid); b.Children()[0].Restarts != 1 {
+				t.Errorf("children %+v, want 1 restart", b.Children())
 			}
 		})
 	}
