@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cocoon-network/cocoon/market/pb"
+	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/settle"
 )
 
@@ -118,6 +119,11 @@ const (
 	CancelAttestation = CancelCode(pb.CancelCode_CANCEL_ATTESTATION)
 	CancelOverReport  = CancelCode(pb.CancelCode_CANCEL_OVER_REPORT)
 	CancelInternal    = CancelCode(pb.CancelCode_CANCEL_INTERNAL)
+	// CancelBadRequest: the worker refuses the prompt as given (it fails the
+	// input checks, or is longer than the model's context). Every worker of
+	// the model would refuse it too, so the client tries no other and its
+	// caller gets a 400.
+	CancelBadRequest = CancelCode(pb.CancelCode_CANCEL_BAD_REQUEST)
 )
 
 func (c CancelCode) String() string { return pb.CancelCode(c).String() }
@@ -147,8 +153,18 @@ func (e *RejectError) Is(target error) bool { return target == ErrRejected }
 // CancelError carries the peer's cancel code.
 type CancelError struct{ Code CancelCode }
 
-func (e *CancelError) Error() string        { return fmt.Sprintf("market: job cancelled by peer: %v", e.Code) }
-func (e *CancelError) Is(target error) bool { return target == ErrCancelled }
+func (e *CancelError) Error() string {
+	if e.Code == CancelBadRequest {
+		return "market: the worker refused the prompt as given (longer than the model's context, or it fails the input checks): CANCEL_BAD_REQUEST"
+	}
+	return fmt.Sprintf("market: job cancelled by peer: %v", e.Code)
+}
+
+// Is matches ErrCancelled, and runtime.ErrInvalidRequest for
+// CancelBadRequest: the caller's request is at fault, not the worker.
+func (e *CancelError) Is(target error) bool {
+	return target == ErrCancelled || (e.Code == CancelBadRequest && target == runtime.ErrInvalidRequest)
+}
 
 // TimeoutError names the phase whose deadline passed.
 type TimeoutError struct{ Phase string }

@@ -243,7 +243,7 @@ func (s *serveRun) run(ctx context.Context) error {
 		return s.fail(CancelProtocol, fmt.Errorf("wait for prompt: got %s: %w", frameName(f), ErrProtocol))
 	}
 	if err := req.Check(); err != nil {
-		return s.fail(CancelProtocol, fmt.Errorf("prompt: %w", err))
+		return s.fail(CancelBadRequest, fmt.Errorf("prompt: %w", err))
 	}
 	s.prompted = time.Now()
 	if s.w.Observer != nil {
@@ -268,7 +268,11 @@ func (s *serveRun) generate(ctx context.Context, req runtime.Request, credit uin
 	st, err := s.w.Backend.Generate(gctx, req)
 	if err != nil {
 		stopGen()
-		return s.fail(CancelInternal, fmt.Errorf("start generation: %w", err))
+		code := CancelInternal
+		if errors.Is(err, runtime.ErrInvalidRequest) {
+			code = CancelBadRequest
+		}
+		return s.fail(code, fmt.Errorf("start generation: %w", err))
 	}
 	// The producer owns the stream: it is the only goroutine that calls it. It
 	// blocks on the channel while the credit window is spent, which pauses the

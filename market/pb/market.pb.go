@@ -157,21 +157,23 @@ const (
 	CancelCode_CANCEL_ATTESTATION CancelCode = 7 // the worker's attestation did not verify
 	CancelCode_CANCEL_OVER_REPORT CancelCode = 8 // usage claimed beyond what was delivered
 	CancelCode_CANCEL_INTERNAL    CancelCode = 9
+	CancelCode_CANCEL_BAD_REQUEST CancelCode = 10 // worker: the prompt cannot be served as given (longer than the context, refused by the checks); the client tries no other worker
 )
 
 // Enum value maps for CancelCode.
 var (
 	CancelCode_name = map[int32]string{
-		0: "CANCEL_UNSPECIFIED",
-		1: "CANCEL_CLIENT",
-		2: "CANCEL_NO_PAYMENT",
-		3: "CANCEL_BAD_VOUCHER",
-		4: "CANCEL_TIMEOUT",
-		5: "CANCEL_PROTOCOL",
-		6: "CANCEL_PRICE",
-		7: "CANCEL_ATTESTATION",
-		8: "CANCEL_OVER_REPORT",
-		9: "CANCEL_INTERNAL",
+		0:  "CANCEL_UNSPECIFIED",
+		1:  "CANCEL_CLIENT",
+		2:  "CANCEL_NO_PAYMENT",
+		3:  "CANCEL_BAD_VOUCHER",
+		4:  "CANCEL_TIMEOUT",
+		5:  "CANCEL_PROTOCOL",
+		6:  "CANCEL_PRICE",
+		7:  "CANCEL_ATTESTATION",
+		8:  "CANCEL_OVER_REPORT",
+		9:  "CANCEL_INTERNAL",
+		10: "CANCEL_BAD_REQUEST",
 	}
 	CancelCode_value = map[string]int32{
 		"CANCEL_UNSPECIFIED": 0,
@@ -184,6 +186,7 @@ var (
 		"CANCEL_ATTESTATION": 7,
 		"CANCEL_OVER_REPORT": 8,
 		"CANCEL_INTERNAL":    9,
+		"CANCEL_BAD_REQUEST": 10,
 	}
 )
 
@@ -1601,7 +1604,7 @@ const file_market_proto_rawDesc = "" +
 	"\x11REJECT_NO_CHANNEL\x10\x04\x12\x11\n" +
 	"\rREJECT_POLICY\x10\x05\x12\x16\n" +
 	"\x12REJECT_BAD_REQUEST\x10\x06\x12\x13\n" +
-	"\x0fREJECT_INTERNAL\x10\a*\xe6\x01\n" +
+	"\x0fREJECT_INTERNAL\x10\a*\xfe\x01\n" +
 	"\n" +
 	"CancelCode\x12\x16\n" +
 	"\x12CANCEL_UNSPECIFIED\x10\x00\x12\x11\n" +
@@ -1613,7 +1616,9 @@ const file_market_proto_rawDesc = "" +
 	"\fCANCEL_PRICE\x10\x06\x12\x16\n" +
 	"\x12CANCEL_ATTESTATION\x10\a\x12\x16\n" +
 	"\x12CANCEL_OVER_REPORT\x10\b\x12\x13\n" +
-	"\x0fCANCEL_INTERNAL\x10\tB,Z*github.com/cocoon-network/cocoon/market/pbb\x06proto3"
+	"\x0fCANCEL_INTERNAL\x10\t\x12\x16\n" +
+	"\x12CANCEL_BAD_REQUEST\x10\n" +
+	"B,Z*github.com/cocoon-network/cocoon/market/pbb\x06proto3"
 
 var (
 	file_market_proto_rawDescOnce sync.Once
