@@ -39,7 +39,11 @@ func realEngine(t testing.TB) *runner.Backend {
 			Models:   []runtime.ModelConfig{{Path: model, ID: engineModel}},
 			Threads:  1,
 			Parallel: 1,
-			Logger:   slog.New(slog.DiscardHandler),
+			// A short context keeps each execution short: prompt decoding on
+			// the CPU grows with the square of the prompt (2,000 tokens take
+			// ~4 s here), and longer prompts take the refusal path.
+			ContextSize: 256,
+			Logger:      slog.New(slog.DiscardHandler),
 		})
 	})
 	if engine.err != nil {

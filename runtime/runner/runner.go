@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -476,6 +477,7 @@ func (c *child) read(r *bufio.Reader) error {
 // watch pings the child and kills it when it stops answering (a hang: a
 // native call that never returns, a deadlock).
 func (c *child) watch(every time.Duration) {
+	var pinging atomic.Bool
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -492,7 +494,14 @@ func (c *child) watch(every time.Duration) {
 			c.cmd.Process.Kill()
 			return
 		}
-		_ = c.w.send(frame{Op: opPing})
+		// Sent aside: a write to a child that stopped reading blocks, and
+		// the silence must still be noticed (the kill then ends the write).
+		if pinging.CompareAndSwap(false, true) {
+			go func() {
+				_ = c.w.send(frame{Op: opPing})
+				pinging.Store(false)
+			}()
+		}
 	}
 }
 
