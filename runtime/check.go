@@ -17,8 +17,11 @@ const (
 	// MaxMessages is the most messages a chat request may hold.
 	MaxMessages = 4096
 	// MaxTextBytes caps the prompt, the continuation and all messages'
-	// content together (the gateway's 4 MiB body cap, less JSON's framing).
-	MaxTextBytes = 4 << 20
+	// content together: 896 KiB, so that a checked request, with the
+	// framing of MaxMessages messages, always fits the job protocol's 1 MiB
+	// prompt frame (market.DefaultMaxPromptFrame; a market test holds the
+	// two together). A request served locally obeys the same rule.
+	MaxTextBytes = 896 << 10
 	// MaxStops is the most stop sequences a request may give (as OpenAI).
 	MaxStops = 4
 	// MaxStopBytes caps one stop sequence.
