@@ -16,6 +16,11 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
+// PeersFile in a datadir is where a running node remembers the peers it met
+// (p2p.Config.PeersFile; mode 0600), so that a restart rejoins through them when its
+// bootstrap peers are gone.
+const PeersFile = "peers.json"
+
 // ErrIdentityExists is returned by Init when the datadir already holds an identity
 // and force is not set.
 var ErrIdentityExists = errors.New("identity already exists")

@@ -130,6 +130,9 @@ func New(ctx context.Context, cfg Config, opt Options) (*Node, error) {
 		Host:   opt.Host,
 		Logger: log,
 	}
+	if cfg.Datadir != "" {
+		pcfg.PeersFile = filepath.Join(cfg.Datadir, PeersFile)
+	}
 	if opt.Host == nil {
 		if pcfg.Identity, err = LoadIdentity(filepath.Join(cfg.Datadir, IdentityFile)); err != nil {
 			return nil, err

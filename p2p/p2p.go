@@ -51,9 +51,15 @@ const (
 // Config configures a Node. The zero value (plus an Identity) is a node listening on
 // all interfaces on random ports, with no bootstrap peers and no mDNS.
 type Config struct {
-	Identity  crypto.PrivKey // required
-	Listen    []string       // empty: /ip4/0.0.0.0/tcp/0 and /ip4/0.0.0.0/udp/0/quic-v1
-	Bootstrap []string       // multiaddrs ending in /p2p/<id>
+	Identity crypto.PrivKey // required
+	Listen   []string       // empty: /ip4/0.0.0.0/tcp/0 and /ip4/0.0.0.0/udp/0/quic-v1
+	// Bootstrap peers (multiaddrs ending in /p2p/<id>) are dialled at start and
+	// redialled with backoff whenever the node has too few peers (see MinPeers).
+	Bootstrap []string
+	// PeersFile, when set, is where the node remembers the peers it met (see
+	// DecodePeers): read at start, its peers dialled like bootstrap peers, and
+	// rewritten every PeersSaveInterval and at Close. Empty: nothing is remembered.
+	PeersFile string
 	MDNS      bool
 	DHTMode   string // auto (default), server or client
 	// NATPortMap asks the LAN gateway for a port mapping (UPnP, NAT-PMP).
@@ -97,8 +103,13 @@ type Node struct {
 	mdns   mdns.Service
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	close  sync.Once
+	errs   error
 
 	adsSub *pubsub.Subscription
+	// remembered is the peer set of PeersFile, newest first; rejoinLoop owns it
+	// while it runs, Close after.
+	remembered []RememberedPeer
 
 	mu        sync.Mutex
 	provided  map[string]cid.Cid
@@ -184,16 +195,18 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			return fail(fmt.Errorf("p2p: start mdns: %w", err))
 		}
 	}
-	for _, ai := range bootstrap {
+	if cfg.PeersFile != "" {
+		ps, err := loadPeersFile(cfg.PeersFile)
+		if err != nil {
+			n.log.Warn("peers file ignored", "path", cfg.PeersFile, "err", err)
+		} else if len(ps) > 0 {
+			n.log.Info("dialing remembered peers", "peers", len(ps), "path", cfg.PeersFile)
+		}
+		n.remembered = ps
+	}
+	if len(bootstrap) > 0 || cfg.PeersFile != "" {
 		n.wg.Add(1)
-		go func() {
-			defer n.wg.Done()
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			if err := h.Connect(cctx, ai); err != nil {
-				n.log.Warn("bootstrap peer unreachable", "peer", ai.ID, "err", err)
-			}
-		}()
+		go n.rejoinLoop(ctx, bootstrap)
 	}
 	n.wg.Add(1)
 	go n.reprovideLoop(ctx)
@@ -480,17 +493,23 @@ func (n *Node) reprovideLoop(ctx context.Context) {
 // Peers lists the peers this node has open connections to.
 func (n *Node) Peers() []peer.ID { return n.Host.Network().Peers() }
 
-// Close stops the DHT, gossipsub, mDNS and the host, and waits for its goroutines.
+// Close stops the DHT, gossipsub, mDNS and the host, waits for its goroutines, and
+// saves the peers file. It is safe to call more than once.
 func (n *Node) Close() error {
-	n.cancel()
-	n.adsSub.Cancel()
-	if n.mdns != nil {
-		n.mdns.Close()
-	}
-	n.wg.Wait()
-	errDHT := n.DHT.Close()
-	errHost := n.Host.Close()
-	return errors.Join(errDHT, errHost)
+	n.close.Do(func() {
+		n.cancel()
+		n.adsSub.Cancel()
+		if n.mdns != nil {
+			n.mdns.Close()
+		}
+		n.wg.Wait()
+		if n.cfg.PeersFile != "" { // the peers of this run, while still connected
+			n.refreshRemembered()
+			n.savePeers()
+		}
+		n.errs = errors.Join(n.DHT.Close(), n.Host.Close())
+	})
+	return n.errs
 }
 
 type mdnsNotifee struct{ n *Node }
