@@ -1,6 +1,8 @@
 // Package gateway is every node's local HTTP API: the OpenAI-compatible endpoints,
 // the node's own /api/v0 status API, the status page and /metrics. It is bound to
-// 127.0.0.1 by default and guarded by a bearer token. node imports it.
+// 127.0.0.1 by default and guarded by a bearer token. Its Limits bound slow
+// request bodies, connections and failed authentications per source. node
+// imports it.
 //
 // The status page (GET /) is rendered here from the node's Overview with
 // html/template and files embedded in the binary; its script refreshes the live

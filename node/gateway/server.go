@@ -4,11 +4,15 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/json"
+	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
-	"time"
+
+	"golang.org/x/net/netutil"
 )
 
 // Status is the node's answer to GET /api/v0/status.
@@ -62,21 +66,29 @@ type Info interface {
 
 // Server is the node's local HTTP API. Every request needs the bearer token,
 // except the status page's GETs, which also take the cookie that GET /?token=
-// sets (see cookieAllowed).
+// sets (see cookieAllowed). Its Limits bound slow requests, connections and
+// failed authentications.
 type Server struct {
-	token string
-	info  Info
-	log   *slog.Logger
-	mux   *http.ServeMux
-	srv   *http.Server
+	token    string
+	info     Info
+	log      *slog.Logger
+	mux      *http.ServeMux
+	srv      *http.Server
+	limits   Limits
+	throttle *authThrottle // nil: failed authentications are not throttled
 }
 
 // New returns a server for info guarded by token.
-func New(token string, info Info, log *slog.Logger) *Server {
+func New(token string, info Info, log *slog.Logger, opts ...Option) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
 	s := &Server{token: token, info: info, log: log.With("subsys", "gateway"), mux: http.NewServeMux()}
+	for _, o := range opts {
+		o(s)
+	}
+	s.limits = s.limits.withDefaults()
+	s.throttle = newAuthThrottle(s.limits.AuthBurst, s.limits.AuthEvery)
 	s.mux.HandleFunc("GET /api/v0/status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.info.Status())
 	})
@@ -91,9 +103,9 @@ func New(token string, info Info, log *slog.Logger) *Server {
 	s.mux.HandleFunc("GET /api/v0/overview.html", s.serveLive)
 	s.mux.HandleFunc("GET /{$}", s.servePage)
 	s.srv = &http.Server{
-		Handler:           s.auth(s.mux),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		Handler:           s.bodyDeadlines(s.auth(s.mux)),
+		ReadHeaderTimeout: s.limits.ReadHeader,
+		IdleTimeout:       s.limits.Idle,
 	}
 	return s
 }
@@ -110,11 +122,18 @@ func (s *Server) auth(next http.Handler) http.Handler {
 		authed := ok && subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) == 1
 		page := r.Method == http.MethodGet && r.URL.Path == "/"
 		if page && r.URL.Query().Has("token") {
-			s.signIn(w, r, r.URL.Query().Get("token"))
+			tok := r.URL.Query().Get("token")
+			if subtle.ConstantTimeCompare([]byte(tok), []byte(s.token)) != 1 && !s.mayFail(w, r) {
+				return
+			}
+			s.signIn(w, r, tok)
 			return
 		}
 		if !authed && cookieAllowed(r) && s.cookieOK(r) {
 			authed = true
+		}
+		if !authed && !s.mayFail(w, r) {
+			return
 		}
 		if !authed && page {
 			s.unauthorizedPage(w, r, "")
@@ -130,9 +149,39 @@ func (s *Server) auth(next http.Handler) http.Handler {
 	})
 }
 
-// Serve answers requests on l until Shutdown; it then returns http.ErrServerClosed.
+// mayFail counts a failed authentication of r against its source address. It
+// reports whether the failure may be answered as usual (401); if not, it has
+// answered 429 with Retry-After. The token is 256 random bits, so throttling
+// is not what stops guessing it: it bounds what a flood of bad requests costs
+// and tells a misconfigured client to back off. A correct token is never
+// throttled, because every local process shares the source 127.0.0.1 and one
+// of them must not be able to lock the others out.
+func (s *Server) mayFail(w http.ResponseWriter, r *http.Request) bool {
+	if s.throttle == nil {
+		return true
+	}
+	ok, retry, first := s.throttle.fail(source(r))
+	if ok {
+		return true
+	}
+	secs := max(int(math.Ceil(retry.Seconds())), 1)
+	if first {
+		s.log.Warn("failed authentications: source throttled", "remote", r.RemoteAddr, "retry_after_s", secs)
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	writeError(w, http.StatusTooManyRequests, "rate_limit_exceeded",
+		fmt.Sprintf("too many requests with a missing or wrong bearer token from this address: retry in %d s", secs))
+	return false
+}
+
+// Serve answers requests on l until Shutdown; it then returns
+// http.ErrServerClosed. At most Limits.MaxConns connections are served at
+// once; more wait in l's backlog.
 func (s *Server) Serve(l net.Listener) error {
-	s.log.Info("api listening", "addr", l.Addr().String())
+	s.log.Info("api listening", "addr", l.Addr().String(), "max_conns", s.limits.MaxConns)
+	if n := s.limits.MaxConns; n > 0 {
+		l = netutil.LimitListener(l, n)
+	}
 	return s.srv.Serve(l)
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -39,8 +40,9 @@ type (
 //	GET  /v1/models
 //
 // Errors have OpenAI's body {"error":{"message","type","param","code"}}: 400
-// for malformed JSON or fields, 404 for an unknown model, 413 for a body over
-// 4 MiB, 503 when busy, 502 when an upstream fails. A streaming answer that
+// for malformed JSON or fields, 404 for an unknown model, 408 for a body that
+// did not arrive before the server's read deadline, 413 for a body over 4 MiB,
+// and for failures on the backend's side what ErrorFor says (502, 503, 504). A streaming answer that
 // fails after its first byte ends with an error event and no [DONE].
 // Handler is safe for concurrent use; its fields must not change once it serves.
 type Handler struct {
@@ -92,22 +94,50 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/v1/models":
 		h.models(w, r)
 	case "/v1/chat/completions":
-		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
-		req, rr, err := DecodeChatRequest(r.Body)
+		body := &bodyReader{r: http.MaxBytesReader(w, r.Body, MaxBodyBytes)}
+		req, rr, err := DecodeChatRequest(body)
 		if err != nil {
-			h.writeError(w, ErrorFor(err))
+			h.writeError(w, body.errorFor(w, err))
 			return
 		}
 		h.generate(w, r, rr, req.Stream, req.StreamOptions, true)
 	case "/v1/completions":
-		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
-		req, rr, err := DecodeCompletionRequest(r.Body)
+		body := &bodyReader{r: http.MaxBytesReader(w, r.Body, MaxBodyBytes)}
+		req, rr, err := DecodeCompletionRequest(body)
 		if err != nil {
-			h.writeError(w, ErrorFor(err))
+			h.writeError(w, body.errorFor(w, err))
 			return
 		}
 		h.generate(w, r, rr, req.Stream, req.StreamOptions, false)
 	}
+}
+
+// bodyReader remembers the error of reading the request body, which the
+// decoders report only as text.
+type bodyReader struct {
+	r   io.Reader
+	err error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
+}
+
+// errorFor is the answer to a request whose decoding failed with err: 408 when
+// the body did not arrive in time (the server's read deadline), so that the
+// client may retry, else what ErrorFor says.
+func (b *bodyReader) errorFor(w http.ResponseWriter, err error) *Error {
+	var te interface{ Timeout() bool }
+	if errors.As(b.err, &te) && te.Timeout() {
+		w.Header().Set("Connection", "close") // the rest of the body is still on the way
+		return &Error{Status: http.StatusRequestTimeout, Type: "invalid_request_error", Code: "request_timeout",
+			Message: "request body not received in time", Err: b.err}
+	}
+	return ErrorFor(err)
 }
 
 func (h *Handler) models(w http.ResponseWriter, r *http.Request) {
