@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/cocoon-network/cocoon/market/pb"
@@ -140,11 +141,15 @@ func Run(ctx context.Context, rw io.ReadWriter, job Job, pay Payer, out func(Chu
 
 func (c *clientRun) run(ctx context.Context, opt RunOptions) error {
 	r := c.job.Request
+	// Open carries max_tokens in 32 bits: a larger value must not wrap to a small one.
+	if r.MaxTokens < 0 || uint64(r.MaxTokens) > math.MaxUint32 {
+		return fmt.Errorf("open job: max_tokens %d is outside 0..%d: %w", r.MaxTokens, uint32(math.MaxUint32), runtime.ErrInvalidRequest)
+	}
 	open := &pb.Open{
 		JobId: c.job.ID[:],
 		Model: r.Model,
 		Params: &pb.Params{
-			MaxTokens:   uint32(max(r.MaxTokens, 0)),
+			MaxTokens:   uint32(r.MaxTokens),
 			Temperature: r.Temperature,
 			TopP:        r.TopP,
 			Stop:        r.Stop,

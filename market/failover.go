@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"time"
+
+	"github.com/cocoon-network/cocoon/runtime"
 )
 
 // Attempt is one worker's part of a job run by Failover.
@@ -38,12 +41,78 @@ type Failover struct {
 	Observer Observer
 }
 
-// ErrNoWorker is returned by Failover.Run when every candidate failed.
+// ErrNoWorker is returned by Failover.Run when every candidate failed (as a
+// *NoWorkerError), and by ClientService when none could be tried.
 var ErrNoWorker = errors.New("market: no worker finished the job")
 
+// ErrUnreachable marks an attempt that never reached its worker: the dial (or
+// opening the job stream) failed. Failover marks such a worker down in its
+// Selector.
+var ErrUnreachable = errors.New("market: worker unreachable")
+
+// NoWorkerError is the error when no worker finished a job: each attempt's
+// error in order (none when no worker could be tried). It matches ErrNoWorker
+// and each attempt's error. Its HTTPStatus is what an OpenAI-compatible
+// gateway answers, and OpenAI clients retry all three: 503 when no worker took
+// the job (each was busy or unreachable, or none could be tried), 504 when each
+// attempt ran out of a phase deadline, else 502.
+type NoWorkerError struct{ Errs []error }
+
+func (e *NoWorkerError) Error() string {
+	if len(e.Errs) == 0 {
+		return ErrNoWorker.Error() + ": no worker available"
+	}
+	return ErrNoWorker.Error() + ": " + errors.Join(e.Errs...).Error()
+}
+
+func (e *NoWorkerError) Is(target error) bool { return target == ErrNoWorker }
+func (e *NoWorkerError) Unwrap() []error      { return e.Errs }
+
+// HTTPStatus implements openaiapi.StatusError.
+func (e *NoWorkerError) HTTPStatus() int {
+	switch {
+	case e.all(func(err error) bool { return isBusy(err) || errors.Is(err, ErrUnreachable) }):
+		return http.StatusServiceUnavailable
+	case e.all(func(err error) bool { return errors.Is(err, ErrTimeout) }):
+		return http.StatusGatewayTimeout
+	}
+	return http.StatusBadGateway
+}
+
+// ErrorCode is the OpenAI error code that goes with HTTPStatus.
+func (e *NoWorkerError) ErrorCode() string {
+	switch e.HTTPStatus() {
+	case http.StatusServiceUnavailable:
+		return "no_worker_available"
+	case http.StatusGatewayTimeout:
+		return "timeout"
+	}
+	return "no_worker_finished"
+}
+
+// all reports whether every attempt's error satisfies f (true for none).
+func (e *NoWorkerError) all(f func(error) bool) bool {
+	for _, err := range e.Errs {
+		if !f(err) {
+			return false
+		}
+	}
+	return true
+}
+
+func isBusy(err error) bool { return isRejected(err, RejectBusy) }
+
+func isRejected(err error, code RejectCode) bool {
+	var re *RejectError
+	return errors.As(err, &re) && re.Code == code
+}
+
 // Run runs job, streaming the joined answer to out. It returns the attempts in
-// order, each with its own receipt. It stops early, without trying further
-// workers, when ctx ends or out fails.
+// order, each with its own receipt, and a *NoWorkerError when no worker
+// finished. It stops early, without trying further workers, when ctx ends, out
+// fails, or an attempt fails with runtime.ErrInvalidRequest (the request is at
+// fault, not the worker). A worker that could not be reached (ErrUnreachable)
+// is marked down in the Selector.
 func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out func(Chunk) error) ([]Attempt, error) {
 	var (
 		attempts  []Attempt
@@ -85,6 +154,10 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 		rc, err := fo.attempt(ctx, c, sub, sink)
 		attempts = append(attempts, Attempt{Candidate: c, Receipt: rc, Err: err})
 		callerStopped := sinkErr != nil || ctx.Err() != nil
+		// A request at fault (a max_tokens beyond the protocol, a prompt the
+		// worker refused by its input checks) fails on every worker alike, and
+		// it is the caller's fault, not the worker's.
+		badRequest := errors.Is(err, runtime.ErrInvalidRequest) || isRejected(err, RejectBadRequest)
 		if fo.Observer != nil {
 			fo.Observer.JobEnded(JobEvent{
 				ID: rc.Job, Side: SideClient, Peer: c.Peer, Model: sub.Request.Model,
@@ -93,21 +166,27 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 				Outcome: clientOutcome(err, callerStopped), Err: err,
 			})
 		}
-		if fo.Selector != nil && !(callerStopped && rc.Violation == ViolationNone) {
+		if fo.Selector != nil && !((callerStopped || badRequest) && rc.Violation == ViolationNone) {
 			fo.Selector.Record(c.Peer, rc, err) // the caller's own failure is no mark against the worker
+			if errors.Is(err, ErrUnreachable) && !callerStopped {
+				fo.Selector.MarkDown(c.Peer)
+			}
 		}
 		if err == nil {
 			return attempts, nil
 		}
 		errs = append(errs, fmt.Errorf("worker %s: %w", c.Peer, err))
-		if callerStopped {
+		if badRequest && !errors.Is(err, runtime.ErrInvalidRequest) {
+			return attempts, fmt.Errorf("%w: %w", runtime.ErrInvalidRequest, errors.Join(errs...))
+		}
+		if callerStopped || badRequest {
 			return attempts, errors.Join(errs...)
 		}
 	}
 	if job.Request.MaxTokens > 0 && tokens >= job.Request.MaxTokens && len(attempts) > 0 {
 		return attempts, nil
 	}
-	return attempts, fmt.Errorf("%w: %w", ErrNoWorker, errors.Join(errs...))
+	return attempts, &NoWorkerError{Errs: errs}
 }
 
 func (fo *Failover) attempt(ctx context.Context, c Candidate, job Job, sink func(Chunk) error) (Receipt, error) {
@@ -123,7 +202,10 @@ func (fo *Failover) attempt(ctx context.Context, c Candidate, job Job, sink func
 	}
 	s, err := fo.Dial(ctx, c)
 	if err != nil {
-		return Receipt{Job: job.ID}, fmt.Errorf("dial: %w", err)
+		if ctx.Err() != nil {
+			return Receipt{Job: job.ID}, fmt.Errorf("dial: %w", err)
+		}
+		return Receipt{Job: job.ID}, fmt.Errorf("dial: %w: %w", ErrUnreachable, err)
 	}
 	defer s.Close()
 	opt := fo.Options

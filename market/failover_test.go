@@ -3,6 +3,7 @@ package market
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -209,5 +210,63 @@ func TestFailoverStopsOnCallerError(t *testing.T) {
 	n.wg.Wait()
 	if !errors.Is(err, sinkErr) || len(attempts) != 1 || calls != 1 {
 		t.Fatalf("Run = %v after %d attempts, %d chunks; want the caller's error after 1 attempt", err, len(attempts), calls)
+	}
+}
+
+// TestFailoverMarksUnreachable: a worker whose dial fails is marked down in
+// the selector (the next job skips it), and the job goes on with the next.
+func TestFailoverMarksUnreachable(t *testing.T) {
+	n := newFailoverNet(t)
+	price := Price{Completion: 10}
+	cands := []Candidate{n.add("gone", &textBackend{model: "m"}, price, 4), n.add("w1", &textBackend{model: "m", textLen: 5}, price, 4)}
+	delete(n.workers, "gone")
+	fo := n.failover()
+	fo.Selector = &Selector{}
+	attempts, err := fo.Run(t.Context(), cands, testJob("m", 0), func(Chunk) error { return nil })
+	n.wg.Wait()
+	if err != nil || len(attempts) != 2 || !errors.Is(attempts[0].Err, ErrUnreachable) {
+		t.Fatalf("Run = %v, attempts %+v; want the dial failure as ErrUnreachable, then success", err, attempts)
+	}
+	if !fo.Selector.Down("gone") || fo.Selector.Down("w1") {
+		t.Fatalf("Down(gone) %v, Down(w1) %v; want true, false", fo.Selector.Down("gone"), fo.Selector.Down("w1"))
+	}
+	// The caller's own cancel is no mark against a worker.
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	fo.Selector = &Selector{}
+	fo.Run(ctx, cands[1:], testJob("m", 0), func(Chunk) error { return nil })
+	n.wg.Wait()
+	if fo.Selector.Down("w1") {
+		t.Fatal("a worker marked down after the caller cancelled")
+	}
+}
+
+// TestNoWorkerStatus: the HTTP status a gateway answers when no worker
+// finished, by what the attempts met.
+func TestNoWorkerStatus(t *testing.T) {
+	busy := &RejectError{Code: RejectBusy}
+	unreachable := fmt.Errorf("dial: %w: connection refused", ErrUnreachable)
+	timeout := fmt.Errorf("wait for accept: %w", &TimeoutError{Phase: "accept"})
+	broke := fmt.Errorf("read frame: %w", ErrStreamEnded)
+	for _, tc := range []struct {
+		name string
+		errs []error
+		want int
+		code string
+	}{
+		{"none tried", nil, 503, "no_worker_available"},
+		{"all busy", []error{busy, busy}, 503, "no_worker_available"},
+		{"busy and unreachable", []error{unreachable, busy}, 503, "no_worker_available"},
+		{"all timed out", []error{timeout, timeout}, 504, "timeout"},
+		{"one broke", []error{timeout, broke}, 502, "no_worker_finished"},
+		{"rejected for price", []error{&RejectError{Code: RejectPrice}}, 502, "no_worker_finished"},
+	} {
+		e := &NoWorkerError{Errs: tc.errs}
+		if e.HTTPStatus() != tc.want || e.ErrorCode() != tc.code || !errors.Is(e, ErrNoWorker) {
+			t.Errorf("%s: %d %q (Is ErrNoWorker %v); want %d %q", tc.name, e.HTTPStatus(), e.ErrorCode(), errors.Is(e, ErrNoWorker), tc.want, tc.code)
+		}
+	}
+	if e := (&NoWorkerError{Errs: []error{timeout}}); !errors.Is(e, ErrTimeout) || !strings.Contains(e.Error(), "accept deadline") {
+		t.Errorf("NoWorkerError hides its attempts: %v", e)
 	}
 }

@@ -19,6 +19,9 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
+	msmux "github.com/multiformats/go-multistream"
 
 	"github.com/cocoon-network/cocoon/enclave"
 	"github.com/cocoon-network/cocoon/p2p"
@@ -41,6 +44,12 @@ const (
 	DefaultFindTimeout = 10 * time.Second // the DHT lookup on a cold ad book
 	DefaultFindMax     = 8                // providers asked for by that lookup
 	bookPruneInterval  = 30 * time.Second
+
+	// A job stream silent for DefaultProbeAfter gets its worker pinged over the
+	// connection; no answer within DefaultProbeTimeout (or 4 round trips, if
+	// longer) closes the connection as dead (see ClientConfig.ProbeAfter).
+	DefaultProbeAfter   = 500 * time.Millisecond
+	DefaultProbeTimeout = time.Second
 )
 
 // SlotReporter is what a Backend may implement to report its capacity in ads;
@@ -435,7 +444,17 @@ type ClientConfig struct {
 	MaxAttempts int
 	// FindTimeout bounds the DHT lookup on a cold ad book (0: DefaultFindTimeout).
 	FindTimeout time.Duration
-	Options     RunOptions
+	// ProbeAfter and ProbeTimeout find a worker that died without closing its
+	// connection (a killed process behind QUIC, a pulled cable): once a job
+	// stream has been silent for ProbeAfter, the worker is pinged over the
+	// connection, and no answer within ProbeTimeout (or four measured round
+	// trips, if longer) closes the connection, which fails the attempt over at
+	// once and marks the worker down, instead of waiting out the job's phase
+	// deadline (10 s for Accept, 20 s between chunks). 0: DefaultProbeAfter,
+	// DefaultProbeTimeout; a negative ProbeAfter turns probing off.
+	ProbeAfter   time.Duration
+	ProbeTimeout time.Duration
+	Options      RunOptions
 	// Rand seeds the selector's choices (nil: random).
 	Rand *rand.Rand
 	// Observer, when set, learns of every job attempt, voucher and attestation
@@ -451,6 +470,11 @@ type ClientConfig struct {
 //
 // One client runs one job at a time per worker (a channel's vouchers must not
 // interleave across jobs); concurrent requests to the same worker wait for it.
+//
+// A worker whose connection fails is skipped until it shows it is back
+// (Selector.MarkDown): when the last connection to it closes (a killed process
+// over TCP, the p2p liveness check, a probe of a silent job stream), when a
+// dial to it fails, and when it cannot be connected to from the DHT.
 type ClientService struct {
 	cfg   ClientConfig
 	node  *p2p.Node
@@ -459,6 +483,7 @@ type ClientService struct {
 	att   *Attestations
 	ownAt bool
 	log   *slog.Logger
+	nb    *network.NotifyBundle
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -480,6 +505,12 @@ func NewClientService(cfg ClientConfig) (*ClientService, error) {
 	if cfg.FindTimeout <= 0 {
 		cfg.FindTimeout = DefaultFindTimeout
 	}
+	if cfg.ProbeAfter == 0 {
+		cfg.ProbeAfter = DefaultProbeAfter
+	}
+	if cfg.ProbeTimeout <= 0 {
+		cfg.ProbeTimeout = DefaultProbeTimeout
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -497,9 +528,29 @@ func NewClientService(cfg ClientConfig) (*ClientService, error) {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	cfg.Node.SetAdsValidator(c.validate)
+	c.nb = &network.NotifyBundle{DisconnectedF: c.disconnected}
+	cfg.Node.Host.Network().Notify(c.nb)
 	c.wg.Add(1)
 	go c.pruneLoop()
 	return c, nil
+}
+
+// disconnected marks a worker down when the last connection to it closes: it
+// closed without this client asking, so it is dead or unreachable until it
+// publishes a new ad (a live worker does every AdInterval), and dialling it
+// again would cost the next caller a dial timeout (5 s on a local address).
+func (c *ClientService) disconnected(n network.Network, conn network.Conn) {
+	p := conn.RemotePeer()
+	if n.Connectedness(p) == network.Connected {
+		return
+	}
+	c.mu.Lock()
+	found := c.found[p]
+	c.mu.Unlock()
+	if _, ok := c.book.Get(p); ok || found {
+		c.sel.MarkDown(p)
+		c.log.Debug("worker disconnected: skipped until its next ad", "peer", p)
+	}
 }
 
 // validate is the ads topic validator: the book's checks, with origin the
@@ -628,6 +679,7 @@ func (c *ClientService) ListModels(context.Context) ([]openaiapi.Model, error) {
 // removed) and waits for its goroutines. Streams still open keep running.
 func (c *ClientService) Close() error {
 	c.node.SetAdsValidator(nil)
+	c.node.Host.Network().StopNotify(c.nb)
 	c.cancel()
 	c.wg.Wait()
 	if c.ownAt {
@@ -668,6 +720,11 @@ func (c *ClientService) candidates(ctx context.Context, pol Policy) []Candidate 
 	if cs := keep(c.sel.Select(pol)); len(cs) > 0 {
 		return cs
 	}
+	if len(c.sel.DownPeers(pol)) > 0 {
+		// The book's workers for the model are down: the DHT would mostly name
+		// them again, and GeneratePolicy answers at once that none is available.
+		return nil
+	}
 	// Cold book: ask the DHT, connect to the providers (which also brings their
 	// next ads), and try them without an ad; the job's Accept then says the price
 	// and the attestation says the TEE.
@@ -679,12 +736,15 @@ func (c *ClientService) candidates(ctx context.Context, pol Policy) []Candidate 
 	}
 	var cs []Candidate
 	for _, ai := range ais {
-		if ai.ID == self {
+		if ai.ID == self || c.sel.Down(ai.ID) {
 			continue
 		}
 		c.node.Host.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
 		if err := c.node.Host.Connect(fctx, ai); err != nil {
 			c.log.Debug("connect provider", "peer", ai.ID, "err", err)
+			if fctx.Err() == nil {
+				c.sel.MarkDown(ai.ID)
+			}
 			continue
 		}
 		c.mu.Lock()
@@ -740,17 +800,97 @@ func boolCmp(a, b bool) int {
 // jobStream is the client's job stream. Closing it waits (up to jobAckTimeout)
 // for the worker to close its side, which the worker does once it has taken the
 // last voucher, and only then releases the hold on the worker: vouchers of the
-// next job on the channel must not overtake this job's.
+// next job on the channel must not overtake this job's. While it is open, a
+// probe (ClientService.watch) checks that a silent worker is still there.
 type jobStream struct {
 	network.Stream
 	once    sync.Once
 	release func()
+
+	heard      atomic.Int64 // unix nanos of the last bytes read, or of the open
+	stopProbe  context.CancelFunc
+	probeEnded chan struct{}
+}
+
+func (s *jobStream) Read(p []byte) (int, error) {
+	n, err := s.Stream.Read(p)
+	if n > 0 {
+		s.heard.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// watch probes the worker p behind s whenever s has been silent for
+// ProbeAfter: a ping over the connection that gets no answer within the probe
+// timeout means the worker is gone without a word (killed behind QUIC, cable
+// pulled), so the connection is closed, which ends the job's Run at once with
+// the stream reset (the attempt fails over), and p is marked down. A worker
+// that is only slow (a long prompt, a chain lookup) answers pings. Close
+// stops the probe.
+func (c *ClientService) watch(s *jobStream, p peer.ID) {
+	s.heard.Store(time.Now().UnixNano())
+	s.probeEnded = make(chan struct{})
+	if c.cfg.ProbeAfter < 0 {
+		s.stopProbe = func() {}
+		close(s.probeEnded)
+		return
+	}
+	ctx, cancel := context.WithCancel(c.ctx)
+	s.stopProbe = cancel
+	go func() {
+		defer close(s.probeEnded)
+		after := c.cfg.ProbeAfter
+		t := time.NewTimer(after)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if silent := time.Since(time.Unix(0, s.heard.Load())); silent < after {
+				t.Reset(after - silent)
+				continue
+			}
+			timeout := max(c.cfg.ProbeTimeout, 4*c.node.Host.Peerstore().LatencyEWMA(p))
+			start := time.Now()
+			if c.answers(ctx, p, timeout) {
+				s.heard.Store(time.Now().UnixNano())
+				t.Reset(after)
+				continue
+			}
+			if ctx.Err() != nil {
+				return // the job ended while the ping was out
+			}
+			c.log.Info("worker does not answer on its connection: closing it and failing over", "peer", p, "probe", time.Since(start).Round(time.Millisecond))
+			c.sel.MarkDown(p)
+			_ = s.Stream.Conn().Close()
+			return
+		}
+	}()
+}
+
+// answers reports whether p answers a ping on an existing connection within
+// timeout. A peer that does not speak the ping protocol counts as answering.
+func (c *ClientService) answers(ctx context.Context, p peer.ID, timeout time.Duration) bool {
+	ctx, cancel := context.WithTimeout(network.WithNoDial(ctx, "probe worker"), timeout)
+	defer cancel()
+	select {
+	case res := <-ping.Ping(ctx, c.node.Host, p):
+		return res.Error == nil || errors.Is(res.Error, msmux.ErrNotSupported[protocol.ID]{})
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // jobAckTimeout bounds how long closing a job stream waits for the worker's close.
 const jobAckTimeout = 2 * time.Second
 
 func (s *jobStream) Close() error {
+	if s.stopProbe != nil {
+		s.stopProbe()
+		<-s.probeEnded
+	}
 	err := s.Stream.CloseWrite()
 	if err == nil {
 		_ = s.Stream.SetReadDeadline(time.Now().Add(jobAckTimeout))
@@ -863,6 +1003,13 @@ func (c *ClientService) GeneratePolicy(ctx context.Context, req runtime.Request,
 	pol.Model = req.Model
 	cands := c.candidates(ctx, pol)
 	if len(cands) == 0 {
+		if down := c.sel.DownPeers(pol); len(down) > 0 {
+			errs := make([]error, len(down))
+			for i, p := range down {
+				errs[i] = fmt.Errorf("worker %s: %w: its connection failed; skipped until its next ad", p, ErrUnreachable)
+			}
+			return nil, &NoWorkerError{Errs: errs}
+		}
 		return nil, fmt.Errorf("%w: no worker offers %q under the policy", runtime.ErrUnknownModel, req.Model)
 	}
 	// A worker running another job of this client would make this one wait:
@@ -883,7 +1030,9 @@ func (c *ClientService) GeneratePolicy(ctx context.Context, req runtime.Request,
 				return nil, fmt.Errorf("open job stream: %w", err)
 			}
 			cur.Store(&cd)
-			return &jobStream{Stream: st, release: release}, nil
+			js := &jobStream{Stream: st, release: release}
+			c.watch(js, cd.Peer)
+			return js, nil
 		},
 		Payer: c.cfg.Payer,
 		Verify: func(ctx context.Context, cd Candidate) error {

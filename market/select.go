@@ -27,6 +27,17 @@ func (p Policy) allows(k TEEKind) bool {
 	return slices.Contains(p.TEE, k)
 }
 
+// offer is a's offer of p.Model when a satisfies p.
+func (p Policy) offer(a *Ad) (ModelOffer, bool) {
+	o, ok := a.Offer(p.Model)
+	if !ok || !p.allows(a.TEE.Kind) ||
+		(p.MaxPrice.Prompt != 0 && o.Price.Prompt > p.MaxPrice.Prompt) ||
+		(p.MaxPrice.Completion != 0 && o.Price.Completion > p.MaxPrice.Completion) {
+		return ModelOffer{}, false
+	}
+	return o, true
+}
+
 // Candidate is one worker that can run a job, with the score Select gave it
 // (lower is better).
 type Candidate struct {
@@ -37,8 +48,9 @@ type Candidate struct {
 }
 
 // Selector ranks workers from a Book with what this node measured of them: a
-// latency EWMA and a success ratio from its own receipts. It is safe for
-// concurrent use.
+// latency EWMA and a success ratio from its own receipts. It skips a worker
+// whose connection has just failed (MarkDown) until it shows it is back. It is
+// safe for concurrent use.
 type Selector struct {
 	Book *Book
 	// Rand picks among the best candidates (power of two choices); nil: a
@@ -50,15 +62,25 @@ type Selector struct {
 	// reputation. The score is price^Wp · latency^Wl · slots · (1/rep)^Wr, each
 	// factor normalised to the best candidate.
 	PriceWeight, LatencyWeight, ReputationWeight float64
+	// DownFor is how long a worker marked down is skipped when no newer ad of
+	// it arrives first (0: DefaultDownFor).
+	DownFor time.Duration
 
 	mu    sync.Mutex
 	stats map[peer.ID]*peerStats
 }
 
+// DefaultDownFor is Selector.DownFor's default: an ad's lifetime, so that a
+// worker that is gone costs a client at most one failed dial before its ad
+// expires, while one that is alive is back with its next ad (every 10 s).
+const DefaultDownFor = DefaultAdTTL
+
 type peerStats struct {
 	ewma      time.Duration // measured time to first token; 0 until measured
 	successes uint64
 	failures  uint64
+	downUntil time.Time // zero: up
+	downSeq   uint64    // the seq of its ad in the book when it went down
 }
 
 // latencyAlpha is the EWMA weight of a new latency sample.
@@ -102,6 +124,68 @@ func (s *Selector) Record(p peer.ID, r Receipt, err error) {
 	s.RecordOutcome(p, err == nil, r.Violation != ViolationNone)
 }
 
+// MarkDown records that the connection to p has just failed: a dial that did
+// not reach it, a connection that closed, a probe it did not answer. Select
+// skips p until the book holds an ad of p newer than the one it holds now
+// (only a live worker publishes one) or DownFor passes, so that the next
+// caller does not spend a dial timeout, or a phase deadline on a dead
+// connection, on a worker that is gone.
+func (s *Selector) MarkDown(p peer.ID) {
+	var seq uint64
+	if s.Book != nil {
+		if a, ok := s.Book.Get(p); ok {
+			seq = a.Seq
+		}
+	}
+	d := s.DownFor
+	if d <= 0 {
+		d = DefaultDownFor
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stat(p)
+	st.downUntil, st.downSeq = time.Now().Add(d), max(st.downSeq, seq)
+}
+
+// Down reports whether Select skips p now (see MarkDown).
+func (s *Selector) Down(p peer.ID) bool {
+	var seq uint64
+	if s.Book != nil {
+		if a, ok := s.Book.Get(p); ok {
+			seq = a.Seq
+		}
+	}
+	return s.down(p, seq)
+}
+
+// down reports whether p, whose newest ad has seq, is down; it ends the mark
+// when the ad is newer or the time is up.
+func (s *Selector) down(p peer.ID, seq uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.stats[p]
+	if !ok || st.downUntil.IsZero() {
+		return false
+	}
+	if seq > st.downSeq || !time.Now().Before(st.downUntil) {
+		st.downUntil = time.Time{}
+		return false
+	}
+	return true
+}
+
+// DownPeers lists the workers that satisfy pol but are marked down now: what
+// Select left out.
+func (s *Selector) DownPeers(pol Policy) []peer.ID {
+	var out []peer.ID
+	for _, a := range s.Book.ByModel(pol.Model) {
+		if _, ok := pol.offer(a); ok && s.down(a.Peer, a.Seq) {
+			out = append(out, a.Peer)
+		}
+	}
+	return out
+}
+
 // Reputation returns p's success ratio with a uniform prior: (s+1)/(s+f+2).
 func (s *Selector) Reputation(p peer.ID) float64 {
 	s.mu.Lock()
@@ -127,15 +211,14 @@ const refPrompt, refCompletion = 500, 250
 
 // Select returns the workers that satisfy pol, in the order to try them: the first
 // is the better of two drawn at random among the Top best, the rest follow by
-// score, for failover. It returns nil when no worker qualifies.
+// score, for failover. Workers marked down are left out. It returns nil when no
+// worker qualifies.
 func (s *Selector) Select(pol Policy) []Candidate {
 	ads := s.Book.ByModel(pol.Model)
 	cands := make([]Candidate, 0, len(ads))
 	for _, a := range ads {
-		o, _ := a.Offer(pol.Model)
-		if !pol.allows(a.TEE.Kind) ||
-			(pol.MaxPrice.Prompt != 0 && o.Price.Prompt > pol.MaxPrice.Prompt) ||
-			(pol.MaxPrice.Completion != 0 && o.Price.Completion > pol.MaxPrice.Completion) {
+		o, ok := pol.offer(a)
+		if !ok || s.down(a.Peer, a.Seq) {
 			continue
 		}
 		cands = append(cands, Candidate{Peer: a.Peer, Ad: a, Offer: o})

@@ -40,15 +40,19 @@ func badRequest(param, format string, args ...any) *Error {
 }
 
 // StatusError lets an error choose its HTTP status and type (a gateway's
-// errors use it); the handler asks for it with errors.As.
+// errors use it: market.NoWorkerError answers 502, 503 or 504); the handler
+// asks for it with errors.As. If it also has an ErrorCode() string method,
+// that is the answer's code.
 type StatusError interface {
 	error
 	HTTPStatus() int
 }
 
-// ErrorFor maps an error of a Backend to the API error the handler sends:
-// runtime.ErrUnknownModel is 404, ErrInvalidRequest 400, ErrBusy 503,
-// ErrUpstream and ErrUnbillable 502, a timeout 504, anything else 500.
+// ErrorFor maps an error of a Backend to the API error the handler sends: a
+// StatusError's own status, runtime.ErrUnknownModel 404, ErrInvalidRequest
+// 400, ErrBusy 503, ErrUpstream and ErrUnbillable 502, a timeout 504, anything
+// else 500. OpenAI clients retry 502, 503 and 504: those are for failures on
+// the network's side.
 func ErrorFor(err error) *Error {
 	var ae *Error
 	if errors.As(err, &ae) {
@@ -61,6 +65,9 @@ func ErrorFor(err error) *Error {
 		e.Status = se.HTTPStatus()
 		if e.Status >= 400 && e.Status < 500 {
 			e.Type = "invalid_request_error"
+		}
+		if c, ok := se.(interface{ ErrorCode() string }); ok {
+			e.Code = c.ErrorCode()
 		}
 	case errors.Is(err, runtime.ErrUnknownModel):
 		e.Status, e.Type, e.Code, e.Param = http.StatusNotFound, "invalid_request_error", "model_not_found", "model"

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 
@@ -316,5 +318,62 @@ func TestErrorAnswers(t *testing.T) {
 	s.Close()
 	if resp := post(t, srv.URL+"/v1/completions", `{"model":"m","prompt":"x"}`); resp.StatusCode != 200 {
 		t.Fatalf("after the slot was freed: %d", resp.StatusCode)
+	}
+}
+
+// netErr is a gateway's network-side error with its own status and code, as
+// market.NoWorkerError is.
+type netErr struct {
+	status int
+	code   string
+}
+
+func (e netErr) Error() string     { return fmt.Sprintf("no worker finished (%d)", e.status) }
+func (e netErr) HTTPStatus() int   { return e.status }
+func (e netErr) ErrorCode() string { return e.code }
+
+// TestNetworkFailureStatus: failures on the network's side are answered 502,
+// 503 or 504 with their code (OpenAI clients retry those), whether the backend
+// fails at once or after the stream began (not streaming).
+func TestNetworkFailureStatus(t *testing.T) {
+	for _, ne := range []netErr{{502, "no_worker_finished"}, {503, "no_worker_available"}, {504, "timeout"}} {
+		for _, f := range []*fake{
+			{genErr: ne},
+			{deltas: []runtime.Delta{{Text: "Hel", Tokens: 1}}, end: fmt.Errorf("%w: %w", runtime.ErrUpstream, ne)},
+		} {
+			srv := httptest.NewServer(openaiapi.NewHandler(f))
+			resp := post(t, srv.URL+"/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}]}`)
+			e := decode[openaiapi.ErrorResponse](t, resp.Body)
+			srv.Close()
+			if resp.StatusCode != ne.status || e.Error.Code == nil || *e.Error.Code != ne.code || e.Error.Type != "server_error" {
+				t.Errorf("%v (at start %v): %d %+v; want %d %s", ne, f.genErr != nil, resp.StatusCode, e.Error, ne.status, ne.code)
+			}
+		}
+	}
+}
+
+// slowReader returns some bytes, then the timeout a connection's read
+// deadline gives.
+type slowReader struct{ sent bool }
+
+func (r *slowReader) Read(p []byte) (int, error) {
+	if !r.sent {
+		r.sent = true
+		return copy(p, `{"model":"m","mess`), nil
+	}
+	return 0, os.ErrDeadlineExceeded
+}
+
+// TestBodyTimeout: a body cut by the server's read deadline is answered 408
+// (which clients retry) and the connection is not kept.
+func TestBodyTimeout(t *testing.T) {
+	h := openaiapi.NewHandler(&fake{})
+	for _, path := range []string{"/v1/chat/completions", "/v1/completions"} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("POST", path, &slowReader{}))
+		e := decode[openaiapi.ErrorResponse](t, rec.Body)
+		if rec.Code != http.StatusRequestTimeout || e.Error.Code == nil || *e.Error.Code != "request_timeout" || rec.Header().Get("Connection") != "close" {
+			t.Errorf("%s with a timed-out body: %d %+v, Connection %q; want 408 request_timeout, close", path, rec.Code, e.Error, rec.Header().Get("Connection"))
+		}
 	}
 }
