@@ -64,7 +64,7 @@ func FuzzEngineJob(f *testing.F) {
 	f.Add(engineModel, "user", "a\x00b", "", "", uint32(8), 0.8, 0.9, "", uint64(2), false)
 	f.Add(engineModel, "", "", "a\x00b", "", uint32(8), 0.0, 0.0, "", uint64(3), true)
 	f.Add(engineModel, "user", "\x01\x02\x1b[31m\x7f\u202e\ufeff", "", "", uint32(8), 1.0, 1.0, "\x1b", uint64(4), false)
-	f.Add(engineModel, "", "", strings.Repeat("a", 1<<16), "", uint32(4), 0.0, 0.0, "", uint64(5), true)
+	f.Add(engineModel, "", "", strings.Repeat("a", 8<<10), "", uint32(4), 0.0, 0.0, "", uint64(5), true)
 	f.Add(engineModel, "assistant", "The", "", " cat", uint32(4294967295), 2.0, 0.5, "the", uint64(6), false)
 	f.Add(engineModel, "user", "hi", "", "", uint32(1), math.NaN(), math.Inf(1), "", uint64(7), false)
 	f.Add("other", "root", "hi", "", "", uint32(0), -1.0, 2.0, "", uint64(8), false)
