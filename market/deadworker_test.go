@@ -229,8 +229,10 @@ func testFailoverDeadWorker(t *testing.T, transport string) {
 	}
 	cmd.Wait()
 	if transport == "/tcp/" {
-		waitUntil(t, 5*time.Second, "the TCP connection to drop", func() bool {
-			return len(client.Host.Network().ConnsToPeer(deadAI.ID)) == 0
+		// The disconnect notification that marks the worker down runs
+		// after the connection is gone from the swarm: wait for both.
+		waitUntil(t, 5*time.Second, "the TCP connection to drop and the worker to be marked down", func() bool {
+			return len(client.Host.Network().ConnsToPeer(deadAI.ID)) == 0 && cs.Selector().Down(deadAI.ID)
 		})
 		as, first := ask("first job after the kill")
 		if len(as) != 1 || as[0].Candidate.Peer != live.Host.ID() {

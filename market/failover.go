@@ -157,7 +157,7 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 		// A request at fault (a max_tokens beyond the protocol, a prompt the
 		// worker refused by its input checks) fails on every worker alike, and
 		// it is the caller's fault, not the worker's.
-		badRequest := errors.Is(err, runtime.ErrInvalidRequest) || isRejected(err, RejectBadRequest)
+		badRequest := errors.Is(err, runtime.ErrInvalidRequest)
 		if fo.Observer != nil {
 			fo.Observer.JobEnded(JobEvent{
 				ID: rc.Job, Side: SideClient, Peer: c.Peer, Model: sub.Request.Model,
@@ -176,9 +176,6 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 			return attempts, nil
 		}
 		errs = append(errs, fmt.Errorf("worker %s: %w", c.Peer, err))
-		if badRequest && !errors.Is(err, runtime.ErrInvalidRequest) {
-			return attempts, fmt.Errorf("%w: %w", runtime.ErrInvalidRequest, errors.Join(errs...))
-		}
 		if callerStopped || badRequest {
 			return attempts, errors.Join(errs...)
 		}

@@ -147,8 +147,13 @@ var (
 // RejectError carries the worker's reject code.
 type RejectError struct{ Code RejectCode }
 
-func (e *RejectError) Error() string        { return fmt.Sprintf("market: job rejected: %v", e.Code) }
-func (e *RejectError) Is(target error) bool { return target == ErrRejected }
+func (e *RejectError) Error() string { return fmt.Sprintf("market: job rejected: %v", e.Code) }
+
+// Is matches ErrRejected, and runtime.ErrInvalidRequest for
+// RejectBadRequest: the caller's request is at fault, not the worker.
+func (e *RejectError) Is(target error) bool {
+	return target == ErrRejected || (e.Code == RejectBadRequest && target == runtime.ErrInvalidRequest)
+}
 
 // CancelError carries the peer's cancel code.
 type CancelError struct{ Code CancelCode }
