@@ -196,7 +196,7 @@ func TestEngineKilledMidStream(t *testing.T) {
 					Text string `json:"text"`
 				} `json:"choices"`
 				Usage *json.RawMessage `json:"usage"`
-				Error any             `json:"error"`
+				Error any              `json:"error"`
 			}
 			if err := json.Unmarshal([]byte(line), &chunk); err != nil {
 				t.Fatalf("chunk %q: %v", line, err)
