@@ -18,14 +18,14 @@ const DefaultMaxEvidenceAge = 5 * time.Minute
 // maxFutureSkew is how far ahead of the verifier's clock a signed evidence time may be.
 const maxFutureSkew = 30 * time.Second
 
-// Policy says which evidence a verifier accepts. It is the node config's [enclave]
-// section:
+// Policy says which evidence a verifier accepts. It is the node config's
+// [enclave.policy] section:
 //
-//	[enclave]
+//	[enclave.policy]
 //	allowed_kinds = ["tdx", "sev-snp"]
 //	allow_sim = false
 //	max_evidence_age = "5m"
-//	[enclave.allowed_measurements]
+//	[enclave.policy.allowed_measurements]
 //	tdx = ["<mrtd hex>", "<mrtd>:<rtmr0>:<rtmr1>:<rtmr2>:<rtmr3>"]
 //	"sev-snp" = ["<measurement hex>"]
 //
