@@ -3,6 +3,10 @@
 # executions). `make fuzz` runs them long; `make test` briefly, by count (the seeds
 # also run in every plain `go test`).
 #
+# Each new input the fuzzer keeps is minimized for at most FUZZMINIMIZETIME (5s):
+# the default, 60 s, stalled FuzzEngineJob (a real engine behind every
+# execution) for a minute at a time.
+#
 # Go 1.26's fuzz coordinator can fail a target with a bare "context deadline
 # exceeded" when a duration -fuzztime ends while a worker is mid-call
 # (go.dev/issue/75804, fixed in Go 1.27). A real finding always writes a failing
@@ -18,7 +22,7 @@ for pkg in $($go list ./...); do
   for target in $($go test -list '^Fuzz' "$pkg" | grep '^Fuzz' || true); do
     echo "fuzz $pkg $target ($fuzztime)"
     for try in 1 2; do
-      if $go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" "$pkg" >"$log" 2>&1; then
+      if $go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" -fuzzminimizetime "${FUZZMINIMIZETIME:-5s}" "$pkg" >"$log" 2>&1; then
         break
       fi
       if [ "$try" = 1 ] && grep -q 'context deadline exceeded' "$log" && ! grep -q 'Failing input written' "$log"; then
