@@ -25,6 +25,14 @@ const (
 	maxKeyLen     = 64
 )
 
+// The ad cadence: a worker re-publishes its ad every DefaultAdInterval (and
+// when its capacity changes), and each ad is valid for DefaultAdTTL, so a
+// worker that stops publishing leaves the books within a minute.
+const (
+	DefaultAdInterval = 10 * time.Second
+	DefaultAdTTL      = 60 * time.Second
+)
+
 // TEEKind names the trusted execution environment a worker runs in.
 type TEEKind int32
 

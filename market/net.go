@@ -31,8 +31,6 @@ import (
 
 // Defaults of the network services.
 const (
-	DefaultAdInterval = 10 * time.Second // a worker re-publishes its ad this often
-	DefaultAdTTL      = 60 * time.Second // and each ad is valid this long
 	// MinAdGap is the shortest time between two ads of one worker: a capacity change
 	// sooner than that is published when the gap has passed.
 	MinAdGap = time.Second
@@ -258,7 +256,7 @@ func (w *WorkerService) handle(s network.Stream) {
 	defer w.wg.Done()
 	w.Republish()
 	ws := newWorkerStream(s)
-	err := w.worker.serve(w.ctx, ws, s.Conn().RemotePeer())
+	err := w.worker.ServePeer(w.ctx, ws, s.Conn().RemotePeer())
 	ws.stopReading()
 	// A reject is a clean end: Close delivers the Reject frame, where Reset
 	// may drop it before the client has read it (the client then sees a reset,
@@ -751,7 +749,7 @@ func (c *ClientService) candidates(ctx context.Context, pol Policy) []Candidate 
 		c.found[ai.ID] = true
 		c.mu.Unlock()
 		if ad, ok := c.book.Get(ai.ID); ok {
-			if o, ok := ad.Offer(pol.Model); ok && pol.allows(ad.TEE.Kind) {
+			if o, ok := ad.Offer(pol.Model); ok && pol.Allows(ad.TEE.Kind) {
 				cs = append(cs, Candidate{Peer: ai.ID, Ad: ad, Offer: o})
 			}
 			continue
@@ -1092,7 +1090,7 @@ func (c *ClientService) GeneratePolicy(ctx context.Context, req runtime.Request,
 // and returns the tier to show.
 func (c *ClientService) verify(ctx context.Context, cd Candidate, pol Policy) (string, error) {
 	if cd.Ad != nil && cd.Ad.TEE.Kind == TEENone {
-		if !pol.allows(TEENone) {
+		if !pol.Allows(TEENone) {
 			return "", fmt.Errorf("worker %s has no TEE: %w", cd.Peer, ErrAttestation)
 		}
 		return enclave.KindNone.Tier(), nil
@@ -1105,7 +1103,7 @@ func (c *ClientService) verify(ctx context.Context, cd Candidate, pol Policy) (s
 	if err != nil {
 		return "", fmt.Errorf("verdict kind %q: %w", vd.Kind, err)
 	}
-	if !pol.allows(k) {
+	if !pol.Allows(k) {
 		return "", fmt.Errorf("worker %s attested %s, not allowed by the policy: %w", cd.Peer, k, ErrAttestation)
 	}
 	if cd.Ad != nil {

@@ -20,7 +20,8 @@ type Policy struct {
 	MaxPrice Price
 }
 
-func (p Policy) allows(k TEEKind) bool {
+// Allows reports whether a worker in an enclave of kind k meets the policy.
+func (p Policy) Allows(k TEEKind) bool {
 	if len(p.TEE) == 0 {
 		return k == TEETDX || k == TEESEVSNP
 	}
@@ -30,7 +31,7 @@ func (p Policy) allows(k TEEKind) bool {
 // offer is a's offer of p.Model when a satisfies p.
 func (p Policy) offer(a *Ad) (ModelOffer, bool) {
 	o, ok := a.Offer(p.Model)
-	if !ok || !p.allows(a.TEE.Kind) ||
+	if !ok || !p.Allows(a.TEE.Kind) ||
 		(p.MaxPrice.Prompt != 0 && o.Price.Prompt > p.MaxPrice.Prompt) ||
 		(p.MaxPrice.Completion != 0 && o.Price.Completion > p.MaxPrice.Completion) {
 		return ModelOffer{}, false

@@ -12,11 +12,11 @@ import (
 	"time"
 
 	"github.com/libp2p/go-msgio/pbio"
+	"github.com/xssnick/tonutils-go/address"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cocoon-network/cocoon/market/pb"
 	"github.com/cocoon-network/cocoon/runtime"
-	"github.com/cocoon-network/cocoon/settle"
 )
 
 // The job stream, one per job, each message a varint-length-delimited pb.Frame:
@@ -395,7 +395,7 @@ func checkOpen(m *pb.Open) error {
 		if len(c) > maxChannelAddr {
 			return fmt.Errorf("open: channel address of %d bytes", len(c))
 		}
-		if _, err := settle.ParseAddress(c); err != nil {
+		if err := checkChannelAddr(c); err != nil {
 			return fmt.Errorf("open: channel: %w", err)
 		}
 	}
@@ -413,6 +413,19 @@ func checkOpen(m *pb.Open) error {
 		if s == "" || len(s) > maxStopLen {
 			return fmt.Errorf("open: stop string of %d bytes", len(s))
 		}
+	}
+	return nil
+}
+
+// checkChannelAddr accepts the TON addresses settle.ParseAddress does
+// (user-friendly or raw). It is written out here so that the protocol does not
+// import settle, and with it the channel store.
+func checkChannelAddr(s string) error {
+	if _, err := address.ParseAddr(s); err == nil {
+		return nil
+	}
+	if _, err := address.ParseRawAddr(s); err != nil {
+		return fmt.Errorf("parse address %q: %w", s, err)
 	}
 	return nil
 }

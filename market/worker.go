@@ -72,11 +72,12 @@ type Worker struct {
 // It returns nil when the job finished and was paid in full, or was cancelled by
 // the client. It never closes rw.
 func (w *Worker) Serve(ctx context.Context, rw io.ReadWriter) error {
-	return w.serve(ctx, rw, "")
+	return w.ServePeer(ctx, rw, "")
 }
 
-// serve is Serve for a job from the client remote (for the observer).
-func (w *Worker) serve(ctx context.Context, rw io.ReadWriter, remote peer.ID) error {
+// ServePeer is Serve for a job from the client remote, whom the job's
+// Observer events name.
+func (w *Worker) ServePeer(ctx context.Context, rw io.ReadWriter, remote peer.ID) error {
 	t := w.Timeouts.withDefaults()
 	log := w.Logger
 	if log == nil {
