@@ -1,4 +1,4 @@
-package testnet
+package inproc
 
 import (
 	"context"
@@ -305,7 +305,7 @@ func (tn *Testnet) prepare(i int) (*Member, error) {
 // repoRoot is the repository root, found from this file's path.
 func repoRoot() string {
 	_, file, _, _ := goruntime.Caller(0)
-	return filepath.Clean(filepath.Join(filepath.Dir(file), ".."))
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
 // TestModelPath is the model the workers serve: $COCOON_TEST_MODEL or the shared
