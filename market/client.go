@@ -15,7 +15,7 @@ import (
 
 // ChannelNamer is what a Payer may implement to name its payment channel (the
 // TON address of the contract) in Open, so that a worker that has not heard of
-// the channel can read it from the chain. SettlePayers' payers implement it.
+// the channel can read it from the chain. service.SettlePayers' payers implement it.
 type ChannelNamer interface {
 	ChannelAddress() string
 }

@@ -42,7 +42,7 @@ type Failover struct {
 }
 
 // ErrNoWorker is returned by Failover.Run when every candidate failed (as a
-// *NoWorkerError), and by ClientService when none could be tried.
+// *NoWorkerError), and by service.Client when none could be tried.
 var ErrNoWorker = errors.New("market: no worker finished the job")
 
 // ErrUnreachable marks an attempt that never reached its worker: the dial (or

@@ -51,8 +51,8 @@ type Worker struct {
 	// LearnChannel, when set, is called with the payment channel address a
 	// client names in Open (within Timeouts.Channel); an error, or an Open that
 	// names no channel, rejects the job with RejectNoChannel before anything is
-	// generated. WorkerService sets it
-	// from WorkerConfig.Channels (SettlePayee.Learn).
+	// generated. service.Worker sets it from its config's Channels
+	// (service.SettlePayee.Learn).
 	LearnChannel func(ctx context.Context, addr string) error
 	// Receipt, when set, builds the receipt sent in Done (e.g. signed by the
 	// enclave key).

@@ -3,9 +3,9 @@
 // that imports every stage; cmd/cocoon and testnet import it.
 //
 // New starts, in order: the libp2p node; the channel store and the wallet
-// ([settle]); the market's ClientService (every node runs one; it installs the
+// ([settle]); the market's service.Client (every node runs one; it installs the
 // ads validator, so it starts before any ad of this node is published); the
-// runtime backend ([runtime]); the WorkerService when the node serves models
+// runtime backend ([runtime]); the service.Worker when the node serves models
 // that [market] prices and has a wallet; the local API. Close stops them in
 // reverse order.
 //

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cocoon-network/cocoon/enclave"
 	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/runtime/backends"
 	"github.com/cocoon-network/cocoon/settle"
@@ -49,7 +50,7 @@ func (c *Config) WalletPath() string {
 // startMarket opens the money side (store, wallet, chain), starts the client
 // service, the backend and, on a node that sells, the worker service: the client
 // first, because it installs the ads validator that the worker's own first ad
-// must find (see market/net.go).
+// must find (see market/service/client.go).
 func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 	log := n.Log
 	var err error
@@ -97,10 +98,10 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 	payer := func(market.Candidate) (market.Payer, error) { return nil, errNoWallet }
 	if n.Wallet != nil {
 		n.Payer, n.Payee = n.Store.Payer(n.Wallet), n.Store.Payee(n.Wallet)
-		n.Payers = market.NewSettlePayers(n.Payer)
+		n.Payers = service.NewSettlePayers(n.Payer)
 		payer = n.Payers.Payer
 	}
-	if n.Client, err = market.NewClientService(market.ClientConfig{
+	if n.Client, err = service.NewClient(service.ClientConfig{
 		Node: n.P2P, Payer: payer, Verifier: verifier, Policy: cfg.clientPolicy(), Logger: log,
 		Observer: market.Observers(n.Metrics, n.Activity),
 	}); err != nil {
@@ -135,12 +136,12 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 	}
 	// A worker learns the channels clients open to it from the chain itself, when
 	// the client names one in its Open.
-	var channels market.ChannelLookup
+	var channels service.ChannelLookup
 	if ledger != nil {
-		channels = market.CachedChannels(market.LedgerChannels(ledger), 0)
+		channels = service.CachedChannels(service.LedgerChannels(ledger), 0)
 	}
-	if n.Worker, err = market.NewWorkerService(market.WorkerConfig{
-		Node: n.P2P, Backend: n.Backend, Prices: prices, Payee: market.SettlePayee{P: n.Payee},
+	if n.Worker, err = service.NewWorker(service.WorkerConfig{
+		Node: n.P2P, Backend: n.Backend, Prices: prices, Payee: service.SettlePayee{P: n.Payee},
 		Settlement: market.Settlement{
 			WalletAddress: settle.Friendly(n.Wallet.Address(globalID)),
 			ChannelKey:    n.Wallet.PublicKey(), MinDeposit: uint64(cfg.Market.MinDeposit),

@@ -172,7 +172,7 @@ func (c *Config) prices() map[string]market.Price {
 	return out
 }
 
-// clientPolicy is the ClientService's default policy from [market].
+// clientPolicy is service.Client's default policy from [market].
 func (c *Config) clientPolicy() market.Policy {
 	pol := market.Policy{MaxPrice: market.Price{Prompt: uint64(c.Market.MaxPromptPrice), Completion: uint64(c.Market.MaxCompletionPrice)}}
 	for _, k := range c.Market.AcceptTEE {

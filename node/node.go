@@ -18,6 +18,7 @@ import (
 
 	"github.com/cocoon-network/cocoon/enclave"
 	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/node/activity"
 	"github.com/cocoon-network/cocoon/node/gateway"
 	"github.com/cocoon-network/cocoon/node/metrics"
@@ -66,13 +67,13 @@ type Node struct {
 	Payer *settle.Payer
 	Payee *settle.Payee
 	// Payers finds the channel that pays each worker.
-	Payers *market.SettlePayers
+	Payers *service.SettlePayers
 	// Client buys inference on the network; every node runs one, and /v1 goes
 	// through it for every model the node does not run itself.
-	Client *market.ClientService
+	Client *service.Client
 	// Worker sells Backend's priced models; nil unless the node serves models,
 	// [market] prices some of them and a wallet exists.
-	Worker *market.WorkerService
+	Worker *service.Worker
 	// Metrics are served at /metrics; Activity feeds the status page at /. Both
 	// observe the market services.
 	Metrics  *metrics.Metrics

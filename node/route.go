@@ -4,7 +4,7 @@ import (
 	"context"
 	"net/http"
 
-	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/runtime/openaiapi"
 )
@@ -13,11 +13,11 @@ import (
 // runs itself goes to its own backend: the node would otherwise buy from itself
 // (the market never selects its own peer) or pay another worker for what it
 // runs free, and the prompt never leaves the node. Every other request is
-// bought on the network through the market's ClientService. A client-only node
+// bought on the network through the market's service.Client. A client-only node
 // (no [runtime] models) therefore routes everything through the market.
 type gatewayBackend struct {
 	local  runtime.Backend // nil on a client-only node
-	net    *market.ClientService
+	net    *service.Client
 	header http.Header // names this node on local answers
 }
 

@@ -1,4 +1,4 @@
-package market
+package service_test
 
 import (
 	"bufio"
@@ -22,6 +22,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/p2p"
 	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/runtime/openaiapi"
@@ -35,9 +37,12 @@ const deadWorkerEnv = "COCOON_TEST_DEAD_WORKER"
 // deadWorkerPrice is the child's price: cheaper than the live worker, so the
 // client's selector puts it first.
 var (
-	deadWorkerPrice = Price{Prompt: 1_000, Completion: 1_000_000}
-	liveWorkerPrice = Price{Prompt: 2_000, Completion: 2_000_000}
+	deadWorkerPrice = market.Price{Prompt: 1_000, Completion: 1_000_000}
+	liveWorkerPrice = market.Price{Prompt: 2_000, Completion: 2_000_000}
 )
+
+// deadWorkerBackend is what both workers sell: twelve words, a millisecond apart.
+var deadWorkerBackend = wordBackend{words: strings.Fields("once there was a worker that died and the client went on without it"), wait: time.Millisecond}
 
 func TestDeadWorkerChild(t *testing.T) {
 	if os.Getenv(deadWorkerEnv) != "1" {
@@ -77,16 +82,15 @@ func quietLog() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// startTextWorker sells a text backend on nd with TEE kind none, paid on a
-// fresh in-memory channel (its vouchers need only the shared test key).
-func startTextWorker(t *testing.T, nd *p2p.Node, price Price) {
+// startTextWorker sells deadWorkerBackend on nd with TEE kind none, paid on a
+// tally (unsigned vouchers: money is not what this test checks).
+func startTextWorker(t *testing.T, nd *p2p.Node, price market.Price) {
 	t.Helper()
-	b := &textBackend{model: "m", textLen: 12, tokenWait: time.Millisecond}
-	svc, err := NewWorkerService(WorkerConfig{
-		Node: nd, Backend: b, Payee: newMemChannel().payee(), Prices: map[string]Price{"m": price},
-		Settlement: Settlement{WalletAddress: "EQDtFpEwcFAEcRe5mLVh2N6C0x-_hJEM7W61_JLnSF74p4q2",
+	svc, err := service.NewWorker(service.WorkerConfig{
+		Node: nd, Backend: deadWorkerBackend, Payee: newTally(), Prices: map[string]market.Price{netModel: price},
+		Settlement: market.Settlement{WalletAddress: "EQDtFpEwcFAEcRe5mLVh2N6C0x-_hJEM7W61_JLnSF74p4q2",
 			ChannelKey: bytes.Repeat([]byte{7}, 32), MinDeposit: 1},
-		TEE: TEE{Kind: TEENone}, Logger: quietLog(),
+		TEE: market.TEE{Kind: market.TEENone}, Logger: quietLog(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -158,20 +162,20 @@ func testFailoverDeadWorker(t *testing.T, transport string) {
 	live := loopbackNode(t)
 	startTextWorker(t, live, liveWorkerPrice)
 	client := loopbackNode(t)
-	chans := map[peer.ID]*memChannel{}
+	chans := map[peer.ID]*tally{}
 	var mu sync.Mutex
 	const probeAfter, probeTimeout = 100 * time.Millisecond, 300 * time.Millisecond
-	cs, err := NewClientService(ClientConfig{
+	cs, err := service.NewClient(service.ClientConfig{
 		Node: client,
-		Payer: func(c Candidate) (Payer, error) {
+		Payer: func(c market.Candidate) (market.Payer, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			if chans[c.Peer] == nil {
-				chans[c.Peer] = newMemChannel()
+				chans[c.Peer] = newTally()
 			}
-			return chans[c.Peer].payer(), nil
+			return chans[c.Peer], nil
 		},
-		Policy:     Policy{TEE: []TEEKind{TEENone}},
+		Policy:     market.Policy{TEE: []market.TEEKind{market.TEENone}},
 		ProbeAfter: probeAfter, ProbeTimeout: probeTimeout,
 		Rand: rand.New(rand.NewPCG(1, 2)), Logger: quietLog(),
 	})
@@ -185,19 +189,19 @@ func testFailoverDeadWorker(t *testing.T, transport string) {
 			t.Fatal(err)
 		}
 	}
-	waitUntil(t, 20*time.Second, "both workers' ads", func() bool { return len(cs.Book().ByModel("m")) == 2 })
+	waitUntil(t, 20*time.Second, "both workers' ads", func() bool { return len(cs.Book().ByModel(netModel)) == 2 })
 	conns := client.Host.Network().ConnsToPeer(deadAI.ID)
 	if len(conns) == 0 {
 		t.Fatal("no connection to the worker process")
 	}
 	t.Logf("connection to the worker process: %s", conns[0].RemoteMultiaddr())
 
-	req := runtime.Request{Model: "m", Messages: []runtime.Message{{Role: "user", Content: "once upon a time"}}, Seed: seed(7)}
-	want := (&textBackend{model: "m", textLen: 12}).answer(req, 0)
-	ask := func(what string) ([]Attempt, time.Duration) {
+	req := runtime.Request{Model: netModel, Messages: []runtime.Message{{Role: "user", Content: "once upon a time"}}}
+	want := deadWorkerBackend.answer()
+	ask := func(what string) ([]market.Attempt, time.Duration) {
 		t.Helper()
 		start := time.Now()
-		s, err := cs.GeneratePolicy(ctx, req, Policy{TEE: []TEEKind{TEENone}})
+		s, err := cs.GeneratePolicy(ctx, req, market.Policy{TEE: []market.TEEKind{market.TEENone}})
 		if err != nil {
 			t.Fatalf("%s: %v", what, err)
 		}
@@ -265,7 +269,7 @@ func testFailoverDeadWorker(t *testing.T, transport string) {
 	// When only the dead worker meets the policy, none is available: 503 at
 	// once (OpenAI clients retry it), not 404 and not a dial timeout.
 	start := time.Now()
-	_, err = cs.GeneratePolicy(ctx, req, Policy{TEE: []TEEKind{TEENone}, MaxPrice: deadWorkerPrice})
+	_, err = cs.GeneratePolicy(ctx, req, market.Policy{TEE: []market.TEEKind{market.TEENone}, MaxPrice: deadWorkerPrice})
 	if e := openaiapi.ErrorFor(err); e.Status != http.StatusServiceUnavailable || e.Code != "no_worker_available" {
 		t.Errorf("only the dead worker under the policy: %v → %d %q; want 503 no_worker_available", err, e.Status, e.Code)
 	}

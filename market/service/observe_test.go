@@ -1,4 +1,4 @@
-package market_test
+package service_test
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/market/service"
 )
 
 // recorder keeps every event an observer receives.
@@ -69,7 +70,7 @@ func TestNetObserver(t *testing.T) {
 			t.Fatal(err)
 		}
 		s.Close()
-		spent += s.(*market.NetStream).CostNanoTON()
+		spent += s.(*service.NetStream).CostNanoTON()
 	}
 	waitFor(t, 10e9, "the workers' end events", func() bool {
 		n := 0

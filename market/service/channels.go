@@ -1,4 +1,4 @@
-package market
+package service
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/xssnick/tonutils-go/address"
 
+	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/settle"
 )
 
@@ -22,14 +23,14 @@ var ErrNoChannel = errors.New("market: no open payment channel to the worker")
 // and fsyncs it), and what it adds to the channel is what it adds to the job.
 //
 // That attribution holds because a client runs one job at a time on a channel
-// (ClientService serialises its jobs per worker): the vouchers of one job are the
+// (Client serialises its jobs per worker): the vouchers of one job are the
 // only ones in flight on it.
 type SettlePayee struct {
 	P *settle.Payee
 }
 
 // Accept implements Payee.
-func (s SettlePayee) Accept(_ context.Context, job JobID, voucher []byte) (uint64, error) {
+func (s SettlePayee) Accept(_ context.Context, job market.JobID, voucher []byte) (uint64, error) {
 	newly, err := s.P.Accept(voucher)
 	if err != nil {
 		return 0, fmt.Errorf("accept voucher for job %s: %w", job, err)
@@ -162,7 +163,7 @@ func (s *SettlePayers) Bind(p peer.ID, id settle.ChannelID) {
 }
 
 // Channel returns the channel that pays c.
-func (s *SettlePayers) Channel(c Candidate) (settle.ChannelID, error) {
+func (s *SettlePayers) Channel(c market.Candidate) (settle.ChannelID, error) {
 	s.mu.Lock()
 	id, ok := s.byPeer[c.Peer]
 	s.mu.Unlock()
@@ -185,7 +186,7 @@ func (s *SettlePayers) Channel(c Candidate) (settle.ChannelID, error) {
 }
 
 // Payer returns the Payer of the channel to c; it is the Failover.Payer hook.
-func (s *SettlePayers) Payer(c Candidate) (Payer, error) {
+func (s *SettlePayers) Payer(c market.Candidate) (market.Payer, error) {
 	id, err := s.Channel(c)
 	if err != nil {
 		return nil, err
@@ -198,7 +199,7 @@ func (s *SettlePayers) Payer(c Candidate) (Payer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("worker %s: channel %s: %w", c.Peer, id, err)
 	}
-	return &channelPayer{p: s.P, id: id, addr: settle.Friendly(addr), paid: make(map[JobID]uint64)}, nil
+	return &channelPayer{p: s.P, id: id, addr: settle.Friendly(addr), paid: make(map[market.JobID]uint64)}, nil
 }
 
 // channelPayer turns per-job totals into cumulative channel states: each Pay
@@ -209,10 +210,10 @@ type channelPayer struct {
 	addr string // the contract's address, named in Open
 
 	mu   sync.Mutex
-	paid map[JobID]uint64
+	paid map[market.JobID]uint64
 }
 
-func (c *channelPayer) Pay(_ context.Context, job JobID, total uint64) ([]byte, error) {
+func (c *channelPayer) Pay(_ context.Context, job market.JobID, total uint64) ([]byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	prev := c.paid[job]

@@ -1,10 +1,9 @@
-package market_test
+package service_test
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"testing"
 	"time"
@@ -14,49 +13,12 @@ import (
 
 	"github.com/cocoon-network/cocoon/enclave"
 	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/p2p"
 	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/settle"
 	"github.com/cocoon-network/cocoon/settle/devledger"
 )
-
-// wordBackend answers every request with the same words, one token each: enough
-// to run paid jobs without a model.
-type wordBackend struct{ words []string }
-
-func (b wordBackend) Models() []runtime.Model {
-	return []runtime.Model{{ID: netModel, ContextLength: 2048}}
-}
-func (b wordBackend) Close() error { return nil }
-func (b wordBackend) Generate(_ context.Context, r runtime.Request) (runtime.Stream, error) {
-	if r.Model != netModel {
-		return nil, runtime.ErrUnknownModel
-	}
-	prompt := 0
-	for _, m := range r.Messages {
-		prompt += len(strings.Fields(m.Content))
-	}
-	return &wordStream{words: b.words, prompt: prompt}, nil
-}
-
-type wordStream struct {
-	words  []string
-	next   int
-	prompt int
-}
-
-func (s *wordStream) Recv() (runtime.Delta, error) {
-	if s.next == len(s.words) {
-		return runtime.Delta{}, io.EOF
-	}
-	s.next++
-	return runtime.Delta{Text: " " + s.words[s.next-1], Tokens: 1}, nil
-}
-func (s *wordStream) Usage() runtime.Usage {
-	return runtime.Usage{PromptTokens: s.prompt, CompletionTokens: s.next}
-}
-func (s *wordStream) FinishReason() string { return runtime.FinishStop }
-func (s *wordStream) Close() error         { return nil }
 
 // chanFixture is a client and one worker on a mocknet, sharing a dev ledger
 // (simulated chain, not TON), sim TEE (not confidential). The worker's settle
@@ -66,8 +28,8 @@ type chanFixture struct {
 	client *settle.Wallet
 	chain  *settle.OnChain
 	payer  *settle.Payer
-	payers *market.SettlePayers
-	cs     *market.ClientService
+	payers *service.SettlePayers
+	cs     *service.Client
 	worker *settle.Wallet
 	wnode  *p2p.Node
 	payee  *settle.Payee
@@ -120,8 +82,8 @@ func newChanFixture(t *testing.T) *chanFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.payers = market.NewSettlePayers(f.payer)
-	f.cs, err = market.NewClientService(market.ClientConfig{
+	f.payers = service.NewSettlePayers(f.payer)
+	f.cs, err = service.NewClient(service.ClientConfig{
 		Node: nodes[0], Payer: f.payers.Payer, Verifier: verifier, MaxAttempts: 1,
 		Policy: market.Policy{TEE: []market.TEEKind{market.TEESim}}, Logger: log.With("client", 0),
 	})
@@ -129,9 +91,9 @@ func newChanFixture(t *testing.T) *chanFixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.cs.Close() })
-	svc, err := market.NewWorkerService(market.WorkerConfig{
-		Node: nodes[1], Backend: wordBackend{words: chanWords}, Payee: market.SettlePayee{P: f.payee},
-		Channels:   market.LedgerChannels(ledger),
+	svc, err := service.NewWorker(service.WorkerConfig{
+		Node: nodes[1], Backend: wordBackend{words: chanWords}, Payee: service.SettlePayee{P: f.payee},
+		Channels:   service.LedgerChannels(ledger),
 		Prices:     map[string]market.Price{netModel: f.price},
 		Settlement: market.Settlement{WalletAddress: settle.Friendly(f.worker.Address(ledger.GlobalID())), ChannelKey: f.worker.PublicKey(), MinDeposit: 1_000_000},
 		TEE:        market.TEE{Kind: market.TEESim, Measurement: enclave.DefaultSimMeasurement[:]},
@@ -268,11 +230,11 @@ func TestSettlePayeeLearn(t *testing.T) {
 	ctx := context.Background()
 	client, worker := newWallet(t), newWallet(t)
 	payee := openStore(t, "worker").Payee(worker)
-	sp := market.SettlePayee{P: payee}
+	sp := service.SettlePayee{P: payee}
 	ch, addr := devChannel(t, client, worker)
 	id := ch.ID
 	// state is what the fake chain reports for addr.
-	state := func(status settle.ChannelStatus, balanceA uint64) market.ChannelLookup {
+	state := func(status settle.ChannelStatus, balanceA uint64) service.ChannelLookup {
 		return func(_ context.Context, a *address.Address) (settle.Channel, *settle.ChannelState, error) {
 			if !a.Equals(addr) {
 				return settle.Channel{}, nil, fmt.Errorf("no account at %s", a)
@@ -285,7 +247,7 @@ func TestSettlePayeeLearn(t *testing.T) {
 	other := worker.Address(devledger.GlobalID).String()
 	for _, tc := range []struct {
 		name   string
-		lookup market.ChannelLookup
+		lookup service.ChannelLookup
 		addr   string
 	}{
 		{"uninitialised", state(settle.StatusUninitialized, netDeposit), addr.String()},
@@ -347,8 +309,8 @@ func BenchmarkLearnKnownChannel(b *testing.B) {
 	if _, err := chain.Open(ctx, ch, netDeposit); err != nil {
 		b.Fatal(err)
 	}
-	sp := market.SettlePayee{P: openStore(b, "worker").Payee(worker)}
-	lookup := market.LedgerChannels(ledger)
+	sp := service.SettlePayee{P: openStore(b, "worker").Payee(worker)}
+	lookup := service.LedgerChannels(ledger)
 	if err := sp.Learn(ctx, lookup, addr.String()); err != nil {
 		b.Fatal(err)
 	}
@@ -372,7 +334,7 @@ func TestCachedChannels(t *testing.T) {
 		st := ch.InitialStorage()
 		return ch, &settle.ChannelState{Status: status, Storage: &st}, nil
 	}
-	cached := market.CachedChannels(lookup, 150*time.Millisecond)
+	cached := service.CachedChannels(lookup, 150*time.Millisecond)
 	for range 3 {
 		if _, st, err := cached(ctx, addr); err != nil || st.Status != settle.StatusUninitialized {
 			t.Fatalf("lookup: %v, %v", st, err)

@@ -1,4 +1,4 @@
-package market_test
+package service_test
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/cocoon-network/cocoon/enclave"
-	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/market/service"
 )
 
 // attestHost starts a real libp2p host on 127.0.0.1 (TCP), closed with the test.
@@ -63,23 +63,23 @@ func (c *attestCounting) Attest(ctx context.Context, rd [enclave.ReportDataSize]
 	return c.inner.Attest(ctx, rd)
 }
 
-func attestSimWorker(t testing.TB, cfg market.AttestConfig) (host.Host, *attestCounting, *market.Attestations) {
+func attestSimWorker(t testing.TB, cfg service.AttestConfig) (host.Host, *attestCounting, *service.Attestations) {
 	h := attestHost(t)
 	att := &attestCounting{inner: enclave.NewSimAttester(nil, [enclave.MeasurementSize]byte{}, nil)}
 	cfg.Attester = att
 	cfg.Logger = attestQuiet
-	s := market.NewAttestations(h, cfg)
+	s := service.NewAttestations(h, cfg)
 	t.Cleanup(func() { s.Close() })
 	return h, att, s
 }
 
-func attestClient(t testing.TB, p enclave.Policy) (host.Host, *market.Attestations) {
+func attestClient(t testing.TB, p enclave.Policy) (host.Host, *service.Attestations) {
 	h := attestHost(t)
 	v, err := enclave.NewVerifier(p, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := market.NewAttestations(h, market.AttestConfig{Verifier: v, Logger: attestQuiet, Timeout: 5 * time.Second})
+	s := service.NewAttestations(h, service.AttestConfig{Verifier: v, Logger: attestQuiet, Timeout: 5 * time.Second})
 	t.Cleanup(func() { s.Close() })
 	return h, s
 }
@@ -87,7 +87,7 @@ func attestClient(t testing.TB, p enclave.Policy) (host.Host, *market.Attestatio
 // attestCapture requests raw evidence from p with the given nonce, as any client could.
 func attestCapture(t testing.TB, from host.Host, p peer.ID, nonce [enclave.NonceSize]byte) enclave.Evidence {
 	t.Helper()
-	s, err := from.NewStream(context.Background(), p, market.AttestProtocol)
+	s, err := from.NewStream(context.Background(), p, service.AttestProtocol)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func attestCapture(t testing.TB, from host.Host, p peer.ID, nonce [enclave.Nonce
 var simOn = enclave.Policy{AllowSim: true}
 
 func TestAttestSimOverLibp2p(t *testing.T) {
-	worker, att, _ := attestSimWorker(t, market.AttestConfig{})
+	worker, att, _ := attestSimWorker(t, service.AttestConfig{})
 	client, svc := attestClient(t, simOn)
 	attestConnect(t, client, worker)
 
@@ -120,14 +120,14 @@ func TestAttestSimOverLibp2p(t *testing.T) {
 }
 
 func TestAttestRelayAndReplayRefused(t *testing.T) {
-	worker, _, _ := attestSimWorker(t, market.AttestConfig{})
+	worker, _, _ := attestSimWorker(t, service.AttestConfig{})
 	client, svc := attestClient(t, simOn)
 
 	// A third node relays each request's nonce to the genuine worker and returns the
 	// worker's evidence: fresh nonce, but bound to the worker's peer ID, not its own.
 	relay := attestHost(t)
 	attestConnect(t, relay, worker)
-	relay.SetStreamHandler(market.AttestProtocol, func(s network.Stream) {
+	relay.SetStreamHandler(service.AttestProtocol, func(s network.Stream) {
 		defer s.Close()
 		req, err := enclave.ReadFrame(s, 64)
 		if err != nil {
@@ -137,7 +137,7 @@ func TestAttestRelayAndReplayRefused(t *testing.T) {
 		if err != nil {
 			return
 		}
-		up, err := relay.NewStream(context.Background(), worker.ID(), market.AttestProtocol)
+		up, err := relay.NewStream(context.Background(), worker.ID(), service.AttestProtocol)
 		if err != nil {
 			return
 		}
@@ -156,7 +156,7 @@ func TestAttestRelayAndReplayRefused(t *testing.T) {
 
 	// A third node replaying evidence it captured from the worker under its own ID.
 	captured := attestCapture(t, relay, worker.ID(), enclave.NewNonce())
-	replayer, ratt, _ := attestSimWorker(t, market.AttestConfig{})
+	replayer, ratt, _ := attestSimWorker(t, service.AttestConfig{})
 	ratt.replay.Store(&captured)
 	attestConnect(t, client, replayer)
 	if _, err := svc.Verify(context.Background(), replayer.ID()); !errors.Is(err, enclave.ErrReportDataMismatch) {
@@ -173,7 +173,7 @@ func TestAttestRelayAndReplayRefused(t *testing.T) {
 }
 
 func TestAttestStaleNonceRefused(t *testing.T) {
-	worker, att, _ := attestSimWorker(t, market.AttestConfig{})
+	worker, att, _ := attestSimWorker(t, service.AttestConfig{})
 	client, svc := attestClient(t, simOn)
 	attestConnect(t, client, worker)
 	// Evidence the worker itself made earlier, for an old nonce, replayed under the
@@ -190,7 +190,7 @@ func TestAttestStaleNonceRefused(t *testing.T) {
 }
 
 func TestAttestSimRefusedWithoutAllowSim(t *testing.T) {
-	worker, _, _ := attestSimWorker(t, market.AttestConfig{})
+	worker, _, _ := attestSimWorker(t, service.AttestConfig{})
 	client, svc := attestClient(t, enclave.Policy{})
 	attestConnect(t, client, worker)
 	vd, err := svc.Verify(context.Background(), worker.ID())
@@ -200,7 +200,7 @@ func TestAttestSimRefusedWithoutAllowSim(t *testing.T) {
 }
 
 func TestAttestCacheDroppedOnDisconnect(t *testing.T) {
-	worker, att, _ := attestSimWorker(t, market.AttestConfig{})
+	worker, att, _ := attestSimWorker(t, service.AttestConfig{})
 	client, svc := attestClient(t, simOn)
 	attestConnect(t, client, worker)
 	if _, err := svc.Verify(context.Background(), worker.ID()); err != nil {
@@ -231,14 +231,14 @@ func TestAttestCacheDroppedOnDisconnect(t *testing.T) {
 }
 
 func TestAttestRateLimitPerPeer(t *testing.T) {
-	worker, att, _ := attestSimWorker(t, market.AttestConfig{Burst: 2, Interval: time.Hour})
+	worker, att, _ := attestSimWorker(t, service.AttestConfig{Burst: 2, Interval: time.Hour})
 	c1 := attestHost(t)
 	c2 := attestHost(t)
 	attestConnect(t, c1, worker)
 	attestConnect(t, c2, worker)
 	attestCapture(t, c1, worker.ID(), enclave.NewNonce())
 	attestCapture(t, c1, worker.ID(), enclave.NewNonce())
-	s, err := c1.NewStream(context.Background(), worker.ID(), market.AttestProtocol)
+	s, err := c1.NewStream(context.Background(), worker.ID(), service.AttestProtocol)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,11 +256,11 @@ func TestAttestRateLimitPerPeer(t *testing.T) {
 }
 
 func TestAttestDeadline(t *testing.T) {
-	worker, att, _ := attestSimWorker(t, market.AttestConfig{Timeout: 200 * time.Millisecond})
+	worker, att, _ := attestSimWorker(t, service.AttestConfig{Timeout: 200 * time.Millisecond})
 	att.block = make(chan struct{}) // a quote that never comes
 	h := attestHost(t)
 	v, _ := enclave.NewVerifier(simOn, nil)
-	svc := market.NewAttestations(h, market.AttestConfig{Verifier: v, Logger: attestQuiet, Timeout: 300 * time.Millisecond})
+	svc := service.NewAttestations(h, service.AttestConfig{Verifier: v, Logger: attestQuiet, Timeout: 300 * time.Millisecond})
 	defer svc.Close()
 	attestConnect(t, h, worker)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -276,7 +276,7 @@ func TestAttestDeadline(t *testing.T) {
 // BenchmarkAttestRoundTrip measures one uncached attest exchange (fresh nonce, sim
 // evidence, verification) between two real hosts over loopback TCP.
 func BenchmarkAttestRoundTrip(b *testing.B) {
-	worker, _, _ := attestSimWorker(b, market.AttestConfig{Burst: 1 << 30, Interval: time.Nanosecond})
+	worker, _, _ := attestSimWorker(b, service.AttestConfig{Burst: 1 << 30, Interval: time.Nanosecond})
 	client, svc := attestClient(b, simOn)
 	attestConnect(b, client, worker)
 	ctx := context.Background()
@@ -291,7 +291,7 @@ func BenchmarkAttestRoundTrip(b *testing.B) {
 
 // BenchmarkAttestCached measures Verify when the connection's verdict is cached.
 func BenchmarkAttestCached(b *testing.B) {
-	worker, _, _ := attestSimWorker(b, market.AttestConfig{})
+	worker, _, _ := attestSimWorker(b, service.AttestConfig{})
 	client, svc := attestClient(b, simOn)
 	attestConnect(b, client, worker)
 	ctx := context.Background()

@@ -1,4 +1,4 @@
-package market
+package service
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/market"
 )
 
 // AttestProtocol is the attestation session protocol: one stream per exchange, the
@@ -53,7 +54,7 @@ type AttestConfig struct {
 	// DefaultAttestInflight); requests beyond it wait within their timeout.
 	MaxInflight int
 	// Observer, when set, learns the outcome of every exchange Verify ran.
-	Observer Observer
+	Observer market.Observer
 	// Logger receives the service's logs (nil: slog.Default()).
 	Logger *slog.Logger
 }
@@ -179,9 +180,9 @@ func (a *Attestations) Verify(ctx context.Context, p peer.ID) (enclave.Verdict, 
 
 	call.verdict, call.err = a.exchange(ctx, p)
 	if o := a.cfg.Observer; o != nil {
-		e := AttestEvent{Peer: p, Verdict: VerdictAccepted, Kind: string(call.verdict.Kind), Tier: call.verdict.Tier}
+		e := market.AttestEvent{Peer: p, Verdict: market.VerdictAccepted, Kind: string(call.verdict.Kind), Tier: call.verdict.Tier}
 		if call.err != nil {
-			e = AttestEvent{Peer: p, Verdict: VerdictRefused, Err: call.err}
+			e = market.AttestEvent{Peer: p, Verdict: market.VerdictRefused, Err: call.err}
 		}
 		o.Attested(e)
 	}

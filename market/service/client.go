@@ -1,4 +1,4 @@
-package market
+package service
 
 import (
 	"context"
@@ -24,6 +24,7 @@ import (
 	msmux "github.com/multiformats/go-multistream"
 
 	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/p2p"
 	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/runtime/openaiapi"
@@ -56,7 +57,7 @@ type SlotReporter interface {
 	Slots() (total, free, queued int)
 }
 
-// WorkerConfig configures a WorkerService.
+// WorkerConfig configures a Worker.
 type WorkerConfig struct {
 	// Node is the libp2p node the service is mounted on: its host carries the job
 	// and attestation streams, its ads topic the ads, its DHT the provider records.
@@ -66,11 +67,11 @@ type WorkerConfig struct {
 	Backend runtime.Backend
 	// Prices holds the price of every model sold; only the backend's models with a
 	// price are advertised and served.
-	Prices map[string]Price
+	Prices map[string]market.Price
 	// Payee takes the clients' vouchers (SettlePayee over settle's store).
-	Payee Payee
+	Payee market.Payee
 	// Settlement is how this worker is paid (wallet, channel key, minimum deposit).
-	Settlement Settlement
+	Settlement market.Settlement
 	// Channels, when set, reads from the chain a payment channel a client names
 	// in Open (LedgerChannels): a channel the worker has not heard of is learnt
 	// from its contract (SettlePayee.Learn), and a job on a channel that is not
@@ -80,18 +81,18 @@ type WorkerConfig struct {
 	Channels ChannelLookup
 	// TEE is the enclave kind and measurement the ads announce; Attester makes the
 	// evidence that proves it (nil serves none: only for TEE kind none).
-	TEE      TEE
+	TEE      market.TEE
 	Attester enclave.Attester
-	GPUs     []GPU
+	GPUs     []market.GPU
 	// CreditTokens, MaxJobs, Admit, Receipt, MaxPromptBytes and Timeouts are the
-	// Worker's fields. MaxJobs 0: the slots plus queue of a SlotReporter backend,
+	// market.Worker's fields. MaxJobs 0: the slots plus queue of a SlotReporter backend,
 	// else no bound.
 	CreditTokens   int
 	MaxJobs        int
-	Admit          func(ctx context.Context, req OpenRequest) RejectCode
-	Receipt        func(ctx context.Context, job JobID, u runtime.Usage, cost uint64) ([]byte, error)
+	Admit          func(ctx context.Context, req market.OpenRequest) market.RejectCode
+	Receipt        func(ctx context.Context, job market.JobID, u runtime.Usage, cost uint64) ([]byte, error)
 	MaxPromptBytes int
-	Timeouts       Timeouts
+	Timeouts       market.Timeouts
 	// AdInterval is the re-publication period (0: DefaultAdInterval); AdTTL the
 	// validity of each ad (0: DefaultAdTTL).
 	AdInterval time.Duration
@@ -99,21 +100,21 @@ type WorkerConfig struct {
 	// Attest tunes the attestation service (its Attester is set from above).
 	Attest AttestConfig
 	// Observer, when set, learns of every job served and voucher accepted.
-	Observer Observer
+	Observer market.Observer
 	Logger   *slog.Logger
 }
 
-// WorkerService sells a backend's inference on the network: it serves the job
+// Worker sells a backend's inference on the network: it serves the job
 // protocol (one stream per job) and the attestation protocol, publishes a
 // capacity ad every AdInterval and when its free slots or queue change, and
 // provides every served model in the DHT. Close stops it all.
-type WorkerService struct {
+type Worker struct {
 	cfg    WorkerConfig
 	node   *p2p.Node
-	worker *Worker
+	worker *market.Worker
 	att    *Attestations
 	log    *slog.Logger
-	models []ModelOffer
+	models []market.ModelOffer
 	lat    *latencies // measured TTFT and time per token, for the ads
 
 	ctx    context.Context
@@ -127,23 +128,23 @@ type WorkerService struct {
 	mu      sync.Mutex
 	closed  bool
 	seq     uint64
-	lastAd  *Ad
+	lastAd  *market.Ad
 	jobs    int
 	served  uint64
 	closeMu sync.Once
 }
 
-// NewWorkerService starts selling on cfg.Node. It fails when the ad it would
+// NewWorker starts selling on cfg.Node. It fails when the ad it would
 // publish does not pass the schema (no priced model, no settlement, ...).
-func NewWorkerService(cfg WorkerConfig) (*WorkerService, error) {
+func NewWorker(cfg WorkerConfig) (*Worker, error) {
 	if cfg.Node == nil || cfg.Backend == nil || cfg.Payee == nil {
 		return nil, errors.New("market: worker service needs a node, a backend and a payee")
 	}
 	if cfg.AdInterval <= 0 {
-		cfg.AdInterval = DefaultAdInterval
+		cfg.AdInterval = market.DefaultAdInterval
 	}
 	if cfg.AdTTL <= 0 {
-		cfg.AdTTL = DefaultAdTTL
+		cfg.AdTTL = market.DefaultAdTTL
 	}
 	cfg.AdTTL = cfg.AdTTL.Truncate(time.Second)
 	log := cfg.Logger
@@ -158,19 +159,19 @@ func NewWorkerService(cfg WorkerConfig) (*WorkerService, error) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &WorkerService{cfg: cfg, node: cfg.Node, log: log, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1), lat: newLatencies()}
+	w := &Worker{cfg: cfg, node: cfg.Node, log: log, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1), lat: newLatencies()}
 	for _, m := range cfg.Backend.Models() {
 		p, ok := cfg.Prices[m.ID]
 		if !ok {
 			continue
 		}
-		w.models = append(w.models, ModelOffer{ID: m.ID, WeightsDigest: m.Digest, ContextLength: uint32(max(m.ContextLength, 0)), Price: p})
+		w.models = append(w.models, market.ModelOffer{ID: m.ID, WeightsDigest: m.Digest, ContextLength: uint32(max(m.ContextLength, 0)), Price: p})
 	}
 	if _, err := w.buildAd(time.Now()).Encode(); err != nil {
 		cancel()
 		return nil, fmt.Errorf("worker ad: %w", err)
 	}
-	w.worker = &Worker{
+	w.worker = &market.Worker{
 		Backend: timedBackend{cfg.Backend, w.lat}, Payee: cfg.Payee, Prices: cfg.Prices, CreditTokens: cfg.CreditTokens,
 		Settlement: cfg.Settlement, MaxJobs: cfg.MaxJobs, Admit: cfg.Admit, Receipt: cfg.Receipt,
 		MaxPromptBytes: cfg.MaxPromptBytes, Timeouts: cfg.Timeouts, Logger: cfg.Logger, Observer: cfg.Observer,
@@ -218,24 +219,24 @@ func queueCap(b runtime.Backend) int {
 
 // Attestations returns the service's attestation service (it also verifies
 // peers when WorkerConfig.Attest has a Verifier).
-func (w *WorkerService) Attestations() *Attestations { return w.att }
+func (w *Worker) Attestations() *Attestations { return w.att }
 
 // Ad returns the last ad published, nil before the first.
-func (w *WorkerService) Ad() *Ad {
+func (w *Worker) Ad() *market.Ad {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.lastAd
 }
 
 // Served returns how many jobs the service has run to an end, well or not.
-func (w *WorkerService) Served() uint64 {
+func (w *Worker) Served() uint64 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.served
 }
 
 // Republish asks for an ad now (still at most one per MinAdGap).
-func (w *WorkerService) Republish() {
+func (w *Worker) Republish() {
 	w.forced.Store(true)
 	select {
 	case w.kick <- struct{}{}:
@@ -243,7 +244,7 @@ func (w *WorkerService) Republish() {
 	}
 }
 
-func (w *WorkerService) handle(s network.Stream) {
+func (w *Worker) handle(s network.Stream) {
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
@@ -261,7 +262,7 @@ func (w *WorkerService) handle(s network.Stream) {
 	// A reject is a clean end: Close delivers the Reject frame, where Reset
 	// may drop it before the client has read it (the client then sees a reset,
 	// not the reject code).
-	var rej *RejectError
+	var rej *market.RejectError
 	if err != nil && !errors.As(err, &rej) {
 		s.Reset()
 	} else {
@@ -274,8 +275,8 @@ func (w *WorkerService) handle(s network.Stream) {
 	w.Republish()
 }
 
-func (w *WorkerService) capacity() Capacity {
-	c := Capacity{GPUs: w.cfg.GPUs}
+func (w *Worker) capacity() market.Capacity {
+	c := market.Capacity{GPUs: w.cfg.GPUs}
 	if sr, ok := w.cfg.Backend.(SlotReporter); ok {
 		total, free, queued := sr.Slots()
 		c.SlotsTotal, c.SlotsFree, c.QueueLength = uint32(max(total, 1)), uint32(max(free, 0)), uint32(max(queued, 0))
@@ -291,12 +292,12 @@ func (w *WorkerService) capacity() Capacity {
 	return c
 }
 
-func (w *WorkerService) buildAd(now time.Time) *Ad {
+func (w *Worker) buildAd(now time.Time) *market.Ad {
 	models := slices.Clone(w.models)
 	for i := range models {
 		models[i].TTFT, models[i].TimePerToken = w.lat.p50(models[i].ID)
 	}
-	return &Ad{
+	return &market.Ad{
 		Peer: w.node.Host.ID(), Seq: 1, IssuedAt: now, TTL: w.cfg.AdTTL,
 		Models: models, Capacity: w.capacity(), TEE: w.cfg.TEE, Settlement: w.cfg.Settlement,
 	}
@@ -304,7 +305,7 @@ func (w *WorkerService) buildAd(now time.Time) *Ad {
 
 // publish sends a fresh ad. Seq follows the clock in microseconds, so it keeps
 // increasing across restarts.
-func (w *WorkerService) publish() {
+func (w *Worker) publish() {
 	now := time.Now()
 	ad := w.buildAd(now)
 	w.mu.Lock()
@@ -330,7 +331,7 @@ func (w *WorkerService) publish() {
 	w.log.Debug("ad published", "seq", ad.Seq, "slots_free", ad.Capacity.SlotsFree, "queue", ad.Capacity.QueueLength)
 }
 
-func (w *WorkerService) adLoop() {
+func (w *Worker) adLoop() {
 	defer w.wg.Done()
 	t := time.NewTicker(adPoll)
 	defer t.Stop()
@@ -363,7 +364,7 @@ func (w *WorkerService) adLoop() {
 
 // provideLoop announces every served model once the DHT has peers, retrying
 // failures with a growing pause; p2p re-provides them afterwards.
-func (w *WorkerService) provideLoop() {
+func (w *Worker) provideLoop() {
 	defer w.wg.Done()
 	pending := make([]string, 0, len(w.models))
 	for _, m := range w.models {
@@ -403,7 +404,7 @@ func (w *WorkerService) provideLoop() {
 
 // Close stops serving: no new jobs, running jobs are cancelled, ads stop and the
 // models are no longer re-provided. It waits for the service's goroutines.
-func (w *WorkerService) Close() error {
+func (w *Worker) Close() error {
 	var err error
 	w.closeMu.Do(func() {
 		w.mu.Lock()
@@ -423,7 +424,7 @@ func (w *WorkerService) Close() error {
 	return err
 }
 
-// ClientConfig configures a ClientService.
+// ClientConfig configures a Client.
 type ClientConfig struct {
 	// Node is the libp2p node the client uses: its ads topic feeds the book (the
 	// service installs the topic validator), its host opens job streams, its DHT
@@ -431,13 +432,13 @@ type ClientConfig struct {
 	Node *p2p.Node
 	// Payer returns the payer of the client's channel to a worker
 	// (SettlePayers.Payer). A worker without one is not tried.
-	Payer func(c Candidate) (Payer, error)
+	Payer func(c market.Candidate) (market.Payer, error)
 	// Attestations verifies workers; nil: one is started with Verifier.
 	Attestations *Attestations
 	Verifier     *enclave.Verifier
 	// Policy is the default of Generate: the TEE kinds accepted and the maximum
 	// prices (its Model is taken from each request).
-	Policy Policy
+	Policy market.Policy
 	// MaxAttempts bounds the workers tried per request (0: 3).
 	MaxAttempts int
 	// FindTimeout bounds the DHT lookup on a cold ad book (0: DefaultFindTimeout).
@@ -452,16 +453,16 @@ type ClientConfig struct {
 	// DefaultProbeTimeout; a negative ProbeAfter turns probing off.
 	ProbeAfter   time.Duration
 	ProbeTimeout time.Duration
-	Options      RunOptions
+	Options      market.RunOptions
 	// Rand seeds the selector's choices (nil: random).
 	Rand *rand.Rand
 	// Observer, when set, learns of every job attempt, voucher and attestation
 	// (the node's metrics and status page).
-	Observer Observer
+	Observer market.Observer
 	Logger   *slog.Logger
 }
 
-// ClientService buys inference on the network: it keeps the ad book from the
+// Client buys inference on the network: it keeps the ad book from the
 // ads topic, selects workers, verifies their attestation before a prompt
 // leaves, pays through its channels and fails over mid-stream. It implements
 // runtime.Backend, so the gateway serves it like a local backend.
@@ -473,11 +474,11 @@ type ClientConfig struct {
 // (Selector.MarkDown): when the last connection to it closes (a killed process
 // over TCP, the p2p liveness check, a probe of a silent job stream), when a
 // dial to it fails, and when it cannot be connected to from the DHT.
-type ClientService struct {
+type Client struct {
 	cfg   ClientConfig
 	node  *p2p.Node
-	book  *Book
-	sel   *Selector
+	book  *market.Book
+	sel   *market.Selector
 	att   *Attestations
 	ownAt bool
 	log   *slog.Logger
@@ -492,8 +493,8 @@ type ClientService struct {
 	found map[peer.ID]bool // providers found in the DHT
 }
 
-// NewClientService starts the client on cfg.Node.
-func NewClientService(cfg ClientConfig) (*ClientService, error) {
+// NewClient starts the client on cfg.Node.
+func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.Node == nil || cfg.Payer == nil {
 		return nil, errors.New("market: client service needs a node and a payer")
 	}
@@ -516,9 +517,9 @@ func NewClientService(cfg ClientConfig) (*ClientService, error) {
 	if cfg.Options.Logger == nil {
 		cfg.Options.Logger = log
 	}
-	c := &ClientService{cfg: cfg, node: cfg.Node, book: NewBook(nil), log: log.With("subsys", "market"),
+	c := &Client{cfg: cfg, node: cfg.Node, book: market.NewBook(nil), log: log.With("subsys", "market"),
 		locks: make(map[peer.ID]chan struct{}), found: make(map[peer.ID]bool)}
-	c.sel = &Selector{Book: c.book, Rand: cfg.Rand}
+	c.sel = &market.Selector{Book: c.book, Rand: cfg.Rand}
 	c.att = cfg.Attestations
 	if c.att == nil {
 		c.att = NewAttestations(cfg.Node.Host, AttestConfig{Verifier: cfg.Verifier, Observer: cfg.Observer, Logger: cfg.Logger})
@@ -537,7 +538,7 @@ func NewClientService(cfg ClientConfig) (*ClientService, error) {
 // closed without this client asking, so it is dead or unreachable until it
 // publishes a new ad (a live worker does every AdInterval), and dialling it
 // again would cost the next caller a dial timeout (5 s on a local address).
-func (c *ClientService) disconnected(n network.Network, conn network.Conn) {
+func (c *Client) disconnected(n network.Network, conn network.Conn) {
 	p := conn.RemotePeer()
 	if n.Connectedness(p) == network.Connected {
 		return
@@ -553,10 +554,10 @@ func (c *ClientService) disconnected(n network.Network, conn network.Conn) {
 
 // validate is the ads topic validator: the book's checks, with origin the
 // gossip message's signer.
-func (c *ClientService) validate(_ context.Context, origin peer.ID, data []byte) pubsub.ValidationResult {
+func (c *Client) validate(_ context.Context, origin peer.ID, data []byte) pubsub.ValidationResult {
 	_, r := c.book.Offer(origin, data)
 	switch {
-	case r == Kept:
+	case r == market.Kept:
 		return pubsub.ValidationAccept
 	case r.Penalize():
 		c.log.Debug("ad rejected", "from", origin, "reason", r)
@@ -566,7 +567,7 @@ func (c *ClientService) validate(_ context.Context, origin peer.ID, data []byte)
 	}
 }
 
-func (c *ClientService) pruneLoop() {
+func (c *Client) pruneLoop() {
 	defer c.wg.Done()
 	t := time.NewTicker(bookPruneInterval)
 	defer t.Stop()
@@ -581,14 +582,14 @@ func (c *ClientService) pruneLoop() {
 }
 
 // Book is the client's ad book.
-func (c *ClientService) Book() *Book { return c.book }
+func (c *Client) Book() *market.Book { return c.book }
 
 // Selector is the client's selector (latency and reputation of the workers).
-func (c *ClientService) Selector() *Selector { return c.sel }
+func (c *Client) Selector() *market.Selector { return c.sel }
 
 // Models implements runtime.Backend: every model offered in the book, with the
 // largest context length offered.
-func (c *ClientService) Models() []runtime.Model {
+func (c *Client) Models() []runtime.Model {
 	var out []runtime.Model
 	idx := map[string]int{}
 	for _, a := range c.book.All() {
@@ -613,14 +614,14 @@ type ModelSummary struct {
 	ID            string
 	Workers       int
 	ContextLength int
-	MinPrice      Price     // the lowest of each price over the workers
-	MaxPrice      Price     // the highest of each price
-	TEE           []TEEKind // the kinds offered, in the order of TEEKind values
+	MinPrice      market.Price     // the lowest of each price over the workers
+	MaxPrice      market.Price     // the highest of each price
+	TEE           []market.TEEKind // the kinds offered, in the order of TEEKind values
 }
 
 // Summaries lists every model in the book with its worker count, price range and
 // TEE kinds, ordered by model ID.
-func (c *ClientService) Summaries() []ModelSummary {
+func (c *Client) Summaries() []ModelSummary {
 	by := map[string]*ModelSummary{}
 	var ids []string
 	for _, a := range c.book.All() {
@@ -633,8 +634,8 @@ func (c *ClientService) Summaries() []ModelSummary {
 			}
 			s.Workers++
 			s.ContextLength = max(s.ContextLength, int(m.ContextLength))
-			s.MinPrice = Price{Prompt: min(s.MinPrice.Prompt, m.Price.Prompt), Completion: min(s.MinPrice.Completion, m.Price.Completion)}
-			s.MaxPrice = Price{Prompt: max(s.MaxPrice.Prompt, m.Price.Prompt), Completion: max(s.MaxPrice.Completion, m.Price.Completion)}
+			s.MinPrice = market.Price{Prompt: min(s.MinPrice.Prompt, m.Price.Prompt), Completion: min(s.MinPrice.Completion, m.Price.Completion)}
+			s.MaxPrice = market.Price{Prompt: max(s.MaxPrice.Prompt, m.Price.Prompt), Completion: max(s.MaxPrice.Completion, m.Price.Completion)}
 			if !slices.Contains(s.TEE, a.TEE.Kind) {
 				s.TEE = append(s.TEE, a.TEE.Kind)
 			}
@@ -653,7 +654,7 @@ func (c *ClientService) Summaries() []ModelSummary {
 // ListModels is the hook of openaiapi.Handler for GET /v1/models: the book's
 // models with "workers", "price_nanoton_per_1m" (min and max prompt and
 // completion prices) and "tee" (the kinds offered; sim is not confidential).
-func (c *ClientService) ListModels(context.Context) ([]openaiapi.Model, error) {
+func (c *Client) ListModels(context.Context) ([]openaiapi.Model, error) {
 	out := []openaiapi.Model{}
 	for _, s := range c.Summaries() {
 		tee := make([]string, len(s.TEE))
@@ -675,7 +676,7 @@ func (c *ClientService) ListModels(context.Context) ([]openaiapi.Model, error) {
 
 // Close implements runtime.Backend: it stops taking ads (the validator is
 // removed) and waits for its goroutines. Streams still open keep running.
-func (c *ClientService) Close() error {
+func (c *Client) Close() error {
 	c.node.SetAdsValidator(nil)
 	c.node.Host.Network().StopNotify(c.nb)
 	c.cancel()
@@ -687,7 +688,7 @@ func (c *ClientService) Close() error {
 }
 
 // Generate implements runtime.Backend with the configured Policy.
-func (c *ClientService) Generate(ctx context.Context, req runtime.Request) (runtime.Stream, error) {
+func (c *Client) Generate(ctx context.Context, req runtime.Request) (runtime.Stream, error) {
 	pol := c.cfg.Policy
 	pol.Model = req.Model
 	s, err := c.GeneratePolicy(ctx, req, pol)
@@ -699,10 +700,10 @@ func (c *ClientService) Generate(ctx context.Context, req runtime.Request) (runt
 
 // candidates selects the workers for pol, from the book or, when it has none,
 // from the DHT's providers of the model.
-func (c *ClientService) candidates(ctx context.Context, pol Policy) []Candidate {
+func (c *Client) candidates(ctx context.Context, pol market.Policy) []market.Candidate {
 	self := c.node.Host.ID()
-	keep := func(cs []Candidate) []Candidate {
-		var out []Candidate
+	keep := func(cs []market.Candidate) []market.Candidate {
+		var out []market.Candidate
 		for _, cd := range cs {
 			if cd.Peer == self {
 				continue
@@ -732,7 +733,7 @@ func (c *ClientService) candidates(ctx context.Context, pol Policy) []Candidate 
 	if err != nil {
 		c.log.Debug("find providers", "model", pol.Model, "err", err)
 	}
-	var cs []Candidate
+	var cs []market.Candidate
 	for _, ai := range ais {
 		if ai.ID == self || c.sel.Down(ai.ID) {
 			continue
@@ -750,18 +751,18 @@ func (c *ClientService) candidates(ctx context.Context, pol Policy) []Candidate 
 		c.mu.Unlock()
 		if ad, ok := c.book.Get(ai.ID); ok {
 			if o, ok := ad.Offer(pol.Model); ok && pol.Allows(ad.TEE.Kind) {
-				cs = append(cs, Candidate{Peer: ai.ID, Ad: ad, Offer: o})
+				cs = append(cs, market.Candidate{Peer: ai.ID, Ad: ad, Offer: o})
 			}
 			continue
 		}
-		cs = append(cs, Candidate{Peer: ai.ID})
+		cs = append(cs, market.Candidate{Peer: ai.ID})
 	}
 	return keep(cs)
 }
 
 // lock waits until no other job of this client runs on p; the returned func ends
 // the hold.
-func (c *ClientService) lock(ctx context.Context, p peer.ID) (func(), error) {
+func (c *Client) lock(ctx context.Context, p peer.ID) (func(), error) {
 	c.mu.Lock()
 	ch, ok := c.locks[p]
 	if !ok {
@@ -778,7 +779,7 @@ func (c *ClientService) lock(ctx context.Context, p peer.ID) (func(), error) {
 }
 
 // busy reports whether a job of this client holds p now.
-func (c *ClientService) busy(p peer.ID) bool {
+func (c *Client) busy(p peer.ID) bool {
 	c.mu.Lock()
 	ch, ok := c.locks[p]
 	c.mu.Unlock()
@@ -799,7 +800,7 @@ func boolCmp(a, b bool) int {
 // for the worker to close its side, which the worker does once it has taken the
 // last voucher, and only then releases the hold on the worker: vouchers of the
 // next job on the channel must not overtake this job's. While it is open, a
-// probe (ClientService.watch) checks that a silent worker is still there.
+// probe (Client.watch) checks that a silent worker is still there.
 type jobStream struct {
 	network.Stream
 	once    sync.Once
@@ -825,7 +826,7 @@ func (s *jobStream) Read(p []byte) (int, error) {
 // the stream reset (the attempt fails over), and p is marked down. A worker
 // that is only slow (a long prompt, a chain lookup) answers pings. Close
 // stops the probe.
-func (c *ClientService) watch(s *jobStream, p peer.ID) {
+func (c *Client) watch(s *jobStream, p peer.ID) {
 	s.heard.Store(time.Now().UnixNano())
 	s.probeEnded = make(chan struct{})
 	if c.cfg.ProbeAfter < 0 {
@@ -870,7 +871,7 @@ func (c *ClientService) watch(s *jobStream, p peer.ID) {
 
 // answers reports whether p answers a ping on an existing connection within
 // timeout. A peer that does not speak the ping protocol counts as answering.
-func (c *ClientService) answers(ctx context.Context, p peer.ID, timeout time.Duration) bool {
+func (c *Client) answers(ctx context.Context, p peer.ID, timeout time.Duration) bool {
 	ctx, cancel := context.WithTimeout(network.WithNoDial(ctx, "probe worker"), timeout)
 	defer cancel()
 	select {
@@ -895,7 +896,7 @@ func (s *jobStream) Close() error {
 		ack := make(chan struct{})
 		go func() {
 			defer close(ack)
-			_, _ = io.Copy(io.Discard, io.LimitReader(s.Stream, MaxWorkerFrame))
+			_, _ = io.Copy(io.Discard, io.LimitReader(s.Stream, market.MaxWorkerFrame))
 		}()
 		select { // mocknet streams ignore deadlines: bound the wait here too
 		case <-ack:
@@ -997,27 +998,27 @@ func (ws *workerStream) stopReading() {
 // the first text has arrived (or the answer ended): the stream's Header names
 // the worker that started it. Errors before any text are returned here, wrapping
 // runtime.ErrUnknownModel when no worker offers the model.
-func (c *ClientService) GeneratePolicy(ctx context.Context, req runtime.Request, pol Policy) (*NetStream, error) {
+func (c *Client) GeneratePolicy(ctx context.Context, req runtime.Request, pol market.Policy) (*NetStream, error) {
 	pol.Model = req.Model
 	cands := c.candidates(ctx, pol)
 	if len(cands) == 0 {
 		if down := c.sel.DownPeers(pol); len(down) > 0 {
 			errs := make([]error, len(down))
 			for i, p := range down {
-				errs[i] = fmt.Errorf("worker %s: %w: its connection failed; skipped until its next ad", p, ErrUnreachable)
+				errs[i] = fmt.Errorf("worker %s: %w: its connection failed; skipped until its next ad", p, market.ErrUnreachable)
 			}
-			return nil, &NoWorkerError{Errs: errs}
+			return nil, &market.NoWorkerError{Errs: errs}
 		}
 		return nil, fmt.Errorf("%w: no worker offers %q under the policy", runtime.ErrUnknownModel, req.Model)
 	}
 	// A worker running another job of this client would make this one wait:
 	// try the idle ones first, keeping the selector's order otherwise.
-	slices.SortStableFunc(cands, func(a, b Candidate) int { return boolCmp(c.busy(a.Peer), c.busy(b.Peer)) })
+	slices.SortStableFunc(cands, func(a, b market.Candidate) int { return boolCmp(c.busy(a.Peer), c.busy(b.Peer)) })
 	rctx, cancel := context.WithCancel(ctx)
 	s := &NetStream{cancel: cancel, events: make(chan streamEvent), done: make(chan struct{}), tiers: map[peer.ID]string{}}
-	var cur atomic.Pointer[Candidate]
-	fo := &Failover{
-		Dial: func(ctx context.Context, cd Candidate) (io.ReadWriteCloser, error) {
+	var cur atomic.Pointer[market.Candidate]
+	fo := &market.Failover{
+		Dial: func(ctx context.Context, cd market.Candidate) (io.ReadWriteCloser, error) {
 			release, err := c.lock(ctx, cd.Peer)
 			if err != nil {
 				return nil, err
@@ -1033,7 +1034,7 @@ func (c *ClientService) GeneratePolicy(ctx context.Context, req runtime.Request,
 			return js, nil
 		},
 		Payer: c.cfg.Payer,
-		Verify: func(ctx context.Context, cd Candidate) error {
+		Verify: func(ctx context.Context, cd market.Candidate) error {
 			tier, err := c.verify(ctx, cd, pol)
 			if err != nil {
 				return err
@@ -1048,10 +1049,10 @@ func (c *ClientService) GeneratePolicy(ctx context.Context, req runtime.Request,
 		Options:     c.cfg.Options,
 		Observer:    c.cfg.Observer,
 	}
-	job := Job{ID: NewJobID(), Request: req, MaxPrice: pol.MaxPrice}
+	job := market.Job{ID: market.NewJobID(), Request: req, MaxPrice: pol.MaxPrice}
 	go func() {
 		defer close(s.done)
-		attempts, err := fo.Run(rctx, cands, job, func(ch Chunk) error {
+		attempts, err := fo.Run(rctx, cands, job, func(ch market.Chunk) error {
 			cd := cur.Load()
 			select {
 			case s.events <- streamEvent{chunk: ch, worker: cd}:
@@ -1088,10 +1089,10 @@ func (c *ClientService) GeneratePolicy(ctx context.Context, req runtime.Request,
 
 // verify checks the attestation of the connection to cd against pol and cd's ad,
 // and returns the tier to show.
-func (c *ClientService) verify(ctx context.Context, cd Candidate, pol Policy) (string, error) {
-	if cd.Ad != nil && cd.Ad.TEE.Kind == TEENone {
-		if !pol.Allows(TEENone) {
-			return "", fmt.Errorf("worker %s has no TEE: %w", cd.Peer, ErrAttestation)
+func (c *Client) verify(ctx context.Context, cd market.Candidate, pol market.Policy) (string, error) {
+	if cd.Ad != nil && cd.Ad.TEE.Kind == market.TEENone {
+		if !pol.Allows(market.TEENone) {
+			return "", fmt.Errorf("worker %s has no TEE: %w", cd.Peer, market.ErrAttestation)
 		}
 		return enclave.KindNone.Tier(), nil
 	}
@@ -1099,19 +1100,19 @@ func (c *ClientService) verify(ctx context.Context, cd Candidate, pol Policy) (s
 	if err != nil {
 		return "", err
 	}
-	k, err := ParseTEEKind(string(vd.Kind))
+	k, err := market.ParseTEEKind(string(vd.Kind))
 	if err != nil {
 		return "", fmt.Errorf("verdict kind %q: %w", vd.Kind, err)
 	}
 	if !pol.Allows(k) {
-		return "", fmt.Errorf("worker %s attested %s, not allowed by the policy: %w", cd.Peer, k, ErrAttestation)
+		return "", fmt.Errorf("worker %s attested %s, not allowed by the policy: %w", cd.Peer, k, market.ErrAttestation)
 	}
 	if cd.Ad != nil {
 		if k != cd.Ad.TEE.Kind {
-			return "", fmt.Errorf("worker %s attested %s but advertises %s: %w", cd.Peer, k, cd.Ad.TEE.Kind, ErrAttestation)
+			return "", fmt.Errorf("worker %s attested %s but advertises %s: %w", cd.Peer, k, cd.Ad.TEE.Kind, market.ErrAttestation)
 		}
 		if !sameMeasurement(cd.Ad.TEE.Measurement, vd.Measurement) {
-			return "", fmt.Errorf("worker %s attested measurement %s, advertised %x: %w", cd.Peer, vd.Measurement, cd.Ad.TEE.Measurement, ErrAttestation)
+			return "", fmt.Errorf("worker %s attested measurement %s, advertised %x: %w", cd.Peer, vd.Measurement, cd.Ad.TEE.Measurement, market.ErrAttestation)
 		}
 	}
 	return vd.Tier, nil
@@ -1129,8 +1130,8 @@ func sameMeasurement(ad []byte, verdict string) bool {
 }
 
 type streamEvent struct {
-	chunk  Chunk
-	worker *Candidate
+	chunk  market.Chunk
+	worker *market.Candidate
 }
 
 // NetStream is the stream of one request bought on the network. Besides
@@ -1150,7 +1151,7 @@ type NetStream struct {
 
 	mu       sync.Mutex
 	tiers    map[peer.ID]string
-	attempts []Attempt
+	attempts []market.Attempt
 	err      error
 }
 
@@ -1158,7 +1159,7 @@ type NetStream struct {
 // (X-Cocoon-Worker, X-Cocoon-TEE).
 func (s *NetStream) Header() http.Header { return s.header }
 
-func (s *NetStream) setWorker(cd *Candidate) {
+func (s *NetStream) setWorker(cd *market.Candidate) {
 	if cd == nil {
 		return
 	}
@@ -1176,7 +1177,7 @@ func (s *NetStream) setWorker(cd *Candidate) {
 // Worker is the peer that started the answer.
 func (s *NetStream) Worker() peer.ID { return s.worker }
 
-func (s *NetStream) finish(attempts []Attempt, err error) {
+func (s *NetStream) finish(attempts []market.Attempt, err error) {
 	s.mu.Lock()
 	s.attempts, s.err = attempts, err
 	s.mu.Unlock()
@@ -1205,7 +1206,7 @@ func (s *NetStream) Recv() (runtime.Delta, error) {
 
 // Attempts returns every worker's part of the answer, each with its receipt;
 // complete once Recv has returned an error or io.EOF, or after Close.
-func (s *NetStream) Attempts() []Attempt {
+func (s *NetStream) Attempts() []market.Attempt {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.attempts

@@ -1,4 +1,4 @@
-package market_test
+package service_test
 
 import (
 	"context"
@@ -21,6 +21,7 @@ import (
 
 	"github.com/cocoon-network/cocoon/enclave"
 	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/p2p"
 	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/runtime/llamacpp"
@@ -41,7 +42,7 @@ func netLogger() *slog.Logger {
 // repoRoot is the repository root, found from this file's path.
 func repoRoot() string {
 	_, file, _, _ := goruntime.Caller(0)
-	return filepath.Clean(filepath.Join(filepath.Dir(file), ".."))
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
 // llamaBackend loads the shared test model with one thread. A missing model or
@@ -72,7 +73,7 @@ type netWorker struct {
 	node    *p2p.Node
 	raw     *llamacpp.Backend // what the worker runs, for direct reference answers
 	backend runtime.Backend   // what the service serves (raw behind slots, maybe wrapped)
-	svc     *market.WorkerService
+	svc     *service.Worker
 	payee   *settle.Payee
 	channel settle.ChannelID
 	price   market.Price
@@ -84,9 +85,9 @@ type netFixture struct {
 	t        testing.TB
 	mn       mocknet.Mocknet
 	client   *p2p.Node
-	cs       *market.ClientService
+	cs       *service.Client
 	payer    *settle.Payer
-	payers   *market.SettlePayers
+	payers   *service.SettlePayers
 	verifier *enclave.Verifier
 	log      *slog.Logger
 	workers  []*netWorker
@@ -159,9 +160,9 @@ func newNetFixture(t testing.TB, n int, opt market.RunOptions, wrap func(i int, 
 	}
 	f.verifier, f.log = verifier, log
 	// The client first, so that the workers' first ads find its validator.
-	f.payers = market.NewSettlePayers(f.payer)
+	f.payers = service.NewSettlePayers(f.payer)
 	f.obs = &recorder{}
-	f.cs, err = market.NewClientService(market.ClientConfig{
+	f.cs, err = service.NewClient(service.ClientConfig{
 		Observer: f.obs,
 		Node:     f.client, Payer: f.payers.Payer, Verifier: verifier,
 		Policy:  market.Policy{TEE: []market.TEEKind{market.TEESim}},
@@ -206,9 +207,9 @@ func newNetFixture(t testing.TB, n int, opt market.RunOptions, wrap func(i int, 
 			// Odd prices, different per worker, so rounding and attribution show.
 			price: market.Price{Prompt: 300_000_001 + uint64(i)*7, Completion: 1_500_000_007 + uint64(i)*13},
 			obs:   &recorder{}}
-		w.svc, err = market.NewWorkerService(market.WorkerConfig{
+		w.svc, err = service.NewWorker(service.WorkerConfig{
 			Observer: w.obs,
-			Node:     nodes[i], Backend: b, Payee: market.SettlePayee{P: payee},
+			Node:     nodes[i], Backend: b, Payee: service.SettlePayee{P: payee},
 			Prices:     map[string]market.Price{netModel: w.price},
 			Settlement: market.Settlement{WalletAddress: settle.Friendly(ww.Address(ledger.GlobalID())), ChannelKey: ww.PublicKey(), MinDeposit: 1_000_000},
 			TEE:        market.TEE{Kind: market.TEESim, Measurement: enclave.DefaultSimMeasurement[:]},
@@ -348,7 +349,7 @@ func TestNetMarketLlama(t *testing.T) {
 					errs <- fmt.Errorf("job %d: recv: %w", i, err)
 					return
 				}
-				ns := s.(*market.NetStream)
+				ns := s.(*service.NetStream)
 				w, err := peer.Decode(ns.Header().Get("X-Cocoon-Worker"))
 				if err != nil {
 					errs <- fmt.Errorf("job %d: X-Cocoon-Worker: %w", i, err)
@@ -505,7 +506,7 @@ func TestNetFailoverLlama(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	ns := s.(*market.NetStream)
+	ns := s.(*service.NetStream)
 	first := f.byPeer[ns.Worker()]
 	var got answer
 	for got.tokens < after {
@@ -605,11 +606,11 @@ func TestNetColdBookDHT(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the new client's routing table", func() bool { return nd.DHT.RoutingTable().Size() > 0 })
-	payers := market.NewSettlePayers(f.payer)
+	payers := service.NewSettlePayers(f.payer)
 	for _, w := range f.workers {
 		payers.Bind(w.node.Host.ID(), w.channel)
 	}
-	cs, err := market.NewClientService(market.ClientConfig{
+	cs, err := service.NewClient(service.ClientConfig{
 		Node: nd, Payer: payers.Payer, Verifier: f.verifier,
 		Policy: market.Policy{TEE: []market.TEEKind{market.TEESim}}, Logger: f.log,
 	})
@@ -630,7 +631,7 @@ func TestNetColdBookDHT(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns := s.(*market.NetStream)
+	ns := s.(*service.NetStream)
 	as := ns.Attempts()
 	if len(as) != 1 || as[0].Err != nil || as[0].Candidate.Ad != nil {
 		t.Fatalf("attempts %+v; want one clean attempt on a worker found in the DHT, without an ad", as)
@@ -776,7 +777,7 @@ func TestNetPayPerTokenBackToBack(t *testing.T) {
 				t.Errorf("job %d: %v", i, err)
 				return
 			}
-			for _, a := range s.(*market.NetStream).Attempts() {
+			for _, a := range s.(*service.NetStream).Attempts() {
 				rcs[i] = append(rcs[i], a.Receipt)
 			}
 		}()
