@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/big"
 	"net"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -474,4 +475,55 @@ func TestWorkerIgnoringCancelCaught(t *testing.T) {
 			t.Fatalf("worker reported %d tokens after delivering 6", res.rc.ReportedCompletion)
 		}
 	})
+}
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t testing.TB) (client, worker net.Conn) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		acc <- c
+	}()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	worker = <-acc
+	if worker == nil {
+		t.Fatal("accept failed")
+	}
+	return client, worker
+}
+
+// The same job over a real (buffered) loopback TCP stream.
+func TestJobOverTCP(t *testing.T) {
+	price := Price{Prompt: 1_234_567, Completion: 7_654_321}
+	b := &textBackend{model: "m", textLen: 300}
+	ch := newMemChannel()
+	w := &Worker{Backend: b, Payee: ch.payee(), Prices: map[string]Price{"m": price}, CreditTokens: 16}
+	cc, wc := tcpPair(t)
+	defer cc.Close()
+	served := make(chan error, 1)
+	go func() { served <- w.Serve(t.Context(), wc); wc.Close() }()
+	job := testJob("m", 0)
+	var text strings.Builder
+	rc, err := Run(t.Context(), cc, job, ch.payer(), func(c Chunk) error { text.WriteString(c.Text); return nil }, RunOptions{})
+	if err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if werr := <-served; werr != nil {
+		t.Fatalf("Serve = %v", werr)
+	}
+	if text.String() != b.answer(job.Request, 0) {
+		t.Fatal("text differs from the backend's")
+	}
+	want := wantCost(price, rc.PromptTokens, 300)
+	if rc.Paid != want || ch.accepted(job.ID) != want {
+		t.Fatalf("paid %d, payee %d; want %d", rc.Paid, ch.accepted(job.ID), want)
+	}
 }

@@ -1,0 +1,97 @@
+package service
+
+import (
+	"context"
+	"slices"
+
+	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/runtime"
+	"github.com/cocoon-network/cocoon/runtime/openaiapi"
+)
+
+// Models implements runtime.Backend: every model offered in the book, with the
+// largest context length offered.
+func (c *Client) Models() []runtime.Model {
+	var out []runtime.Model
+	idx := map[string]int{}
+	for _, a := range c.book.All() {
+		for _, m := range a.Models {
+			i, ok := idx[m.ID]
+			if !ok {
+				idx[m.ID] = len(out)
+				out = append(out, runtime.Model{ID: m.ID, Digest: m.WeightsDigest, ContextLength: int(m.ContextLength)})
+				continue
+			}
+			out[i].ContextLength = max(out[i].ContextLength, int(m.ContextLength))
+			if out[i].Digest != m.WeightsDigest {
+				out[i].Digest = "" // workers disagree: no single digest to show
+			}
+		}
+	}
+	return out
+}
+
+// ModelSummary is what the book says of one model across its workers.
+type ModelSummary struct {
+	ID            string
+	Workers       int
+	ContextLength int
+	MinPrice      market.Price     // the lowest of each price over the workers
+	MaxPrice      market.Price     // the highest of each price
+	TEE           []market.TEEKind // the kinds offered, in the order of TEEKind values
+}
+
+// Summaries lists every model in the book with its worker count, price range and
+// TEE kinds, ordered by model ID.
+func (c *Client) Summaries() []ModelSummary {
+	by := map[string]*ModelSummary{}
+	var ids []string
+	for _, a := range c.book.All() {
+		for _, m := range a.Models {
+			s, ok := by[m.ID]
+			if !ok {
+				s = &ModelSummary{ID: m.ID, MinPrice: m.Price, MaxPrice: m.Price}
+				by[m.ID] = s
+				ids = append(ids, m.ID)
+			}
+			s.Workers++
+			s.ContextLength = max(s.ContextLength, int(m.ContextLength))
+			s.MinPrice = market.Price{Prompt: min(s.MinPrice.Prompt, m.Price.Prompt), Completion: min(s.MinPrice.Completion, m.Price.Completion)}
+			s.MaxPrice = market.Price{Prompt: max(s.MaxPrice.Prompt, m.Price.Prompt), Completion: max(s.MaxPrice.Completion, m.Price.Completion)}
+			if !slices.Contains(s.TEE, a.TEE.Kind) {
+				s.TEE = append(s.TEE, a.TEE.Kind)
+			}
+		}
+	}
+	slices.Sort(ids)
+	out := make([]ModelSummary, 0, len(ids))
+	for _, id := range ids {
+		s := by[id]
+		slices.Sort(s.TEE)
+		out = append(out, *s)
+	}
+	return out
+}
+
+// ListModels is the hook of openaiapi.Handler for GET /v1/models: the book's
+// models with "workers", "price_nanoton_per_1m" (min and max prompt and
+// completion prices) and "tee" (the kinds offered; sim is not confidential).
+func (c *Client) ListModels(context.Context) ([]openaiapi.Model, error) {
+	out := []openaiapi.Model{}
+	for _, s := range c.Summaries() {
+		tee := make([]string, len(s.TEE))
+		for i, k := range s.TEE {
+			tee[i] = k.String()
+		}
+		out = append(out, openaiapi.Model{ID: s.ID, Object: "model", OwnedBy: "cocoon", ContextLength: s.ContextLength,
+			Extra: map[string]any{
+				"workers": s.Workers,
+				"tee":     tee,
+				"price_nanoton_per_1m": map[string]any{
+					"prompt_min": s.MinPrice.Prompt, "prompt_max": s.MaxPrice.Prompt,
+					"completion_min": s.MinPrice.Completion, "completion_max": s.MaxPrice.Completion,
+				},
+			}})
+	}
+	return out, nil
+}

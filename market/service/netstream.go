@@ -1,0 +1,134 @@
+package service
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/runtime"
+)
+
+type streamEvent struct {
+	chunk  market.Chunk
+	worker *market.Candidate
+}
+
+// NetStream is the stream of one request bought on the network. Besides
+// runtime.Stream it has the hooks the OpenAI handler looks for: Header (the
+// worker and its TEE tier) and CostNanoTON (what the client paid).
+type NetStream struct {
+	cancel context.CancelFunc
+	events chan streamEvent
+	done   chan struct{}
+	first  *streamEvent
+
+	header   http.Header
+	worker   peer.ID
+	tier     string
+	tokens   int
+	finished bool
+
+	mu       sync.Mutex
+	tiers    map[peer.ID]string
+	attempts []market.Attempt
+	err      error
+}
+
+// Header names the worker that started the answer and its TEE tier
+// (X-Cocoon-Worker, X-Cocoon-TEE).
+func (s *NetStream) Header() http.Header { return s.header }
+
+func (s *NetStream) setWorker(cd *market.Candidate) {
+	if cd == nil {
+		return
+	}
+	s.worker = cd.Peer
+	s.mu.Lock()
+	s.tier = s.tiers[cd.Peer]
+	s.mu.Unlock()
+	s.header = http.Header{}
+	s.header.Set("X-Cocoon-Worker", cd.Peer.String())
+	if s.tier != "" {
+		s.header.Set("X-Cocoon-TEE", s.tier)
+	}
+}
+
+// Worker is the peer that started the answer.
+func (s *NetStream) Worker() peer.ID { return s.worker }
+
+func (s *NetStream) finish(attempts []market.Attempt, err error) {
+	s.mu.Lock()
+	s.attempts, s.err = attempts, err
+	s.mu.Unlock()
+}
+
+// Recv implements runtime.Stream.
+func (s *NetStream) Recv() (runtime.Delta, error) {
+	if s.first != nil {
+		ev := s.first
+		s.first = nil
+		s.tokens = ev.chunk.TokensSoFar
+		return runtime.Delta{Text: ev.chunk.Text, Tokens: ev.chunk.Tokens}, nil
+	}
+	select {
+	case ev := <-s.events:
+		s.tokens = ev.chunk.TokensSoFar
+		return runtime.Delta{Text: ev.chunk.Text, Tokens: ev.chunk.Tokens}, nil
+	case <-s.done:
+	}
+	s.finished = true
+	if s.err != nil {
+		return runtime.Delta{}, fmt.Errorf("%w: %w", runtime.ErrUpstream, s.err)
+	}
+	return runtime.Delta{}, io.EOF
+}
+
+// Attempts returns every worker's part of the answer, each with its receipt;
+// complete once Recv has returned an error or io.EOF, or after Close.
+func (s *NetStream) Attempts() []market.Attempt {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.attempts
+}
+
+// Usage implements runtime.Stream: the completion tokens delivered by all
+// workers together, and the prompt tokens billed (each worker's own prompt,
+// continuation included, as its Done reported).
+func (s *NetStream) Usage() runtime.Usage {
+	u := runtime.Usage{CompletionTokens: s.tokens}
+	for _, a := range s.Attempts() {
+		u.PromptTokens += int(a.Receipt.PromptTokens)
+	}
+	return u
+}
+
+// FinishReason implements runtime.Stream: the last worker's.
+func (s *NetStream) FinishReason() string {
+	as := s.Attempts()
+	if len(as) == 0 {
+		return ""
+	}
+	return as[len(as)-1].Receipt.FinishReason
+}
+
+// CostNanoTON is what the client paid for the answer, all workers together.
+func (s *NetStream) CostNanoTON() uint64 {
+	var n uint64
+	for _, a := range s.Attempts() {
+		n += a.Receipt.Paid
+	}
+	return n
+}
+
+// Close implements runtime.Stream: it cancels a running answer (paying for what
+// arrived) and waits until the workers are settled.
+func (s *NetStream) Close() error {
+	s.cancel()
+	<-s.done
+	return nil
+}
