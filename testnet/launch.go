@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cocoon-network/cocoon/client/local"
 	"github.com/cocoon-network/cocoon/node"
 	"github.com/cocoon-network/cocoon/p2p"
 )
@@ -198,8 +198,8 @@ func Launch(ctx context.Context, cfg LaunchConfig) (c *Cluster, err error) {
 			return nil, err
 		}
 		if i == 0 {
-			var st struct{ Addrs []string }
-			if err := p.get(ctx, "/api/v0/status", &st); err != nil {
+			st, err := p.API().Status(ctx)
+			if err != nil {
 				return nil, err
 			}
 			for _, a := range st.Addrs {
@@ -217,13 +217,7 @@ func Launch(ctx context.Context, cfg LaunchConfig) (c *Cluster, err error) {
 			continue
 		}
 		for {
-			var ml struct {
-				Data []struct {
-					ID      string `json:"id"`
-					Workers int    `json:"workers"`
-				}
-			}
-			if err := p.get(ctx, "/v1/models", &ml); err == nil && len(ml.Data) > 0 && ml.Data[0].Workers == cfg.Workers {
+			if ms, err := p.API().Models(ctx); err == nil && len(ms) > 0 && local.Workers(ms[0]) == cfg.Workers {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -299,17 +293,13 @@ func waitLogURL(ctx context.Context, log string, d time.Duration) (string, error
 func (p *Proc) waitAPI(ctx context.Context, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	for {
-		addr, err := os.ReadFile(filepath.Join(p.Datadir, node.APIAddrFile))
-		if err == nil {
-			tok, err := node.LoadToken(p.Datadir)
+		if _, err := os.Stat(filepath.Join(p.Datadir, node.APIAddrFile)); err == nil {
+			api, err := local.FromDatadir(p.Datadir)
 			if err != nil {
 				return err
 			}
-			p.URL, p.Token = "http://"+strings.TrimSpace(string(addr)), tok
-			var st struct {
-				PeerID string `json:"peer_id"`
-			}
-			if err := p.get(ctx, "/api/v0/status", &st); err == nil {
+			p.URL, p.Token = api.BaseURL, api.Token
+			if st, err := api.Status(ctx); err == nil {
 				p.PeerID = st.PeerID
 				return nil
 			}
@@ -325,22 +315,8 @@ func (p *Proc) waitAPI(ctx context.Context, d time.Duration) error {
 	}
 }
 
-func (p *Proc) get(ctx context.Context, path string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.URL+path, nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+p.Token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", path, resp.Status)
-	}
-	return json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(v)
-}
+// API is a client of p's local API (a node's; not the ledger's).
+func (p *Proc) API() *local.Client { return local.New(p.URL, p.Token) }
 
 func (c *Cluster) save() error {
 	b, err := json.MarshalIndent(c, "", "  ")

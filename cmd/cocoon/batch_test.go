@@ -23,96 +23,14 @@ import (
 	"github.com/cocoon-network/cocoon/testnet"
 )
 
-// goldenBatchLines are input lines and what decodeBatchLine says of them: the
-// field at fault ("" and ok: accepted). They seed FuzzBatchLine.
-var goldenBatchLines = []struct {
-	line  string
-	ok    bool
-	field string // the field an error names
-}{
-	{`{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"hi"}]}}`, true, ""},
-	{`{"custom_id":"b","method":"POST","url":"/v1/completions","body":{"model":"m","prompt":"once","max_tokens":8,"temperature":0}}`, true, ""},
-	{`{"custom_id":"c","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":false}}`, true, ""},
-	{` {"body":{"model":"m","prompt":"x"},"url":"/v1/completions","method":"POST","custom_id":"d"} `, true, ""},
-	{`{"custom_id":"e","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}}`, false, "body.stream"},
-	{`{"method":"POST","url":"/v1/completions","body":{"model":"m","prompt":"x"}}`, false, "custom_id"},
-	{`{"custom_id":"","method":"POST","url":"/v1/completions","body":{"model":"m","prompt":"x"}}`, false, "custom_id"},
-	{`{"custom_id":7,"method":"POST","url":"/v1/completions","body":{"model":"m","prompt":"x"}}`, false, "custom_id"},
-	{`{"custom_id":"f","method":"GET","url":"/v1/completions","body":{"model":"m","prompt":"x"}}`, false, "method"},
-	{`{"custom_id":"g","url":"/v1/completions","body":{"model":"m","prompt":"x"}}`, false, "method"},
-	{`{"custom_id":"h","method":"POST","url":"/v1/embeddings","body":{"model":"m","input":"x"}}`, false, "url"},
-	{`{"custom_id":"i","method":"POST","url":"/v1/completions","body":"{\"model\":\"m\"}"}`, false, "body"},
-	{`{"custom_id":"j","method":"POST","url":"/v1/completions"}`, false, "body"},
-	{`{"custom_id":"k","method":"POST","url":"/v1/completions","body":[1]}`, false, "body"},
-	{`{"custom_id":"l","method":"POST","url":"/v1/completions","body":{"prompt":"x"}}`, false, "body.model"},
-	{`{"custom_id":"m","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[]}}`, false, "body.messages"},
-	{`{"custom_id":"n","method":"POST","url":"/v1/completions","body":{"model":"m","prompt":"x","temperature":3}}`, false, "body.temperature"},
-	{`{"custom_id":"o","method":"POST","url":"/v1/completions","body":{"model":"m","prompt":"x"},"extra":1}`, false, "extra"},
-	{`{"custom_id":"p","method":"POST","url":"/v1/completions","body":{"model":"m","prompt":"x"}} {}`, false, ""},
-	{`{"custom_id":"q",`, false, ""},
-	{`[]`, false, ""},
-	{`null`, false, ""},
-	{`"text"`, false, ""},
-}
-
-func TestBatchDecodeLine(t *testing.T) {
-	for _, g := range goldenBatchLines {
-		r, err := decodeBatchLine([]byte(g.line))
-		if g.ok {
-			if err != nil {
-				t.Errorf("decodeBatchLine(%s) = %v; want accepted", g.line, err)
-				continue
-			}
-			if r.Model != "m" || r.Method != "POST" || !json.Valid(r.Body) {
-				t.Errorf("decodeBatchLine(%s) = %+v", g.line, r)
-			}
-			continue
-		}
-		var le *batchLineError
-		if !errors.As(err, &le) {
-			t.Errorf("decodeBatchLine(%s) = %+v, %v; want a *batchLineError on %q", g.line, r, err, g.field)
-			continue
-		}
-		if le.Field != g.field {
-			t.Errorf("decodeBatchLine(%s): error %q names field %q; want %q", g.line, err, le.Field, g.field)
-		}
-	}
-	long := `{"custom_id":"x","method":"POST","url":"/v1/completions","body":{"model":"m","prompt":"` + strings.Repeat("a", batchMaxLine) + `"}}`
-	if _, err := decodeBatchLine([]byte(long)); err == nil || !strings.Contains(err.Error(), "longer than") {
-		t.Errorf("a line over %d bytes: %v; want refused", batchMaxLine, err)
-	}
-}
-
-// TestBatchInputFile checks the whole-file validator: blank lines are skipped,
-// and the first bad line is named by its number and field.
-func TestBatchInputFile(t *testing.T) {
-	ok1, ok2 := goldenBatchLines[0].line, goldenBatchLines[1].line
-	reqs, err := readBatchInput(strings.NewReader(ok1 + "\n\n" + ok2 + "\r\n"))
-	if err != nil || len(reqs) != 2 || reqs[0].Line != 1 || reqs[1].Line != 3 || reqs[1].CustomID != "b" {
-		t.Fatalf("readBatchInput(two good lines) = %+v, %v", reqs, err)
-	}
-	long := `{"custom_id":"x","method":"POST","url":"/v1/completions","body":{"model":"m","prompt":"` + strings.Repeat("a", batchMaxLine) + `"}}`
-	for _, c := range []struct{ in, want string }{
-		{ok1 + "\n" + ok1 + "\n", `line 2: custom_id: "a" was already used on line 1`},
-		{ok1 + "\n" + goldenBatchLines[4].line + "\n", "line 2: body.stream: streaming is not supported"},
-		{ok1 + "\n" + ok2 + "\n{\n", "line 3: not a JSON object"},
-		{ok1 + "\n" + long + "\n" + ok2, "line 2: longer than 1048576 bytes"},
-		{"\n \n", "no requests in the input"},
-	} {
-		_, err := readBatchInput(strings.NewReader(c.in))
-		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("readBatchInput(%.60q…) = %v; want %q", c.in, err, c.want)
-		}
-	}
-}
-
 // TestBatchBadInputSendsNothing runs the command on a file with one bad line:
 // one line naming the line and field, a non-zero exit, and no output file (the
 // datadir has no node: nothing was even looked up).
 func TestBatchBadInputSendsNothing(t *testing.T) {
+	const goodLine = `{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"hi"}]}}`
 	dir := t.TempDir()
 	in, out := filepath.Join(dir, "in.jsonl"), filepath.Join(dir, "out.jsonl")
-	os.WriteFile(in, []byte(goldenBatchLines[0].line+"\n"+goldenBatchLines[10].line+"\n"), 0o644)
+	os.WriteFile(in, []byte(goodLine+"\n"+`{"custom_id":"h","method":"POST","url":"/v1/embeddings","body":{"model":"m","input":"x"}}`+"\n"), 0o644)
 	_, stderr, err := run(t, "batch", in, "-o", out, "--datadir", filepath.Join(dir, "none"))
 	if err == nil || strings.Count(strings.TrimSpace(stderr), "\n") != 0 ||
 		!strings.Contains(stderr, "line 2: url:") || !strings.Contains(stderr, "nothing was sent") {
@@ -121,73 +39,6 @@ func TestBatchBadInputSendsNothing(t *testing.T) {
 	if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the output file exists after a refused input: %v", err)
 	}
-}
-
-// TestBatchResumeTornLine checks the resume reader: finished custom_ids are
-// read, a last line torn by a crash is cut off, and a file that is not a batch
-// output is refused.
-func TestBatchResumeTornLine(t *testing.T) {
-	dir := t.TempDir()
-	good := func(id string) string {
-		return `{"id":"batch_req_1","custom_id":"` + id + `","response":{"status_code":200,"request_id":"r","body":{}},"error":null}` + "\n"
-	}
-	torn := `{"id":"batch_req_3","custom_id":"c","respon`
-	path := filepath.Join(dir, "out.jsonl")
-	os.WriteFile(path, []byte(good("a")+good("b")+torn), 0o644)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	done, cut, err := resumeBatchOutput(f)
-	if err != nil || len(done) != 2 || !done["a"] || !done["b"] || cut != int64(len(torn)) {
-		t.Fatalf("resumeBatchOutput = %v, cut %d, %v; want a and b, %d bytes cut", done, cut, err, len(torn))
-	}
-	// The next line appended starts on its own line.
-	f.Write([]byte(good("c")))
-	b, _ := os.ReadFile(path)
-	if string(b) != good("a")+good("b")+good("c") {
-		t.Fatalf("after the cut and one more line, the file is %q", b)
-	}
-
-	// A complete last line that only lacks its newline is torn too: its write did
-	// not finish, so its request runs again.
-	os.WriteFile(path, []byte(good("a")+strings.TrimSuffix(good("b"), "\n")), 0o644)
-	f2, _ := os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0)
-	defer f2.Close()
-	if done, cut, err := resumeBatchOutput(f2); err != nil || len(done) != 1 || cut == 0 {
-		t.Fatalf("resumeBatchOutput(no final newline) = %v, cut %d, %v; want only a", done, cut, err)
-	}
-
-	os.WriteFile(path, []byte(good("a")+"hello\n"+good("b")), 0o644)
-	f3, _ := os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0)
-	defer f3.Close()
-	if _, _, err := resumeBatchOutput(f3); err == nil || !strings.Contains(err.Error(), "line 2 is not a batch output line") {
-		t.Fatalf("resumeBatchOutput(a foreign line 2) = %v; want refused", err)
-	}
-}
-
-// FuzzBatchLine: no input crashes the decoder, and an accepted line encodes to
-// one that decodes to the same request.
-func FuzzBatchLine(f *testing.F) {
-	for _, g := range goldenBatchLines {
-		f.Add([]byte(g.line))
-	}
-	f.Fuzz(func(t *testing.T, line []byte) {
-		r, err := decodeBatchLine(line)
-		if err != nil {
-			var le *batchLineError
-			if !errors.As(err, &le) {
-				t.Fatalf("decodeBatchLine(%q) = %v; want a *batchLineError", line, err)
-			}
-			return
-		}
-		again, err := decodeBatchLine(r.marshal())
-		if err != nil || again.CustomID != r.CustomID || again.Method != r.Method || again.URL != r.URL ||
-			again.Model != r.Model || !bytes.Equal(again.Body, r.Body) {
-			t.Fatalf("round trip of %q: got %+v, %v; want %+v", line, again, err, r)
-		}
-	})
 }
 
 // batchOut is what the test reads of an output line.
@@ -399,9 +250,7 @@ func TestBatchInterruptResume(t *testing.T) {
 	for _, i := range []int{0, 9, 23, 49, 77, 99, 120, 149, 171, 199} {
 		id := fmt.Sprintf("req-%03d", i)
 		url, body, _ := strings.Cut(bodies[id], " ")
-		req, _ := http.NewRequest(http.MethodPost, client.URL+url, strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+client.Token)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.API().Do(context.Background(), http.MethodPost, url, strings.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
 		}
