@@ -1,11 +1,11 @@
 package main
 
 import (
-	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -13,11 +13,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cocoon-network/cocoon/client/local"
 	"github.com/cocoon-network/cocoon/runtime/openaiapi"
 )
-
-// maxSSEEvent bounds one server-sent event read from the node's API.
-const maxSSEEvent = 1 << 20
 
 func init() {
 	var (
@@ -31,12 +29,14 @@ func init() {
 		Short: "Ask the network through this node's gateway and stream the answer",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := newAPIClient(datadir)
+			c, err := local.FromDatadir(datadir)
 			if err != nil {
 				return err
 			}
 			if model == "" {
-				models, err := c.models()
+				ctx, cancel := context.WithTimeout(cmd.Context(), apiTimeout)
+				models, err := c.Models(ctx)
+				cancel()
 				if err != nil {
 					return err
 				}
@@ -46,17 +46,20 @@ func init() {
 				model = models[0].ID
 			}
 			req := openaiapi.ChatCompletionRequest{
-				Model:         model,
-				Messages:      []openaiapi.ChatMessage{{Role: "user", Content: openaiapi.Content(strings.Join(args, " "))}},
-				MaxTokens:     &maxTokens,
-				Temperature:   &temperature,
-				Stream:        true,
-				StreamOptions: &openaiapi.StreamOptions{IncludeUsage: true},
+				Model:       model,
+				Messages:    []openaiapi.ChatMessage{{Role: "user", Content: openaiapi.Content(strings.Join(args, " "))}},
+				MaxTokens:   &maxTokens,
+				Temperature: &temperature,
 			}
 			if cmd.Flags().Changed("seed") {
 				req.Seed = &seed
 			}
-			return c.streamChat(cmd.OutOrStdout(), cmd.ErrOrStderr(), req)
+			ctx, cancel := context.WithTimeout(cmd.Context(), chatTimeout)
+			defer cancel()
+			if err := streamChat(ctx, c, cmd.OutOrStdout(), cmd.ErrOrStderr(), req); err != nil {
+				return fmt.Errorf("chat: %w", err)
+			}
+			return nil
 		},
 	}
 	f := chat.Flags()
@@ -74,11 +77,13 @@ func init() {
 		Short: "List the models on offer, with prices and TEE kinds",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := newAPIClient(mdatadir)
+			c, err := local.FromDatadir(mdatadir)
 			if err != nil {
 				return err
 			}
-			ms, err := c.models()
+			ctx, cancel := context.WithTimeout(cmd.Context(), apiTimeout)
+			defer cancel()
+			ms, err := c.Models(ctx)
 			if err != nil {
 				return err
 			}
@@ -108,75 +113,25 @@ func init() {
 	rootCmd.AddCommand(models)
 }
 
-// models reads GET /v1/models, keeping cocoon's extra fields (prices, TEE, workers).
-func (c *apiClient) models() ([]openaiapi.Model, error) {
-	var raw struct {
-		Data []map[string]any `json:"data"`
-	}
-	if err := c.get("/v1/models", &raw); err != nil {
-		return nil, err
-	}
-	out := make([]openaiapi.Model, 0, len(raw.Data))
-	for _, d := range raw.Data {
-		m := openaiapi.Model{Extra: map[string]any{}}
-		for k, v := range d {
-			switch k {
-			case "id":
-				m.ID, _ = v.(string)
-			case "object", "created", "owned_by":
-			default:
-				m.Extra[k] = v
-			}
-		}
-		out = append(out, m)
-	}
-	return out, nil
-}
+// chatTimeout bounds a whole streamed answer of `cocoon chat`.
+const chatTimeout = 10 * time.Minute
 
-// streamChat posts a streaming chat request and writes the text as it arrives,
-// then one line saying who answered and what it cost.
-func (c *apiClient) streamChat(out, info io.Writer, req openaiapi.ChatCompletionRequest) error {
-	body, err := json.Marshal(req)
+// streamChat writes the answer to req as it arrives, then one line on info
+// saying who answered and what it cost.
+func streamChat(ctx context.Context, c *local.Client, out, info io.Writer, req openaiapi.ChatCompletionRequest) error {
+	s, err := c.StreamChatCompletion(ctx, req)
 	if err != nil {
 		return err
 	}
-	hreq, err := http.NewRequest(http.MethodPost, c.base+"/v1/chat/completions", bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	hreq.Header.Set("Authorization", "Bearer "+c.token)
-	hreq.Header.Set("Content-Type", "application/json")
-	client := &http.Client{Timeout: 10 * time.Minute}
-	resp, err := client.Do(hreq)
-	if err != nil {
-		return fmt.Errorf("node API at %s unreachable (is the node running?): %w", c.base, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		var e openaiapi.ErrorResponse
-		if json.Unmarshal(b, &e) == nil && e.Error.Message != "" {
-			return fmt.Errorf("chat: %s: %s", resp.Status, e.Error.Message)
-		}
-		return fmt.Errorf("chat: %s: %s", resp.Status, strings.TrimSpace(string(b)))
-	}
-	events := openaiapi.NewEventReader(resp.Body, maxSSEEvent)
+	defer s.Close()
 	var usage *openaiapi.Usage
 	for {
-		data, done, err := events.Next()
-		if err != nil {
-			return fmt.Errorf("chat: reading the answer: %w", err)
-		}
-		if done {
+		chunk, err := s.Next()
+		if errors.Is(err, io.EOF) {
 			break
 		}
-		var chunk openaiapi.ChatCompletionChunk
-		if err := json.Unmarshal(data, &chunk); err != nil {
-			var e openaiapi.ErrorResponse
-			if json.Unmarshal(data, &e) == nil && e.Error.Message != "" {
-				return fmt.Errorf("chat: the answer broke off: %s", e.Error.Message)
-			}
-			return fmt.Errorf("chat: malformed event %q: %w", data, err)
+		if err != nil {
+			return err
 		}
 		for _, ch := range chunk.Choices {
 			if ch.Delta.Content != nil {
@@ -188,9 +143,9 @@ func (c *apiClient) streamChat(out, info io.Writer, req openaiapi.ChatCompletion
 		}
 	}
 	fmt.Fprintln(out)
-	who := resp.Header.Get("X-Cocoon-Worker")
-	if tee := resp.Header.Get("X-Cocoon-TEE"); tee != "" {
-		who += ", TEE " + tee
+	who := s.Worker
+	if s.TEE != "" {
+		who += ", TEE " + s.TEE
 	}
 	if usage != nil {
 		cost := "free"

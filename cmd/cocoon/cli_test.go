@@ -2,10 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,7 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cocoon-network/cocoon/client/local"
 	"github.com/cocoon-network/cocoon/node/gateway"
+	"github.com/cocoon-network/cocoon/runtime/openaiapi"
 )
 
 // bin is the cocoon binary built once for the tests that run it as a user would.
@@ -249,24 +251,15 @@ func TestServeModel(t *testing.T) {
 	if len(st.GPUs) == 0 && st.GPUReason == "" {
 		t.Fatal("status reports no GPU and no reason")
 	}
-	addr, _ := os.ReadFile(filepath.Join(p.datadir, "api.addr"))
-	tok, _ := os.ReadFile(filepath.Join(p.datadir, "api.token"))
-	req, _ := http.NewRequest("POST", "http://"+strings.TrimSpace(string(addr))+"/v1/completions",
-		strings.NewReader(`{"model":"stories260K","prompt":"Once upon a time","max_tokens":24,"temperature":0}`))
-	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
-	resp, err := http.DefaultClient.Do(req)
+	api, err := local.FromDatadir(p.datadir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	var out struct {
-		Choices []struct{ Text string }
-		Usage   struct {
-			CompletionTokens int `json:"completion_tokens"`
-		}
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("completion: %s, %v", resp.Status, err)
+	ctx := context.Background()
+	greedy, n24, n20 := 0.0, 24, 20
+	out, _, err := api.Completion(ctx, openaiapi.CompletionRequest{Model: "stories260K", Prompt: "Once upon a time", MaxTokens: &n24, Temperature: &greedy})
+	if err != nil || out.Usage == nil {
+		t.Fatalf("completion: %+v, %v", out, err)
 	}
 	// MODELS.md records the model's greedy continuation of this prompt.
 	if len(out.Choices) != 1 || !strings.HasPrefix(out.Choices[0].Text, ", there was a little girl named Lily") || out.Usage.CompletionTokens != 24 {
@@ -279,26 +272,17 @@ func TestServeModel(t *testing.T) {
 	if err != nil || !strings.Contains(mo, `"stories260K"`) {
 		t.Fatalf("cocoon models: %v: %s", err, mo)
 	}
-	creq, _ := http.NewRequest("POST", "http://"+strings.TrimSpace(string(addr))+"/v1/chat/completions",
-		strings.NewReader(`{"model":"stories260K","messages":[{"role":"user","content":"Tell me a story"}],"max_tokens":20,"temperature":0}`))
-	creq.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
-	cresp, err := http.DefaultClient.Do(creq)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cresp.Body.Close()
-	var cout struct {
-		Choices []struct{ Message struct{ Content string } }
-	}
-	if err := json.NewDecoder(cresp.Body).Decode(&cout); err != nil || len(cout.Choices) != 1 {
-		t.Fatalf("chat completion: %s, %v", cresp.Status, err)
+	cout, _, err := api.ChatCompletion(ctx, openaiapi.ChatCompletionRequest{Model: "stories260K",
+		Messages: []openaiapi.ChatMessage{{Role: "user", Content: "Tell me a story"}}, MaxTokens: &n20, Temperature: &greedy})
+	if err != nil || len(cout.Choices) != 1 {
+		t.Fatalf("chat completion: %+v, %v", cout, err)
 	}
 	streamed, stderr, err := run(t, "chat", "--datadir", p.datadir, "--model", "stories260K", "--temperature", "0", "--max-tokens", "20", "Tell me a story")
 	if err != nil {
 		t.Fatalf("cocoon chat: %v: %s", err, stderr)
 	}
-	if strings.TrimSuffix(streamed, "\n") != cout.Choices[0].Message.Content || cout.Choices[0].Message.Content == "" {
-		t.Fatalf("cocoon chat printed %q; the API answered %q", streamed, cout.Choices[0].Message.Content)
+	if answer := string(cout.Choices[0].Message.Content); strings.TrimSuffix(streamed, "\n") != answer || answer == "" {
+		t.Fatalf("cocoon chat printed %q; the API answered %q", streamed, answer)
 	}
 	if !strings.Contains(stderr, "20 completion tokens") {
 		t.Fatalf("cocoon chat summary %q lacks the usage", stderr)

@@ -1,7 +1,7 @@
 package main
 
 import (
-	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,7 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cocoon-network/cocoon/client/local"
 	"github.com/cocoon-network/cocoon/node"
+	"github.com/cocoon-network/cocoon/runtime/openaiapi"
 	"github.com/cocoon-network/cocoon/testnet"
 )
 
@@ -24,17 +26,13 @@ import (
 // the token it serves the cocoon_ metrics in the Prometheus text format.
 func TestMetricsAuth(t *testing.T) {
 	p := startNode(t, initDir(t))
-	addr, _ := os.ReadFile(filepath.Join(p.datadir, node.APIAddrFile))
-	tok, err := node.LoadToken(p.datadir)
+	api, err := local.FromDatadir(p.datadir)
 	if err != nil {
 		t.Fatal(err)
 	}
+	tok := api.Token
 	get := func(token string) (*http.Response, string) {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+strings.TrimSpace(string(addr))+"/metrics", nil)
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := local.New(api.BaseURL, token).Do(context.Background(), http.MethodGet, "/metrics", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -149,38 +147,24 @@ func TestMetricsPrometheus(t *testing.T) {
 func withLabels(sel, more string) string { return strings.TrimSuffix(sel, "}") + "," + more + "}" }
 
 type chatUsage struct {
-	PromptTokens     uint64 `json:"prompt_tokens"`
-	CompletionTokens uint64 `json:"completion_tokens"`
-	CostNanoTON      uint64 `json:"cost_nanoton"`
+	PromptTokens, CompletionTokens, CostNanoTON uint64
 }
 
 // chatOnce buys one short non-streamed chat completion through p's gateway.
 func chatOnce(t *testing.T, p *testnet.Proc, prompt string) chatUsage {
 	t.Helper()
-	body, _ := json.Marshal(map[string]any{
-		"model": "stories260K", "max_tokens": 12, "temperature": 0,
-		"messages": []map[string]string{{"role": "user", "content": prompt}},
-	})
-	req, _ := http.NewRequest(http.MethodPost, p.URL+"/v1/chat/completions", bytes.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+p.Token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	var res struct {
-		Choices []struct {
-			Message struct{ Content string }
-		}
-		Usage chatUsage
-	}
-	if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &res) != nil || len(res.Choices) == 0 || res.Choices[0].Message.Content == "" {
+	greedy, n := 0.0, 12
+	cc, _, err := p.API().ChatCompletion(context.Background(), openaiapi.ChatCompletionRequest{Model: "stories260K", MaxTokens: &n, Temperature: &greedy,
+		Messages: []openaiapi.ChatMessage{{Role: "user", Content: openaiapi.Content(prompt)}}})
+	if err != nil || len(cc.Choices) == 0 || cc.Choices[0].Message.Content == "" || cc.Usage == nil {
 		log, _ := os.ReadFile(p.Log)
-		t.Fatalf("chat completion: %s: %s\nclient node log:\n%s", resp.Status, b, log)
+		t.Fatalf("chat completion: %+v, %v\nclient node log:\n%s", cc, err, log)
 	}
-	return res.Usage
+	u := chatUsage{PromptTokens: uint64(cc.Usage.PromptTokens), CompletionTokens: uint64(cc.Usage.CompletionTokens)}
+	if cc.Usage.CostNanoTON != nil {
+		u.CostNanoTON = *cc.Usage.CostNanoTON
+	}
+	return u
 }
 
 // promQuery is a running Prometheus' query API.

@@ -1,57 +1,22 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/cocoon-network/cocoon/node"
-	"github.com/cocoon-network/cocoon/node/gateway"
+	"github.com/cocoon-network/cocoon/client/local"
 )
 
-// apiClient talks to a running node's local API, found through its datadir.
-type apiClient struct {
-	base, token string
-	http        *http.Client
-}
-
-func newAPIClient(datadir string) (*apiClient, error) {
-	b, err := os.ReadFile(filepath.Join(datadir, node.APIAddrFile))
-	if err != nil {
-		return nil, fmt.Errorf("no running node for %s (start one with `cocoon node --datadir %s`): %w", datadir, datadir, err)
-	}
-	tok, err := node.LoadToken(datadir)
-	if err != nil {
-		return nil, err
-	}
-	return &apiClient{base: "http://" + strings.TrimSpace(string(b)), token: tok, http: &http.Client{Timeout: 10 * time.Second}}, nil
-}
-
-func (c *apiClient) get(path string, v any) error {
-	req, err := http.NewRequest(http.MethodGet, c.base+path, nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("node API at %s unreachable (is the node running?): %w", c.base, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s: %s", path, resp.Status, strings.TrimSpace(string(body)))
-	}
-	return json.Unmarshal(body, v)
-}
+// apiTimeout bounds one call of the node's API that answers at once (status,
+// peers, models).
+const apiTimeout = 10 * time.Second
 
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
@@ -67,16 +32,18 @@ func init() {
 		Short: "Show the running node's status",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := newAPIClient(datadir)
+			c, err := local.FromDatadir(datadir)
 			if err != nil {
 				return err
 			}
 			if pageURL { // the sign-in URL carries the secret token: only on request
-				fmt.Fprintf(cmd.OutOrStdout(), "%s/?token=%s\n", c.base, c.token)
+				fmt.Fprintf(cmd.OutOrStdout(), "%s/?token=%s\n", c.BaseURL, c.Token)
 				return nil
 			}
-			var st gateway.Status
-			if err := c.get("/api/v0/status", &st); err != nil {
+			ctx, cancel := context.WithTimeout(cmd.Context(), apiTimeout)
+			defer cancel()
+			st, err := c.Status(ctx)
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -109,7 +76,7 @@ func init() {
 				}
 				fmt.Fprintf(tw, "%s\t%s\n", label, a)
 			}
-			fmt.Fprintf(tw, "status page\t%s/ (sign in: open the URL `cocoon status --page-url` prints)\n", c.base)
+			fmt.Fprintf(tw, "status page\t%s/ (sign in: open the URL `cocoon status --page-url` prints)\n", c.BaseURL)
 			return tw.Flush()
 		},
 	}
@@ -125,12 +92,14 @@ func init() {
 		Short: "List the running node's connected peers",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := newAPIClient(pdatadir)
+			c, err := local.FromDatadir(pdatadir)
 			if err != nil {
 				return err
 			}
-			var ps []gateway.Peer
-			if err := c.get("/api/v0/peers", &ps); err != nil {
+			ctx, cancel := context.WithTimeout(cmd.Context(), apiTimeout)
+			defer cancel()
+			ps, err := c.Peers(ctx)
+			if err != nil {
 				return err
 			}
 			if pJSON {

@@ -3,10 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -18,6 +15,7 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 
+	"github.com/cocoon-network/cocoon/runtime/openaiapi"
 	"github.com/cocoon-network/cocoon/testnet"
 )
 
@@ -277,35 +275,16 @@ func TestStatusPage(t *testing.T) {
 // token and returns the worker that answered and what it cost.
 func chat(t *testing.T, p *testnet.Proc) (worker string, cost uint64) {
 	t.Helper()
-	body := `{"model":"stories260K","messages":[{"role":"user","content":"Tell me a story"}],"max_tokens":16,"temperature":0}`
-	req, _ := http.NewRequest("POST", p.URL+"/v1/chat/completions", strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+p.Token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	greedy, n := 0.0, 16
+	cc, by, err := p.API().ChatCompletion(context.Background(), openaiapi.ChatCompletionRequest{Model: "stories260K", MaxTokens: &n, Temperature: &greedy,
+		Messages: []openaiapi.ChatMessage{{Role: "user", Content: "Tell me a story"}}})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("chat completion: %v", err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("chat completion: %s: %s", resp.Status, b)
+	if len(cc.Choices) == 0 || cc.Choices[0].Message.Content == "" || cc.Usage == nil || cc.Usage.CostNanoTON == nil || *cc.Usage.CostNanoTON == 0 {
+		t.Fatalf("chat completion without text or cost: %+v", cc)
 	}
-	var res struct {
-		Choices []struct {
-			Message struct{ Content string }
-		}
-		Usage struct {
-			CompletionTokens int     `json:"completion_tokens"`
-			CostNanoTON      *uint64 `json:"cost_nanoton"`
-		}
-	}
-	if err := json.Unmarshal(b, &res); err != nil {
-		t.Fatalf("chat completion %s: %v", b, err)
-	}
-	if len(res.Choices) == 0 || res.Choices[0].Message.Content == "" || res.Usage.CostNanoTON == nil || *res.Usage.CostNanoTON == 0 {
-		t.Fatalf("chat completion without text or cost: %s", b)
-	}
-	return resp.Header.Get("X-Cocoon-Worker"), *res.Usage.CostNanoTON
+	return by.Worker, *cc.Usage.CostNanoTON
 }
 
 // groupDigitsForTest writes n as the page does: groups of three digits

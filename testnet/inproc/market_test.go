@@ -23,49 +23,40 @@ type httpAnswer struct {
 	usage                     openaiapi.Usage
 }
 
-// chat posts body to the node's /v1/chat/completions with its bearer token.
+// chat sends body (a chat completion request) through the node's gateway,
+// streamed or not, and reads the answer.
 func chat(t testing.TB, m *Member, body []byte, stream bool) httpAnswer {
 	t.Helper()
-	req, err := http.NewRequest("POST", "http://"+m.APIAddr+"/v1/chat/completions", bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
+	var req openaiapi.ChatCompletionRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		t.Fatalf("request %s: %v", body, err)
 	}
-	req.Header.Set("Authorization", "Bearer "+m.Token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("POST /v1/chat/completions: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("POST /v1/chat/completions: %s: %s", resp.Status, b)
-	}
-	a := httpAnswer{worker: resp.Header.Get("X-Cocoon-Worker"), tee: resp.Header.Get("X-Cocoon-TEE")}
+	ctx := context.Background()
 	if !stream {
-		var cc openaiapi.ChatCompletion
-		if err := json.NewDecoder(resp.Body).Decode(&cc); err != nil {
-			t.Fatalf("decode answer: %v", err)
+		cc, by, err := m.API().ChatCompletion(ctx, req)
+		if err != nil {
+			t.Fatalf("POST /v1/chat/completions: %v", err)
 		}
 		if len(cc.Choices) != 1 || cc.Usage == nil {
 			t.Fatalf("answer %+v: want one choice and a usage", cc)
 		}
-		a.text, a.finish, a.usage = string(cc.Choices[0].Message.Content), cc.Choices[0].FinishReason, *cc.Usage
-		return a
+		return httpAnswer{text: string(cc.Choices[0].Message.Content), finish: cc.Choices[0].FinishReason,
+			usage: *cc.Usage, worker: by.Worker, tee: by.TEE}
 	}
-	er := openaiapi.NewEventReader(resp.Body, openaiapi.MaxEventBytes)
+	s, err := m.API().StreamChatCompletion(ctx, req)
+	if err != nil {
+		t.Fatalf("POST /v1/chat/completions: %v", err)
+	}
+	defer s.Close()
+	a := httpAnswer{worker: s.Worker, tee: s.TEE}
 	sawUsage := false
 	for {
-		data, done, err := er.Next()
-		if err != nil {
-			t.Fatalf("read event: %v (stream ended without [DONE])", err)
-		}
-		if done {
+		ch, err := s.Next()
+		if err == io.EOF {
 			break
 		}
-		var ch openaiapi.ChatCompletionChunk
-		if err := json.Unmarshal(data, &ch); err != nil {
-			t.Fatalf("decode chunk %s: %v", data, err)
+		if err != nil {
+			t.Fatalf("read the stream: %v", err)
 		}
 		for _, c := range ch.Choices {
 			if c.Delta.Content != nil {

@@ -19,6 +19,7 @@ import (
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/cocoon-network/cocoon/client/local"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/node"
 	"github.com/cocoon-network/cocoon/p2p"
@@ -389,6 +390,9 @@ func (tn *Testnet) connect(a, b *Member) {
 	}
 	tn.t.Errorf("testnet: connect node %d to node %d: %v", a.Index, b.Index, err)
 }
+
+// API is a client of m's local API.
+func (m *Member) API() *local.Client { return local.New("http://"+m.APIAddr, m.Token) }
 
 // AddrInfo is how other nodes dial m.
 func (m *Member) AddrInfo() peer.AddrInfo {
