@@ -18,6 +18,7 @@
 // message. Every call takes a context; the client sets no timeout of its own.
 //
 // It is the shape of tailscale's client/local. cmd/cocoon, client/batch,
-// testnet and tests import it; it imports node only for the datadir's file
-// names and node/gateway and runtime/openaiapi for the wire types.
+// testnet (Proc.API), testnet/inproc (Member.API) and tests import it; it
+// imports node only for the datadir's file names, and node/gateway and
+// runtime/openaiapi for the wire types.
 package local
