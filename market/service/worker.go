@@ -237,11 +237,12 @@ func (w *Worker) handle(s network.Stream) {
 	ws := newWorkerStream(s)
 	err := w.worker.ServePeer(w.ctx, ws, s.Conn().RemotePeer())
 	ws.stopReading()
-	// A reject is a clean end: Close delivers the Reject frame, where Reset
-	// may drop it before the client has read it (the client then sees a reset,
-	// not the reject code).
+	// A reject, and a cancel for a bad request, are clean ends: Close
+	// delivers the Reject or Cancel frame, where Reset may drop it before the
+	// client has read it (the client then sees a reset, not the code, and
+	// fails over to the next worker instead of answering 400).
 	var rej *market.RejectError
-	if err != nil && !errors.As(err, &rej) {
+	if err != nil && !errors.As(err, &rej) && !errors.Is(err, runtime.ErrInvalidRequest) {
 		s.Reset()
 	} else {
 		s.Close()
