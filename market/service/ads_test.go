@@ -13,6 +13,7 @@ import (
 // TestNetAdsValidator publishes bad ads from a worker's node: the client's topic
 // validator drops and counts them, and the book keeps the worker's true ad.
 func TestNetAdsValidator(t *testing.T) {
+	noLeaks(t)
 	f := newNetFixture(t, 2, market.RunOptions{}, nil)
 	ctx := context.Background()
 	w1, w2 := f.workers[0], f.workers[1]
@@ -53,6 +54,7 @@ func TestNetAdsValidator(t *testing.T) {
 // TestNetAdOnChange checks that a worker re-publishes its ad when its free slots
 // change: a job holding the only slot shows as 0 free, and 1 again once it ends.
 func TestNetAdOnChange(t *testing.T) {
+	noLeaks(t)
 	armed := &atomic.Bool{}
 	armed.Store(true)
 	stalled := make(chan int, 1)

@@ -69,6 +69,12 @@ type Attestations struct {
 	sem chan struct{}
 	nb  *network.NotifyBundle
 
+	// ctx ends at Close, abandoning the evidence being made; wg counts the
+	// requests being served, which Close waits for.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
 	mu       sync.Mutex
 	closed   bool
 	verdicts map[string]attestCached // by connection ID
@@ -120,6 +126,7 @@ func NewAttestations(h host.Host, cfg AttestConfig) *Attestations {
 		inflight: make(map[peer.ID]*attestCall),
 		limiter:  make(map[peer.ID]*attestBucket),
 	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.nb = &network.NotifyBundle{DisconnectedF: a.disconnected}
 	h.Network().Notify(a.nb)
 	if cfg.Attester != nil {
@@ -129,8 +136,9 @@ func NewAttestations(h host.Host, cfg AttestConfig) *Attestations {
 	return a
 }
 
-// Close unregisters the handler and the connection watcher. Exchanges in progress
-// end at their deadline.
+// Close unregisters the handler and the connection watcher, abandons the
+// evidence requests being served (their streams are reset) and waits for
+// them. Verify calls in progress end with their own context or timeout.
 func (a *Attestations) Close() error {
 	a.mu.Lock()
 	if a.closed {
@@ -144,6 +152,8 @@ func (a *Attestations) Close() error {
 		a.h.RemoveStreamHandler(AttestProtocol)
 	}
 	a.h.Network().StopNotify(a.nb)
+	a.cancel()
+	a.wg.Wait()
 	return nil
 }
 
@@ -296,8 +306,20 @@ func (a *Attestations) allow(p peer.ID, now time.Time) bool {
 // serve answers one evidence request, within the stream deadline, rate-limited per
 // remote peer.
 func (a *Attestations) serve(s network.Stream) {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		_ = s.Reset()
+		return
+	}
+	a.wg.Add(1)
+	a.mu.Unlock()
+	defer a.wg.Done()
+	// Close resets the stream: a stream deadline alone does not end a blocked
+	// read or write on every transport (mocknet ignores deadlines).
+	defer context.AfterFunc(a.ctx, func() { _ = s.Reset() })()
 	remote := s.Conn().RemotePeer()
-	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.Timeout)
 	defer cancel()
 	_ = s.SetDeadline(time.Now().Add(a.cfg.Timeout))
 	if !a.allow(remote, time.Now()) {
@@ -314,7 +336,7 @@ func (a *Attestations) serve(s network.Stream) {
 		_ = s.Close()
 		return
 	}
-	if err := enclave.ServeAttest(ctx, s, []byte(a.h.ID()), a.cfg.Attester); err != nil {
+	if err := enclave.ServeAttest(ctx, s, []byte(a.h.ID()), a.cfg.Attester); err != nil && a.ctx.Err() == nil {
 		a.log.Warn("evidence request failed", "peer", remote, "err", err)
 	}
 	_ = s.Close() // after a refusal too: the status code must reach the peer

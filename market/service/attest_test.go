@@ -102,6 +102,7 @@ func attestCapture(t testing.TB, from host.Host, p peer.ID, nonce [enclave.Nonce
 var simOn = enclave.Policy{AllowSim: true}
 
 func TestAttestSimOverLibp2p(t *testing.T) {
+	noLeaks(t)
 	worker, att, _ := attestSimWorker(t, service.AttestConfig{})
 	client, svc := attestClient(t, simOn)
 	attestConnect(t, client, worker)
@@ -120,6 +121,7 @@ func TestAttestSimOverLibp2p(t *testing.T) {
 }
 
 func TestAttestRelayAndReplayRefused(t *testing.T) {
+	noLeaks(t)
 	worker, _, _ := attestSimWorker(t, service.AttestConfig{})
 	client, svc := attestClient(t, simOn)
 
@@ -173,6 +175,7 @@ func TestAttestRelayAndReplayRefused(t *testing.T) {
 }
 
 func TestAttestStaleNonceRefused(t *testing.T) {
+	noLeaks(t)
 	worker, att, _ := attestSimWorker(t, service.AttestConfig{})
 	client, svc := attestClient(t, simOn)
 	attestConnect(t, client, worker)
@@ -190,6 +193,7 @@ func TestAttestStaleNonceRefused(t *testing.T) {
 }
 
 func TestAttestSimRefusedWithoutAllowSim(t *testing.T) {
+	noLeaks(t)
 	worker, _, _ := attestSimWorker(t, service.AttestConfig{})
 	client, svc := attestClient(t, enclave.Policy{})
 	attestConnect(t, client, worker)
@@ -200,6 +204,7 @@ func TestAttestSimRefusedWithoutAllowSim(t *testing.T) {
 }
 
 func TestAttestCacheDroppedOnDisconnect(t *testing.T) {
+	noLeaks(t)
 	worker, att, _ := attestSimWorker(t, service.AttestConfig{})
 	client, svc := attestClient(t, simOn)
 	attestConnect(t, client, worker)
@@ -231,6 +236,7 @@ func TestAttestCacheDroppedOnDisconnect(t *testing.T) {
 }
 
 func TestAttestRateLimitPerPeer(t *testing.T) {
+	noLeaks(t)
 	worker, att, _ := attestSimWorker(t, service.AttestConfig{Burst: 2, Interval: time.Hour})
 	c1 := attestHost(t)
 	c2 := attestHost(t)
@@ -256,6 +262,7 @@ func TestAttestRateLimitPerPeer(t *testing.T) {
 }
 
 func TestAttestDeadline(t *testing.T) {
+	noLeaks(t)
 	worker, att, _ := attestSimWorker(t, service.AttestConfig{Timeout: 200 * time.Millisecond})
 	att.block = make(chan struct{}) // a quote that never comes
 	h := attestHost(t)
@@ -303,5 +310,45 @@ func BenchmarkAttestCached(b *testing.B) {
 		if _, err := svc.Verify(ctx, worker.ID()); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestAttestCloseStopsServing closes a prover while it is making evidence (a
+// quote that never comes): Close abandons the exchange and returns once its
+// goroutine has ended, instead of leaving it to run out its 30 s timeout, and
+// the requester sees the stream end.
+func TestAttestCloseStopsServing(t *testing.T) {
+	noLeaks(t)
+	worker, att, svc := attestSimWorker(t, service.AttestConfig{})
+	att.block = make(chan struct{})
+	client := attestHost(t)
+	attestConnect(t, client, worker)
+	s, err := client.NewStream(context.Background(), worker.ID(), service.AttestProtocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got := make(chan error, 1)
+	go func() {
+		_, err := enclave.RequestEvidence(context.Background(), s, enclave.NewNonce())
+		got <- err
+	}()
+	for att.n.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	start := time.Now()
+	if err := svc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("Close took %v with evidence being made", took)
+	}
+	select {
+	case err := <-got:
+		if err == nil {
+			t.Error("evidence arrived from a closed prover")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the requester still waits 10 s after the prover closed")
 	}
 }

@@ -146,6 +146,7 @@ func chanRequest() runtime.Request {
 // worker never heard of; the worker learns it from the contract when the client
 // names it in Open, and the first job is served and paid exactly.
 func TestNetChannelLearntFromChain(t *testing.T) {
+	noLeaks(t)
 	f := newChanFixture(t)
 	ch := f.open(t, f.worker, true)
 	if _, err := f.payee.Latest(ch.ID); !errors.Is(err, settle.ErrUnknownChannel) {
@@ -195,6 +196,7 @@ func TestNetChannelLearntFromChain(t *testing.T) {
 // is someone else's, or a channel that is not on the chain, is rejected with
 // RejectNoChannel before any work, and pays nothing.
 func TestNetChannelForeignRefused(t *testing.T) {
+	noLeaks(t)
 	f := newChanFixture(t)
 	for _, tc := range []struct {
 		name string
@@ -227,6 +229,7 @@ func TestNetChannelForeignRefused(t *testing.T) {
 // TestSettlePayeeLearn checks each refusal of Learn on states a lookup may
 // report, and that a known channel's deposit follows the chain.
 func TestSettlePayeeLearn(t *testing.T) {
+	noLeaks(t)
 	ctx := context.Background()
 	client, worker := newWallet(t), newWallet(t)
 	payee := openStore(t, "worker").Payee(worker)
@@ -324,6 +327,7 @@ func BenchmarkLearnKnownChannel(b *testing.B) {
 // TestCachedChannels: an open channel is read from the chain once per TTL, a
 // failure or a channel not open is read again every time.
 func TestCachedChannels(t *testing.T) {
+	noLeaks(t)
 	ctx := context.Background()
 	client, worker := newWallet(t), newWallet(t)
 	ch, addr := devChannel(t, client, worker)

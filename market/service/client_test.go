@@ -22,6 +22,7 @@ import (
 // libp2p (mocknet): each answer equals the worker's backend's own answer, and each
 // worker's provable channel balance equals the cost of what it delivered.
 func TestNetMarketLlama(t *testing.T) {
+	noLeaks(t)
 	f := newNetFixture(t, 3, market.RunOptions{}, nil)
 	const jobs, par = 20, 4
 	type result struct {
@@ -129,6 +130,7 @@ func TestNetMarketLlama(t *testing.T) {
 // stream completes on another worker, the killed one is paid exactly for the
 // tokens it delivered (the client pays per token here), the other for its part.
 func TestNetFailoverLlama(t *testing.T) {
+	noLeaks(t)
 	armed := &atomic.Bool{}
 	armed.Store(true)
 	stalled := make(chan int, 1)
@@ -218,6 +220,7 @@ func TestNetFailoverLlama(t *testing.T) {
 // the workers through their DHT provider records and pays the channel bound to
 // the peer, the job's Accept giving the price and the attestation the TEE.
 func TestNetColdBookDHT(t *testing.T) {
+	noLeaks(t)
 	f := newNetFixture(t, 2, market.RunOptions{}, nil)
 	ctx := context.Background()
 	waitFor(t, 20*time.Second, "both workers' provider records", func() bool {
@@ -321,6 +324,7 @@ func BenchmarkNetGenerate(b *testing.B) {
 // ahead), every job is paid in full (a voucher overtaking another job's would be
 // refused), and the balance is exactly the cost of all of them.
 func TestNetPayPerTokenBackToBack(t *testing.T) {
+	noLeaks(t)
 	f := newNetFixture(t, 1, market.RunOptions{PayEvery: 1}, nil)
 	w := f.workers[0]
 	const jobs = 8

@@ -146,6 +146,7 @@ func startDeadWorker(t *testing.T) (peer.AddrInfo, *exec.Cmd) {
 // Over TCP the kernel closes the connection: the worker is marked down when
 // it drops, and the first job after the kill goes straight to the live one.
 func TestFailoverDeadWorker(t *testing.T) {
+	noLeaks(t)
 	t.Run("quic", func(t *testing.T) { testFailoverDeadWorker(t, "/quic-v1") })
 	t.Run("tcp", func(t *testing.T) { testFailoverDeadWorker(t, "/tcp/") })
 }

@@ -54,6 +54,7 @@ func (r *recorder) snapshot() recorder {
 // the caller, and checks that both sides' observers saw every job, voucher and
 // attestation, with the money in the events equal to the channels' balances.
 func TestNetObserver(t *testing.T) {
+	noLeaks(t)
 	f := newNetFixture(t, 2, market.RunOptions{}, nil)
 	const jobs = 4
 	var spent uint64
