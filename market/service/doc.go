@@ -1,0 +1,23 @@
+// Package service mounts the market on a libp2p node, the way go-libp2p's
+// ping and identify each mount themselves on a host: it is all of the market's
+// contact with libp2p hosts, settle's channel store and the OpenAI types, so
+// that package market stays a protocol over io.ReadWriter.
+//
+//   - Worker sells a runtime.Backend: it serves the job protocol
+//     (/cocoon/job/1.0.0, one stream per job) and the attestation protocol,
+//     publishes a capacity ad every 10 s and when its capacity changes, and
+//     provides its models in the DHT.
+//   - Client buys: the ads topic's validator feeds its ad book, a cold book
+//     asks the DHT, it attests a worker before the prompt leaves, runs one
+//     job at a time per worker, probes a silent worker and fails over. It is
+//     a runtime.Backend, and lists the book's models for GET /v1/models.
+//   - Attestations serves and verifies evidence on /cocoon/attest/1.0.0,
+//     caching each verdict for its connection.
+//   - SettlePayee, SettlePayers and CachedChannels pay and take the job's
+//     vouchers through settle's channels.
+//
+// Every goroutine here has an owner that stops it: a service's Close waits
+// for the service's own, a NetStream's Close for its answer's; the tests check
+// that none is left with goleak. Imported by node, which starts a Client on
+// every node and a Worker on a node that sells.
+package service
