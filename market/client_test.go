@@ -41,7 +41,7 @@ func TestRunMaxTokensRange(t *testing.T) {
 	cands := []Candidate{n.add("w1", &textBackend{model: "m", textLen: 5}, Price{}, 4), n.add("w2", &textBackend{model: "m", textLen: 5}, Price{}, 4)}
 	fo := n.failover()
 	fo.Selector = &Selector{}
-	attempts, err := fo.Run(t.Context(), cands, testJob("m", math.MaxUint32+1), func(Chunk) error { return nil })
+	attempts, err := fo.Run(t.Context(), cands, testJob("m", math.MaxUint32+1), func(Attempt, Chunk) error { return nil })
 	n.wg.Wait()
 	if !errors.Is(err, runtime.ErrInvalidRequest) || errors.Is(err, ErrNoWorker) || len(attempts) != 1 {
 		t.Fatalf("Failover.Run = %v after %d attempts; want the invalid request after 1", err, len(attempts))
@@ -57,7 +57,7 @@ func TestRunMaxTokensRange(t *testing.T) {
 	cands = []Candidate{n.add("w1", strict, Price{}, 4), n.add("w2", &textBackend{model: "m", textLen: 5}, Price{}, 4)}
 	n.workers["w1"].Admit = func(context.Context, OpenRequest) RejectCode { return RejectBadRequest }
 	fo = n.failover()
-	attempts, err = fo.Run(t.Context(), cands, testJob("m", 0), func(Chunk) error { return nil })
+	attempts, err = fo.Run(t.Context(), cands, testJob("m", 0), func(Attempt, Chunk) error { return nil })
 	n.wg.Wait()
 	if !errors.Is(err, runtime.ErrInvalidRequest) || !errors.Is(err, ErrRejected) || len(attempts) != 1 {
 		t.Fatalf("Failover.Run after REJECT_BAD_REQUEST = %v after %d attempts; want an invalid request after 1", err, len(attempts))

@@ -12,11 +12,17 @@ import (
 	"github.com/cocoon-network/cocoon/runtime"
 )
 
-// Attempt is one worker's part of a job run by Failover.
+// Attempt is one worker's part of a job run by Failover: the worker, the TEE
+// tier its attestation showed, and, once it has ended, its receipt and error.
+// Run hands it to out with every chunk the worker delivers, so whatever the
+// caller shows of the worker (headers naming it) travels with the text itself.
 type Attempt struct {
 	Candidate Candidate
-	Receipt   Receipt
-	Err       error // nil for the attempt that finished the job
+	// Tier is what Verify returned for the worker ("" before Verify ran or
+	// without a Verify), e.g. "sim (not confidential)".
+	Tier    string
+	Receipt Receipt
+	Err     error // nil for the attempt that finished the job
 }
 
 // Failover runs a job on an ordered list of candidates and moves on to the next
@@ -29,8 +35,9 @@ type Failover struct {
 	// Payer returns the payer of the client's channel to c.
 	Payer func(c Candidate) (Payer, error)
 	// Verify, when set, checks c's attestation on the stream before the prompt
-	// leaves (see RunOptions.Verify).
-	Verify func(ctx context.Context, c Candidate) error
+	// leaves (see RunOptions.Verify) and returns the TEE tier to show for it,
+	// which the attempt then carries (Attempt.Tier).
+	Verify func(ctx context.Context, c Candidate) (tier string, err error)
 	// Selector, when set, records every attempt's outcome and latency.
 	Selector *Selector
 	// MaxAttempts bounds the workers tried (0: every candidate).
@@ -107,13 +114,15 @@ func isRejected(err error, code RejectCode) bool {
 	return errors.As(err, &re) && re.Code == code
 }
 
-// Run runs job, streaming the joined answer to out. It returns the attempts in
+// Run runs job, streaming the joined answer to out with the attempt that
+// delivered each chunk (its Candidate and Tier; its Receipt and Err are known
+// only in Run's result). It returns the attempts in
 // order, each with its own receipt, and a *NoWorkerError when no worker
 // finished. It stops early, without trying further workers, when ctx ends, out
 // fails, or an attempt fails with runtime.ErrInvalidRequest (the request is at
 // fault, not the worker). A worker that could not be reached (ErrUnreachable)
 // is marked down in the Selector.
-func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out func(Chunk) error) ([]Attempt, error) {
+func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out func(Attempt, Chunk) error) ([]Attempt, error) {
 	var (
 		attempts  []Attempt
 		delivered strings.Builder
@@ -141,18 +150,20 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 			}
 		}
 		base := tokens
+		a := Attempt{Candidate: c}
 		sink := func(ch Chunk) error {
 			delivered.WriteString(ch.Text)
 			tokens = base + ch.TokensSoFar
-			if err := out(Chunk{Text: ch.Text, Tokens: ch.Tokens, TokensSoFar: tokens}); err != nil {
+			if err := out(a, Chunk{Text: ch.Text, Tokens: ch.Tokens, TokensSoFar: tokens}); err != nil {
 				sinkErr = err
 				return err
 			}
 			return nil
 		}
 		start := time.Now()
-		rc, err := fo.attempt(ctx, c, sub, sink)
-		attempts = append(attempts, Attempt{Candidate: c, Receipt: rc, Err: err})
+		rc, err := fo.attempt(ctx, &a, sub, sink)
+		a.Receipt, a.Err = rc, err
+		attempts = append(attempts, a)
 		callerStopped := sinkErr != nil || ctx.Err() != nil
 		// A request at fault (a max_tokens beyond the protocol, a prompt the
 		// worker refused by its input checks) fails on every worker alike, and
@@ -186,7 +197,10 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 	return attempts, &NoWorkerError{Errs: errs}
 }
 
-func (fo *Failover) attempt(ctx context.Context, c Candidate, job Job, sink func(Chunk) error) (Receipt, error) {
+// attempt runs job on a.Candidate; Verify's tier goes into a.Tier before the
+// prompt leaves, so every chunk sink sees carries it.
+func (fo *Failover) attempt(ctx context.Context, a *Attempt, job Job, sink func(Chunk) error) (Receipt, error) {
+	c := a.Candidate
 	if fo.Observer != nil {
 		fo.Observer.JobStarted(JobEvent{ID: job.ID, Side: SideClient, Peer: c.Peer, Model: job.Request.Model, Start: time.Now()})
 	}
@@ -207,7 +221,11 @@ func (fo *Failover) attempt(ctx context.Context, c Candidate, job Job, sink func
 	defer s.Close()
 	opt := fo.Options
 	if fo.Verify != nil {
-		opt.Verify = func(ctx context.Context) error { return fo.Verify(ctx, c) }
+		opt.Verify = func(ctx context.Context) error {
+			tier, err := fo.Verify(ctx, c)
+			a.Tier = tier
+			return err
+		}
 	}
 	return Run(ctx, s, job, pay, sink, opt)
 }

@@ -112,10 +112,14 @@ func TestFailoverWorkerDies(t *testing.T) {
 	cands := []Candidate{n.add("w1", b1, price1, 4), n.add("w2", b2, price2, 4)}
 	fo := n.failover()
 	fo.Selector = &Selector{}
+	// Each worker's tier travels with its own chunks and attempt.
+	fo.Verify = func(_ context.Context, c Candidate) (string, error) { return "tier of " + string(c.Peer), nil }
 	var text strings.Builder
 	var chunks []Chunk
-	attempts, err := fo.Run(t.Context(), cands, job, func(c Chunk) error {
+	var by []Attempt
+	attempts, err := fo.Run(t.Context(), cands, job, func(a Attempt, c Chunk) error {
 		chunks = append(chunks, c)
+		by = append(by, a)
 		text.WriteString(c.Text)
 		if len(chunks) <= k {
 			got <- len(chunks)
@@ -133,9 +137,19 @@ func TestFailoverWorkerDies(t *testing.T) {
 		if c.TokensSoFar != i+1 {
 			t.Fatalf("chunk %d says %d tokens so far; the caller's stream must count on", i, c.TokensSoFar)
 		}
+		w := peer.ID("w1")
+		if i >= k {
+			w = "w2"
+		}
+		if by[i].Candidate.Peer != w || by[i].Tier != "tier of "+string(w) {
+			t.Fatalf("chunk %d came with attempt (%s, %q); want (%s, %q)", i, by[i].Candidate.Peer, by[i].Tier, w, "tier of "+string(w))
+		}
 	}
 	if len(attempts) != 2 || attempts[0].Err == nil || attempts[1].Err != nil {
 		t.Fatalf("attempts %+v; want worker 1 failed, worker 2 finished", attempts)
+	}
+	if attempts[0].Tier != "tier of w1" || attempts[1].Tier != "tier of w2" {
+		t.Fatalf("attempt tiers %q, %q; want each worker's own", attempts[0].Tier, attempts[1].Tier)
 	}
 	r1, r2 := attempts[0].Receipt, attempts[1].Receipt
 	if r1.CompletionTokens != k || r2.CompletionTokens != 40-k {
@@ -173,7 +187,7 @@ func TestFailoverWorkerStalls(t *testing.T) {
 		fo := n.failover()
 		job := testJob("m", 20)
 		var text strings.Builder
-		attempts, err := fo.Run(t.Context(), cands, job, func(c Chunk) error {
+		attempts, err := fo.Run(t.Context(), cands, job, func(_ Attempt, c Chunk) error {
 			text.WriteString(c.Text)
 			return nil
 		})
@@ -203,7 +217,7 @@ func TestFailoverStopsOnCallerError(t *testing.T) {
 	fo := n.failover()
 	sinkErr := errors.New("caller hung up")
 	calls := 0
-	attempts, err := fo.Run(t.Context(), cands, testJob("m", 0), func(Chunk) error {
+	attempts, err := fo.Run(t.Context(), cands, testJob("m", 0), func(Attempt, Chunk) error {
 		calls++
 		return sinkErr
 	})
@@ -222,7 +236,7 @@ func TestFailoverMarksUnreachable(t *testing.T) {
 	delete(n.workers, "gone")
 	fo := n.failover()
 	fo.Selector = &Selector{}
-	attempts, err := fo.Run(t.Context(), cands, testJob("m", 0), func(Chunk) error { return nil })
+	attempts, err := fo.Run(t.Context(), cands, testJob("m", 0), func(Attempt, Chunk) error { return nil })
 	n.wg.Wait()
 	if err != nil || len(attempts) != 2 || !errors.Is(attempts[0].Err, ErrUnreachable) {
 		t.Fatalf("Run = %v, attempts %+v; want the dial failure as ErrUnreachable, then success", err, attempts)
@@ -234,7 +248,7 @@ func TestFailoverMarksUnreachable(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	fo.Selector = &Selector{}
-	fo.Run(ctx, cands[1:], testJob("m", 0), func(Chunk) error { return nil })
+	fo.Run(ctx, cands[1:], testJob("m", 0), func(Attempt, Chunk) error { return nil })
 	n.wg.Wait()
 	if fo.Selector.Down("w1") {
 		t.Fatal("a worker marked down after the caller cancelled")

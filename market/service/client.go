@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -344,8 +343,7 @@ func (c *Client) GeneratePolicy(ctx context.Context, req runtime.Request, pol ma
 	// try the idle ones first, keeping the selector's order otherwise.
 	slices.SortStableFunc(cands, func(a, b market.Candidate) int { return boolCmp(c.busy(a.Peer), c.busy(b.Peer)) })
 	rctx, cancel := context.WithCancel(ctx)
-	s := &NetStream{cancel: cancel, events: make(chan streamEvent), done: make(chan struct{}), tiers: map[peer.ID]string{}}
-	var cur atomic.Pointer[market.Candidate]
+	s := &NetStream{cancel: cancel, events: make(chan streamEvent), done: make(chan struct{})}
 	fo := &market.Failover{
 		Dial: func(ctx context.Context, cd market.Candidate) (io.ReadWriteCloser, error) {
 			release, err := c.lock(ctx, cd.Peer)
@@ -357,21 +355,13 @@ func (c *Client) GeneratePolicy(ctx context.Context, req runtime.Request, pol ma
 				release()
 				return nil, fmt.Errorf("open job stream: %w", err)
 			}
-			cur.Store(&cd)
 			js := &jobStream{Stream: st, release: release}
 			c.watch(js, cd.Peer)
 			return js, nil
 		},
 		Payer: c.cfg.Payer,
-		Verify: func(ctx context.Context, cd market.Candidate) error {
-			tier, err := c.verify(ctx, cd, pol)
-			if err != nil {
-				return err
-			}
-			s.mu.Lock()
-			s.tiers[cd.Peer] = tier
-			s.mu.Unlock()
-			return nil
+		Verify: func(ctx context.Context, cd market.Candidate) (string, error) {
+			return c.verify(ctx, cd, pol) // the tier comes back with each chunk's Attempt
 		},
 		Selector:    c.sel,
 		MaxAttempts: c.cfg.MaxAttempts,
@@ -381,10 +371,9 @@ func (c *Client) GeneratePolicy(ctx context.Context, req runtime.Request, pol ma
 	job := market.Job{ID: market.NewJobID(), Request: req, MaxPrice: pol.MaxPrice}
 	go func() {
 		defer close(s.done)
-		attempts, err := fo.Run(rctx, cands, job, func(ch market.Chunk) error {
-			cd := cur.Load()
+		attempts, err := fo.Run(rctx, cands, job, func(a market.Attempt, ch market.Chunk) error {
 			select {
-			case s.events <- streamEvent{chunk: ch, worker: cd}:
+			case s.events <- streamEvent{chunk: ch, by: a}:
 				return nil
 			case <-rctx.Done():
 				return rctx.Err()
@@ -397,16 +386,15 @@ func (c *Client) GeneratePolicy(ctx context.Context, req runtime.Request, pol ma
 	select {
 	case ev := <-s.events:
 		s.first = &ev
-		s.setWorker(ev.worker)
+		s.setWorker(ev.by)
 		return s, nil
 	case <-s.done:
 		if s.err != nil {
 			cancel()
 			return nil, s.err
 		}
-		if len(s.attempts) > 0 {
-			cd := s.attempts[len(s.attempts)-1].Candidate
-			s.setWorker(&cd)
+		if len(s.attempts) > 0 { // an answer without text: the worker that ended it
+			s.setWorker(s.attempts[len(s.attempts)-1])
 		}
 		return s, nil
 	case <-ctx.Done():

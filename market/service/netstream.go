@@ -13,9 +13,11 @@ import (
 	"github.com/cocoon-network/cocoon/runtime"
 )
 
+// streamEvent is one chunk with the attempt that delivered it (its worker and
+// TEE tier), as market.Failover hands them over.
 type streamEvent struct {
-	chunk  market.Chunk
-	worker *market.Candidate
+	chunk market.Chunk
+	by    market.Attempt
 }
 
 // NetStream is the stream of one request bought on the network. Besides
@@ -29,12 +31,10 @@ type NetStream struct {
 
 	header   http.Header
 	worker   peer.ID
-	tier     string
 	tokens   int
 	finished bool
 
 	mu       sync.Mutex
-	tiers    map[peer.ID]string
 	attempts []market.Attempt
 	err      error
 }
@@ -43,18 +43,14 @@ type NetStream struct {
 // (X-Cocoon-Worker, X-Cocoon-TEE).
 func (s *NetStream) Header() http.Header { return s.header }
 
-func (s *NetStream) setWorker(cd *market.Candidate) {
-	if cd == nil {
-		return
-	}
-	s.worker = cd.Peer
-	s.mu.Lock()
-	s.tier = s.tiers[cd.Peer]
-	s.mu.Unlock()
+// setWorker names a's worker and its tier in the headers: the attempt that
+// delivered the first text, or ended an answer without any.
+func (s *NetStream) setWorker(a market.Attempt) {
+	s.worker = a.Candidate.Peer
 	s.header = http.Header{}
-	s.header.Set("X-Cocoon-Worker", cd.Peer.String())
-	if s.tier != "" {
-		s.header.Set("X-Cocoon-TEE", s.tier)
+	s.header.Set("X-Cocoon-Worker", a.Candidate.Peer.String())
+	if a.Tier != "" {
+		s.header.Set("X-Cocoon-TEE", a.Tier)
 	}
 }
 
