@@ -24,7 +24,6 @@ import (
 	"github.com/cocoon-network/cocoon/node/metrics"
 	"github.com/cocoon-network/cocoon/p2p"
 	"github.com/cocoon-network/cocoon/runtime"
-	"github.com/cocoon-network/cocoon/runtime/openaiapi"
 	"github.com/cocoon-network/cocoon/settle"
 )
 
@@ -173,18 +172,16 @@ func New(ctx context.Context, cfg Config, opt Options) (*Node, error) {
 		return fail(err)
 	}
 	n.APIAddr = l.Addr().String()
-	n.API = gateway.New(tok, n, log)
-	// Every node's /v1 is the market's client: see gatewayBackend for the models
-	// a worker runs itself.
-	gb := &gatewayBackend{net: n.Client, header: http.Header{"X-Cocoon-Worker": {n.P2P.Host.ID().String()}}}
+	// Every node's /v1 buys on the network through its market client, except
+	// the models this node runs itself (gateway.Local).
+	local := gateway.Local{Worker: n.P2P.Host.ID().String()}
 	if n.Backend != nil {
-		gb.local = n.Backend
-		gb.header.Set("X-Cocoon-TEE", enclave.Kind(cfg.Enclave.Attester).Tier())
+		local.Backend = n.Backend
+		local.TEE = enclave.Kind(cfg.Enclave.Attester).Tier()
 	}
-	h := openaiapi.NewHandler(gb)
-	h.Logger = log
-	n.API.Handle("/v1/", h)
-	n.API.Handle("GET /metrics", n.Metrics.Handler())
+	n.API = gateway.New(tok, n, log,
+		gateway.WithV1(n.Client, local),
+		gateway.WithMetrics(n.Metrics.Handler()))
 	go func() {
 		defer close(n.apiDone)
 		if err := n.API.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -58,13 +58,23 @@ func (s *tickStream) Usage() runtime.Usage {
 func (s *tickStream) FinishReason() string { return runtime.FinishStop }
 func (s *tickStream) Close() error         { return nil }
 
+// backendNet is a Backend as the gateway's network (every request bought on it).
+type backendNet struct{ runtime.Backend }
+
+func (b backendNet) ListModels(context.Context) ([]openaiapi.Model, error) {
+	var out []openaiapi.Model
+	for _, m := range b.Models() {
+		out = append(out, openaiapi.Model{ID: m.ID, Object: "model", OwnedBy: "cocoon"})
+	}
+	return out, nil
+}
+
 // serve runs a Server with limits and b behind /v1/ on a real 127.0.0.1
 // listener (so that the connection limits and deadlines apply) and returns
 // its address.
 func serve(t *testing.T, l Limits, b runtime.Backend) string {
 	t.Helper()
-	s := New(testToken, &fakeInfo{}, slog.New(slog.DiscardHandler), WithLimits(l))
-	s.Handle("/v1/", openaiapi.NewHandler(b))
+	s := New(testToken, &fakeInfo{}, slog.New(slog.DiscardHandler), WithLimits(l), WithV1(backendNet{b}, Local{}))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cocoon-network/cocoon/runtime"
 )
 
 const testToken = "0123456789abcdef0123456789abcdef"
@@ -77,12 +80,23 @@ func plainOverview() Overview {
 	return ov
 }
 
+// countingBackend counts the requests that reach the network behind /v1.
+type countingBackend struct {
+	tickBackend
+	calls *int
+}
+
+func (b countingBackend) Generate(ctx context.Context, r runtime.Request) (runtime.Stream, error) {
+	*b.calls++
+	return b.tickBackend.Generate(ctx, r)
+}
+
 func newTestServer(t *testing.T, ov Overview) (*Server, *httptest.Server, *int) {
 	t.Helper()
-	s := New(testToken, &fakeInfo{ov: ov}, nil)
 	v1Calls := new(int)
-	s.Handle("/v1/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { *v1Calls++ }))
-	s.Handle("GET /metrics", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "metrics") }))
+	s := New(testToken, &fakeInfo{ov: ov}, nil,
+		WithV1(backendNet{countingBackend{tickBackend{n: 1}, v1Calls}}, Local{}),
+		WithMetrics(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "metrics") })))
 	ts := httptest.NewServer(s.Handler())
 	t.Cleanup(ts.Close)
 	return s, ts, v1Calls
@@ -134,6 +148,10 @@ func TestStatusPageAuth(t *testing.T) {
 	cookie := signIn(t, ts)
 	withCookie := func(r *http.Request) { r.AddCookie(cookie) }
 	withBearer := func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+testToken) }
+	chatWithBearer := func(r *http.Request) {
+		withBearer(r)
+		r.Body, r.ContentLength = io.NopCloser(strings.NewReader(chatBody)), int64(len(chatBody))
+	}
 	forged := func(r *http.Request) {
 		r.AddCookie(&http.Cookie{Name: cookie.Name, Value: strings.Repeat("0", len(cookie.Value))})
 	}
@@ -164,7 +182,7 @@ func TestStatusPageAuth(t *testing.T) {
 		{"models with the cookie", "GET", "/v1/models", withCookie, 401},
 		{"metrics with the cookie", "GET", "/metrics", withCookie, 401},
 		{"metrics with the bearer", "GET", "/metrics", withBearer, 200},
-		{"chat with the bearer", "POST", "/v1/chat/completions", withBearer, 200},
+		{"chat with the bearer", "POST", "/v1/chat/completions", chatWithBearer, 200},
 		{"unknown page with the cookie", "GET", "/other", withCookie, 401},
 	} {
 		resp, body := do(t, tc.method, ts.URL+tc.path, tc.mod)

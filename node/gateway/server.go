@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"golang.org/x/net/netutil"
+
+	"github.com/cocoon-network/cocoon/runtime/openaiapi"
 )
 
 // Status is the node's answer to GET /api/v0/status.
@@ -76,9 +78,13 @@ type Server struct {
 	srv      *http.Server
 	limits   Limits
 	throttle *authThrottle // nil: failed authentications are not throttled
+	route    *route        // /v1's backend; nil: no /v1 (WithV1)
+	metrics  http.Handler  // GET /metrics; nil: none (WithMetrics)
 }
 
-// New returns a server for info guarded by token.
+// New returns a server for info guarded by token: /api/v0 and the status page,
+// and what the options add (/v1, /metrics, limits). log (nil: slog.Default())
+// also goes to the OpenAI handler.
 func New(token string, info Info, log *slog.Logger, opts ...Option) *Server {
 	if log == nil {
 		log = slog.Default()
@@ -102,6 +108,14 @@ func New(token string, info Info, log *slog.Logger, opts ...Option) *Server {
 	s.mux.HandleFunc("GET /api/v0/overview", s.serveOverview)
 	s.mux.HandleFunc("GET /api/v0/overview.html", s.serveLive)
 	s.mux.HandleFunc("GET /{$}", s.servePage)
+	if s.route != nil {
+		h := openaiapi.NewHandler(s.route)
+		h.Logger = log
+		s.mux.Handle("/v1/", h)
+	}
+	if s.metrics != nil {
+		s.mux.Handle("GET /metrics", s.metrics)
+	}
 	s.srv = &http.Server{
 		Handler:           s.bodyDeadlines(s.auth(s.mux)),
 		ReadHeaderTimeout: s.limits.ReadHeader,
@@ -110,8 +124,16 @@ func New(token string, info Info, log *slog.Logger, opts ...Option) *Server {
 	return s
 }
 
-// Handle mounts h on pattern behind the same bearer-token check.
-func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+// WithV1 serves the OpenAI API at /v1 (openaiapi.Handler): a request for a
+// model local runs is answered by local.Backend, every other is bought on net
+// (see route).
+func WithV1(net Network, local Local) Option {
+	return func(s *Server) { s.route = newRoute(net, local) }
+}
+
+// WithMetrics serves h at GET /metrics, behind the bearer token (node/metrics'
+// Prometheus handler; Prometheus sends the token from api.token).
+func WithMetrics(h http.Handler) Option { return func(s *Server) { s.metrics = h } }
 
 // Handler returns the whole API with authentication, for tests and embedding.
 func (s *Server) Handler() http.Handler { return s.srv.Handler }

@@ -1,27 +1,55 @@
-package node
+package gateway
 
 import (
 	"context"
 	"net/http"
 
-	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/runtime/openaiapi"
 )
 
-// gatewayBackend is what a node's /v1 serves. A request for a model this node
-// runs itself goes to its own backend: the node would otherwise buy from itself
+// Network is the market as the gateway buys from it: market/service.Client
+// implements it. Its methods are called from request goroutines, concurrently.
+type Network interface {
+	// Models are the models some worker offers.
+	Models() []runtime.Model
+	// ListModels is GET /v1/models' list of them, with prices and TEE kinds.
+	ListModels(ctx context.Context) ([]openaiapi.Model, error)
+	// Generate buys req from a worker. The stream's Header names the worker
+	// and its TEE tier, and its CostNanoTON says what the answer cost (the
+	// openaiapi hooks).
+	Generate(ctx context.Context, req runtime.Request) (runtime.Stream, error)
+}
+
+// Local is this node's own inference, which its /v1 answers without the market.
+type Local struct {
+	Backend runtime.Backend // the node's backend; nil on a client-only node
+	Worker  string          // the node's peer ID, for X-Cocoon-Worker
+	TEE     string          // the node's TEE tier, for X-Cocoon-TEE
+}
+
+// route is what the gateway's /v1 serves: a runtime.Backend that sends each
+// request to this node or to the network. A request for a model the node runs
+// itself goes to its own backend: the node would otherwise buy from itself
 // (the market never selects its own peer) or pay another worker for what it
 // runs free, and the prompt never leaves the node. Every other request is
-// bought on the network through the market's service.Client. A client-only node
-// (no [runtime] models) therefore routes everything through the market.
-type gatewayBackend struct {
+// bought on the network. A client-only node therefore routes everything
+// through the market.
+type route struct {
 	local  runtime.Backend // nil on a client-only node
-	net    *service.Client
+	net    Network
 	header http.Header // names this node on local answers
 }
 
-func (g *gatewayBackend) servesLocally(model string) bool {
+func newRoute(net Network, local Local) *route {
+	r := &route{net: net, local: local.Backend, header: http.Header{"X-Cocoon-Worker": {local.Worker}}}
+	if local.Backend != nil {
+		r.header.Set("X-Cocoon-TEE", local.TEE)
+	}
+	return r
+}
+
+func (g *route) servesLocally(model string) bool {
 	if g.local == nil {
 		return false
 	}
@@ -34,7 +62,7 @@ func (g *gatewayBackend) servesLocally(model string) bool {
 }
 
 // Models implements runtime.Backend: the local models, then the network's.
-func (g *gatewayBackend) Models() []runtime.Model {
+func (g *route) Models() []runtime.Model {
 	var out []runtime.Model
 	seen := map[string]bool{}
 	if g.local != nil {
@@ -53,7 +81,7 @@ func (g *gatewayBackend) Models() []runtime.Model {
 
 // ListModels is openaiapi's hook for GET /v1/models: the network's models with
 // their prices and TEE kinds, and the local ones not sold by anyone else.
-func (g *gatewayBackend) ListModels(ctx context.Context) ([]openaiapi.Model, error) {
+func (g *route) ListModels(ctx context.Context) ([]openaiapi.Model, error) {
 	out, err := g.net.ListModels(ctx)
 	if err != nil {
 		return nil, err
@@ -74,7 +102,7 @@ func (g *gatewayBackend) ListModels(ctx context.Context) ([]openaiapi.Model, err
 }
 
 // Generate implements runtime.Backend.
-func (g *gatewayBackend) Generate(ctx context.Context, req runtime.Request) (runtime.Stream, error) {
+func (g *route) Generate(ctx context.Context, req runtime.Request) (runtime.Stream, error) {
 	if g.servesLocally(req.Model) {
 		s, err := g.local.Generate(ctx, req)
 		if err != nil {
@@ -86,7 +114,7 @@ func (g *gatewayBackend) Generate(ctx context.Context, req runtime.Request) (run
 }
 
 // Close implements runtime.Backend; the node closes the parts itself.
-func (g *gatewayBackend) Close() error { return nil }
+func (g *route) Close() error { return nil }
 
 // localStream is an answer of this node's own backend, with headers naming it.
 type localStream struct {
