@@ -1,8 +1,11 @@
 // Package enclave produces and verifies remote-attestation evidence (Intel TDX,
 // AMD SEV-SNP, and a simulated kind for testnets) bound to a libp2p peer identity.
 //
-// It imports only the standard library and the attestation libraries; market mounts
-// its protocol on libp2p streams, node builds the attester and the policy.
+// It imports only the standard library, the attestation libraries and enclave/tee
+// (the TEE kind, shared with market's ads); market/service mounts its protocol on
+// libp2p streams, node builds the attester and the policy. The policy is also
+// what a node's client selects workers by (Policy.Kinds), so that the workers it
+// buys from and the evidence it accepts are one setting.
 //
 // # Binding
 //
@@ -18,7 +21,7 @@
 //	tdx      TDX quote v4 via configfs-tsm (TSMAttester); verified with go-tdx-guest
 //	sev-snp  SNP report + certificate table via configfs-tsm; verified with go-sev-guest
 //	sim      Ed25519-signed sim report (SimAttester): "sim (not confidential)",
-//	         accepted only when Policy.AllowSim
+//	         accepted only when allowed_kinds lists "sim", which needs allow_sim
 //	none     no TEE (NoneAttester): accepted only when allowed_kinds lists "none"
 //
 // NVIDIA GPU evidence has a reserved place (GPUEvidence) and is not supported yet.

@@ -6,50 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
-
-// Kind names a kind of attestation evidence, as written in configs, ads and verdicts.
-type Kind string
-
-// The evidence kinds. KindNone is a node that runs outside any TEE and says so.
-const (
-	KindTDX  Kind = "tdx"     // Intel TDX quote (v4), signed by the platform's PCK chain to Intel's root
-	KindSNP  Kind = "sev-snp" // AMD SEV-SNP attestation report, signed by a VCEK/VLEK chained to AMD's ARK
-	KindSim  Kind = "sim"     // simulated: signed with a local Ed25519 key, NOT confidential
-	KindNone Kind = "none"    // no TEE: nothing is attested
-)
-
-// kindsByCode lists every kind this package knows, indexed by wire code.
-var kindsByCode = [...]Kind{KindNone, KindTDX, KindSNP, KindSim}
-
-// Valid reports whether k is one of the four kinds.
-func (k Kind) Valid() bool {
-	for _, known := range kindsByCode {
-		if k == known {
-			return true
-		}
-	}
-	return false
-}
-
-// Confidential reports whether evidence of this kind comes from TEE hardware.
-func (k Kind) Confidential() bool { return k == KindTDX || k == KindSNP }
-
-// Tier is the trust tier shown wherever a kind is displayed (logs, status, API, ads).
-// The simulated kind always reads "sim (not confidential)".
-func (k Kind) Tier() string {
-	switch k {
-	case KindTDX:
-		return "tdx (confidential)"
-	case KindSNP:
-		return "sev-snp (confidential)"
-	case KindSim:
-		return "sim (not confidential)"
-	case KindNone:
-		return "none (not confidential)"
-	}
-	return "unknown (not confidential)"
-}
 
 // ReportDataSize is the size of the report data field of TDX quotes and SNP reports.
 const ReportDataSize = 64
@@ -76,9 +35,9 @@ func ReportData(peerID []byte, nonce [NonceSize]byte) [ReportDataSize]byte {
 // Evidence is what an Attester produces and a Verifier checks. Its wire form is
 // drawn in the package documentation (see MarshalBinary / DecodeEvidence).
 type Evidence struct {
-	Kind Kind
+	Kind tee.Kind
 	// Report is the kind's signed structure: the raw TDX quote, the raw SNP report
-	// (1184 bytes), or the sim report. Empty for KindNone.
+	// (1184 bytes), or the sim report. Empty for tee.None.
 	Report []byte
 	// Aux is the kind's auxiliary data: the SNP certificate table (the configfs-tsm
 	// auxblob: VCEK/VLEK, ASK, ARK). Empty for the other kinds.
@@ -89,29 +48,29 @@ type Evidence struct {
 // Implementations are safe for concurrent use; real quotes may take a second or more.
 type Attester interface {
 	// Kind is the kind of evidence this attester produces.
-	Kind() Kind
+	Kind() tee.Kind
 	// Attest returns evidence carrying reportData, made now.
 	Attest(ctx context.Context, reportData [ReportDataSize]byte) (Evidence, error)
 }
 
 // NoneAttester is the attester of a node that runs outside any TEE: it produces
-// KindNone evidence, which a verifier accepts only when its policy allows "none".
+// tee.None evidence, which a verifier accepts only when its policy allows "none".
 type NoneAttester struct{}
 
-// Kind returns KindNone.
-func (NoneAttester) Kind() Kind { return KindNone }
+// Kind returns tee.None.
+func (NoneAttester) Kind() tee.Kind { return tee.None }
 
-// Attest returns empty KindNone evidence.
+// Attest returns empty tee.None evidence.
 func (NoneAttester) Attest(context.Context, [ReportDataSize]byte) (Evidence, error) {
-	return Evidence{Kind: KindNone}, nil
+	return Evidence{Kind: tee.None}, nil
 }
 
 // Verdict is the outcome of verifying one piece of evidence. On refusal the verifier
 // returns the verdict so far, whose Checked lists the steps that passed.
 type Verdict struct {
-	Kind Kind
+	Kind tee.Kind
 	// Measurement is the hex launch measurement: SNP MEASUREMENT; TDX
-	// MRTD:RTMR0:RTMR1:RTMR2:RTMR3; sim its fake measurement. Empty for KindNone.
+	// MRTD:RTMR0:RTMR1:RTMR2:RTMR3; sim its fake measurement. Empty for tee.None.
 	Measurement string
 	// Tier is Kind.Tier(): "sim (not confidential)" for simulated evidence.
 	Tier string

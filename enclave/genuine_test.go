@@ -9,6 +9,8 @@ import (
 
 	sabi "github.com/google/go-sev-guest/abi"
 	"github.com/google/uuid"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
 // The genuine evidence shipped in testdata (see testdata/README.md).
@@ -40,7 +42,7 @@ func readTestdata(t testing.TB, name string) []byte {
 }
 
 func genuineTDX(t testing.TB) Evidence {
-	return Evidence{Kind: KindTDX, Report: readTestdata(t, "tdx_prod_quote_SPR_E4.dat")}
+	return Evidence{Kind: tee.TDX, Report: readTestdata(t, "tdx_prod_quote_SPR_E4.dat")}
 }
 
 // genuineSNP is the sample report with its VCEK in the certificate table, as the
@@ -49,7 +51,7 @@ func genuineSNP(t testing.TB) Evidence {
 	table := sabi.CertTable{Entries: []sabi.CertTableEntry{
 		{GUID: uuid.MustParse(sabi.VcekGUID), RawCert: readTestdata(t, "vcek.testcer")},
 	}}
-	return Evidence{Kind: KindSNP, Report: readTestdata(t, "attestation.bin"), Aux: table.Marshal()}
+	return Evidence{Kind: tee.SEVSNP, Report: readTestdata(t, "attestation.bin"), Aux: table.Marshal()}
 }
 
 func genuineSNPReportData() (rd [ReportDataSize]byte) {

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
 func hasStep(list []string, prefix string) bool {
@@ -27,7 +29,7 @@ func TestTDXGenuineQuoteVerifiesOffline(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Verify(genuine TDX quote) = %v; want nil", err)
 	}
-	if vd.Kind != KindTDX || vd.Tier != "tdx (confidential)" {
+	if vd.Kind != tee.TDX || vd.Tier != "tdx (confidential)" {
 		t.Errorf("verdict kind/tier = %s/%q", vd.Kind, vd.Tier)
 	}
 	if want := genuineTDXMRTD + ":" + genuineTDXRTMRs; vd.Measurement != want {
@@ -75,7 +77,7 @@ func TestTDXFlippedByteRefused(t *testing.T) {
 		{"qe report", 48 + 584 + 4 + 128 + 6 + 60},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			bad := Evidence{Kind: KindTDX, Report: slices.Clone(ev.Report)}
+			bad := Evidence{Kind: tee.TDX, Report: slices.Clone(ev.Report)}
 			bad.Report[c.off] ^= 0x01
 			if _, err := v.Verify(context.Background(), bad, want); !errors.Is(err, ErrSignature) {
 				t.Fatalf("Verify(quote with byte %d flipped) = %v; want ErrSignature", c.off, err)
@@ -88,7 +90,7 @@ func TestTDXFlippedByteRefused(t *testing.T) {
 	// library ignores bytes after the chain, and so they are outside this sweep.
 	end := bytes.LastIndex(ev.Report, []byte("-----END CERTIFICATE-----")) + len("-----END CERTIFICATE-----")
 	for off := 0; off < end; off += 37 {
-		bad := Evidence{Kind: KindTDX, Report: slices.Clone(ev.Report)}
+		bad := Evidence{Kind: tee.TDX, Report: slices.Clone(ev.Report)}
 		bad.Report[off] ^= 0x80
 		if _, err := v.Verify(context.Background(), bad, want); err == nil {
 			t.Fatalf("Verify(quote with byte %d flipped) = nil; want refusal", off)
@@ -111,7 +113,7 @@ func TestTDXMeasurementAllowList(t *testing.T) {
 		{"empty list", []string{}, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			p := Policy{AllowedMeasurements: map[Kind][]string{KindTDX: c.allow}}
+			p := Policy{AllowedMeasurements: map[tee.Kind][]string{tee.TDX: c.allow}}
 			if err := p.Validate(); err != nil {
 				t.Fatal(err)
 			}
@@ -210,7 +212,7 @@ func TestSNPRefusals(t *testing.T) {
 	t.Run("flipped byte", func(t *testing.T) {
 		// Signed part of the report is bytes 0..0x2A0; the signature follows.
 		for _, off := range []int{0x50 + 3 /* report data */, 0x90 + 7 /* measurement */, 0x1A0 + 1 /* chip id */, 0x2A0 + 5 /* signature r */} {
-			bad := Evidence{Kind: KindSNP, Report: slices.Clone(ev.Report), Aux: ev.Aux}
+			bad := Evidence{Kind: tee.SEVSNP, Report: slices.Clone(ev.Report), Aux: ev.Aux}
 			bad.Report[off] ^= 0x01
 			if _, err := v.Verify(context.Background(), bad, want); err == nil {
 				t.Errorf("Verify(report with byte %#x flipped) = nil; want refusal", off)
@@ -220,18 +222,18 @@ func TestSNPRefusals(t *testing.T) {
 		}
 	})
 	t.Run("flipped vcek byte", func(t *testing.T) {
-		bad := Evidence{Kind: KindSNP, Report: ev.Report, Aux: slices.Clone(ev.Aux)}
+		bad := Evidence{Kind: tee.SEVSNP, Report: ev.Report, Aux: slices.Clone(ev.Aux)}
 		bad.Aux[len(bad.Aux)-20] ^= 0x01 // inside the VCEK's signature
 		if _, err := v.Verify(context.Background(), bad, want); !errors.Is(err, ErrSignature) {
 			t.Errorf("Verify(VCEK with a flipped byte) = %v; want ErrSignature", err)
 		}
 	})
 	t.Run("measurement not allowed", func(t *testing.T) {
-		p := Policy{AllowDebug: true, AllowedMeasurements: map[Kind][]string{KindSNP: {strings.Repeat("00", MeasurementSize)}}}
+		p := Policy{AllowDebug: true, AllowedMeasurements: map[tee.Kind][]string{tee.SEVSNP: {strings.Repeat("00", MeasurementSize)}}}
 		if _, err := (&Verifier{Policy: p}).Verify(context.Background(), ev, want); !errors.Is(err, ErrMeasurementNotAllowed) {
 			t.Errorf("Verify = %v; want ErrMeasurementNotAllowed", err)
 		}
-		p.AllowedMeasurements[KindSNP] = append(p.AllowedMeasurements[KindSNP], genuineSNPMeasurement)
+		p.AllowedMeasurements[tee.SEVSNP] = append(p.AllowedMeasurements[tee.SEVSNP], genuineSNPMeasurement)
 		if _, err := (&Verifier{Policy: p}).Verify(context.Background(), ev, want); err != nil {
 			t.Errorf("Verify with the measurement listed = %v; want nil", err)
 		}
@@ -247,7 +249,7 @@ func TestSNPRefusals(t *testing.T) {
 		}
 	})
 	t.Run("kind not allowed", func(t *testing.T) {
-		p := Policy{AllowDebug: true, AllowedKinds: []Kind{KindTDX}}
+		p := Policy{AllowDebug: true, AllowedKinds: []tee.Kind{tee.TDX}}
 		if _, err := (&Verifier{Policy: p}).Verify(context.Background(), ev, want); !errors.Is(err, ErrKindNotAllowed) {
 			t.Errorf("Verify = %v; want ErrKindNotAllowed", err)
 		}

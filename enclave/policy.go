@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
 // MeasurementSize is the size of a TDX MRTD/RTMR, an SNP MEASUREMENT and a sim measurement.
@@ -18,30 +20,33 @@ const DefaultMaxEvidenceAge = 5 * time.Minute
 // maxFutureSkew is how far ahead of the verifier's clock a signed evidence time may be.
 const maxFutureSkew = 30 * time.Second
 
-// Policy says which evidence a verifier accepts. It is the node config's
-// [enclave.policy] section:
+// Policy says which workers a node accepts: the kinds its client selects from
+// the ads, and the evidence its verifier accepts of them. It is the node
+// config's [enclave.policy] section, the one place a node says what it buys from:
 //
 //	[enclave.policy]
-//	allowed_kinds = ["tdx", "sev-snp"]
-//	allow_sim = false
-//	max_evidence_age = "5m"
+//	allowed_kinds = ["tdx", "sev-snp"]   # add "none" for workers outside any TEE
+//	allow_sim = false                    # the guard: "sim" may be listed only when on
+//	allow_debug = false
+//	max_evidence_age = "5m0s"
 //	[enclave.policy.allowed_measurements]
 //	tdx = ["<mrtd hex>", "<mrtd>:<rtmr0>:<rtmr1>:<rtmr2>:<rtmr3>"]
 //	"sev-snp" = ["<measurement hex>"]
 //
-// The zero value accepts tdx and sev-snp evidence with any measurement and refuses
-// sim and none. Validate before use.
+// The zero value accepts tdx and sev-snp with any measurement and refuses sim
+// and none. Validate before use.
 type Policy struct {
-	// AllowedKinds lists the hardware kinds accepted ("tdx", "sev-snp") and "none" for
-	// peers outside any TEE. Empty means tdx and sev-snp. "sim" is governed by AllowSim
-	// alone and may be listed only when AllowSim is on.
-	AllowedKinds []Kind `toml:"allowed_kinds"`
+	// AllowedKinds lists the kinds accepted: "tdx", "sev-snp", "none" (peers
+	// outside any TEE, which attest nothing) and "sim" (simulated, not
+	// confidential; only with AllowSim). Empty means tdx and sev-snp.
+	AllowedKinds []tee.Kind `toml:"allowed_kinds"`
 	// AllowedMeasurements maps a kind to its allow-list of hex measurements. A kind
 	// without an entry accepts any measurement (the verdict says so in NotChecked).
 	// A TDX entry is the MRTD alone, or MRTD:RTMR0:RTMR1:RTMR2:RTMR3.
-	AllowedMeasurements map[Kind][]string `toml:"allowed_measurements"`
-	// AllowSim accepts simulated evidence ("sim (not confidential)"): on in testnets,
-	// off elsewhere.
+	AllowedMeasurements map[tee.Kind][]string `toml:"allowed_measurements"`
+	// AllowSim is the guard on simulated TEEs ("sim (not confidential)"): sim
+	// may be listed in AllowedKinds (or be the node's own attester) only when it
+	// is on; on in testnets, off elsewhere.
 	AllowSim bool `toml:"allow_sim"`
 	// AllowDebug accepts hardware evidence from debuggable guests (SNP policy DEBUG,
 	// TDX TD_ATTRIBUTES.DEBUG), whose memory the host can read. Off by default.
@@ -58,7 +63,7 @@ func (p Policy) Validate() error {
 		if !k.Valid() {
 			return fmt.Errorf("enclave policy: allowed_kinds[%d]: unknown kind %q (want one of tdx, sev-snp, sim, none)", i, k)
 		}
-		if k == KindSim && !p.AllowSim {
+		if k == tee.Sim && !p.AllowSim {
 			return fmt.Errorf("enclave policy: allowed_kinds[%d]: %q is listed but allow_sim is false", i, k)
 		}
 	}
@@ -69,7 +74,7 @@ func (p Policy) Validate() error {
 		if !k.Valid() {
 			return fmt.Errorf("enclave policy: allowed_measurements: unknown kind %q", k)
 		}
-		if k == KindNone {
+		if k == tee.None {
 			return fmt.Errorf("enclave policy: allowed_measurements[%q]: kind none has no measurement", k)
 		}
 		for i, m := range list {
@@ -81,19 +86,31 @@ func (p Policy) Validate() error {
 	return nil
 }
 
-// allows reports whether the policy accepts evidence of kind k at all.
-func (p Policy) allows(k Kind) error {
-	if k == KindSim {
-		if !p.AllowSim {
-			return ErrSimNotAllowed
-		}
-		return nil
+// defaultKinds is what an empty AllowedKinds accepts: TEE hardware only.
+var defaultKinds = []tee.Kind{tee.TDX, tee.SEVSNP}
+
+// Kinds returns the kinds the policy accepts, the default applied: the TEE
+// filter of a node's client, so that it selects the workers whose evidence
+// its verifier accepts. The caller owns the slice.
+func (p Policy) Kinds() []tee.Kind { return slices.Clone(p.kinds()) }
+
+func (p Policy) kinds() []tee.Kind {
+	if len(p.AllowedKinds) == 0 {
+		return defaultKinds
 	}
-	kinds := p.AllowedKinds
-	if len(kinds) == 0 {
-		kinds = []Kind{KindTDX, KindSNP}
+	return p.AllowedKinds
+}
+
+// Accepts reports whether the policy accepts workers of kind k at all: what a
+// client selects from the ads, before any evidence is seen.
+func (p Policy) Accepts(k tee.Kind) bool { return p.allows(k) == nil }
+
+// allows is Accepts with the reason for a refusal.
+func (p Policy) allows(k tee.Kind) error {
+	if k == tee.Sim && !p.AllowSim {
+		return ErrSimNotAllowed
 	}
-	if !slices.Contains(kinds, k) {
+	if kinds := p.kinds(); !slices.Contains(kinds, k) {
 		return fmt.Errorf("kind %q not in allowed_kinds %v: %w", k, kinds, ErrKindNotAllowed)
 	}
 	return nil
@@ -108,7 +125,7 @@ func (p Policy) maxAge() time.Duration {
 
 // checkMeasurement matches parts (one 48-byte value; five for TDX) against the
 // allow-list of kind k. It reports pinned=false when the kind has no allow-list.
-func (p Policy) checkMeasurement(k Kind, parts [][]byte) (pinned bool, err error) {
+func (p Policy) checkMeasurement(k tee.Kind, parts [][]byte) (pinned bool, err error) {
 	list, ok := p.AllowedMeasurements[k]
 	if !ok {
 		return false, nil
@@ -138,12 +155,12 @@ func (p Policy) checkMeasurement(k Kind, parts [][]byte) (pinned bool, err error
 // parseMeasurement decodes one allow-list entry: colon-separated hex values of
 // MeasurementSize bytes, one for sev-snp and sim, one (MRTD) or five
 // (MRTD and RTMR0..3) for tdx.
-func parseMeasurement(k Kind, s string) ([][]byte, error) {
+func parseMeasurement(k tee.Kind, s string) ([][]byte, error) {
 	fields := strings.Split(strings.TrimSpace(s), ":")
 	switch {
-	case k == KindTDX && len(fields) != 1 && len(fields) != 5:
+	case k == tee.TDX && len(fields) != 1 && len(fields) != 5:
 		return nil, fmt.Errorf("tdx measurement %q: want MRTD or MRTD:RTMR0:RTMR1:RTMR2:RTMR3", s)
-	case k != KindTDX && len(fields) != 1:
+	case k != tee.TDX && len(fields) != 1:
 		return nil, fmt.Errorf("%s measurement %q: want one hex value", k, s)
 	}
 	out := make([][]byte, len(fields))

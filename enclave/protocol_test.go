@@ -6,12 +6,14 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
 // replayAttester answers every request with the same captured evidence.
 type replayAttester struct{ ev Evidence }
 
-func (r replayAttester) Kind() Kind { return r.ev.Kind }
+func (r replayAttester) Kind() tee.Kind { return r.ev.Kind }
 func (r replayAttester) Attest(context.Context, [ReportDataSize]byte) (Evidence, error) {
 	return r.ev, nil
 }

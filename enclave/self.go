@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
 // SelfMeasurement asks a hardware attester for a report and returns the
@@ -19,7 +21,7 @@ func SelfMeasurement(ctx context.Context, a Attester) ([]byte, error) {
 		return nil, fmt.Errorf("read this machine's %s report: %w", a.Kind(), err)
 	}
 	switch ev.Kind {
-	case KindTDX:
+	case tee.TDX:
 		q, err := parseTDXQuote(ev.Report)
 		if err != nil {
 			return nil, fmt.Errorf("this machine's tdx quote: %w", err)
@@ -28,7 +30,7 @@ func SelfMeasurement(ctx context.Context, a Attester) ([]byte, error) {
 			return m, nil
 		}
 		return nil, fmt.Errorf("this machine's tdx quote has no MRTD: %w", ErrMalformed)
-	case KindSNP:
+	case tee.SEVSNP:
 		att, err := parseSNP(ev)
 		if err != nil {
 			return nil, fmt.Errorf("this machine's snp report: %w", err)

@@ -10,6 +10,8 @@ import (
 	"github.com/google/go-sev-guest/validate"
 	sverify "github.com/google/go-sev-guest/verify"
 	"github.com/google/uuid"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
 // snpReportSize is the size of an SEV-SNP ATTESTATION_REPORT.
@@ -170,7 +172,7 @@ func (v *Verifier) verifySNP(ctx context.Context, ev Evidence, want [ReportDataS
 	}
 	vd.TCBStatus = "reported TCB matches the VCEK's TCB"
 	vd.checked("reported TCB matches the VCEK's TCB; no migration agent; chip ID matches VCEK")
-	if err := v.measurement(KindSNP, [][]byte{report.GetMeasurement()}, vd); err != nil {
+	if err := v.measurement(tee.SEVSNP, [][]byte{report.GetMeasurement()}, vd); err != nil {
 		return err
 	}
 	if err := CheckReportData(report.GetReportData(), want); err != nil {

@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"time"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
 // The simulated TEE. It is NOT confidential: anyone can run it and sign anything.
@@ -56,8 +58,8 @@ func NewSimAttester(key ed25519.PrivateKey, measurement [MeasurementSize]byte, n
 	return &SimAttester{key: key, measurement: measurement, now: now}
 }
 
-// Kind returns KindSim.
-func (a *SimAttester) Kind() Kind { return KindSim }
+// Kind returns tee.Sim.
+func (a *SimAttester) Kind() tee.Kind { return tee.Sim }
 
 // Attest signs a sim report for reportData at the attester's current time.
 func (a *SimAttester) Attest(_ context.Context, reportData [ReportDataSize]byte) (Evidence, error) {
@@ -65,7 +67,7 @@ func (a *SimAttester) Attest(_ context.Context, reportData [ReportDataSize]byte)
 	copy(r.PublicKey[:], a.key.Public().(ed25519.PublicKey))
 	b := r.signedPart()
 	sig := ed25519.Sign(a.key, append([]byte(simSignContext), b...))
-	return Evidence{Kind: KindSim, Report: append(b, sig...)}, nil
+	return Evidence{Kind: tee.Sim, Report: append(b, sig...)}, nil
 }
 
 // SimReport is a decoded sim report.
@@ -122,7 +124,7 @@ func (v *Verifier) verifySim(ev Evidence, want [ReportDataSize]byte, vd *Verdict
 	vd.checked("sim report Ed25519 signature (key self-asserted: simulated, not confidential)")
 	vd.notChecked("hardware root of trust: sim evidence is simulated, not confidential")
 	vd.EvidenceTime = r.Time
-	if err := v.measurement(KindSim, [][]byte{r.Measurement[:]}, vd); err != nil {
+	if err := v.measurement(tee.Sim, [][]byte{r.Measurement[:]}, vd); err != nil {
 		return err
 	}
 	if err := CheckReportData(r.ReportData[:], want); err != nil {

@@ -9,9 +9,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
-var simPolicy = Policy{AllowSim: true}
+var simPolicy = Policy{AllowSim: true, AllowedKinds: []tee.Kind{tee.Sim}}
 
 func TestSimRoundTrip(t *testing.T) {
 	a := NewSimAttester(nil, [MeasurementSize]byte{}, nil)
@@ -26,7 +28,7 @@ func TestSimRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Verify(sim) = %v", err)
 	}
-	if vd.Tier != "sim (not confidential)" || vd.Kind != KindSim {
+	if vd.Tier != "sim (not confidential)" || vd.Kind != tee.Sim {
 		t.Errorf("tier = %q kind = %s; want sim (not confidential)", vd.Tier, vd.Kind)
 	}
 	if !hasStep(vd.NotChecked, "hardware root of trust") {
@@ -56,13 +58,15 @@ func TestSimRefusals(t *testing.T) {
 		err  error
 	}{
 		{"allow_sim off", Verifier{Now: at(0)}, ev, want, ErrSimNotAllowed},
-		{"allow_sim off, sim listed nowhere", Verifier{Policy: Policy{AllowedKinds: []Kind{KindTDX, KindNone}}, Now: at(0)}, ev, want, ErrSimNotAllowed},
+		{"allow_sim off, sim listed nowhere", Verifier{Policy: Policy{AllowedKinds: []tee.Kind{tee.TDX, tee.None}}, Now: at(0)}, ev, want, ErrSimNotAllowed},
+		{"allow_sim on, sim not listed", Verifier{Policy: Policy{AllowSim: true, AllowedKinds: []tee.Kind{tee.TDX}}, Now: at(0)}, ev, want, ErrKindNotAllowed},
+		{"allow_sim on, default kinds", Verifier{Policy: Policy{AllowSim: true}, Now: at(0)}, ev, want, ErrKindNotAllowed},
 		{"wrong report data", Verifier{Policy: simPolicy, Now: at(0)}, ev, ReportData([]byte("peer-b"), nonce), ErrReportDataMismatch},
 		{"too old", Verifier{Policy: simPolicy, Now: at(DefaultMaxEvidenceAge + time.Second)}, ev, want, ErrEvidenceTooOld},
-		{"too old for a tight policy", Verifier{Policy: Policy{AllowSim: true, MaxEvidenceAge: time.Second}, Now: at(2 * time.Second)}, ev, want, ErrEvidenceTooOld},
+		{"too old for a tight policy", Verifier{Policy: Policy{AllowSim: true, AllowedKinds: []tee.Kind{tee.Sim}, MaxEvidenceAge: time.Second}, Now: at(2 * time.Second)}, ev, want, ErrEvidenceTooOld},
 		{"from the future", Verifier{Policy: simPolicy, Now: at(-time.Minute)}, ev, want, ErrEvidenceFromFuture},
-		{"measurement not allowed", Verifier{Policy: Policy{AllowSim: true, AllowedMeasurements: map[Kind][]string{KindSim: {strings.Repeat("11", MeasurementSize)}}}, Now: at(0)}, ev, want, ErrMeasurementNotAllowed},
-		{"truncated", Verifier{Policy: simPolicy, Now: at(0)}, Evidence{Kind: KindSim, Report: ev.Report[:SimReportSize-1]}, want, ErrMalformed},
+		{"measurement not allowed", Verifier{Policy: Policy{AllowSim: true, AllowedKinds: []tee.Kind{tee.Sim}, AllowedMeasurements: map[tee.Kind][]string{tee.Sim: {strings.Repeat("11", MeasurementSize)}}}, Now: at(0)}, ev, want, ErrMeasurementNotAllowed},
+		{"truncated", Verifier{Policy: simPolicy, Now: at(0)}, Evidence{Kind: tee.Sim, Report: ev.Report[:SimReportSize-1]}, want, ErrMalformed},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if _, err := c.v.Verify(context.Background(), c.ev, c.want); !errors.Is(err, c.err) {
@@ -73,7 +77,7 @@ func TestSimRefusals(t *testing.T) {
 	// Any flipped byte of the report breaks its signature.
 	v := &Verifier{Policy: simPolicy, Now: at(0)}
 	for off := range SimReportSize {
-		bad := Evidence{Kind: KindSim, Report: slices.Clone(ev.Report)}
+		bad := Evidence{Kind: tee.Sim, Report: slices.Clone(ev.Report)}
 		bad.Report[off] ^= 0x04
 		_, err := v.Verify(context.Background(), bad, want)
 		if !errors.Is(err, ErrSignature) && !(off == 0 && errors.Is(err, ErrMalformed)) {
@@ -90,7 +94,7 @@ func TestNoneKind(t *testing.T) {
 	if _, err := (&Verifier{}).Verify(context.Background(), ev, [ReportDataSize]byte{}); !errors.Is(err, ErrKindNotAllowed) {
 		t.Fatalf("Verify(none, default policy) = %v; want ErrKindNotAllowed", err)
 	}
-	vd, err := (&Verifier{Policy: Policy{AllowedKinds: []Kind{KindNone}}}).Verify(context.Background(), ev, [ReportDataSize]byte{})
+	vd, err := (&Verifier{Policy: Policy{AllowedKinds: []tee.Kind{tee.None}}}).Verify(context.Background(), ev, [ReportDataSize]byte{})
 	if err != nil || vd.Tier != "none (not confidential)" {
 		t.Fatalf("Verify(none, allowed) = %+v, %v", vd, err)
 	}

@@ -9,6 +9,8 @@ import (
 	tabi "github.com/google/go-tdx-guest/abi"
 	tpb "github.com/google/go-tdx-guest/proto/tdx"
 	tverify "github.com/google/go-tdx-guest/verify"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
 // intelRootPEM is Intel's SGX Root CA, the root of every TDX PCK chain (copied from
@@ -123,7 +125,7 @@ func (v *Verifier) verifyTDX(ctx context.Context, ev Evidence, want [ReportDataS
 		vd.checked("TD is not debuggable")
 	}
 	parts := append([][]byte{body.GetMrTd()}, body.GetRtmrs()...)
-	if err := v.measurement(KindTDX, parts, vd); err != nil {
+	if err := v.measurement(tee.TDX, parts, vd); err != nil {
 		return err
 	}
 	if err := CheckReportData(body.GetReportData(), want); err != nil {

@@ -10,6 +10,8 @@ import (
 	"github.com/google/go-configfs-tsm/configfs/configfsi"
 	"github.com/google/go-configfs-tsm/configfs/linuxtsm"
 	"github.com/google/go-configfs-tsm/report"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
 // TSM providers as the Linux configfs-tsm report interface names them.
@@ -28,7 +30,7 @@ var ErrNoTSM = errors.New("enclave: configfs-tsm report interface not available"
 // hardware makes one quote at a time.
 type TSMAttester struct {
 	client configfsi.Client
-	kind   Kind
+	kind   tee.Kind
 	mu     sync.Mutex
 }
 
@@ -65,19 +67,19 @@ func NewTSMAttester(client configfsi.Client) (*TSMAttester, error) {
 	return &TSMAttester{client: client, kind: kind}, nil
 }
 
-func tsmKind(provider string) (Kind, error) {
+func tsmKind(provider string) (tee.Kind, error) {
 	switch p := strings.TrimSpace(provider); p {
 	case tsmProviderTDX:
-		return KindTDX, nil
+		return tee.TDX, nil
 	case tsmProviderSNP:
-		return KindSNP, nil
+		return tee.SEVSNP, nil
 	default:
 		return "", fmt.Errorf("configfs-tsm provider %q is neither %s nor %s", p, tsmProviderTDX, tsmProviderSNP)
 	}
 }
 
 // Kind returns the kind found by NewTSMAttester.
-func (a *TSMAttester) Kind() Kind { return a.kind }
+func (a *TSMAttester) Kind() tee.Kind { return a.kind }
 
 // Attest writes reportData as the report's inblob and reads back the quote (outblob)
 // and, for SEV-SNP, the certificate table (auxblob).
@@ -89,7 +91,7 @@ func (a *TSMAttester) Attest(ctx context.Context, reportData [ReportDataSize]byt
 	}
 	resp, err := report.Get(a.client, &report.Request{
 		InBlob:     reportData[:],
-		GetAuxBlob: a.kind == KindSNP,
+		GetAuxBlob: a.kind == tee.SEVSNP,
 	})
 	if err != nil {
 		return Evidence{}, fmt.Errorf("configfs-tsm %s report: %w", a.kind, err)
@@ -102,7 +104,7 @@ func (a *TSMAttester) Attest(ctx context.Context, reportData [ReportDataSize]byt
 		return Evidence{}, fmt.Errorf("configfs-tsm provider changed from %s to %s", a.kind, kind)
 	}
 	ev := Evidence{Kind: kind, Report: resp.OutBlob}
-	if kind == KindSNP {
+	if kind == tee.SEVSNP {
 		ev.Aux = resp.AuxBlob
 	}
 	if n := len(ev.Report) + len(ev.Aux); n > MaxEvidenceSize-32 {

@@ -10,6 +10,8 @@ import (
 
 	"github.com/google/go-configfs-tsm/configfs/configfsi"
 	"github.com/google/go-configfs-tsm/configfs/faketsm"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
 // fakeTSM is go-configfs-tsm's fake configfs backend (faketsm, report subsystem v7)
@@ -61,7 +63,7 @@ func TestTSMStockFakeBackend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "privlevel: 0\ninblob: " + hex.EncodeToString(rd[:]); string(ev.Report) != want || ev.Kind != KindTDX {
+	if want := "privlevel: 0\ninblob: " + hex.EncodeToString(rd[:]); string(ev.Report) != want || ev.Kind != tee.TDX {
 		t.Fatalf("evidence = %s %q; want tdx %q", ev.Kind, ev.Report, want)
 	}
 	if len(*inblobs) != 1 || !bytes.Equal((*inblobs)[0], rd[:]) {
@@ -77,7 +79,7 @@ func TestTSMAttesterTDXGenuineQuote(t *testing.T) {
 	quote := genuineTDX(t).Report
 	client, inblobs := fakeTSM(t, "tdx_guest", func([]byte) []byte { return quote }, nil)
 	a, err := NewTSMAttester(client)
-	if err != nil || a.Kind() != KindTDX {
+	if err != nil || a.Kind() != tee.TDX {
 		t.Fatalf("NewTSMAttester = %v, %v", a, err)
 	}
 	rd := ReportData([]byte("peer"), NewNonce())
@@ -103,7 +105,7 @@ func TestTSMAttesterSNPAuxblob(t *testing.T) {
 	g := genuineSNP(t)
 	client, _ := fakeTSM(t, "sev_guest", func([]byte) []byte { return g.Report }, g.Aux)
 	a, err := NewTSMAttester(client)
-	if err != nil || a.Kind() != KindSNP {
+	if err != nil || a.Kind() != tee.SEVSNP {
 		t.Fatalf("NewTSMAttester = %v, %v", a, err)
 	}
 	ev, err := a.Attest(context.Background(), genuineSNPReportData())

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
 // Verifier checks evidence against a Policy. The zero value (with a valid Policy)
@@ -53,13 +55,13 @@ func (v *Verifier) Verify(ctx context.Context, ev Evidence, want [ReportDataSize
 func (v *Verifier) verifyKind(ctx context.Context, ev Evidence, want [ReportDataSize]byte, vd *Verdict) (err error) {
 	defer recoverMalformed("decode", &err)
 	switch ev.Kind {
-	case KindTDX:
+	case tee.TDX:
 		return v.verifyTDX(ctx, ev, want, vd)
-	case KindSNP:
+	case tee.SEVSNP:
 		return v.verifySNP(ctx, ev, want, vd)
-	case KindSim:
+	case tee.Sim:
 		return v.verifySim(ev, want, vd)
-	case KindNone:
+	case tee.None:
 		vd.notChecked("everything: kind none attests nothing")
 		if len(ev.Report) != 0 || len(ev.Aux) != 0 {
 			return fmt.Errorf("kind none carries data: %w", ErrMalformed)
@@ -78,7 +80,7 @@ func recoverMalformed(what string, err *error) {
 }
 
 // measurement checks parts against the allow-list and records the result.
-func (v *Verifier) measurement(k Kind, parts [][]byte, vd *Verdict) error {
+func (v *Verifier) measurement(k tee.Kind, parts [][]byte, vd *Verdict) error {
 	vd.Measurement = formatMeasurement(parts)
 	pinned, err := v.Policy.checkMeasurement(k, parts)
 	if err != nil {

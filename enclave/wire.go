@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
 // Size caps, checked before any allocation.
@@ -23,9 +25,13 @@ const (
 // wireVersion is the first byte of evidence and of both protocol messages.
 const wireVersion = 1
 
-var kindCodes = map[Kind]byte{KindNone: 0, KindTDX: 1, KindSNP: 2, KindSim: 3}
+// kindsByCode is the evidence's kind byte: the index of each kind.
+var kindsByCode = [...]tee.Kind{tee.None, tee.TDX, tee.SEVSNP, tee.Sim}
 
-func kindFromCode(c byte) (Kind, bool) {
+// kindCodes is kindsByCode inverted.
+var kindCodes = map[tee.Kind]byte{tee.None: 0, tee.TDX: 1, tee.SEVSNP: 2, tee.Sim: 3}
+
+func kindFromCode(c byte) (tee.Kind, bool) {
 	if int(c) < len(kindsByCode) {
 		return kindsByCode[c], true
 	}
@@ -86,7 +92,7 @@ func DecodeEvidence(b []byte) (Evidence, error) {
 	if len(rest) != 0 {
 		return Evidence{}, fmt.Errorf("decode evidence: %d trailing bytes: %w", len(rest), ErrMalformed)
 	}
-	if kind == KindNone && (len(report) != 0 || len(aux) != 0) {
+	if kind == tee.None && (len(report) != 0 || len(aux) != 0) {
 		return Evidence{}, fmt.Errorf("decode evidence: kind none carries data: %w", ErrMalformed)
 	}
 	return Evidence{Kind: kind, Report: report, Aux: aux}, nil

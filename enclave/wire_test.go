@@ -8,6 +8,8 @@ import (
 	"io"
 	"runtime"
 	"testing"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
 var goldenEvidence = []struct {
@@ -15,10 +17,10 @@ var goldenEvidence = []struct {
 	ev   Evidence
 	wire string // hex
 }{
-	{"none", Evidence{Kind: KindNone}, "01000000"},
-	{"tdx", Evidence{Kind: KindTDX, Report: []byte{0xaa, 0xbb}}, "010102aabb00"},
-	{"sev-snp", Evidence{Kind: KindSNP, Report: []byte{1}, Aux: []byte{2, 3}}, "0102010102" + "0203"},
-	{"sim", Evidence{Kind: KindSim, Report: bytes.Repeat([]byte{9}, 130)}, "01038201" + hex.EncodeToString(bytes.Repeat([]byte{9}, 130)) + "00"},
+	{"none", Evidence{Kind: tee.None}, "01000000"},
+	{"tdx", Evidence{Kind: tee.TDX, Report: []byte{0xaa, 0xbb}}, "010102aabb00"},
+	{"sev-snp", Evidence{Kind: tee.SEVSNP, Report: []byte{1}, Aux: []byte{2, 3}}, "0102010102" + "0203"},
+	{"sim", Evidence{Kind: tee.Sim, Report: bytes.Repeat([]byte{9}, 130)}, "01038201" + hex.EncodeToString(bytes.Repeat([]byte{9}, 130)) + "00"},
 }
 
 func TestEvidenceGolden(t *testing.T) {
@@ -58,7 +60,7 @@ func TestDecodeEvidenceRefuses(t *testing.T) {
 			t.Errorf("%s: DecodeEvidence = %v; want %v", c.name, err, c.err)
 		}
 	}
-	if _, err := (Evidence{Kind: KindTDX, Report: make([]byte, MaxEvidenceSize)}).MarshalBinary(); !errors.Is(err, ErrTooLarge) {
+	if _, err := (Evidence{Kind: tee.TDX, Report: make([]byte, MaxEvidenceSize)}).MarshalBinary(); !errors.Is(err, ErrTooLarge) {
 		t.Errorf("MarshalBinary(oversized) = %v; want ErrTooLarge", err)
 	}
 }
@@ -237,7 +239,7 @@ func FuzzParseSNP(f *testing.F) {
 	f.Add(g.Report, []byte{})
 	f.Add(g.Report, append(make([]byte, 16), 0xff, 0xff, 0xff, 0xff, 0x10, 0, 0, 0))
 	f.Fuzz(func(t *testing.T, report, aux []byte) {
-		_, _ = parseSNP(Evidence{Kind: KindSNP, Report: report, Aux: aux})
+		_, _ = parseSNP(Evidence{Kind: tee.SEVSNP, Report: report, Aux: aux})
 	})
 }
 
@@ -259,7 +261,7 @@ func FuzzVerify(f *testing.F) {
 	simEv, _ := NewSimAttester(nil, [MeasurementSize]byte{}, nil).Attest(context.Background(), [ReportDataSize]byte{})
 	b, _ := simEv.MarshalBinary()
 	f.Add(b)
-	v := &Verifier{Policy: Policy{AllowSim: true, AllowDebug: true, AllowedKinds: []Kind{KindTDX, KindSNP, KindSim}}}
+	v := &Verifier{Policy: Policy{AllowSim: true, AllowDebug: true, AllowedKinds: []tee.Kind{tee.TDX, tee.SEVSNP, tee.Sim}}}
 	var want [ReportDataSize]byte
 	want[0] = 0xfe // no seed carries this report data
 	f.Fuzz(func(t *testing.T, b []byte) {

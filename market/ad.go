@@ -9,6 +9,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market/pb"
 )
 
@@ -33,41 +34,34 @@ const (
 	DefaultAdTTL      = 60 * time.Second
 )
 
-// TEEKind names the trusted execution environment a worker runs in.
-type TEEKind int32
-
-// TEE kinds, as on the wire.
-const (
-	TEEUnknown TEEKind = TEEKind(pb.TEEKind_TEE_KIND_UNSPECIFIED)
-	TEENone    TEEKind = TEEKind(pb.TEEKind_TEE_KIND_NONE)
-	TEESim     TEEKind = TEEKind(pb.TEEKind_TEE_KIND_SIM) // simulated TEE, not confidential
-	TEETDX     TEEKind = TEEKind(pb.TEEKind_TEE_KIND_TDX)
-	TEESEVSNP  TEEKind = TEEKind(pb.TEEKind_TEE_KIND_SEV_SNP)
-)
-
-// String returns the design's name of k: tdx, sev-snp, sim or none.
-func (k TEEKind) String() string {
+// teeToPB and teeFromPB convert a kind to and from the ad's wire enum, whose
+// numbers are the protobuf's own (TEE_KIND_UNSPECIFIED is no kind).
+func teeToPB(k tee.Kind) pb.TEEKind {
 	switch k {
-	case TEENone:
-		return "none"
-	case TEESim:
-		return "sim"
-	case TEETDX:
-		return "tdx"
-	case TEESEVSNP:
-		return "sev-snp"
+	case tee.None:
+		return pb.TEEKind_TEE_KIND_NONE
+	case tee.Sim:
+		return pb.TEEKind_TEE_KIND_SIM
+	case tee.TDX:
+		return pb.TEEKind_TEE_KIND_TDX
+	case tee.SEVSNP:
+		return pb.TEEKind_TEE_KIND_SEV_SNP
 	}
-	return fmt.Sprintf("unknown(%d)", int32(k))
+	return pb.TEEKind_TEE_KIND_UNSPECIFIED
 }
 
-// ParseTEEKind is the inverse of TEEKind.String.
-func ParseTEEKind(s string) (TEEKind, error) {
-	for _, k := range []TEEKind{TEENone, TEESim, TEETDX, TEESEVSNP} {
-		if k.String() == s {
-			return k, nil
-		}
+func teeFromPB(k pb.TEEKind) (tee.Kind, bool) {
+	switch k {
+	case pb.TEEKind_TEE_KIND_NONE:
+		return tee.None, true
+	case pb.TEEKind_TEE_KIND_SIM:
+		return tee.Sim, true
+	case pb.TEEKind_TEE_KIND_TDX:
+		return tee.TDX, true
+	case pb.TEEKind_TEE_KIND_SEV_SNP:
+		return tee.SEVSNP, true
 	}
-	return TEEUnknown, fmt.Errorf("parse tee kind %q: want tdx, sev-snp, sim or none", s)
+	return "", false
 }
 
 // Ad is a worker's capacity advertisement.
@@ -108,7 +102,7 @@ type Capacity struct {
 
 // TEE is the worker's enclave kind and the measurement its attestation will show.
 type TEE struct {
-	Kind        TEEKind
+	Kind        tee.Kind
 	Measurement []byte
 }
 
@@ -168,7 +162,7 @@ func (a *Ad) toPB() *pb.Ad {
 			SlotsFree:   a.Capacity.SlotsFree,
 			QueueLength: a.Capacity.QueueLength,
 		},
-		Tee:        &pb.TEE{Kind: pb.TEEKind(a.TEE.Kind), Measurement: a.TEE.Measurement},
+		Tee:        &pb.TEE{Kind: teeToPB(a.TEE.Kind), Measurement: a.TEE.Measurement},
 		Settlement: a.Settlement.toPB(),
 	}
 	for _, o := range a.Models {
@@ -220,6 +214,10 @@ func DecodeAd(b []byte) (*Ad, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decode ad: peer id: %w: %v", ErrAdSchema, err)
 	}
+	kind, ok := teeFromPB(m.GetTee().GetKind())
+	if !ok {
+		return nil, fmt.Errorf("decode ad: %w: tee kind %v", ErrAdSchema, m.GetTee().GetKind())
+	}
 	a := &Ad{
 		Peer:     id,
 		Seq:      m.GetSeq(),
@@ -230,7 +228,7 @@ func DecodeAd(b []byte) (*Ad, error) {
 			SlotsFree:   m.GetCapacity().GetSlotsFree(),
 			QueueLength: m.GetCapacity().GetQueueLength(),
 		},
-		TEE:        TEE{Kind: TEEKind(m.GetTee().GetKind()), Measurement: m.GetTee().GetMeasurement()},
+		TEE:        TEE{Kind: kind, Measurement: m.GetTee().GetMeasurement()},
 		Settlement: settlementFromPB(m.GetSettlement()),
 	}
 	if m.Models != nil {
@@ -300,16 +298,16 @@ func (a *Ad) check() error {
 		return bad("slots free %d of total %d", a.Capacity.SlotsFree, a.Capacity.SlotsTotal)
 	}
 	switch a.TEE.Kind {
-	case TEENone:
+	case tee.None:
 		if len(a.TEE.Measurement) != 0 {
 			return bad("tee none with a measurement")
 		}
-	case TEESim, TEETDX, TEESEVSNP:
+	case tee.Sim, tee.TDX, tee.SEVSNP:
 		if len(a.TEE.Measurement) == 0 || len(a.TEE.Measurement) > maxMeasureLen {
 			return bad("tee %v: measurement of %d bytes", a.TEE.Kind, len(a.TEE.Measurement))
 		}
 	default:
-		return bad("tee kind %v", a.TEE.Kind)
+		return bad("tee kind %q", a.TEE.Kind)
 	}
 	if a.Settlement.WalletAddress == "" || len(a.Settlement.WalletAddress) > maxWalletLen {
 		return bad("wallet address of %d bytes", len(a.Settlement.WalletAddress))

@@ -11,6 +11,9 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
+	"github.com/cocoon-network/cocoon/market/pb"
 )
 
 // testPeer returns a deterministic Ed25519 peer ID.
@@ -41,7 +44,7 @@ func testAd(t testing.TB, n byte, seq uint64) *Ad {
 			{ID: "llama-3.1-8b", ContextLength: 8192, Price: Price{Prompt: 50_000, Completion: 150_000}, TTFT: 120 * time.Millisecond, TimePerToken: 12 * time.Millisecond},
 		},
 		Capacity: Capacity{GPUs: []GPU{{Name: "NVIDIA H100 80GB HBM3", VRAM: 80 << 30}}, SlotsTotal: 8, SlotsFree: 5, QueueLength: 1},
-		TEE:      TEE{Kind: TEETDX, Measurement: bytes.Repeat([]byte{0x5a}, 48)},
+		TEE:      TEE{Kind: tee.TDX, Measurement: bytes.Repeat([]byte{0x5a}, 48)},
 		Settlement: Settlement{WalletAddress: "EQDtFpEwcFAEcRe5mLVh2N6C0x-_hJEM7W61_JLnSF74p4q2",
 			ChannelKey: bytes.Repeat([]byte{7}, 32), MinDeposit: 1_000_000_000},
 	}
@@ -97,6 +100,16 @@ func TestBookDropReasons(t *testing.T) {
 		// patch the decoded protobuf instead.
 		return encodeUnchecked(t, a)
 	}
+	// wirePatch patches the protobuf of a valid ad, for values the Ad type cannot hold.
+	wirePatch := func(mut func(m *pb.Ad)) []byte {
+		m := testAd(t, 1, 99).toPB()
+		mut(m)
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
 	p1, p2 := testPeer(t, 1), testPeer(t, 2)
 	cases := []struct {
 		name string
@@ -108,7 +121,8 @@ func TestBookDropReasons(t *testing.T) {
 		{"too large", p1, make([]byte, MaxAdSize+1), DropTooLarge},
 		{"malformed", p1, []byte{0xff, 0xff, 0xff}, DropMalformed},
 		{"no models", p1, schema(func(a *Ad) { a.Models = nil }), DropSchema},
-		{"bad tee kind", p1, schema(func(a *Ad) { a.TEE.Kind = 9 }), DropSchema},
+		{"tee kind unspecified", p1, schema(func(a *Ad) { a.TEE.Kind = "sgx" }), DropSchema},
+		{"tee kind unknown to this version", p1, wirePatch(func(m *pb.Ad) { m.Tee.Kind = 9 }), DropSchema},
 		{"free slots above total", p1, schema(func(a *Ad) { a.Capacity.SlotsFree = 9 }), DropSchema},
 		{"no wallet", p1, schema(func(a *Ad) { a.Settlement.WalletAddress = "" }), DropSchema},
 		{"ttl too long", p1, schema(func(a *Ad) { a.TTL = time.Hour }), DropSchema},
@@ -180,10 +194,10 @@ func TestBookDropReasons(t *testing.T) {
 
 func TestSelection(t *testing.T) {
 	book := NewBook(func() time.Time { return t0 })
-	add := func(n byte, kind TEEKind, pc uint64, ttft time.Duration, free uint32) peer.ID {
+	add := func(n byte, kind tee.Kind, pc uint64, ttft time.Duration, free uint32) peer.ID {
 		a := testAd(t, n, 1)
 		a.TEE.Kind = kind
-		if kind == TEENone {
+		if kind == tee.None {
 			a.TEE.Measurement = nil
 		}
 		a.Models[0].Price.Completion = pc
@@ -198,12 +212,12 @@ func TestSelection(t *testing.T) {
 		}
 		return a.Peer
 	}
-	cheap := add(1, TEETDX, 1_000, 20*time.Millisecond, 4)
-	mid := add(2, TEESEVSNP, 2_000, 20*time.Millisecond, 4)
-	pricey := add(3, TEETDX, 4_000, 20*time.Millisecond, 4)
-	sim := add(4, TEESim, 500, 20*time.Millisecond, 4)
-	none := add(5, TEENone, 100, 20*time.Millisecond, 4)
-	full := add(6, TEETDX, 1_000, 20*time.Millisecond, 0)
+	cheap := add(1, tee.TDX, 1_000, 20*time.Millisecond, 4)
+	mid := add(2, tee.SEVSNP, 2_000, 20*time.Millisecond, 4)
+	pricey := add(3, tee.TDX, 4_000, 20*time.Millisecond, 4)
+	sim := add(4, tee.Sim, 500, 20*time.Millisecond, 4)
+	none := add(5, tee.None, 100, 20*time.Millisecond, 4)
+	full := add(6, tee.TDX, 1_000, 20*time.Millisecond, 0)
 	order := func(cs []Candidate) []peer.ID {
 		var out []peer.ID
 		for _, c := range cs {
@@ -218,7 +232,7 @@ func TestSelection(t *testing.T) {
 	if !equalIDs(got, want) {
 		t.Fatalf("default policy (real TEEs) order %v; want %v", got, want)
 	}
-	got = order(sel.Select(Policy{Model: "stories260K", TEE: []TEEKind{TEESim, TEENone}}))
+	got = order(sel.Select(Policy{Model: "stories260K", TEE: []tee.Kind{tee.Sim, tee.None}}))
 	if !equalIDs(got, []peer.ID{none, sim}) {
 		t.Fatalf("sim+none policy: %v; want [none sim]", got)
 	}
@@ -313,15 +327,26 @@ func TestSelectionPowerOfTwo(t *testing.T) {
 	}
 }
 
-func TestTEEKindNames(t *testing.T) {
-	for _, k := range []TEEKind{TEENone, TEESim, TEETDX, TEESEVSNP} {
-		got, err := ParseTEEKind(k.String())
-		if err != nil || got != k {
-			t.Errorf("ParseTEEKind(%q) = %v, %v", k.String(), got, err)
+// The ad's TEE enum is converted at the codec, name for name; the zero
+// (TEE_KIND_UNSPECIFIED) and numbers this version does not know are no kind.
+func TestTEEKindWire(t *testing.T) {
+	for _, k := range tee.Kinds {
+		code := teeToPB(k)
+		want := "TEE_KIND_" + strings.ToUpper(strings.ReplaceAll(k.String(), "-", "_"))
+		if code.String() != want {
+			t.Errorf("teeToPB(%s) = %v; want %s", k, code, want)
+		}
+		if back, ok := teeFromPB(code); !ok || back != k {
+			t.Errorf("teeFromPB(teeToPB(%s)) = %q, %v", k, back, ok)
 		}
 	}
-	if _, err := ParseTEEKind("sgx"); err == nil {
-		t.Error("ParseTEEKind(sgx) succeeded")
+	for _, code := range []pb.TEEKind{pb.TEEKind_TEE_KIND_UNSPECIFIED, 9} {
+		if k, ok := teeFromPB(code); ok {
+			t.Errorf("teeFromPB(%v) = %q; want no kind", code, k)
+		}
+	}
+	if code := teeToPB(""); code != pb.TEEKind_TEE_KIND_UNSPECIFIED {
+		t.Errorf("teeToPB(no kind) = %v; want TEE_KIND_UNSPECIFIED", code)
 	}
 }
 

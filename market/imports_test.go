@@ -11,11 +11,13 @@ import (
 
 // TestImportsStayProtocol keeps market a protocol over io.ReadWriter
 // (docs/design.md, Layout): its code imports the standard library, its wire
-// types, runtime's types, libp2p's peer IDs and the codecs only. What mounts
-// it on a libp2p host, pays through settle's store or speaks OpenAI's JSON
-// lives in market/service; its tests do not reach for those either.
+// types, runtime's types, the TEE kind (enclave/tee, not enclave), libp2p's
+// peer IDs and the codecs only. What mounts it on a libp2p host, pays through
+// settle's store or speaks OpenAI's JSON lives in market/service; its tests do
+// not reach for those either.
 func TestImportsStayProtocol(t *testing.T) {
 	allowed := []string{
+		"github.com/cocoon-network/cocoon/enclave/tee", // the TEE kind; a leaf, unlike enclave
 		"github.com/cocoon-network/cocoon/market/pb",
 		"github.com/cocoon-network/cocoon/runtime",
 		"github.com/libp2p/go-libp2p/core/peer",

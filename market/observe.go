@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
 // Side says which end of a job an event comes from.
@@ -72,9 +74,9 @@ const (
 // not reported again).
 type AttestEvent struct {
 	Peer    peer.ID
-	Kind    string // the TEE kind of the verdict; empty when refused
-	Tier    string // e.g. "sim (not confidential)"
-	Verdict string // VerdictAccepted or VerdictRefused
+	Kind    tee.Kind // the TEE kind of the verdict; empty when refused
+	Tier    string   // e.g. "sim (not confidential)"
+	Verdict string   // VerdictAccepted or VerdictRefused
 	Err     error
 }
 

@@ -8,22 +8,25 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
 // Policy is what a client demands of the workers for one job.
 type Policy struct {
 	Model string
 	// TEE lists the acceptable enclave kinds; empty accepts tdx and sev-snp only
-	// (a real TEE). Add TEESim for testnets and TEENone to accept unprotected workers.
-	TEE []TEEKind
+	// (a real TEE). A node sets it from its enclave policy (enclave.Policy.Kinds),
+	// the same list its verifier checks the workers' evidence against.
+	TEE []tee.Kind
 	// MaxPrice caps each price; a zero field means no cap on that price.
 	MaxPrice Price
 }
 
 // Allows reports whether a worker in an enclave of kind k meets the policy.
-func (p Policy) Allows(k TEEKind) bool {
+func (p Policy) Allows(k tee.Kind) bool {
 	if len(p.TEE) == 0 {
-		return k == TEETDX || k == TEESEVSNP
+		return k.Confidential()
 	}
 	return slices.Contains(p.TEE, k)
 }

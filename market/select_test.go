@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
 // TestMarkDown: a worker marked down is left out of Select until the book gets
@@ -44,7 +46,7 @@ func TestMarkDown(t *testing.T) {
 		if got := sel.DownPeers(pol); !equalIDs(got, []peer.ID{a}) {
 			t.Fatalf("DownPeers = %v; want [a]", got)
 		}
-		if got := sel.DownPeers(Policy{Model: "stories260K", TEE: []TEEKind{TEESim}}); len(got) != 0 {
+		if got := sel.DownPeers(Policy{Model: "stories260K", TEE: []tee.Kind{tee.Sim}}); len(got) != 0 {
 			t.Fatalf("DownPeers under a policy a does not meet = %v; want none", got)
 		}
 		offer(1, 2) // a live worker's next ad

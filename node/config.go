@@ -14,6 +14,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/p2p"
 	"github.com/cocoon-network/cocoon/runtime"
 )
@@ -99,14 +100,11 @@ func Defaults() Config {
 		API:     APIConfig{Listen: DefaultAPI},
 		Log:     LogConfig{Level: "info", Format: "text"},
 		Runtime: runtime.Config{Backend: runtime.KindLlamaCPP},
-		Market: MarketConfig{
-			Prices:    []ModelPrice{},
-			AcceptTEE: []string{"tdx", "sev-snp"},
-		},
+		Market:  MarketConfig{Prices: []ModelPrice{}},
 		Enclave: EnclaveConfig{
-			Attester: string(enclave.KindNone),
+			Attester: tee.None,
 			Policy: enclave.Policy{
-				AllowedKinds:   []enclave.Kind{enclave.KindTDX, enclave.KindSNP},
+				AllowedKinds:   []tee.Kind{tee.TDX, tee.SEVSNP},
 				MaxEvidenceAge: enclave.DefaultMaxEvidenceAge,
 			},
 		},
@@ -142,6 +140,13 @@ func Load(datadir string) (Config, error) {
 	return cfg, nil
 }
 
+// removedKeys are keys earlier versions read, each with what replaced it: a
+// config that still sets one stops the node with that line, rather than being
+// obeyed in part.
+var removedKeys = map[string]string{
+	"market.accept_tee": "enclave.policy.allowed_kinds, which decides both the workers this node buys from and the evidence it accepts of them (move the kinds there; \"sim\" also needs allow_sim)",
+}
+
 // Parse decodes TOML over cfg and validates the result.
 func Parse(b []byte, cfg *Config) error {
 	md, err := toml.NewDecoder(bytes.NewReader(b)).Decode(cfg)
@@ -159,6 +164,9 @@ func Parse(b []byte, cfg *Config) error {
 		keys := make([]string, len(und))
 		for i, k := range und {
 			keys[i] = k.String()
+			if now, ok := removedKeys[keys[i]]; ok {
+				return fmt.Errorf("%s: removed, replaced by %s", keys[i], now)
+			}
 		}
 		return fmt.Errorf("unknown key %s", strings.Join(keys, ", "))
 	}
@@ -282,11 +290,9 @@ credit_tokens = 0
 # The smallest channel deposit this worker asks of its clients, nanoTON.
 min_deposit = 0
 # As a client: the most this node pays per 1M prompt / completion tokens (0: no cap).
+# Which workers it buys from is enclave.policy.allowed_kinds.
 max_prompt_price = 0
 max_completion_price = 0
-# As a client: the enclave kinds of the workers this node buys from: tdx, sev-snp,
-# none (no TEE: the worker sees the prompts), sim (needs enclave.policy.allow_sim).
-accept_tee = ["tdx", "sev-snp"]
 
 [enclave]
 # The evidence this node makes as a worker: "none", "tdx" or "sev-snp" (through the
@@ -299,9 +305,12 @@ attester = "none"
 measurement = ""
 
 [enclave.policy]
-# The evidence this node accepts from workers.
+# As a client: the kinds of the workers this node buys from, and so the evidence it
+# accepts of them: tdx, sev-snp, none (no TEE: the worker sees the prompts), sim
+# (needs allow_sim).
 allowed_kinds = ["tdx", "sev-snp"]
-# Accept simulated TEEs (and allow attester = "sim"): testnets only.
+# The guard on simulated TEEs: "sim" may be listed above, or be the attester, only
+# when this is on. Testnets only.
 allow_sim = false
 # Accept debuggable guests, whose memory the host can read.
 allow_debug = false

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/runtime"
 )
 
@@ -51,13 +52,14 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"[market]\ncredit_tokens = -5", "market.credit_tokens"},
 		{"[market]\nmin_deposit = -5", "market.min_deposit"},
 		{"[market]\nmax_completion_price = -5", "market.max_completion_price"},
-		{"[market]\naccept_tee = ['sgx']", "market.accept_tee[0]"},
-		{"[market]\naccept_tee = ['sim']", "market.accept_tee[0]"},
+		{"[market]\naccept_tee = ['tdx']", "market.accept_tee: removed, replaced by enclave.policy.allowed_kinds"},
 		{"[enclave]\nattester = 'sim'", "enclave.attester"},
 		{"[enclave]\nattester = 'magic'", "enclave.attester"},
 		{"[enclave]\nattester = 'tdx'\nmeasurement = 'zz'", "enclave.measurement"},
 		{"[enclave]\nattester = 'none'\nmeasurement = 'abcd'", "enclave.measurement"},
 		{"[enclave.policy]\nallowed_kinds = ['sim']", "enclave.policy"},
+		{"[enclave.policy]\nallowed_kinds = ['sgx']", "enclave.policy"},
+		{"[enclave.policy]\nallowed_kinds = ['tdx']\n[enclave.policy.allowed_measurements]\nsgx = []", "enclave.policy"},
 		{"[enclave.policy]\nmax_evidence_age = 'old'", "max_evidence_age"},
 		{"[settle]\nchain = 'ton'", "settle.ton_network"},
 		{"[settle]\nchain = 'ton'\nton_network = 'moon'", "settle.ton_network"},
@@ -76,6 +78,62 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		}
 		if strings.Contains(err.Error(), "\n") {
 			t.Errorf("Parse(%q) error spans lines: %q", tc.toml, err)
+		}
+	}
+}
+
+// A config that still sets a removed key stops the node with one line that
+// names the key and what replaced it, even beside other unknown keys.
+func TestRemovedKeyNamesItsReplacement(t *testing.T) {
+	for _, conf := range []string{
+		"[market]\naccept_tee = ['tdx', 'sev-snp']",
+		"[market]\naccept_tee = ['none']\ncolour = 'blue'",
+		"[market]\naccept_tee = []",
+	} {
+		cfg := Defaults()
+		err := Parse([]byte(conf), &cfg)
+		if err == nil {
+			t.Fatalf("Parse(%q) = nil; want the removed key refused", conf)
+		}
+		msg := err.Error()
+		if !strings.HasPrefix(msg, "market.accept_tee: removed, replaced by enclave.policy.allowed_kinds") || strings.Contains(msg, "\n") {
+			t.Errorf("Parse(%q) = %q; want one line naming market.accept_tee and enclave.policy.allowed_kinds", conf, msg)
+		}
+	}
+}
+
+// One setting, [enclave.policy] allowed_kinds, decides which workers the
+// client selects (clientPolicy) and which evidence its verifier accepts
+// (Policy.Accepts): a worker without a TEE is bought from exactly when the
+// list has "none".
+func TestOneSettingForWhatTheClientBuys(t *testing.T) {
+	for _, tc := range []struct {
+		conf     string
+		wantNone bool
+		wantSim  bool
+	}{
+		{"", false, false},
+		{"[enclave.policy]\nallowed_kinds = ['tdx', 'none']", true, false},
+		{"[enclave.policy]\nallowed_kinds = ['none']", true, false},
+		{"[enclave.policy]\nallow_sim = true", false, false},
+		{"[enclave.policy]\nallowed_kinds = ['sim']\nallow_sim = true", false, true},
+		{"[enclave.policy]\nallowed_kinds = ['sim', 'none']\nallow_sim = true", true, true},
+	} {
+		cfg := Defaults()
+		if err := Parse([]byte(tc.conf), &cfg); err != nil {
+			t.Fatalf("Parse(%q): %v", tc.conf, err)
+		}
+		pol := cfg.clientPolicy()
+		for _, k := range tee.Kinds {
+			if sel, ver := pol.Allows(k), cfg.Enclave.Policy.Accepts(k); sel != ver {
+				t.Errorf("%q: kind %s selected %v but verified %v; want one answer", tc.conf, k, sel, ver)
+			}
+		}
+		if got := pol.Allows(tee.None); got != tc.wantNone {
+			t.Errorf("%q: buys from a worker without a TEE = %v; want %v", tc.conf, got, tc.wantNone)
+		}
+		if got := pol.Allows(tee.Sim); got != tc.wantSim {
+			t.Errorf("%q: buys from a sim worker = %v; want %v", tc.conf, got, tc.wantSim)
 		}
 	}
 }
@@ -199,9 +257,9 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	}
 	cfg.P2P.Bootstrap = []string{"/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo"}
 	cfg.Market.Prices = []ModelPrice{{Model: "m", Prompt: 5, Completion: 7}}
-	cfg.Market.AcceptTEE = []string{"sim"}
-	cfg.Enclave.Attester = "sim"
+	cfg.Enclave.Attester = tee.Sim
 	cfg.Enclave.Policy.AllowSim = true
+	cfg.Enclave.Policy.AllowedKinds = []tee.Kind{tee.Sim, tee.None}
 	cfg.Settle.Chain, cfg.Settle.DevLedgerURL = ChainDevLedger, "http://127.0.0.1:8590"
 	if err := Save(dir, cfg); err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-configfs-tsm/configfs/linuxtsm"
 
 	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/runtime"
@@ -123,11 +124,11 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 	if n.Wallet == nil {
 		return fmt.Errorf("market.prices: selling needs a wallet at %s (settle.wallet)", cfg.WalletPath())
 	}
-	tee, att, err := attester(ctx, cfg.Enclave)
+	own, att, err := attester(ctx, cfg.Enclave)
 	if err != nil {
 		return err
 	}
-	if tee.Kind == market.TEESim {
+	if own.Kind == tee.Sim {
 		log.Warn("simulated TEE: this worker's answers are NOT confidential (testnets only)")
 	}
 	gpus := make([]market.GPU, 0, len(n.GPUs))
@@ -146,7 +147,7 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 			WalletAddress: settle.Friendly(n.Wallet.Address(globalID)),
 			ChannelKey:    n.Wallet.PublicKey(), MinDeposit: uint64(cfg.Market.MinDeposit),
 		},
-		TEE: tee, Attester: att, GPUs: gpus, CreditTokens: cfg.Market.CreditTokens, Logger: log,
+		TEE: own, Attester: att, GPUs: gpus, CreditTokens: cfg.Market.CreditTokens, Logger: log,
 		Channels: channels, Observer: market.Observers(n.Metrics, n.Activity),
 	}); err != nil {
 		return fmt.Errorf("start market worker: %w", err)
@@ -156,11 +157,11 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 
 // attester builds the [enclave] attester and the TEE the ads announce.
 func attester(ctx context.Context, c EnclaveConfig) (market.TEE, enclave.Attester, error) {
-	switch enclave.Kind(c.Attester) {
-	case enclave.KindSim:
-		return market.TEE{Kind: market.TEESim, Measurement: enclave.DefaultSimMeasurement[:]},
+	switch c.Attester {
+	case tee.Sim:
+		return market.TEE{Kind: tee.Sim, Measurement: enclave.DefaultSimMeasurement[:]},
 			enclave.NewSimAttester(nil, enclave.DefaultSimMeasurement, nil), nil
-	case enclave.KindTDX, enclave.KindSNP:
+	case tee.TDX, tee.SEVSNP:
 		client, err := linuxtsm.MakeClient()
 		if err != nil {
 			return market.TEE{}, nil, fmt.Errorf("enclave.attester %s: %w: %w", c.Attester, enclave.ErrNoTSM, err)
@@ -169,7 +170,7 @@ func attester(ctx context.Context, c EnclaveConfig) (market.TEE, enclave.Atteste
 		if err != nil {
 			return market.TEE{}, nil, fmt.Errorf("enclave.attester %s: %w", c.Attester, err)
 		}
-		if string(a.Kind()) != c.Attester {
+		if a.Kind() != c.Attester {
 			return market.TEE{}, nil, fmt.Errorf("enclave.attester: %s configured, but this machine's TEE is %s", c.Attester, a.Kind())
 		}
 		mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -181,8 +182,7 @@ func attester(ctx context.Context, c EnclaveConfig) (market.TEE, enclave.Atteste
 		if want, _ := hex.DecodeString(c.Measurement); len(want) > 0 && !bytes.Equal(want, m) { // validated
 			return market.TEE{}, nil, fmt.Errorf("enclave.measurement: configured %x, but this machine's %s report says %x", want, c.Attester, m)
 		}
-		kind, _ := market.ParseTEEKind(c.Attester)
-		return market.TEE{Kind: kind, Measurement: m}, a, nil
+		return market.TEE{Kind: c.Attester, Measurement: m}, a, nil
 	}
-	return market.TEE{Kind: market.TEENone}, nil, nil
+	return market.TEE{Kind: tee.None}, nil, nil
 }

@@ -3,15 +3,16 @@ package node
 import (
 	"encoding/hex"
 	"fmt"
-	"slices"
 
 	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/settle/tonchain"
 )
 
 // MarketConfig is the [market] section: what this node charges for the models it
-// serves (the worker side) and what it accepts when it buys (the client side).
+// serves (the worker side) and what it pays at most when it buys (the client
+// side). Which workers it buys from is [enclave.policy]'s allowed_kinds.
 type MarketConfig struct {
 	// Prices lists the price of every model sold; a served model without a price
 	// is not sold on the network.
@@ -25,9 +26,6 @@ type MarketConfig struct {
 	// nanoTON per 1M tokens; 0: no cap.
 	MaxPromptPrice     int64 `toml:"max_prompt_price"`
 	MaxCompletionPrice int64 `toml:"max_completion_price"`
-	// AcceptTEE lists the enclave kinds of the workers this node buys from:
-	// "tdx", "sev-snp", "sim" (needs enclave.policy.allow_sim) and "none".
-	AcceptTEE []string `toml:"accept_tee"`
 }
 
 // ModelPrice is one [[market.prices]] entry. Amounts are signed in the file so
@@ -39,11 +37,12 @@ type ModelPrice struct {
 }
 
 // EnclaveConfig is the [enclave] section: the evidence this node makes as a
-// worker (Attester) and the evidence it accepts from workers (Policy).
+// worker (Attester) and, as a client, the workers it buys from and the evidence
+// it accepts of them (Policy: one setting for both).
 type EnclaveConfig struct {
-	// Attester is "none" (no TEE), "tdx" or "sev-snp" (through configfs-tsm), or
-	// "sim" (simulated, not confidential; refused unless policy.allow_sim is on).
-	Attester string `toml:"attester"`
+	// Attester is none (no TEE), tdx or sev-snp (through configfs-tsm), or sim
+	// (simulated, not confidential; refused unless policy.allow_sim is on).
+	Attester tee.Kind `toml:"attester"`
 	// Measurement, for tdx (MRTD) or sev-snp, is the hex measurement this worker
 	// expects its own hardware to report; the node refuses to start when the
 	// report says otherwise. Empty: whatever the report says is announced.
@@ -105,29 +104,17 @@ func (c *Config) validateMarket() error {
 	if c.Market.CreditTokens < 0 {
 		return fmt.Errorf("market.credit_tokens: %d is negative", c.Market.CreditTokens)
 	}
-	for i, k := range c.Market.AcceptTEE {
-		tk, err := market.ParseTEEKind(k)
-		if err != nil || tk == market.TEEUnknown {
-			return fmt.Errorf("market.accept_tee[%d]: %q is not tdx, sev-snp, sim or none", i, k)
-		}
-		if tk == market.TEESim && !c.Enclave.Policy.AllowSim {
-			return fmt.Errorf("market.accept_tee[%d]: sim needs enclave.policy.allow_sim = true (testnets only)", i)
-		}
-	}
-	switch c.Enclave.Attester {
-	case string(enclave.KindNone), string(enclave.KindTDX), string(enclave.KindSNP):
-	case string(enclave.KindSim):
-		if !c.Enclave.Policy.AllowSim {
-			return fmt.Errorf("enclave.attester: sim (simulated TEE, not confidential) needs enclave.policy.allow_sim = true (testnets only)")
-		}
-	default:
-		return fmt.Errorf("enclave.attester: %q is not none, tdx, sev-snp or sim", c.Enclave.Attester)
+	switch a := c.Enclave.Attester; {
+	case !a.Valid():
+		return fmt.Errorf("enclave.attester: %q is not none, tdx, sev-snp or sim", a)
+	case a == tee.Sim && !c.Enclave.Policy.AllowSim:
+		return fmt.Errorf("enclave.attester: sim (simulated TEE, not confidential) needs enclave.policy.allow_sim = true (testnets only)")
 	}
 	if c.Enclave.Measurement != "" {
 		if b, err := hex.DecodeString(c.Enclave.Measurement); err != nil || len(b) > enclave.MeasurementSize {
 			return fmt.Errorf("enclave.measurement: %q is not a hex measurement of at most %d bytes", c.Enclave.Measurement, enclave.MeasurementSize)
 		}
-		if c.Enclave.Attester != string(enclave.KindTDX) && c.Enclave.Attester != string(enclave.KindSNP) {
+		if !c.Enclave.Attester.Confidential() {
 			return fmt.Errorf("enclave.measurement: only for attester tdx or sev-snp, not %q", c.Enclave.Attester)
 		}
 	}
@@ -172,14 +159,13 @@ func (c *Config) prices() map[string]market.Price {
 	return out
 }
 
-// clientPolicy is service.Client's default policy from [market].
+// clientPolicy is service.Client's default policy: the prices from [market],
+// and the kinds from [enclave.policy], the same list the client's verifier
+// checks evidence against, so that the workers it selects are the workers
+// whose evidence it accepts.
 func (c *Config) clientPolicy() market.Policy {
-	pol := market.Policy{MaxPrice: market.Price{Prompt: uint64(c.Market.MaxPromptPrice), Completion: uint64(c.Market.MaxCompletionPrice)}}
-	for _, k := range c.Market.AcceptTEE {
-		tk, _ := market.ParseTEEKind(k) // validated
-		if !slices.Contains(pol.TEE, tk) {
-			pol.TEE = append(pol.TEE, tk)
-		}
+	return market.Policy{
+		TEE:      c.Enclave.Policy.Kinds(),
+		MaxPrice: market.Price{Prompt: uint64(c.Market.MaxPromptPrice), Completion: uint64(c.Market.MaxCompletionPrice)},
 	}
-	return pol
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 
-	"github.com/cocoon-network/cocoon/enclave"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/node/activity"
@@ -177,7 +176,7 @@ func New(ctx context.Context, cfg Config, opt Options) (*Node, error) {
 	local := gateway.Local{Worker: n.P2P.Host.ID().String()}
 	if n.Backend != nil {
 		local.Backend = n.Backend
-		local.TEE = enclave.Kind(cfg.Enclave.Attester).Tier()
+		local.TEE = cfg.Enclave.Attester.Tier()
 	}
 	n.API = gateway.New(tok, n, log,
 		gateway.WithV1(n.Client, local),

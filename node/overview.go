@@ -9,7 +9,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/node/activity"
 	"github.com/cocoon-network/cocoon/node/gateway"
@@ -98,18 +98,19 @@ func (n *Node) nodeInfo(st gateway.Status) gateway.NodeInfo {
 	info := gateway.NodeInfo{
 		PeerID: st.PeerID, Version: st.Version, UptimeSeconds: st.UptimeSeconds, Addrs: st.Addrs,
 		Role: "client", Models: st.Models, Slots: gateway.Slots(st.Slots),
-		TEE: cfg.Enclave.Attester, TEETier: enclave.Kind(cfg.Enclave.Attester).Tier(),
-		AcceptTEE: append([]string{}, cfg.Market.AcceptTEE...),
-		Chain:     cfg.Settle.Chain,
+		TEE: cfg.Enclave.Attester.String(), TEETier: cfg.Enclave.Attester.Tier(),
+		SimTEE: cfg.Enclave.Attester == tee.Sim,
+		// What this node buys from: the one list its selection and its
+		// verifier both follow.
+		AcceptsSim: cfg.Enclave.Policy.Accepts(tee.Sim),
+		Chain:      cfg.Settle.Chain,
 	}
-	if info.TEE == "" {
-		info.TEE = string(enclave.KindNone)
+	for _, k := range cfg.Enclave.Policy.Kinds() {
+		info.AcceptTEE = append(info.AcceptTEE, k.String())
 	}
 	if n.Worker != nil {
 		info.Role = "worker"
 	}
-	info.SimTEE = info.TEE == string(enclave.KindSim)
-	info.AcceptsSim = slices.Contains(info.AcceptTEE, string(enclave.KindSim))
 	info.DevLedger = cfg.Settle.Chain == ChainDevLedger
 	if n.Chain != nil {
 		info.Chain = n.Chain.Name()
@@ -132,12 +133,12 @@ func fillPeer(row *gateway.PeerRow, p activity.Peer) {
 	row.Jobs, row.OK, row.InFlight, row.LastJob = p.Jobs, p.OK, p.InFlight, p.LastJob
 	row.Earned, row.Spent = p.Earned, p.Spent
 	row.TTFTMS = ms(p.TTFT)
-	row.Verdict, row.TEE, row.Tier, row.AttestErr = p.Verdict, p.Kind, p.Tier, p.AttestErr
+	row.Verdict, row.TEE, row.Tier, row.AttestErr = p.Verdict, p.Kind.String(), p.Tier, p.AttestErr
 }
 
 func adRow(a *market.Ad, snap activity.Snapshot) gateway.AdRow {
 	row := gateway.AdRow{
-		Worker: a.Peer.String(), TEE: a.TEE.Kind.String(), Sim: a.TEE.Kind == market.TEESim,
+		Worker: a.Peer.String(), TEE: a.TEE.Kind.String(), Sim: a.TEE.Kind == tee.Sim,
 		Slots:  gateway.Slots{Total: int(a.Capacity.SlotsTotal), Free: int(a.Capacity.SlotsFree), Queued: int(a.Capacity.QueueLength)},
 		Issued: a.IssuedAt, Expiry: a.Expires(), Seq: a.Seq,
 		Wallet: a.Settlement.WalletAddress, MinDeposit: a.Settlement.MinDeposit,

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cocoon-network/cocoon/client/local"
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/node"
 	"github.com/cocoon-network/cocoon/p2p"
 )
@@ -144,9 +145,9 @@ func Launch(ctx context.Context, cfg LaunchConfig) (c *Cluster, err error) {
 		ncfg.API.Listen = "127.0.0.1:0"
 		ncfg.Settle.Chain, ncfg.Settle.DevLedgerURL = node.ChainDevLedger, c.Ledger.URL
 		ncfg.Enclave.Policy.AllowSim = true
-		ncfg.Market.AcceptTEE = []string{"sim"}
+		ncfg.Enclave.Policy.AllowedKinds = []tee.Kind{tee.Sim} // what every node buys from
 		if p.Role == "worker" {
-			ncfg.Enclave.Attester = "sim"
+			ncfg.Enclave.Attester = tee.Sim
 			ncfg.Runtime.Models = nil
 			ncfg.Runtime.LibDir = cfg.LibDir
 			// The workers share this machine: llama.cpp's threads spin while

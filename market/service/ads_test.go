@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/runtime"
 )
@@ -46,7 +47,7 @@ func TestNetAdsValidator(t *testing.T) {
 	if err != nil || len(ms) != 1 || ms[0].ID != netModel || ms[0].Extra["workers"] != 2 {
 		t.Fatalf("ListModels = %+v, %v; want %s offered by 2 workers", ms, err, netModel)
 	}
-	if s := f.cs.Summaries()[0]; s.MinPrice != (market.Price{Prompt: w1.price.Prompt, Completion: w1.price.Completion}) || len(s.TEE) != 1 || s.TEE[0] != market.TEESim {
+	if s := f.cs.Summaries()[0]; s.MinPrice != (market.Price{Prompt: w1.price.Prompt, Completion: w1.price.Completion}) || len(s.TEE) != 1 || s.TEE[0] != tee.Sim {
 		t.Errorf("summary %+v; want the lowest price %+v and tee sim", s, w1.price)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 )
 
@@ -190,7 +191,7 @@ func (a *Attestations) Verify(ctx context.Context, p peer.ID) (enclave.Verdict, 
 
 	call.verdict, call.err = a.exchange(ctx, p)
 	if o := a.cfg.Observer; o != nil {
-		e := market.AttestEvent{Peer: p, Verdict: market.VerdictAccepted, Kind: string(call.verdict.Kind), Tier: call.verdict.Tier}
+		e := market.AttestEvent{Peer: p, Verdict: market.VerdictAccepted, Kind: call.verdict.Kind, Tier: call.verdict.Tier}
 		if call.err != nil {
 			e = market.AttestEvent{Peer: p, Verdict: market.VerdictRefused, Err: call.err}
 		}
@@ -202,6 +203,13 @@ func (a *Attestations) Verify(ctx context.Context, p peer.ID) (enclave.Verdict, 
 	a.mu.Unlock()
 	close(call.done)
 	return call.verdict, call.err
+}
+
+// Accepts reports whether the verifier's policy accepts workers of kind k at
+// all (false without a Verifier). A worker outside any TEE (tee.None) serves
+// no evidence, so this is all a client can check of it.
+func (a *Attestations) Accepts(k tee.Kind) bool {
+	return a.cfg.Verifier != nil && a.cfg.Verifier.Policy.Accepts(k)
 }
 
 // Cached returns the cached verdict on p, if a live connection to p has one.

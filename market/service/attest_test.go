@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market/service"
 )
 
@@ -47,7 +48,7 @@ type attestCounting struct {
 	block  chan struct{} // when non-nil, Attest waits for it or ctx
 }
 
-func (c *attestCounting) Kind() enclave.Kind { return c.inner.Kind() }
+func (c *attestCounting) Kind() tee.Kind { return c.inner.Kind() }
 func (c *attestCounting) Attest(ctx context.Context, rd [enclave.ReportDataSize]byte) (enclave.Evidence, error) {
 	c.n.Add(1)
 	if c.block != nil {
@@ -99,7 +100,7 @@ func attestCapture(t testing.TB, from host.Host, p peer.ID, nonce [enclave.Nonce
 	return ev
 }
 
-var simOn = enclave.Policy{AllowSim: true}
+var simOn = enclave.Policy{AllowSim: true, AllowedKinds: []tee.Kind{tee.Sim}}
 
 func TestAttestSimOverLibp2p(t *testing.T) {
 	noLeaks(t)
@@ -111,7 +112,7 @@ func TestAttestSimOverLibp2p(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Verify(worker) = %v", err)
 	}
-	if vd.Kind != enclave.KindSim || vd.Tier != "sim (not confidential)" {
+	if vd.Kind != tee.Sim || vd.Tier != "sim (not confidential)" {
 		t.Fatalf("verdict = %s %q; want sim (not confidential)", vd.Kind, vd.Tier)
 	}
 	// The second call on the same connection is served from the cache.

@@ -12,6 +12,7 @@ import (
 	"github.com/xssnick/tonutils-go/address"
 
 	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/p2p"
@@ -78,14 +79,14 @@ func newChanFixture(t *testing.T) *chanFixture {
 	f.payer = openStore(t, "client").Payer(f.client)
 	f.payee = openStore(t, "worker").Payee(f.worker)
 
-	verifier, err := enclave.NewVerifier(enclave.Policy{AllowSim: true}, nil)
+	verifier, err := enclave.NewVerifier(enclave.Policy{AllowSim: true, AllowedKinds: []tee.Kind{tee.Sim}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.payers = service.NewSettlePayers(f.payer)
 	f.cs, err = service.NewClient(service.ClientConfig{
 		Node: nodes[0], Payer: f.payers.Payer, Verifier: verifier, MaxAttempts: 1,
-		Policy: market.Policy{TEE: []market.TEEKind{market.TEESim}}, Logger: log.With("client", 0),
+		Policy: market.Policy{TEE: []tee.Kind{tee.Sim}}, Logger: log.With("client", 0),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +97,7 @@ func newChanFixture(t *testing.T) *chanFixture {
 		Channels:   service.LedgerChannels(ledger),
 		Prices:     map[string]market.Price{netModel: f.price},
 		Settlement: market.Settlement{WalletAddress: settle.Friendly(f.worker.Address(ledger.GlobalID())), ChannelKey: f.worker.PublicKey(), MinDeposit: 1_000_000},
-		TEE:        market.TEE{Kind: market.TEESim, Measurement: enclave.DefaultSimMeasurement[:]},
+		TEE:        market.TEE{Kind: tee.Sim, Measurement: enclave.DefaultSimMeasurement[:]},
 		Attester:   enclave.NewSimAttester(nil, enclave.DefaultSimMeasurement, nil),
 		Logger:     log.With("worker", 1),
 	})

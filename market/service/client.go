@@ -19,6 +19,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 
 	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/p2p"
 	"github.com/cocoon-network/cocoon/runtime"
@@ -49,8 +50,10 @@ type ClientConfig struct {
 	// Attestations verifies workers; nil: one is started with Verifier.
 	Attestations *Attestations
 	Verifier     *enclave.Verifier
-	// Policy is the default of Generate: the TEE kinds accepted and the maximum
-	// prices (its Model is taken from each request).
+	// Policy is the default of Generate: the TEE kinds selected and the maximum
+	// prices (its Model is taken from each request). A worker is bought from
+	// only when both Policy.TEE and the verifier's policy accept its kind; a
+	// node sets the first from the second (enclave.Policy.Kinds).
 	Policy market.Policy
 	// MaxAttempts bounds the workers tried per request (0: 3).
 	MaxAttempts int
@@ -404,29 +407,29 @@ func (c *Client) GeneratePolicy(ctx context.Context, req runtime.Request, pol ma
 	}
 }
 
-// verify checks the attestation of the connection to cd against pol and cd's ad,
-// and returns the tier to show.
+// verify checks cd's worker before a prompt leaves: its kind must be one pol
+// selects and one the verifier's policy accepts (a node sets both from its
+// [enclave.policy], so they agree), and what it attests must match its ad. It
+// returns the tier to show.
 func (c *Client) verify(ctx context.Context, cd market.Candidate, pol market.Policy) (string, error) {
-	if cd.Ad != nil && cd.Ad.TEE.Kind == market.TEENone {
-		if !pol.Allows(market.TEENone) {
-			return "", fmt.Errorf("worker %s has no TEE: %w", cd.Peer, market.ErrAttestation)
+	if cd.Ad != nil && cd.Ad.TEE.Kind == tee.None {
+		// Outside any TEE a worker serves no evidence: its ad's word is all
+		// there is, and the policy alone decides.
+		if !pol.Allows(tee.None) || !c.att.Accepts(tee.None) {
+			return "", fmt.Errorf("worker %s has no TEE, and the policy does not accept none: %w", cd.Peer, market.ErrAttestation)
 		}
-		return enclave.KindNone.Tier(), nil
+		return tee.None.Tier(), nil
 	}
 	vd, err := c.att.Verify(ctx, cd.Peer)
 	if err != nil {
 		return "", err
 	}
-	k, err := market.ParseTEEKind(string(vd.Kind))
-	if err != nil {
-		return "", fmt.Errorf("verdict kind %q: %w", vd.Kind, err)
-	}
-	if !pol.Allows(k) {
-		return "", fmt.Errorf("worker %s attested %s, not allowed by the policy: %w", cd.Peer, k, market.ErrAttestation)
+	if !pol.Allows(vd.Kind) {
+		return "", fmt.Errorf("worker %s attested %s, not allowed by the policy: %w", cd.Peer, vd.Kind, market.ErrAttestation)
 	}
 	if cd.Ad != nil {
-		if k != cd.Ad.TEE.Kind {
-			return "", fmt.Errorf("worker %s attested %s but advertises %s: %w", cd.Peer, k, cd.Ad.TEE.Kind, market.ErrAttestation)
+		if vd.Kind != cd.Ad.TEE.Kind {
+			return "", fmt.Errorf("worker %s attested %s but advertises %s: %w", cd.Peer, vd.Kind, cd.Ad.TEE.Kind, market.ErrAttestation)
 		}
 		if !sameMeasurement(cd.Ad.TEE.Measurement, vd.Measurement) {
 			return "", fmt.Errorf("worker %s attested measurement %s, advertised %x: %w", cd.Peer, vd.Measurement, cd.Ad.TEE.Measurement, market.ErrAttestation)

@@ -11,7 +11,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/p2p"
@@ -75,8 +75,8 @@ func TestNetMarketLlama(t *testing.T) {
 		if w == nil {
 			t.Fatalf("job %d: header names %s, not a worker", i, r.worker)
 		}
-		if r.tee != enclave.KindSim.Tier() {
-			t.Errorf("job %d: X-Cocoon-TEE %q; want %q", i, r.tee, enclave.KindSim.Tier())
+		if r.tee != tee.Sim.Tier() {
+			t.Errorf("job %d: X-Cocoon-TEE %q; want %q", i, r.tee, tee.Sim.Tier())
 		}
 		if len(r.attempts) != 1 || r.attempts[0].Err != nil || r.attempts[0].Candidate.Peer != r.worker {
 			t.Fatalf("job %d: attempts %+v; want one clean attempt on %s", i, r.attempts, r.worker)
@@ -252,7 +252,7 @@ func TestNetColdBookDHT(t *testing.T) {
 	}
 	cs, err := service.NewClient(service.ClientConfig{
 		Node: nd, Payer: payers.Payer, Verifier: f.verifier,
-		Policy: market.Policy{TEE: []market.TEEKind{market.TEESim}}, Logger: f.log,
+		Policy: market.Policy{TEE: []tee.Kind{tee.Sim}}, Logger: f.log,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -280,8 +280,8 @@ func TestNetColdBookDHT(t *testing.T) {
 	if ref := direct(t, w.raw, req); ans.text != ref.text || ans.usage != ref.usage {
 		t.Errorf("answer %q %+v; want %q %+v", ans.text, ans.usage, ref.text, ref.usage)
 	}
-	if as[0].Receipt.Price != w.price || ns.Header().Get("X-Cocoon-TEE") != enclave.KindSim.Tier() {
-		t.Errorf("price %+v from Accept, tee %q; want %+v, %q", as[0].Receipt.Price, ns.Header().Get("X-Cocoon-TEE"), w.price, enclave.KindSim.Tier())
+	if as[0].Receipt.Price != w.price || ns.Header().Get("X-Cocoon-TEE") != tee.Sim.Tier() {
+		t.Errorf("price %+v from Accept, tee %q; want %+v, %q", as[0].Receipt.Price, ns.Header().Get("X-Cocoon-TEE"), w.price, tee.Sim.Tier())
 	}
 	checkBalances(t, f, map[peer.ID][]market.Receipt{as[0].Candidate.Peer: {as[0].Receipt}})
 }

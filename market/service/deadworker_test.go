@@ -22,6 +22,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/p2p"
@@ -90,7 +92,7 @@ func startTextWorker(t *testing.T, nd *p2p.Node, price market.Price) {
 		Node: nd, Backend: deadWorkerBackend, Payee: newTally(), Prices: map[string]market.Price{netModel: price},
 		Settlement: market.Settlement{WalletAddress: "EQDtFpEwcFAEcRe5mLVh2N6C0x-_hJEM7W61_JLnSF74p4q2",
 			ChannelKey: bytes.Repeat([]byte{7}, 32), MinDeposit: 1},
-		TEE: market.TEE{Kind: market.TEENone}, Logger: quietLog(),
+		TEE: market.TEE{Kind: tee.None}, Logger: quietLog(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -166,8 +168,13 @@ func testFailoverDeadWorker(t *testing.T, transport string) {
 	chans := map[peer.ID]*tally{}
 	var mu sync.Mutex
 	const probeAfter, probeTimeout = 100 * time.Millisecond, 300 * time.Millisecond
+	// The workers run outside any TEE: the client's policy accepts none.
+	verifier, err := enclave.NewVerifier(enclave.Policy{AllowedKinds: []tee.Kind{tee.None}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cs, err := service.NewClient(service.ClientConfig{
-		Node: client,
+		Node: client, Verifier: verifier,
 		Payer: func(c market.Candidate) (market.Payer, error) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -176,7 +183,7 @@ func testFailoverDeadWorker(t *testing.T, transport string) {
 			}
 			return chans[c.Peer], nil
 		},
-		Policy:     market.Policy{TEE: []market.TEEKind{market.TEENone}},
+		Policy:     market.Policy{TEE: []tee.Kind{tee.None}},
 		ProbeAfter: probeAfter, ProbeTimeout: probeTimeout,
 		Rand: rand.New(rand.NewPCG(1, 2)), Logger: quietLog(),
 	})
@@ -202,7 +209,7 @@ func testFailoverDeadWorker(t *testing.T, transport string) {
 	ask := func(what string) ([]market.Attempt, time.Duration) {
 		t.Helper()
 		start := time.Now()
-		s, err := cs.GeneratePolicy(ctx, req, market.Policy{TEE: []market.TEEKind{market.TEENone}})
+		s, err := cs.GeneratePolicy(ctx, req, market.Policy{TEE: []tee.Kind{tee.None}})
 		if err != nil {
 			t.Fatalf("%s: %v", what, err)
 		}
@@ -270,7 +277,7 @@ func testFailoverDeadWorker(t *testing.T, transport string) {
 	// When only the dead worker meets the policy, none is available: 503 at
 	// once (OpenAI clients retry it), not 404 and not a dial timeout.
 	start := time.Now()
-	_, err = cs.GeneratePolicy(ctx, req, market.Policy{TEE: []market.TEEKind{market.TEENone}, MaxPrice: deadWorkerPrice})
+	_, err = cs.GeneratePolicy(ctx, req, market.Policy{TEE: []tee.Kind{tee.None}, MaxPrice: deadWorkerPrice})
 	if e := openaiapi.ErrorFor(err); e.Status != http.StatusServiceUnavailable || e.Code != "no_worker_available" {
 		t.Errorf("only the dead worker under the policy: %v → %d %q; want 503 no_worker_available", err, e.Status, e.Code)
 	}

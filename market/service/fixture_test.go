@@ -18,6 +18,7 @@ import (
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 
 	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/p2p"
@@ -152,7 +153,7 @@ func newNetFixture(t testing.TB, n int, opt market.RunOptions, wrap func(i int, 
 	chain := settle.NewChain(ledger, cw)
 	chain.Log = slog.New(slog.DiscardHandler)
 
-	verifier, err := enclave.NewVerifier(enclave.Policy{AllowSim: true}, nil)
+	verifier, err := enclave.NewVerifier(enclave.Policy{AllowSim: true, AllowedKinds: []tee.Kind{tee.Sim}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +164,7 @@ func newNetFixture(t testing.TB, n int, opt market.RunOptions, wrap func(i int, 
 	f.cs, err = service.NewClient(service.ClientConfig{
 		Observer: f.obs,
 		Node:     f.client, Payer: f.payers.Payer, Verifier: verifier,
-		Policy:  market.Policy{TEE: []market.TEEKind{market.TEESim}},
+		Policy:  market.Policy{TEE: []tee.Kind{tee.Sim}},
 		Options: opt, Rand: rand.New(rand.NewPCG(7, 7)), Logger: log.With("client", 0),
 	})
 	if err != nil {
@@ -210,7 +211,7 @@ func newNetFixture(t testing.TB, n int, opt market.RunOptions, wrap func(i int, 
 			Node:     nodes[i], Backend: b, Payee: service.SettlePayee{P: payee},
 			Prices:     map[string]market.Price{netModel: w.price},
 			Settlement: market.Settlement{WalletAddress: settle.Friendly(ww.Address(ledger.GlobalID())), ChannelKey: ww.PublicKey(), MinDeposit: 1_000_000},
-			TEE:        market.TEE{Kind: market.TEESim, Measurement: enclave.DefaultSimMeasurement[:]},
+			TEE:        market.TEE{Kind: tee.Sim, Measurement: enclave.DefaultSimMeasurement[:]},
 			Attester:   enclave.NewSimAttester(nil, enclave.DefaultSimMeasurement, nil),
 			Logger:     log.With("worker", i),
 		})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/runtime/openaiapi"
@@ -36,9 +37,9 @@ type ModelSummary struct {
 	ID            string
 	Workers       int
 	ContextLength int
-	MinPrice      market.Price     // the lowest of each price over the workers
-	MaxPrice      market.Price     // the highest of each price
-	TEE           []market.TEEKind // the kinds offered, in the order of TEEKind values
+	MinPrice      market.Price // the lowest of each price over the workers
+	MaxPrice      market.Price // the highest of each price
+	TEE           []tee.Kind   // the kinds offered, by name
 }
 
 // Summaries lists every model in the book with its worker count, price range and
@@ -79,14 +80,10 @@ func (c *Client) Summaries() []ModelSummary {
 func (c *Client) ListModels(context.Context) ([]openaiapi.Model, error) {
 	out := []openaiapi.Model{}
 	for _, s := range c.Summaries() {
-		tee := make([]string, len(s.TEE))
-		for i, k := range s.TEE {
-			tee[i] = k.String()
-		}
 		out = append(out, openaiapi.Model{ID: s.ID, Object: "model", OwnedBy: "cocoon", ContextLength: s.ContextLength,
 			Extra: map[string]any{
 				"workers": s.Workers,
-				"tee":     tee,
+				"tee":     s.TEE, // JSON strings: ["sim"]
 				"price_nanoton_per_1m": map[string]any{
 					"prompt_min": s.MinPrice.Prompt, "prompt_max": s.MaxPrice.Prompt,
 					"completion_min": s.MinPrice.Completion, "completion_max": s.MaxPrice.Completion,

@@ -8,6 +8,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/market/service"
 )
@@ -112,7 +113,7 @@ func TestNetObserver(t *testing.T) {
 	}
 	accepted := 0
 	for _, a := range c.attested {
-		if a.Verdict != market.VerdictAccepted || a.Kind != "sim" || !workersUsed[a.Peer] {
+		if a.Verdict != market.VerdictAccepted || a.Kind != tee.Sim || !workersUsed[a.Peer] {
 			t.Errorf("attestation %+v; want sim accepted from a worker used", a)
 		}
 		accepted++

@@ -17,6 +17,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 )
 
@@ -73,7 +74,7 @@ type Peer struct {
 	// market.VerdictRefused), empty when this node never attested it; Kind and
 	// Tier name the accepted TEE; AttestErr says why it was refused.
 	Verdict   string
-	Kind      string
+	Kind      tee.Kind
 	Tier      string
 	AttestErr string
 	Attested  time.Time

@@ -10,6 +10,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 )
 
@@ -150,9 +151,9 @@ func TestJournalAttestation(t *testing.T) {
 	clk := newClock()
 	j := NewWithClock(3, clk.now)
 	w := peer.ID("w")
-	j.Attested(market.AttestEvent{Peer: w, Kind: "sim", Tier: "sim (not confidential)", Verdict: market.VerdictAccepted})
+	j.Attested(market.AttestEvent{Peer: w, Kind: tee.Sim, Tier: tee.Sim.Tier(), Verdict: market.VerdictAccepted})
 	p, _ := j.Snapshot().Peer(w)
-	if p.Verdict != market.VerdictAccepted || p.Kind != "sim" || p.Tier != "sim (not confidential)" || p.Attested != clk.now() || p.AttestErr != "" {
+	if p.Verdict != market.VerdictAccepted || p.Kind != tee.Sim || p.Tier != tee.Sim.Tier() || p.Attested != clk.now() || p.AttestErr != "" {
 		t.Fatalf("peer = %+v", p)
 	}
 	clk.add(time.Minute)

@@ -36,7 +36,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 )
 
@@ -154,8 +154,8 @@ func New(src Sources) *Metrics {
 		m.duration.WithLabelValues(string(s))
 		m.vouchers.WithLabelValues(string(s))
 	}
-	for _, k := range []enclave.Kind{enclave.KindTDX, enclave.KindSNP, enclave.KindSim, enclave.KindNone} {
-		m.attests.WithLabelValues(market.VerdictAccepted, string(k))
+	for _, k := range tee.Kinds {
+		m.attests.WithLabelValues(market.VerdictAccepted, k.String())
 	}
 	m.attests.WithLabelValues(market.VerdictRefused, KindUnknown)
 
@@ -222,8 +222,8 @@ func (m *Metrics) Voucher(e market.VoucherEvent) {
 
 // Attested implements market.Observer.
 func (m *Metrics) Attested(e market.AttestEvent) {
-	kind := e.Kind
-	if e.Verdict != market.VerdictAccepted || kind == "" {
+	kind := e.Kind.String()
+	if e.Verdict != market.VerdictAccepted || !e.Kind.Valid() {
 		kind = KindUnknown
 	}
 	m.attests.WithLabelValues(e.Verdict, kind).Inc()

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 )
 
@@ -45,7 +46,7 @@ func drive(m *Metrics) {
 		NanoTON: 250, Outcome: market.OutcomeOK})
 	m.JobEnded(market.JobEvent{ID: id(4), Side: market.SideWorker, Peer: clientPeer, Model: "m",
 		Duration: time.Millisecond, Outcome: market.OutcomeRejected})
-	m.Attested(market.AttestEvent{Peer: workerPeer, Kind: "sim", Tier: "sim (not confidential)", Verdict: market.VerdictAccepted})
+	m.Attested(market.AttestEvent{Peer: workerPeer, Kind: tee.Sim, Tier: tee.Sim.Tier(), Verdict: market.VerdictAccepted})
 	m.Attested(market.AttestEvent{Peer: "other", Verdict: market.VerdictRefused, Err: errors.New("bad nonce")})
 }
 

@@ -11,7 +11,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"github.com/cocoon-network/cocoon/enclave"
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/runtime/openaiapi"
@@ -111,8 +111,8 @@ func TestMarketThroughGateway(t *testing.T) {
 			t.Fatalf("request %d: X-Cocoon-Worker %q is not a worker (%v)", i, got.worker, err)
 		}
 		w := byPeer[wid]
-		if got.tee != enclave.KindSim.Tier() {
-			t.Errorf("request %d: X-Cocoon-TEE %q; want %q", i, got.tee, enclave.KindSim.Tier())
+		if got.tee != tee.Sim.Tier() {
+			t.Errorf("request %d: X-Cocoon-TEE %q; want %q", i, got.tee, tee.Sim.Tier())
 		}
 		// The reference: the same request, decoded as the gateway decodes it, on the
 		// worker's own backend.

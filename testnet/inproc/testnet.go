@@ -20,6 +20,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/cocoon-network/cocoon/client/local"
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/node"
 	"github.com/cocoon-network/cocoon/p2p"
@@ -318,11 +319,11 @@ func TestModelPath() string {
 	return filepath.Join(repoRoot(), "..", "shared", "models", "stories260K.gguf")
 }
 
-// workerConfig turns cfg into the config of a testnet member: sim TEE allowed and
-// accepted everywhere; a worker serves the test model at m.Price.
+// workerConfig turns cfg into the config of a testnet member: sim TEE allowed,
+// and the only kind bought from; a worker serves the test model at m.Price.
 func (tn *Testnet) workerConfig(m *Member, cfg *node.Config) {
 	cfg.Enclave.Policy.AllowSim = true
-	cfg.Market.AcceptTEE = []string{"sim"}
+	cfg.Enclave.Policy.AllowedKinds = []tee.Kind{tee.Sim}
 	if !m.IsWorker {
 		return
 	}
@@ -336,7 +337,7 @@ func (tn *Testnet) workerConfig(m *Member, cfg *node.Config) {
 	}
 	cfg.Runtime.Threads, cfg.Runtime.Slots = 1, 1
 	cfg.Market.Prices = []node.ModelPrice{{Model: Model, Prompt: int64(m.Price.Prompt), Completion: int64(m.Price.Completion)}}
-	cfg.Enclave.Attester = "sim"
+	cfg.Enclave.Attester = tee.Sim
 }
 
 func (tn *Testnet) start(m *Member) error {

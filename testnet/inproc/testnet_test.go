@@ -10,6 +10,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 )
 
@@ -57,7 +58,7 @@ func testAd(t testing.TB, m *Member) []byte {
 		Peer: m.ID, Seq: uint64(time.Now().UnixMicro()), IssuedAt: time.Now(), TTL: time.Minute,
 		Models:     []market.ModelOffer{{ID: Model, ContextLength: 128, Price: market.Price{Prompt: 1, Completion: 1}}},
 		Capacity:   market.Capacity{SlotsTotal: 1, SlotsFree: 1},
-		TEE:        market.TEE{Kind: market.TEENone},
+		TEE:        market.TEE{Kind: tee.None},
 		Settlement: market.Settlement{WalletAddress: fmt.Sprintf("wallet-of-node-%d", m.Index), ChannelKey: []byte{byte(m.Index)}},
 	}
 	b, err := ad.Encode()
