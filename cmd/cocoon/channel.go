@@ -26,7 +26,11 @@ func (f *chainFlags) channelEnv(ctx context.Context, needChain bool) (*channelEn
 	if err != nil {
 		return nil, err
 	}
-	st, err := settle.OpenStore(f.storePath(), nil)
+	_, store, err := f.files()
+	if err != nil {
+		return nil, err
+	}
+	st, err := settle.OpenStore(store, nil)
 	if err != nil {
 		return nil, err
 	}

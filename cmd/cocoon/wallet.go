@@ -4,21 +4,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/cocoon-network/cocoon/node"
 	"github.com/cocoon-network/cocoon/settle"
 	"github.com/cocoon-network/cocoon/settle/devledger"
 	"github.com/cocoon-network/cocoon/settle/tonchain"
 )
 
-// chainFlags select the network for wallet and channel commands. The lead
-// wires them to the config file later; for now they are flags.
+// chainFlags select the node (its datadir, whose config names its wallet and
+// channel store) and the network for the wallet and channel commands.
 type chainFlags struct {
 	datadir   string
-	walletKey string // empty: <datadir>/wallet.key
+	walletKey string // empty: the config's [settle] wallet, or <datadir>/wallet.key
 	ledger    string // devledger URL
 	ton       string // mainnet | testnet
 	tonConfig string // global config URL or file
@@ -26,22 +28,37 @@ type chainFlags struct {
 
 func (f *chainFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.datadir, "datadir", defaultDatadir(), "node data directory")
-	cmd.Flags().StringVar(&f.walletKey, "wallet", "", "wallet mnemonic file (default <datadir>/wallet.key)")
+	cmd.Flags().StringVar(&f.walletKey, "wallet", "", "wallet mnemonic file (default: the config's [settle] wallet, or <datadir>/wallet.key)")
 	cmd.Flags().StringVar(&f.ledger, "ledger", "", "dev ledger URL, e.g. http://127.0.0.1:8590 (simulated chain, not TON)")
 	cmd.Flags().StringVar(&f.ton, "ton", "", "TON network: mainnet or testnet")
 	cmd.Flags().StringVar(&f.tonConfig, "ton-config", "", "TON global config URL or file (default: the network's public one)")
 }
 
-func (f *chainFlags) keyPath() string {
-	if f.walletKey != "" {
-		return f.walletKey
+// files are the wallet and channel store the node of the datadir uses: its
+// config's [settle] wallet and store where it names them, else the defaults
+// in the datadir (also for a datadir with no config); --wallet overrides
+// the wallet. A config that does not load is an error, never skipped.
+func (f *chainFlags) files() (wallet, store string, err error) {
+	cfg := node.Config{Datadir: f.datadir}
+	if _, serr := os.Stat(filepath.Join(f.datadir, node.ConfigFile)); serr == nil {
+		if cfg, err = node.Load(f.datadir); err != nil {
+			return "", "", err
+		}
 	}
-	return filepath.Join(f.datadir, "wallet.key")
+	wallet, store = cfg.WalletPath(), cfg.StorePath()
+	if f.walletKey != "" {
+		wallet = f.walletKey
+	}
+	return wallet, store, nil
 }
 
-func (f *chainFlags) storePath() string { return filepath.Join(f.datadir, "channels.db") }
-
-func (f *chainFlags) wallet() (*settle.Wallet, error) { return settle.LoadWallet(f.keyPath()) }
+func (f *chainFlags) wallet() (*settle.Wallet, error) {
+	path, _, err := f.files()
+	if err != nil {
+		return nil, err
+	}
+	return settle.LoadWallet(path)
+}
 
 var errNoChain = errors.New("no chain selected: pass --ledger URL (dev ledger) or --ton mainnet|testnet")
 
