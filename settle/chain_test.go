@@ -196,7 +196,7 @@ func payoutTo(t *testing.T, tr *settle.Trace, chAddr, to string) settle.OutMsg {
 	return settle.OutMsg{}
 }
 
-// Must show 1: vouchers signed here are accepted by the real contract; a
+// Vouchers signed here are accepted by the real contract; a
 // cooperative close pays the worker exactly what it acknowledged.
 func TestCooperativeCloseOnDevledger(t *testing.T) {
 	const deposit = 3_000_000_000
@@ -273,7 +273,7 @@ func TestCooperativeCloseOnDevledger(t *testing.T) {
 	t.Logf("%d vouchers, paid %d nanoTON; close fees %d (trace of %d txs)", len(amounts), paid, tr.Fees(), len(tr.Txs))
 }
 
-// Must show 1 and 2: the client starts an uncooperative close with a stale
+// The client starts an uncooperative close with a stale
 // voucher; the worker's challenge with the newest one wins; Finish pays the
 // worker the newest amount plus the contract's fine for the stale state.
 func TestUncooperativeCloseChallengeStaleState(t *testing.T) {

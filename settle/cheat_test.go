@@ -10,7 +10,7 @@ import (
 	"github.com/cocoon-network/cocoon/settle"
 )
 
-// Must show 2: each kind of bad voucher is refused off-chain by Accept and,
+// Each kind of bad voucher is refused off-chain by Accept and,
 // presented to the real contract on the dev ledger, by the contract.
 func TestCheatingRefused(t *testing.T) {
 	const deposit = 1_000_000_000

@@ -19,7 +19,7 @@ import (
 	"github.com/xssnick/tonutils-go/address"
 )
 
-// Must show 3: crash safety. The parent test re-executes the test binary as a
+// Crash safety. The parent test re-executes the test binary as a
 // child (TestCrashChild, switched on by COCOON_SETTLE_CRASH) that runs one
 // side of a voucher exchange on a bbolt store, and kills it with SIGKILL at
 // every step: inside the bbolt transaction before commit (before fsync),
