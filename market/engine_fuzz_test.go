@@ -5,17 +5,14 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"os"
-	"path/filepath"
-	goruntime "runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/cocoon-network/cocoon/internal/testmodel"
 	"github.com/cocoon-network/cocoon/market/pb"
 	"github.com/cocoon-network/cocoon/runtime"
-	"github.com/cocoon-network/cocoon/runtime/llamacpp"
 	"github.com/cocoon-network/cocoon/runtime/runner"
 )
 
@@ -33,10 +30,9 @@ func realEngine(t testing.TB) *runner.Backend {
 	engine.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		lib, model := engineFiles()
 		engine.b, engine.err = runner.New(ctx, runner.Config{
-			LibDir:   lib,
-			Models:   []runtime.ModelConfig{{Path: model, ID: engineModel}},
+			LibDir:   testmodel.LibDir(),
+			Models:   []runtime.ModelConfig{{Path: testmodel.ModelPath(t), ID: engineModel}},
 			Threads:  1,
 			Parallel: 1,
 			// A short context keeps each execution short: prompt decoding on
@@ -130,19 +126,4 @@ func FuzzEngineJob(f *testing.F) {
 			t.Fatalf("the engine crashed on this input (%+v)", c)
 		}
 	})
-}
-
-// engineFiles are the llama.cpp library folder and the shared test model:
-// $COCOON_LLAMA_LIB and $COCOON_TEST_MODEL (the Makefile sets both), else
-// where `make deps` and the shared folder put them.
-func engineFiles() (lib, model string) {
-	_, file, _, _ := goruntime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..")
-	if lib = os.Getenv(llamacpp.LibEnv); lib == "" {
-		lib = filepath.Join(root, ".cache", "llama", "lib")
-	}
-	if model = os.Getenv("COCOON_TEST_MODEL"); model == "" {
-		model = filepath.Join(root, "..", "shared", "models", "stories260K.gguf")
-	}
-	return lib, model
 }

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cocoon-network/cocoon/internal/testmodel"
 	"github.com/cocoon-network/cocoon/testnet"
 )
 
@@ -423,10 +424,7 @@ func TestBatchErrorsAndRetries(t *testing.T) {
 // request at a time and one per worker, and reports answered lines per second.
 // It needs the environment `make bench` sets.
 func BenchmarkBatch(b *testing.B) {
-	model, lib := os.Getenv("COCOON_TEST_MODEL"), os.Getenv("COCOON_LLAMA_LIB")
-	if model == "" || lib == "" {
-		b.Fatal("COCOON_TEST_MODEL and COCOON_LLAMA_LIB are unset: run it through `make bench`")
-	}
+	model, lib := testmodel.ModelPath(b), testmodel.LibDir()
 	dir := b.TempDir()
 	c, err := testnet.Launch(context.Background(), testnet.LaunchConfig{Bin: bin, Dir: dir, Nodes: 4, Workers: 3, Model: model, LibDir: lib})
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cocoon-network/cocoon/internal/testmodel"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/testnet"
 )
@@ -197,15 +198,11 @@ func TestTestnetUpDown(t *testing.T) {
 func testModel(t *testing.T) string {
 	t.Helper()
 	if os.Getenv("COCOON_LLAMA_LIB") == "" {
-		lib, _ := filepath.Abs("../../.cache/llama/lib")
-		t.Setenv("COCOON_LLAMA_LIB", lib)
+		t.Setenv("COCOON_LLAMA_LIB", testmodel.LibDir())
 	}
-	model := os.Getenv("COCOON_TEST_MODEL")
-	if model == "" {
-		model = "../../../shared/models/stories260K.gguf"
-	}
-	if _, err := os.Stat(model); err != nil {
-		t.Fatalf("the shared test model is missing (%v): see ../shared/models/MODELS.md", err)
+	model, err := filepath.Abs(testmodel.ModelPath(t))
+	if err != nil {
+		t.Fatal(err)
 	}
 	return model
 }

@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	goruntime "runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/cocoon-network/cocoon/enclave"
 	"github.com/cocoon-network/cocoon/enclave/tee"
+	"github.com/cocoon-network/cocoon/internal/testmodel"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/p2p"
@@ -38,34 +38,8 @@ func netLogger() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// repoRoot is the repository root, found from this file's path.
-func repoRoot() string {
-	_, file, _, _ := goruntime.Caller(0)
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
-}
-
-// llamaBackend loads the shared test model with one thread. A missing model or
-// library fails the test: `make test` installs the libraries first.
-func llamaBackend(t testing.TB) *llamacpp.Backend {
-	t.Helper()
-	lib := os.Getenv(llamacpp.LibEnv)
-	if lib == "" {
-		lib = filepath.Join(repoRoot(), ".cache", "llama", "lib")
-	}
-	model := os.Getenv("COCOON_TEST_MODEL")
-	if model == "" {
-		model = filepath.Join(repoRoot(), "..", "shared", "models", "stories260K.gguf")
-	}
-	b, err := llamacpp.New(llamacpp.Config{
-		LibDir: lib, Models: []runtime.ModelConfig{{Path: model, ID: netModel}},
-		Threads: 1, Parallel: 1, Logger: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatalf("llamacpp backend (run `make deps`; COCOON_TEST_MODEL=%s): %v", model, err)
-	}
-	t.Cleanup(func() { b.Close() })
-	return b
-}
+// llamaBackend loads the shared test model with one thread.
+func llamaBackend(t testing.TB) *llamacpp.Backend { return testmodel.Backend(t, 1, netModel) }
 
 // netWorker is one worker of the test network with its channel from the client.
 type netWorker struct {

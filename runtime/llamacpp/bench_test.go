@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/cocoon-network/cocoon/runtime"
-	"github.com/cocoon-network/cocoon/runtime/internal/testmodel"
+	"github.com/cocoon-network/cocoon/internal/testmodel"
 )
 
 // BenchmarkGenerate measures the embedded backend on the shared model with one

@@ -13,7 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/cocoon-network/cocoon/runtime"
-	"github.com/cocoon-network/cocoon/runtime/internal/testmodel"
+	"github.com/cocoon-network/cocoon/internal/testmodel"
 	"github.com/cocoon-network/cocoon/runtime/llamacpp"
 )
 

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/cocoon-network/cocoon/runtime"
-	"github.com/cocoon-network/cocoon/runtime/internal/testmodel"
+	"github.com/cocoon-network/cocoon/internal/testmodel"
 	"github.com/cocoon-network/cocoon/runtime/openai"
 	"github.com/cocoon-network/cocoon/runtime/openaiapi"
 )

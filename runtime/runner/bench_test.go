@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/cocoon-network/cocoon/runtime"
-	"github.com/cocoon-network/cocoon/runtime/internal/testmodel"
+	"github.com/cocoon-network/cocoon/internal/testmodel"
 )
 
 // BenchmarkIsolation measures what the child process costs: the same greedy

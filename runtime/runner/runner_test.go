@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/cocoon-network/cocoon/runtime"
-	"github.com/cocoon-network/cocoon/runtime/internal/testmodel"
+	"github.com/cocoon-network/cocoon/internal/testmodel"
 )
 
 // start runs the shared test model in a child of this test binary (the

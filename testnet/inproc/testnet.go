@@ -21,6 +21,7 @@ import (
 
 	"github.com/cocoon-network/cocoon/client/local"
 	"github.com/cocoon-network/cocoon/enclave/tee"
+	"github.com/cocoon-network/cocoon/internal/testmodel"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/node"
 	"github.com/cocoon-network/cocoon/p2p"
@@ -311,13 +312,8 @@ func repoRoot() string {
 }
 
 // TestModelPath is the model the workers serve: $COCOON_TEST_MODEL or the shared
-// stories260K.
-func TestModelPath() string {
-	if p := os.Getenv("COCOON_TEST_MODEL"); p != "" {
-		return p
-	}
-	return filepath.Join(repoRoot(), "..", "shared", "models", "stories260K.gguf")
-}
+// stories260K (internal/testmodel finds it).
+func TestModelPath() string { return testmodel.Path() }
 
 // workerConfig turns cfg into the config of a testnet member: sim TEE allowed,
 // and the only kind bought from; a worker serves the test model at m.Price.
