@@ -32,11 +32,12 @@ deps:
 run: build deps
 	@bash scripts/run.sh ./$(BIN)
 
-# The whole suite: vet, every test, each fuzz target briefly, each benchmark once
-# (so none rots; figures come from `make bench`).
+# The whole suite: vet, every test under the race detector (every package starts
+# goroutines; the market's tests also fail on leaked ones), each fuzz target
+# briefly, each benchmark once (so none rots; figures come from `make bench`).
 test: deps
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 15m ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
 	FUZZTIME=$(TEST_FUZZTIME) GO=$(GO) bash scripts/fuzz.sh
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime=1x -timeout 15m ./...
 
