@@ -28,6 +28,10 @@ const (
 	MaxStopBytes = 256
 	// MaxModelIDBytes caps the model id.
 	MaxModelIDBytes = 256
+	// MaxContextLength bounds the context a backend may report for a model
+	// (2^30 tokens): what an upstream says is checked before the ads carry it
+	// as uint32.
+	MaxContextLength = 1 << 30
 )
 
 // Check reports the first thing wrong with req as a *FieldError (which is an

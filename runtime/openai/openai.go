@@ -161,6 +161,9 @@ func (b *Backend) Refresh(ctx context.Context) error {
 		if ctxLen == 0 {
 			ctxLen = m.Meta.NCtxTrain
 		}
+		if ctxLen < 0 || ctxLen > runtime.MaxContextLength {
+			return upstreamError("%s says model %q has a context of %d tokens, outside 0..%d", b.base, m.ID, ctxLen, runtime.MaxContextLength)
+		}
 		models = append(models, runtime.Model{ID: m.ID, ContextLength: ctxLen})
 	}
 	for _, want := range b.cfg.Models {

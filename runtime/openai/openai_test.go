@@ -335,3 +335,18 @@ func TestCancelStopsUpstream(t *testing.T) {
 		t.Fatalf("after cancel: %v, usage %+v; want context.Canceled and nothing billed", err, s.Usage())
 	}
 }
+
+// A context length the ads cannot carry (above 2^30, or negative) is refused
+// at start, naming the model, instead of wrapping in the ad's uint32.
+func TestUpstreamContextLengthBounded(t *testing.T) {
+	for _, n := range []string{"4294967297", "-1"} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, `{"object":"list","data":[{"id":"m","object":"model","max_model_len":`+n+`}]}`)
+		}))
+		_, err := openai.New(context.Background(), openai.Config{BaseURL: srv.URL + "/v1"})
+		srv.Close()
+		if !errors.Is(err, runtime.ErrUpstream) || !strings.Contains(err.Error(), `"m"`) || !strings.Contains(err.Error(), n) {
+			t.Errorf("context length %s: %v; want an upstream error naming the model and the value", n, err)
+		}
+	}
+}
