@@ -8,9 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cocoon-network/cocoon/internal/testmodel"
 	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/runtime/backends"
-	"github.com/cocoon-network/cocoon/internal/testmodel"
 	"github.com/cocoon-network/cocoon/runtime/openaiapi"
 )
 

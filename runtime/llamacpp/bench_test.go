@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/internal/testmodel"
+	"github.com/cocoon-network/cocoon/runtime"
 )
 
 // BenchmarkGenerate measures the embedded backend on the shared model with one

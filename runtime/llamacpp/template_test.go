@@ -7,8 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/internal/testmodel"
+	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/runtime/llamacpp"
 )
 

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/internal/testmodel"
+	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/runtime/openai"
 	"github.com/cocoon-network/cocoon/runtime/openaiapi"
 )

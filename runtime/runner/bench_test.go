@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/internal/testmodel"
+	"github.com/cocoon-network/cocoon/runtime"
 )
 
 // BenchmarkIsolation measures what the child process costs: the same greedy

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/internal/testmodel"
+	"github.com/cocoon-network/cocoon/runtime"
 )
 
 // start runs the shared test model in a child of this test binary (the
