@@ -1,11 +1,6 @@
 package tee
 
 import (
-	"go/parser"
-	"go/token"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 )
 
@@ -44,31 +39,6 @@ func TestParseAndNames(t *testing.T) {
 	for _, k := range Kinds {
 		if !k.Valid() {
 			t.Errorf("Kinds holds %q, which is not Valid", k)
-		}
-	}
-}
-
-// TestImportsStandardOnly keeps tee a leaf that both enclave and market (the
-// protocol) can import: the standard library only.
-func TestImportsStandardOnly(t *testing.T) {
-	files, err := filepath.Glob("*.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fset := token.NewFileSet()
-	for _, name := range files {
-		if strings.HasSuffix(name, "_test.go") {
-			continue
-		}
-		f, err := parser.ParseFile(fset, name, nil, parser.ImportsOnly)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, imp := range f.Imports {
-			path, _ := strconv.Unquote(imp.Path.Value)
-			if strings.Contains(strings.Split(path, "/")[0], ".") {
-				t.Errorf("%s imports %s: tee imports the standard library only", name, path)
-			}
 		}
 	}
 }

@@ -3,5 +3,7 @@
 // the module, the packages of the module it imports, and the test fails when
 // `go list` disagrees in either direction (an import the table does not
 // allow, a package the table does not list, a row naming an import the code
-// no longer makes). Nothing imports it.
+// no longer makes), and it bounds what the bottom packages (enclave,
+// enclave/tee, runtime, market) import from outside the module. Nothing
+// imports it.
 package layout

@@ -16,14 +16,16 @@ const module = "github.com/cocoon-network/cocoon"
 
 // pkg is what `go list -json` says of one package.
 type pkg struct {
-	ImportPath string
-	Imports    []string
+	ImportPath   string
+	Imports      []string
+	TestImports  []string
+	XTestImports []string
 }
 
 // listPackages returns the module's packages with their non-test imports.
 func listPackages(t *testing.T, root string) []pkg {
 	t.Helper()
-	cmd := exec.Command("go", "list", "-json=ImportPath,Imports", "./...")
+	cmd := exec.Command("go", "list", "-json=ImportPath,Imports,TestImports,XTestImports", "./...")
 	cmd.Dir = root
 	out, err := cmd.Output()
 	if err != nil {
@@ -155,6 +157,63 @@ var thirdParty = []struct {
 	{"github.com/google/go-sev-guest", []string{"enclave"}},
 	{"github.com/libp2p/go-libp2p/p2p/net/mock", []string{"testnet/inproc"}},
 	{"github.com/prometheus/client_golang", []string{"node/metrics"}},
+}
+
+// outside lists, for the packages kept at the bottom of the graph, every
+// import from outside this module and the standard library their code may
+// make (an entry ending in "/" is a prefix). enclave parses hardware evidence
+// with the vendors' libraries and nothing else; enclave/tee is a leaf both
+// enclave and market import; runtime is interfaces; market is a protocol
+// over io.ReadWriter, so no libp2p host, no settle store, no OpenAI JSON.
+var outside = map[string][]string{
+	"enclave": {"github.com/google/go-tdx-guest/", "github.com/google/go-sev-guest/",
+		"github.com/google/go-configfs-tsm/", "github.com/google/uuid"},
+	"enclave/tee": nil,
+	"runtime":     nil,
+	"market": {"github.com/libp2p/go-libp2p/core/peer", "github.com/libp2p/go-msgio/pbio",
+		"github.com/xssnick/tonutils-go/address", "google.golang.org/protobuf/proto"},
+}
+
+// testsMayNot lists what a package's tests must not import either: market's
+// tests run the protocol without a host, settle or the OpenAI types.
+var testsMayNot = map[string][]string{
+	"market": {module + "/market/service", module + "/p2p", module + "/settle", module + "/runtime/openaiapi",
+		"github.com/libp2p/go-libp2p/core/host", "github.com/libp2p/go-libp2p/core/network"},
+}
+
+func matches(path string, rules []string) bool {
+	for _, r := range rules {
+		if path == strings.TrimSuffix(r, "/") || (strings.HasSuffix(r, "/") && strings.HasPrefix(path, r)) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestBottomPackagesImportLittle(t *testing.T) {
+	seen := map[string]bool{}
+	for _, p := range listPackages(t, repoRoot(t)) {
+		rel := strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, module), "/")
+		if allowed, ok := outside[rel]; ok {
+			seen[rel] = true
+			for _, imp := range p.Imports {
+				std := !strings.Contains(strings.Split(imp, "/")[0], ".")
+				if !std && !strings.HasPrefix(imp, module+"/") && !matches(imp, allowed) {
+					t.Errorf("%s imports %s; it may import only %v from outside", rel, imp, allowed)
+				}
+			}
+		}
+		for _, imp := range append(p.TestImports, p.XTestImports...) {
+			if matches(imp, testsMayNot[rel]) || slices.ContainsFunc(testsMayNot[rel], func(r string) bool { return strings.HasPrefix(imp, r+"/") }) {
+				t.Errorf("%s's tests import %s", rel, imp)
+			}
+		}
+	}
+	for rel := range outside {
+		if !seen[rel] {
+			t.Errorf("outside names %s, which is not a package", rel)
+		}
+	}
 }
 
 func TestThirdPartyStaysBehindItsWrapper(t *testing.T) {
