@@ -100,6 +100,7 @@ type Testnet struct {
 	Nodes []*Member
 
 	t    testing.TB
+	dir  string // the members' datadirs are under it
 	opt  options
 	mn   mocknet.Mocknet
 	mu   sync.Mutex
@@ -145,6 +146,10 @@ func New(t testing.TB, opts ...Option) *Testnet {
 		tn.mn = mocknet.New()
 		tn.mn.SetLinkDefaults(mocknet.LinkOptions{Latency: o.latency})
 	}
+	// The datadirs' folder is made before Close is registered, so that the
+	// nodes stop before their datadirs are removed (cleanups run last first):
+	// a running node writes there (peers.json, the channel store).
+	tn.dir = t.TempDir()
 	t.Cleanup(tn.Close)
 	if o.workers > o.n {
 		t.Fatalf("testnet: %d workers among %d nodes", o.workers, o.n)
@@ -279,7 +284,10 @@ func (tn *Testnet) openChannels() {
 }
 
 func (tn *Testnet) prepare(i int) (*Member, error) {
-	dir := tn.t.TempDir()
+	dir, err := os.MkdirTemp(tn.dir, fmt.Sprintf("node%d-", i))
+	if err != nil {
+		return nil, err
+	}
 	if _, err := node.Init(dir, false); err != nil {
 		return nil, err
 	}
