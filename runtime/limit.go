@@ -52,6 +52,10 @@ func (l *Limited) Slots() (total, free, queued int) {
 	return l.total, l.free, len(l.queue)
 }
 
+// QueueCap is how many requests may wait for a slot (the queue's capacity,
+// where Slots reports how many wait now).
+func (l *Limited) QueueCap() int { return l.maxQueue }
+
 // Unwrap returns the wrapped backend.
 func (l *Limited) Unwrap() Backend { return l.b }
 

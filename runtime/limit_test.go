@@ -161,3 +161,14 @@ func TestStreamAsFindsWrappedHooks(t *testing.T) {
 		t.Fatalf("StreamAs found a hook nobody implements")
 	}
 }
+
+// QueueCap is the configured queue (runtime.queue): 0 means DefaultQueue,
+// -1 none; the worker admits slots plus this many jobs and answers BUSY
+// beyond.
+func TestLimitQueueCap(t *testing.T) {
+	for _, tc := range []struct{ queue, want int }{{0, runtime.DefaultQueue}, {-1, 0}, {3, 3}} {
+		if got := runtime.Limit(nil, 2, tc.queue).QueueCap(); got != tc.want {
+			t.Errorf("Limit(_, 2, %d).QueueCap() = %d; want %d", tc.queue, got, tc.want)
+		}
+	}
+}

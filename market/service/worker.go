@@ -187,10 +187,11 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 	return w, nil
 }
 
-// queueCap is the queue of a Limited backend (its Slots report only those waiting now).
+// queueCap is the queue's capacity of a backend that has one
+// (runtime.Limited: the node's runtime.queue), 0 otherwise.
 func queueCap(b runtime.Backend) int {
-	if _, ok := b.(*runtime.Limited); ok {
-		return runtime.DefaultQueue
+	if q, ok := b.(interface{ QueueCap() int }); ok {
+		return q.QueueCap()
 	}
 	return 0
 }
