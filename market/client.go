@@ -80,10 +80,8 @@ type Receipt struct {
 
 // RunOptions tune Run. The zero value is usable.
 type RunOptions struct {
-	// Verify checks the attestation verdict of the worker's connection. Run calls
-	// it after Accept and before the prompt leaves; an error aborts the job with
-	// the prompt unsent. nil skips the check (only for TEE kind none).
-	Verify   func(ctx context.Context) error
+	// The worker's attestation is checked before the job stream opens
+	// (Failover.Verify), not inside the protocol.
 	Timeouts Timeouts
 	// PayEvery is how many delivered tokens the client lets accumulate before it
 	// pays (0: half the worker's credit window, so the worker never waits).
@@ -194,16 +192,6 @@ func (c *clientRun) run(ctx context.Context, opt RunOptions) error {
 	c.every = uint64(opt.PayEvery)
 	if c.every == 0 {
 		c.every = max(uint64(acc.GetCreditTokens())/2, 1)
-	}
-	if opt.Verify != nil {
-		// The worker waits Timeouts.Prompt for the prompt; so long may the check take.
-		vctx, cancel := context.WithTimeout(ctx, c.t.Prompt)
-		err := opt.Verify(vctx)
-		cancel()
-		if err != nil {
-			_ = c.w.cancel(CancelAttestation)
-			return fmt.Errorf("verify worker before prompt: %w: %w", ErrAttestation, err)
-		}
 	}
 	prompt := &pb.Prompt{Prompt: r.Prompt, Continuation: r.Continuation}
 	for _, m := range r.Messages {

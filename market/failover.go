@@ -34,9 +34,11 @@ type Failover struct {
 	Dial func(ctx context.Context, c Candidate) (io.ReadWriteCloser, error)
 	// Payer returns the payer of the client's channel to c.
 	Payer func(c Candidate) (Payer, error)
-	// Verify, when set, checks c's attestation on the stream before the prompt
-	// leaves (see RunOptions.Verify) and returns the TEE tier to show for it,
-	// which the attempt then carries (Attempt.Tier).
+	// Verify, when set, checks c's attestation (the verdict of its connection)
+	// before the job stream opens, so a worker never holds a slot while the
+	// client attests, and returns the TEE tier to show for it, which the
+	// attempt then carries (Attempt.Tier). An error ends the attempt with
+	// ErrAttestation: nothing of the job reaches that worker.
 	Verify func(ctx context.Context, c Candidate) (tier string, err error)
 	// Selector, when set, records every attempt's outcome and latency.
 	Selector *Selector
@@ -197,8 +199,8 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 	return attempts, &NoWorkerError{Errs: errs}
 }
 
-// attempt runs job on a.Candidate; Verify's tier goes into a.Tier before the
-// prompt leaves, so every chunk sink sees carries it.
+// attempt runs job on a.Candidate: Verify first (its tier goes into a.Tier,
+// so every chunk sink sees carries it), then the job stream.
 func (fo *Failover) attempt(ctx context.Context, a *Attempt, job Job, sink func(Chunk) error) (Receipt, error) {
 	c := a.Candidate
 	if fo.Observer != nil {
@@ -211,6 +213,13 @@ func (fo *Failover) attempt(ctx context.Context, a *Attempt, job Job, sink func(
 	if fo.Observer != nil {
 		pay = &observedPayer{Payer: pay, obs: fo.Observer, peer: c.Peer}
 	}
+	if fo.Verify != nil {
+		tier, err := fo.Verify(ctx, c)
+		if err != nil {
+			return Receipt{Job: job.ID}, fmt.Errorf("verify worker before the job: %w: %w", ErrAttestation, err)
+		}
+		a.Tier = tier
+	}
 	s, err := fo.Dial(ctx, c)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -219,13 +228,5 @@ func (fo *Failover) attempt(ctx context.Context, a *Attempt, job Job, sink func(
 		return Receipt{Job: job.ID}, fmt.Errorf("dial: %w: %w", ErrUnreachable, err)
 	}
 	defer s.Close()
-	opt := fo.Options
-	if fo.Verify != nil {
-		opt.Verify = func(ctx context.Context) error {
-			tier, err := fo.Verify(ctx, c)
-			a.Tier = tier
-			return err
-		}
-	}
-	return Run(ctx, s, job, pay, sink, opt)
+	return Run(ctx, s, job, pay, sink, fo.Options)
 }

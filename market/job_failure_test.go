@@ -5,12 +5,14 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/multiformats/go-varint"
 
 	"github.com/cocoon-network/cocoon/market/pb"
@@ -129,43 +131,40 @@ func scriptedWorkerRaw(t *testing.T, script func(p *rawPeer)) (net.Conn, chan st
 	return cc, done
 }
 
-// The prompt never leaves the client when the attestation check fails.
-func TestAttestationFailureKeepsPrompt(t *testing.T) {
-	b := &textBackend{model: "m", textLen: 10}
-	w := &Worker{Backend: b, Payee: newMemChannel().payee(), Prices: map[string]Price{"m": {Completion: 1}}}
-	var promptSeen bool
-	tap := &tapConn{onWrite: func(p []byte) {
-		if strings.Contains(string(p), "once upon a time") {
-			promptSeen = true
-		}
-	}}
-	cc, wc := net.Pipe()
-	tap.Conn = cc
-	served := make(chan error, 1)
-	go func() { served <- w.Serve(t.Context(), wc); wc.Close() }()
+// A worker whose attestation fails gets nothing of the job: no stream is
+// opened to it (so it holds no slot while the client attests), the next
+// candidate serves, and the failed attempt says ErrAttestation.
+func TestAttestationBeforeTheJob(t *testing.T) {
+	n := newFailoverNet(t)
+	bad := &textBackend{model: "m", textLen: 10}
+	good := &textBackend{model: "m", textLen: 10}
+	cBad := n.add("bad", bad, Price{Completion: 1_000_000}, 64)
+	cGood := n.add("good", good, Price{Completion: 1_000_000}, 64)
+	fo := n.failover()
+	dial := fo.Dial
+	var dialled []peer.ID
+	fo.Dial = func(ctx context.Context, c Candidate) (io.ReadWriteCloser, error) {
+		dialled = append(dialled, c.Peer)
+		return dial(ctx, c)
+	}
 	verifyErr := errors.New("measurement not in policy")
-	rc, err := Run(t.Context(), tap, testJob("m", 0), newMemChannel().payer(), func(Chunk) error { return nil },
-		RunOptions{Verify: func(context.Context) error { return verifyErr }})
-	cc.Close()
-	if !errors.Is(err, ErrAttestation) || !errors.Is(err, verifyErr) {
-		t.Fatalf("Run = %v; want ErrAttestation wrapping the verifier's error", err)
+	fo.Verify = func(_ context.Context, c Candidate) (string, error) {
+		if c.Peer == "bad" {
+			return "", verifyErr
+		}
+		return "sim (not confidential)", nil
 	}
-	if werr := <-served; werr != nil {
-		t.Fatalf("Serve = %v; want nil (the client declined)", werr)
+	attempts, err := fo.Run(t.Context(), []Candidate{cBad, cGood}, testJob("m", 0), func(Attempt, Chunk) error { return nil })
+	if err != nil {
+		t.Fatalf("Run = %v", err)
 	}
-	if promptSeen || b.generated != 0 || rc.Paid != 0 {
-		t.Fatalf("prompt sent %v, deltas generated %d, paid %d; want none", promptSeen, b.generated, rc.Paid)
+	if len(attempts) != 2 || !errors.Is(attempts[0].Err, ErrAttestation) || !errors.Is(attempts[0].Err, verifyErr) ||
+		attempts[1].Err != nil || attempts[1].Tier != "sim (not confidential)" {
+		t.Fatalf("attempts %+v; want the bad worker's ErrAttestation, then the good one's answer with its tier", attempts)
 	}
-}
-
-type tapConn struct {
-	net.Conn
-	onWrite func([]byte)
-}
-
-func (c *tapConn) Write(p []byte) (int, error) {
-	c.onWrite(p)
-	return c.Conn.Write(p)
+	if !slices.Equal(dialled, []peer.ID{"good"}) || bad.generated != 0 || attempts[0].Receipt.Paid != 0 {
+		t.Fatalf("dialled %v, the bad worker generated %d deltas and was paid %d; want only the good worker dialled", dialled, bad.generated, attempts[0].Receipt.Paid)
+	}
 }
 
 func TestDeadlines(t *testing.T) {

@@ -110,12 +110,15 @@ type CancelCode int32
 
 // Cancel codes.
 const (
-	CancelClient      = CancelCode(pb.CancelCode_CANCEL_CLIENT)
-	CancelNoPayment   = CancelCode(pb.CancelCode_CANCEL_NO_PAYMENT)
-	CancelBadVoucher  = CancelCode(pb.CancelCode_CANCEL_BAD_VOUCHER)
-	CancelTimeout     = CancelCode(pb.CancelCode_CANCEL_TIMEOUT)
-	CancelProtocol    = CancelCode(pb.CancelCode_CANCEL_PROTOCOL)
-	CancelPrice       = CancelCode(pb.CancelCode_CANCEL_PRICE)
+	CancelClient     = CancelCode(pb.CancelCode_CANCEL_CLIENT)
+	CancelNoPayment  = CancelCode(pb.CancelCode_CANCEL_NO_PAYMENT)
+	CancelBadVoucher = CancelCode(pb.CancelCode_CANCEL_BAD_VOUCHER)
+	CancelTimeout    = CancelCode(pb.CancelCode_CANCEL_TIMEOUT)
+	CancelProtocol   = CancelCode(pb.CancelCode_CANCEL_PROTOCOL)
+	CancelPrice      = CancelCode(pb.CancelCode_CANCEL_PRICE)
+	// CancelAttestation was sent by clients that attested after Accept; the
+	// attestation is now checked before the job stream opens, so no client
+	// of this version sends it, and a worker still takes it as a cancel.
 	CancelAttestation = CancelCode(pb.CancelCode_CANCEL_ATTESTATION)
 	CancelOverReport  = CancelCode(pb.CancelCode_CANCEL_OVER_REPORT)
 	CancelInternal    = CancelCode(pb.CancelCode_CANCEL_INTERNAL)
@@ -181,7 +184,7 @@ func (e *TimeoutError) Is(target error) bool { return target == ErrTimeout }
 type Timeouts struct {
 	Open       time.Duration // worker: Open after the stream starts [10s]
 	Accept     time.Duration // client: Accept or Reject after Open [10s]
-	Prompt     time.Duration // worker: Prompt after Accept, covering the client's attestation check [30s]
+	Prompt     time.Duration // worker: Prompt after Accept (the client attested before it opened the stream) [10s]
 	FirstChunk time.Duration // client: the first Chunk after Prompt [60s]
 	Chunk      time.Duration // client: each later Chunk or Done; longer is a stall [20s]
 	Voucher    time.Duration // worker: a Voucher once the credit window is spent, and the final one after Done [10s]
@@ -198,7 +201,7 @@ func (t Timeouts) withDefaults() Timeouts {
 	}
 	def(&t.Open, 10*time.Second)
 	def(&t.Accept, 10*time.Second)
-	def(&t.Prompt, 30*time.Second)
+	def(&t.Prompt, 10*time.Second)
 	def(&t.FirstChunk, 60*time.Second)
 	def(&t.Chunk, 20*time.Second)
 	def(&t.Voucher, 10*time.Second)
