@@ -256,7 +256,14 @@ func testFailoverDeadWorker(t *testing.T, transport string) {
 	}
 	as, first := ask("first job after the kill")
 	onDead := as[0].Receipt.Elapsed
-	if len(as) != 2 || as[0].Candidate.Peer != deadAI.ID || as[0].Err == nil || as[1].Candidate.Peer != live.Host.ID() || as[1].Err != nil {
+	switch {
+	case len(as) == 1 && as[0].Candidate.Peer == live.Host.ID() && as[0].Err == nil:
+		// The connection's death was noticed (and the worker marked down)
+		// before the job started: on a loaded machine the kill can take
+		// that long to act. Skipping it at once is the better outcome.
+		t.Logf("the dead worker was marked down before the first job after the kill")
+		onDead = 0
+	case len(as) != 2 || as[0].Candidate.Peer != deadAI.ID || as[0].Err == nil || as[1].Candidate.Peer != live.Host.ID() || as[1].Err != nil:
 		t.Fatalf("first job after the kill: attempts %+v; want the dead worker's failed one, then the live one's", as)
 	}
 	if !cs.Selector().Down(deadAI.ID) {
