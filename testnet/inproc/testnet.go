@@ -50,6 +50,7 @@ type options struct {
 	logW      io.Writer
 	workers   int
 	upstream  string
+	slots     int
 }
 
 // Option configures New.
@@ -76,7 +77,7 @@ func Logs(w io.Writer) Option { return func(o *options) { o.logW = w } }
 
 // Workers makes the last k nodes workers: each serves the test model
 // ($COCOON_TEST_MODEL, default ../shared/models/stories260K.gguf, as "stories260K")
-// on the embedded llama.cpp with one thread and one slot, at its own price,
+// on the embedded llama.cpp with one thread and one slot (see Slots), at its own price,
 // attested by the simulated TEE (sim, NOT confidential; allow_sim is on in every
 // node of such a testnet). Every node gets a wallet; the testnet runs one
 // in-process dev ledger (a simulated chain, not TON) shared by all, funds each
@@ -87,6 +88,11 @@ func Workers(k int) Option { return func(o *options) { o.workers = k } }
 // (runtime backend "openai") instead of the embedded llama.cpp: benchmarks use a
 // server whose own cost is negligible, so that the overlay's cost is measured.
 func Upstream(url string) Option { return func(o *options) { o.upstream = url } }
+
+// Slots sets runtime.slots, the concurrent generations, of every worker
+// (default 1); with Upstream, benchmarks give a worker the slots of a server that
+// batches.
+func Slots(n int) Option { return func(o *options) { o.slots = n } }
 
 // Model is the id the workers of a testnet serve their model under.
 const Model = "stories260K"
@@ -339,7 +345,7 @@ func (tn *Testnet) workerConfig(m *Member, cfg *node.Config) {
 	if os.Getenv("COCOON_LLAMA_LIB") == "" {
 		cfg.Runtime.LibDir = filepath.Join(repoRoot(), ".cache", "llama", "lib")
 	}
-	cfg.Runtime.Threads, cfg.Runtime.Slots = 1, 1
+	cfg.Runtime.Threads, cfg.Runtime.Slots = 1, max(tn.opt.slots, 1)
 	cfg.Market.Prices = []node.ModelPrice{{Model: Model, Prompt: int64(m.Price.Prompt), Completion: int64(m.Price.Completion)}}
 	cfg.Enclave.Attester = tee.Sim
 }
