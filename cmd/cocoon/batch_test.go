@@ -302,11 +302,15 @@ func (g *fakeGateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.dropped[body.Prompt]++
 	}
 	g.mu.Unlock()
-	defer func() { g.mu.Lock(); g.inFlight--; g.mu.Unlock() }()
+	// The request leaves the count before the client can see its end: before
+	// the cut connection closes, or the answer is flushed after this returns.
+	leave := sync.OnceFunc(func() { g.mu.Lock(); g.inFlight--; g.mu.Unlock() })
+	defer leave()
 	time.Sleep(20 * time.Millisecond)
 	switch {
 	case drop:
 		conn, _, _ := w.(http.Hijacker).Hijack()
+		leave()
 		conn.Close()
 	case strings.HasPrefix(body.Prompt, "bad"):
 		w.Header().Set("Content-Type", "application/json")
