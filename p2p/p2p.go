@@ -13,6 +13,7 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p-kad-dht/dual"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	pb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -94,7 +95,7 @@ type Limits struct {
 // Its methods are safe for concurrent use.
 type Node struct {
 	Host   host.Host
-	DHT    *dht.IpfsDHT
+	DHT    *dual.DHT
 	PubSub *pubsub.PubSub
 	Ads    *pubsub.Topic
 
@@ -155,10 +156,18 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 
-	n.DHT, err = dht.New(h,
-		dht.Mode(mode),
-		dht.ProtocolPrefix(DHTPrefix),
-		dht.BootstrapPeers(bootstrap...),
+	// The dual DHT, as kubo runs it: a WAN DHT in the configured mode over
+	// public addresses, and a LAN DHT over private ones in which every node
+	// serves (unless the WAN one is forced to client mode). Without it, nodes
+	// on private or loopback addresses in auto mode are all DHT clients: the
+	// overlay becomes a star around the bootstrap node, and nodes that share
+	// only it never meet. The LAN DHT keeps loopback addresses (kad-dht's
+	// dual drops them), so that nodes on one machine, as in a testnet, find
+	// each other too; elsewhere a loopback address fails its dial at once.
+	n.DHT, err = dual.New(h,
+		dual.DHTOption(dht.ProtocolPrefix(DHTPrefix), dht.BootstrapPeers(bootstrap...)),
+		dual.WanDHTOption(dht.Mode(mode)),
+		dual.LanDHTOption(dht.AddressFilter(func(a []ma.Multiaddr) []ma.Multiaddr { return a })),
 	)
 	if err != nil {
 		return fail(fmt.Errorf("p2p: start dht: %w", err))
@@ -291,6 +300,12 @@ func newHost(cfg Config) (host.Host, error) {
 		return nil, fmt.Errorf("p2p: start host: %w", err)
 	}
 	return h, nil
+}
+
+// RoutingTableSize is the number of peers in the node's DHT routing tables
+// (WAN and LAN together).
+func (n *Node) RoutingTableSize() int {
+	return n.DHT.WAN.RoutingTable().Size() + n.DHT.LAN.RoutingTable().Size()
 }
 
 func dhtMode(s string) (dht.ModeOpt, error) {

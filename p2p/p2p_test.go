@@ -200,7 +200,7 @@ func TestProvideOverLoopback(t *testing.T) {
 		ns = append(ns, n)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for ns[1].DHT.RoutingTable().Size() == 0 || ns[2].DHT.RoutingTable().Size() == 0 {
+	for ns[1].RoutingTableSize() == 0 || ns[2].RoutingTableSize() == 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("routing tables stayed empty")
 		}

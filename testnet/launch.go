@@ -19,7 +19,6 @@ import (
 	"github.com/cocoon-network/cocoon/client/local"
 	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/node"
-	"github.com/cocoon-network/cocoon/p2p"
 )
 
 // LaunchConfig describes a local testnet of real cocoon processes on 127.0.0.1.
@@ -141,7 +140,10 @@ func Launch(ctx context.Context, cfg LaunchConfig) (c *Cluster, err error) {
 			return nil, err
 		}
 		ncfg.P2P.Listen = []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"}
-		ncfg.P2P.DHTMode, ncfg.P2P.MDNS, ncfg.P2P.NATPortMap = p2p.DHTServer, false, false
+		// The default DHT mode (auto), as a user runs it: the LAN DHT of the
+		// dual DHT serves loopback addresses. mDNS and port mapping stay off
+		// (they send traffic to the LAN).
+		ncfg.P2P.MDNS, ncfg.P2P.NATPortMap = false, false
 		ncfg.API.Listen = "127.0.0.1:0"
 		ncfg.Settle.Chain, ncfg.Settle.DevLedgerURL = node.ChainDevLedger, c.Ledger.URL
 		ncfg.Enclave.Policy.AllowSim = true

@@ -136,12 +136,15 @@ func (p *proc) peers(t *testing.T) map[string]bool {
 	return set
 }
 
-// TestThreeProcesses starts a bootstrap node and two nodes pointing at it; each
-// sees the other two; after SIGKILL of one, the others drop it (within the liveness
-// pings' two misses, not at the QUIC idle timeout).
+// TestThreeProcesses starts a bootstrap node and two nodes pointing at it, all
+// on the default configuration (DHT mode auto, no mDNS); each sees the other
+// two (the two meet through the DHT, not only through the bootstrap node);
+// after SIGKILL of the bootstrap node the other two stay connected; after
+// SIGKILL of one more, the last drops it (within the liveness pings' two
+// misses, not at the QUIC idle timeout).
 func TestThreeProcesses(t *testing.T) {
 	start0 := time.Now()
-	boot := startNode(t, initDir(t), "--dht-mode", "server")
+	boot := startNode(t, initDir(t))
 	bst := boot.status(t)
 	var bootAddr string
 	for _, a := range bst.Addrs {
@@ -149,8 +152,8 @@ func TestThreeProcesses(t *testing.T) {
 			bootAddr = a
 		}
 	}
-	a := startNode(t, initDir(t), "--bootstrap", bootAddr, "--dht-mode", "server")
-	b := startNode(t, initDir(t), "--bootstrap", bootAddr, "--dht-mode", "server")
+	a := startNode(t, initDir(t), "--bootstrap", bootAddr)
+	b := startNode(t, initDir(t), "--bootstrap", bootAddr)
 	procs := []*proc{boot, a, b}
 	ids := make([]string, 3)
 	for i, p := range procs {
@@ -162,16 +165,24 @@ func TestThreeProcesses(t *testing.T) {
 			return ps[ids[(i+1)%3]] && ps[ids[(i+2)%3]]
 		})
 	}
+	// The bootstrap node is an entry point and nothing more: without it the
+	// other two stay connected.
+	if err := boot.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	boot.cmd.Wait()
+	waitFor(t, 25*time.Second, "node 1 to drop the killed bootstrap node", func() bool { return !a.peers(t)[ids[0]] })
+	if !a.peers(t)[ids[2]] || !b.peers(t)[ids[1]] {
+		t.Fatalf("nodes 1 and 2 lost each other with the bootstrap node")
+	}
 	if err := b.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	b.cmd.Wait()
 	killed := time.Now()
-	for i, p := range procs[:2] {
-		waitFor(t, 25*time.Second, fmt.Sprintf("node %d to drop the killed node", i), func() bool {
-			return !p.peers(t)[ids[2]]
-		})
-	}
+	waitFor(t, 25*time.Second, "node 1 to drop the killed node 2", func() bool {
+		return !a.peers(t)[ids[2]]
+	})
 	t.Logf("connected in %s; killed node dropped after %s", killed.Sub(start0), time.Since(killed))
 	// SIGTERM stops a node cleanly, well within 5 s.
 	start := time.Now()

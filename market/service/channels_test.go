@@ -63,7 +63,7 @@ func newChanFixture(t *testing.T) *chanFixture {
 		t.Fatal(err)
 	}
 	waitFor(t, 20*time.Second, "DHT routing tables", func() bool {
-		return nodes[0].DHT.RoutingTable().Size() > 0 && nodes[1].DHT.RoutingTable().Size() > 0
+		return nodes[0].RoutingTableSize() > 0 && nodes[1].RoutingTableSize() > 0
 	})
 	ledger, err := devledger.New(devledger.WithLogger(log))
 	if err != nil {

@@ -245,7 +245,7 @@ func TestNetColdBookDHT(t *testing.T) {
 	if err := nd.Host.Connect(ctx, peer.AddrInfo{ID: f.client.Host.ID(), Addrs: f.client.Host.Addrs()}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the new client's routing table", func() bool { return nd.DHT.RoutingTable().Size() > 0 })
+	waitFor(t, 10*time.Second, "the new client's routing table", func() bool { return nd.RoutingTableSize() > 0 })
 	payers := service.NewSettlePayers(f.payer)
 	for _, w := range f.workers {
 		payers.Bind(w.node.Host.ID(), w.channel)

@@ -106,7 +106,7 @@ func newNetFixture(t testing.TB, n int, opt market.RunOptions, wrap func(i int, 
 	}
 	waitFor(t, 20*time.Second, "DHT routing tables", func() bool {
 		for _, nd := range nodes {
-			if nd.DHT.RoutingTable().Size() == 0 {
+			if nd.RoutingTableSize() == 0 {
 				return false
 			}
 		}

@@ -352,7 +352,7 @@ func (w *Worker) provideLoop() {
 	}
 	wait := 200 * time.Millisecond
 	for len(pending) > 0 {
-		if w.node.DHT.RoutingTable().Size() > 0 {
+		if w.node.RoutingTableSize() > 0 {
 			var left []string
 			for _, id := range pending {
 				ctx, cancel := context.WithTimeout(w.ctx, time.Minute)

@@ -207,7 +207,7 @@ func New(t testing.TB, opts ...Option) *Testnet {
 	wg.Wait()
 	tn.WaitFor(60*time.Second, "every DHT routing table non-empty", func() bool {
 		for _, m := range tn.Nodes {
-			if m.P2P.DHT.RoutingTable().Size() == 0 {
+			if m.P2P.RoutingTableSize() == 0 {
 				return false
 			}
 		}
