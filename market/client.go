@@ -13,18 +13,24 @@ import (
 	"github.com/cocoon-network/cocoon/runtime"
 )
 
-// ChannelNamer is what a Payer may implement to name its payment channel (the
-// TON address of the contract) in Open, so that a worker that has not heard of
-// the channel can read it from the chain. service.SettlePayers' payers implement it.
-type ChannelNamer interface {
-	ChannelAddress() string
-}
-
-// Payer pays one worker on the client side. Pay returns a voucher that brings the
-// total paid for job to total nanoTON; Run never lowers total between calls for a
-// job. An implementation persists (fsyncs) the signed state before it returns it.
+// Payer pays one worker on the client's side: the client's lane of its payment
+// channel to that worker, which every job the client runs there at once shares
+// (service.Payers adapts settle.PayerLane). It is safe for concurrent use.
 type Payer interface {
+	// Channel names the channel in Open (the TON address of its contract), so
+	// that a worker that has not heard of it can read it from the chain; ""
+	// names none.
+	Channel() string
+	// Sync takes the newest state of the channel the worker holds, from its
+	// Accept (nil: none), before the job's first Pay: a state the client signed
+	// but lost in a crash becomes its own again. An error means the state is not
+	// one the client signed, or contradicts its own.
+	Sync(state []byte) error
+	// Pay returns a voucher that brings job's total to total nanoTON; Run never
+	// lowers total between calls for a job.
 	Pay(ctx context.Context, job JobID, total uint64) (voucher []byte, err error)
+	// End says job's payments are final.
+	End(job JobID)
 }
 
 // Job is one generation a client buys.
@@ -115,6 +121,7 @@ func Run(ctx context.Context, rw io.ReadWriter, job Job, pay Payer, out func(Chu
 	if job.ID == (JobID{}) {
 		job.ID = NewJobID() // job IDs key the per-job payment totals: never reuse one
 	}
+	defer pay.End(job.ID)
 	c := &clientRun{
 		job: job, pay: pay, out: out,
 		t:   opt.Timeouts.withDefaults(),
@@ -156,9 +163,7 @@ func (c *clientRun) run(ctx context.Context, opt RunOptions) error {
 		MaxPricePrompt:     c.job.MaxPrice.Prompt,
 		MaxPriceCompletion: c.job.MaxPrice.Completion,
 	}
-	if cn, ok := c.pay.(ChannelNamer); ok {
-		open.Channel = cn.ChannelAddress()
-	}
+	open.Channel = c.pay.Channel()
 	if err := checkOpen(open); err != nil {
 		return fmt.Errorf("open job: %w", err)
 	}
@@ -188,6 +193,10 @@ func (c *clientRun) run(ctx context.Context, opt RunOptions) error {
 		(c.job.MaxPrice.Completion != 0 && c.rc.Price.Completion > c.job.MaxPrice.Completion) {
 		_ = c.w.cancel(CancelPrice)
 		return fmt.Errorf("accept at %+v over %+v: %w", c.rc.Price, c.job.MaxPrice, ErrPrice)
+	}
+	if err := c.pay.Sync(acc.GetChannelState()); err != nil {
+		_ = c.w.cancel(CancelProtocol)
+		return c.violate(ViolationProtocol, fmt.Errorf("accept: the worker's channel state: %w: %w", err, ErrProtocol))
 	}
 	c.every = uint64(opt.PayEvery)
 	if c.every == 0 {
@@ -297,7 +306,7 @@ func (c *clientRun) payTo(ctx context.Context, total uint64) error {
 	if err != nil {
 		return fmt.Errorf("sign voucher for %d nanoTON: %w", total, err)
 	}
-	if err := c.w.send(&pb.Frame{Msg: &pb.Frame_Voucher{Voucher: &pb.Voucher{Voucher: v, Cumulative: total}}}); err != nil {
+	if err := c.w.send(&pb.Frame{Msg: &pb.Frame_Voucher{Voucher: &pb.Voucher{Voucher: v, Cumulative: total, JobId: c.job.ID[:]}}}); err != nil {
 		return fmt.Errorf("send voucher for %d nanoTON: %w", total, err)
 	}
 	c.rc.Paid = total

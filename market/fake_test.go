@@ -161,22 +161,28 @@ func (s *textStream) Usage() runtime.Usage {
 func (s *textStream) FinishReason() string { return s.finish }
 func (s *textStream) Close() error         { s.closed = true; return nil }
 
-// memChannel is an in-memory payment channel from one client to one worker: the
-// payer signs (HMAC) cumulative per-job totals that also advance a channel-wide
-// cumulative; the payee verifies them and refuses any that do not raise the
-// channel's cumulative, so a replayed or lowered voucher is an error, as with a
-// real signed channel state.
+// memChannel is an in-memory payment channel from one client to one worker,
+// with the lanes' rules (settle.PayerLane, settle.PayeeLane) over an HMAC
+// instead of a signature: the payer signs channel-wide cumulative states
+// (seqno, cumulative) that its jobs' payments raise; the payee keeps the
+// highest, and gives each job what its voucher messages attribute, out of
+// what the states paid and no job was given. A job that claims more than that,
+// more than it cost, or less than before is refused.
 type memChannel struct {
 	key []byte
 
 	mu         sync.Mutex
 	payerJob   map[JobID]uint64 // highest total signed per job
+	payerSeq   uint64
 	payerCum   uint64
-	payeeJob   map[JobID]uint64 // highest total accepted per job
+	payeeJob   map[JobID]uint64 // highest total given per job
+	payeeSeq   uint64
 	payeeCum   uint64
+	payeeState []byte
+	pool       uint64
 	failAfter  int // >0: Pay fails from that call on
 	payCalls   int
-	acceptLog  []uint64 // newly accepted amounts, in order
+	acceptLog  []uint64 // newly given amounts, in order
 	monotonErr error    // first monotonicity violation seen on either side
 }
 
@@ -186,9 +192,55 @@ func newMemChannel() *memChannel {
 
 type memPayer struct{ ch *memChannel }
 type memPayee struct{ ch *memChannel }
+type memAccount struct {
+	ch  *memChannel
+	job JobID
+}
 
 func (c *memChannel) payer() Payer { return memPayer{c} }
 func (c *memChannel) payee() Payee { return memPayee{c} }
+
+func (c *memChannel) sign(seq, cum uint64) []byte {
+	v := make([]byte, 16, 16+32)
+	binary.BigEndian.PutUint64(v, seq)
+	binary.BigEndian.PutUint64(v[8:], cum)
+	m := hmac.New(sha256.New, c.key)
+	m.Write(v)
+	return m.Sum(v)
+}
+
+func (c *memChannel) verify(v []byte) (seq, cum uint64, err error) {
+	if len(v) != 48 {
+		return 0, 0, errors.New("mem channel: voucher length")
+	}
+	m := hmac.New(sha256.New, c.key)
+	m.Write(v[:16])
+	if !hmac.Equal(m.Sum(nil), v[16:]) {
+		return 0, 0, errors.New("mem channel: bad signature")
+	}
+	return binary.BigEndian.Uint64(v), binary.BigEndian.Uint64(v[8:]), nil
+}
+
+func (p memPayer) Channel() string { return "" }
+
+func (p memPayer) Sync(state []byte) error {
+	if len(state) == 0 {
+		return nil
+	}
+	c := p.ch
+	seq, cum, err := c.verify(state)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if seq > c.payerSeq {
+		c.payerSeq, c.payerCum = seq, cum
+	}
+	return nil
+}
+
+func (p memPayer) End(job JobID) {}
 
 func (p memPayer) Pay(ctx context.Context, job JobID, total uint64) ([]byte, error) {
 	c := p.ch
@@ -206,44 +258,65 @@ func (p memPayer) Pay(ctx context.Context, job JobID, total uint64) ([]byte, err
 		}
 		return nil, err
 	}
+	c.payerSeq++
 	c.payerCum += total - prev
 	c.payerJob[job] = total
-	v := make([]byte, 16+8+8, 16+8+8+32)
-	copy(v, job[:])
-	binary.BigEndian.PutUint64(v[16:], total)
-	binary.BigEndian.PutUint64(v[24:], c.payerCum)
-	m := hmac.New(sha256.New, c.key)
-	m.Write(v)
-	return m.Sum(v), nil
+	return c.sign(c.payerSeq, c.payerCum), nil
 }
 
-func (p memPayee) Accept(ctx context.Context, job JobID, v []byte) (uint64, error) {
-	c := p.ch
+func (p memPayee) Open(ctx context.Context, job JobID, channel string) (Account, error) {
+	return &memAccount{ch: p.ch, job: job}, nil
+}
+
+func (a *memAccount) Reserve(want int) int { return want }
+func (a *memAccount) Close()               {}
+
+func (a *memAccount) State() []byte {
+	a.ch.mu.Lock()
+	defer a.ch.mu.Unlock()
+	return a.ch.payeeState
+}
+
+func (a *memAccount) Durable() (uint64, <-chan struct{}) {
+	a.ch.mu.Lock()
+	defer a.ch.mu.Unlock()
+	return a.ch.payeeJob[a.job], nil
+}
+
+func (a *memAccount) Accept(v []byte, total, most uint64) (uint64, error) {
+	c := a.ch
+	seq, cum, err := c.verify(v)
+	if err != nil {
+		return 0, err
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(v) != 64 {
-		return 0, errors.New("mem channel: voucher length")
-	}
-	m := hmac.New(sha256.New, c.key)
-	m.Write(v[:32])
-	if !hmac.Equal(m.Sum(nil), v[32:]) {
-		return 0, errors.New("mem channel: bad signature")
-	}
-	if JobID(v[:16]) != job {
-		return 0, errors.New("mem channel: voucher for another job")
-	}
-	total, cum := binary.BigEndian.Uint64(v[16:]), binary.BigEndian.Uint64(v[24:])
-	if cum <= c.payeeCum || total <= c.payeeJob[job] {
-		err := fmt.Errorf("mem channel: stale voucher: channel %d after %d, job %d after %d", cum, c.payeeCum, total, c.payeeJob[job])
+	switch {
+	case seq > c.payeeSeq && cum < c.payeeCum, seq <= c.payeeSeq && cum > c.payeeCum:
+		err := fmt.Errorf("mem channel: state (%d, %d) contradicts (%d, %d)", seq, cum, c.payeeSeq, c.payeeCum)
 		if c.monotonErr == nil {
 			c.monotonErr = err
 		}
 		return 0, err
+	case seq > c.payeeSeq:
+		c.pool += cum - c.payeeCum
+		c.payeeSeq, c.payeeCum, c.payeeState = seq, cum, v
 	}
-	newly := total - c.payeeJob[job]
-	c.payeeJob[job] = total
-	c.payeeCum = cum
-	c.acceptLog = append(c.acceptLog, newly)
+	prev := c.payeeJob[a.job]
+	switch {
+	case total < prev:
+		return 0, fmt.Errorf("mem channel: job total %d below %d", total, prev)
+	case total > most:
+		return 0, fmt.Errorf("mem channel: job total %d above its cost %d", total, most)
+	case total-prev > c.pool:
+		return 0, fmt.Errorf("mem channel: job claims %d, the states pay %d", total-prev, c.pool)
+	}
+	newly := total - prev
+	c.pool -= newly
+	c.payeeJob[a.job] = total
+	if newly > 0 {
+		c.acceptLog = append(c.acceptLog, newly)
+	}
 	return newly, nil
 }
 

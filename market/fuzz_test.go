@@ -41,11 +41,12 @@ func goldenFrames() []golden {
 		{"accept", &pb.Accept{PricePrompt: 1_000, PriceCompletion: 3_000, CreditTokens: 64,
 			Settlement: &pb.Settlement{WalletAddress: "EQD...", ChannelKey: bytes.Repeat([]byte{7}, 32), MinDeposit: 1_000_000_000}},
 			"08e80710b817184022300a064551442e2e2e12200707070707070707070707070707070707070707070707070707070707070707188094ebdc03"},
+		{"accept-with-state", &pb.Accept{PricePrompt: 1_000, PriceCompletion: 3_000, CreditTokens: 64, ChannelState: bytes.Repeat([]byte{0x22}, 8)}, "08e80710b81718402a082222222222222222"},
 		{"reject", &pb.Reject{Code: pb.RejectCode_REJECT_BUSY}, "0801"},
 		{"reject-no-channel", &pb.Reject{Code: pb.RejectCode_REJECT_NO_CHANNEL}, "0804"},
 		{"prompt", &pb.Prompt{Messages: []*pb.ChatMessage{{Role: "system", Content: "be brief"}, {Role: "user", Content: "once upon a time"}}, Continuation: " there was"}, "0a120a0673797374656d120862652062726965660a180a047573657212106f6e63652075706f6e20612074696d651a0a20746865726520776173"},
 		{"prompt-raw", &pb.Prompt{Prompt: "once upon a time"}, "12106f6e63652075706f6e20612074696d65"},
-		{"voucher", &pb.Voucher{Voucher: bytes.Repeat([]byte{0x11}, 64), Cumulative: 123_456}, "0a401111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111110c0c407"},
+		{"voucher", &pb.Voucher{Voucher: bytes.Repeat([]byte{0x11}, 64), Cumulative: 123_456, JobId: bytes.Repeat([]byte{0xab}, 16)}, "0a401111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111110c0c4071a10abababababababababababababababab"},
 		{"chunk", &pb.Chunk{Delta: " a little girl", TokensSoFar: 7}, "0a0e2061206c6974746c65206769726c1007"},
 		{"done", &pb.Done{Usage: &pb.Usage{PromptTokens: 12, CompletionTokens: 40}, FinishReason: "stop", Receipt: []byte("signed")}, "0a04080c1028120473746f701a067369676e6564"},
 		{"cancel", &pb.Cancel{Code: pb.CancelCode_CANCEL_NO_PAYMENT}, "0802"},
@@ -243,7 +244,7 @@ func FuzzClientStream(f *testing.F) {
 func FuzzWorkerStream(f *testing.F) {
 	job := testJob("m", 0)
 	f.Add(delimited(f, openFrame(job), promptFrame("hello")))
-	f.Add(delimited(f, openFrame(job), promptFrame("hello"), &pb.Frame{Msg: &pb.Frame_Voucher{Voucher: &pb.Voucher{Voucher: []byte{1}, Cumulative: 1}}}))
+	f.Add(delimited(f, openFrame(job), promptFrame("hello"), &pb.Frame{Msg: &pb.Frame_Voucher{Voucher: &pb.Voucher{Voucher: []byte{1}, Cumulative: 1, JobId: job.ID[:]}}}))
 	f.Add(delimited(f, openFrame(job), &pb.Frame{Msg: &pb.Frame_Cancel{Cancel: &pb.Cancel{Code: pb.CancelCode_CANCEL_CLIENT}}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		synctest.Test(t, func(t *testing.T) {

@@ -42,11 +42,6 @@ func TestRejectCodes(t *testing.T) {
 		{"price", newWorker(0), "m", Price{Completion: 199}, RejectPrice},
 		{"no channel", newWorker(RejectNoChannel), "m", Price{}, RejectNoChannel},
 		{"policy", newWorker(RejectPolicy), "m", Price{}, RejectPolicy},
-		{"names no channel to a worker that learns them", func() *Worker {
-			w := newWorker(0)
-			w.LearnChannel = func(context.Context, string) error { return nil }
-			return w
-		}(), "m", Price{}, RejectNoChannel},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -343,18 +338,28 @@ func TestWorkerRefusesBadVouchers(t *testing.T) {
 	cases := []struct {
 		name    string
 		voucher func(ch *memChannel, job JobID) *pb.Voucher
+		code    pb.CancelCode
 	}{
 		{"forged", func(ch *memChannel, job JobID) *pb.Voucher {
-			return &pb.Voucher{Voucher: make([]byte, 64), Cumulative: 4}
-		}},
+			return &pb.Voucher{Voucher: make([]byte, 48), Cumulative: 4, JobId: job[:]}
+		}, pb.CancelCode_CANCEL_BAD_VOUCHER},
 		{"claims more than it pays", func(ch *memChannel, job JobID) *pb.Voucher {
 			v, _ := ch.payer().Pay(context.Background(), job, 2)
+			return &pb.Voucher{Voucher: v, Cumulative: 4, JobId: job[:]}
+		}, pb.CancelCode_CANCEL_BAD_VOUCHER},
+		{"pays more than was delivered", func(ch *memChannel, job JobID) *pb.Voucher {
+			v, _ := ch.payer().Pay(context.Background(), job, 1_000)
+			return &pb.Voucher{Voucher: v, Cumulative: 1_000, JobId: job[:]}
+		}, pb.CancelCode_CANCEL_BAD_VOUCHER},
+		{"names another job", func(ch *memChannel, job JobID) *pb.Voucher {
+			other := NewJobID()
+			v, _ := ch.payer().Pay(context.Background(), other, 4)
+			return &pb.Voucher{Voucher: v, Cumulative: 4, JobId: other[:]}
+		}, pb.CancelCode_CANCEL_PROTOCOL},
+		{"names no job", func(ch *memChannel, job JobID) *pb.Voucher {
+			v, _ := ch.payer().Pay(context.Background(), job, 4)
 			return &pb.Voucher{Voucher: v, Cumulative: 4}
-		}},
-		{"for another job", func(ch *memChannel, job JobID) *pb.Voucher {
-			v, _ := ch.payer().Pay(context.Background(), NewJobID(), 4)
-			return &pb.Voucher{Voucher: v, Cumulative: 4}
-		}},
+		}, pb.CancelCode_CANCEL_PROTOCOL},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -376,8 +381,8 @@ func TestWorkerRefusesBadVouchers(t *testing.T) {
 				if _, ok := f.Msg.(*pb.Frame_Chunk); ok {
 					continue
 				}
-				if f.GetCancel().GetCode() != pb.CancelCode_CANCEL_BAD_VOUCHER {
-					t.Fatalf("got %v; want Cancel BAD_VOUCHER", f)
+				if f.GetCancel().GetCode() != tc.code {
+					t.Fatalf("got %v; want Cancel %v", f, tc.code)
 				}
 				break
 			}

@@ -249,18 +249,19 @@ func TestClientThatStopsPayingGetsNoMore(t *testing.T) {
 		p.mustSend(openFrame(job))
 		p.mustRecv()
 		p.mustSend(promptFrame("hello"))
-		tokens, paid := 0, false
+		tokens, paid, paidFor := 0, false, 0
 		for {
 			f := p.mustRecv()
 			if c, ok := f.Msg.(*pb.Frame_Chunk); ok {
 				tokens = int(c.Chunk.TokensSoFar)
 				if tokens >= 3 && !paid {
-					total, _ := Cost(Price{Completion: price.Completion}, 0, 5) // pay ahead for 5
+					paidFor = tokens // pay for what arrived; paying ahead is refused
+					total, _ := Cost(Price{Completion: price.Completion}, 0, uint64(paidFor))
 					v, err := ch.payer().Pay(t.Context(), job.ID, total)
 					if err != nil {
 						t.Fatal(err)
 					}
-					p.mustSend(&pb.Frame{Msg: &pb.Frame_Voucher{Voucher: &pb.Voucher{Voucher: v, Cumulative: total}}})
+					p.mustSend(&pb.Frame{Msg: &pb.Frame_Voucher{Voucher: &pb.Voucher{Voucher: v, Cumulative: total, JobId: job.ID[:]}}})
 					paid = true
 				}
 				continue
@@ -270,8 +271,8 @@ func TestClientThatStopsPayingGetsNoMore(t *testing.T) {
 			}
 			break
 		}
-		if tokens != 5+credit {
-			t.Fatalf("client that paid for 5 tokens got %d; want %d", tokens, 5+credit)
+		if tokens != paidFor+credit {
+			t.Fatalf("client that paid for %d tokens got %d; want %d", paidFor, tokens, paidFor+credit)
 		}
 		if err := <-serveErr; !errors.Is(err, ErrNoPayment) {
 			t.Fatalf("Serve = %v; want ErrNoPayment", err)

@@ -180,11 +180,3 @@ func (p *observedPayer) Pay(ctx context.Context, job JobID, total uint64) ([]byt
 	}
 	return v, err
 }
-
-// ChannelAddress passes the wrapped payer's channel on (ChannelNamer).
-func (p *observedPayer) ChannelAddress() string {
-	if n, ok := p.Payer.(ChannelNamer); ok {
-		return n.ChannelAddress()
-	}
-	return ""
-}

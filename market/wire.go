@@ -25,14 +25,14 @@ import (
 //	Open{job_id, model, params, max_price, channel} →
 //	                                       [worker: a channel it does not know
 //	                                        is read from the chain (Learn)]
-//	                                       ← Accept{prices, credit_tokens, settlement}
+//	                                       ← Accept{prices, credit_tokens, settlement, channel_state}
 //	                                         | Reject{code}            (stream ends)
-//	[client checks the attestation verdict; on failure Cancel{ATTESTATION}, no prompt]
+//	[client: Payer.Sync(channel_state), continuing from the worker's state if newer]
 //	Prompt{messages | prompt, continuation} →
 //	                                       ← Chunk{delta, tokens_so_far} …
-//	Voucher{cumulative} → (each credit_tokens/2 delivered tokens)
+//	Voucher{state, job_id, cumulative} → (each credit_tokens/2 delivered tokens)
 //	                                       ← Done{usage, finish_reason, receipt}
-//	Voucher{cumulative = Cost(price, prompt, completion)} →
+//	Voucher{state, job_id, cumulative = Cost(price, prompt, completion)} →
 //
 // Money: during the stream cumulative vouchers cover the completion tokens
 // delivered so far, ceil(completion·price/1e6); the worker sends a chunk only
@@ -40,7 +40,11 @@ import (
 // with Cancel{NO_PAYMENT} when no voucher comes within Timeouts.Voucher. The
 // prompt is paid with the final voucher, because the worker's runtime counts
 // prompt tokens and reports them in Done: the worker's risk is the prompt plus one
-// credit window, the client's is nothing it did not receive. Either side may send
+// credit window, the client's is nothing it did not receive. The state in a
+// Voucher is cumulative over the whole channel, which the client's concurrent
+// jobs on the worker share; job_id and cumulative say what the message gives
+// this job, and the worker extends credit only on payments on its disk
+// (Account.Durable). Either side may send
 // Cancel{code}; the worker answers a client's Cancel with Done.
 //
 // Channels: Open.channel (optional) is the TON address of the client's payment
@@ -441,6 +445,9 @@ func checkAccept(m *pb.Accept) error {
 	if len(s.GetWalletAddress()) > maxWalletLen || len(s.GetChannelKey()) > maxKeyLen {
 		return errors.New("accept: settlement fields too long")
 	}
+	if len(m.GetChannelState()) > maxBlobLen {
+		return fmt.Errorf("accept: channel state of %d bytes", len(m.GetChannelState()))
+	}
 	return nil
 }
 
@@ -478,6 +485,9 @@ func checkPrompt(m *pb.Prompt) error {
 func checkVoucher(m *pb.Voucher) error {
 	if n := len(m.GetVoucher()); n == 0 || n > maxBlobLen {
 		return fmt.Errorf("voucher: %d bytes", n)
+	}
+	if n := len(m.GetJobId()); n != jobIDLen {
+		return fmt.Errorf("voucher: job id of %d bytes", n)
 	}
 	return nil
 }

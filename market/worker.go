@@ -16,11 +16,37 @@ import (
 	"github.com/cocoon-network/cocoon/runtime"
 )
 
-// Payee takes a worker's payments. Accept verifies a voucher for job, persists
-// (fsyncs) it, and returns the nanoTON it adds to what was paid for the job (0 for
-// a replay); a voucher that lowers the total or does not verify is an error.
+// Payee is the worker's side of its clients' payment channels
+// (service.Payees over settle's lanes). It is safe for concurrent use.
 type Payee interface {
-	Accept(ctx context.Context, job JobID, voucher []byte) (newly uint64, err error)
+	// Open starts job's account, paid on the channel the client named in Open
+	// ("" when it named none); ctx bounds reading a channel the worker has not
+	// heard of from the chain. An error refuses the job before anything is
+	// generated: with the code of a *RejectError it wraps, else
+	// REJECT_NO_CHANNEL.
+	Open(ctx context.Context, job JobID, channel string) (Account, error)
+}
+
+// Account is one job's payments on the worker's side of a channel. Only the
+// job's goroutine calls it.
+type Account interface {
+	// Reserve holds up to want unpaid completion tokens for the job within the
+	// credit the client's jobs on the channel may hold together, and returns
+	// what it got; 0 refuses the job as busy.
+	Reserve(want int) int
+	// State returns the newest channel state the worker holds (nil: none), sent
+	// in Accept.
+	State() []byte
+	// Accept takes voucher, which the client says brings the job's total to
+	// total nanoTON, where the job has cost at most most so far, and returns
+	// what it adds to the job (0 for a resend). The voucher's state may be
+	// older than one another job brought.
+	Accept(voucher []byte, total, most uint64) (newly uint64, err error)
+	// Durable returns the job's total that is on disk, and a channel that
+	// receives when it rises. Credit is extended only on it.
+	Durable() (uint64, <-chan struct{})
+	// Close releases the job's credit; its payments stay.
+	Close()
 }
 
 // OpenRequest is what the worker's admission hook sees of a job.
@@ -48,12 +74,6 @@ type Worker struct {
 	// Admit, when set, may decline a job with a reject code (RejectNoChannel when
 	// the client has no open channel, RejectPolicy, ...); 0 admits it.
 	Admit func(ctx context.Context, req OpenRequest) RejectCode
-	// LearnChannel, when set, is called with the payment channel address a
-	// client names in Open (within Timeouts.Channel); an error, or an Open that
-	// names no channel, rejects the job with RejectNoChannel before anything is
-	// generated. service.Worker sets it from its config's Channels
-	// (service.SettlePayee.Learn).
-	LearnChannel func(ctx context.Context, addr string) error
 	// Receipt, when set, builds the receipt sent in Done (e.g. signed by the
 	// enclave key).
 	Receipt func(ctx context.Context, job JobID, u runtime.Usage, cost uint64) ([]byte, error)
@@ -117,15 +137,20 @@ func Serve(ctx context.Context, rw io.ReadWriter, backend runtime.Backend, payee
 }
 
 type serveRun struct {
-	w     *Worker
-	t     Timeouts
-	log   *slog.Logger
-	out   *frameWriter
-	rd    *frameReader
-	id    JobID
-	price Price
-	sent  uint64 // completion tokens sent
-	paid  uint64 // nanoTON accepted for this job
+	w        *Worker
+	t        Timeouts
+	log      *slog.Logger
+	out      *frameWriter
+	rd       *frameReader
+	id       JobID
+	price    Price
+	acct     Account
+	sent     uint64 // completion tokens sent
+	paid     uint64 // nanoTON paid for this job and on disk: credit rests on it
+	accepted uint64 // nanoTON the vouchers gave this job, on disk or not
+	cost     uint64 // the job's cost, once priced
+	priced   bool   // Done has been sent: cost is final
+	durable  <-chan struct{}
 
 	// for the observer
 	peer         peer.ID
@@ -189,19 +214,18 @@ func (s *serveRun) run(ctx context.Context) error {
 	if (maxPrice.Prompt != 0 && price.Prompt > maxPrice.Prompt) || (maxPrice.Completion != 0 && price.Completion > maxPrice.Completion) {
 		return s.reject(RejectPrice, "client's maximum below the price")
 	}
-	if s.w.LearnChannel != nil && open.GetChannel() == "" {
-		// A worker that learns channels from the chain pays out its credit window
-		// only to a client that names a channel it can check first.
-		return s.reject(RejectNoChannel, "open names no payment channel")
-	}
-	if addr := open.GetChannel(); addr != "" && s.w.LearnChannel != nil {
-		lctx, cancel := context.WithTimeout(ctx, s.t.Channel)
-		err := s.w.LearnChannel(lctx, addr)
-		cancel()
-		if err != nil {
-			return s.reject(RejectNoChannel, err.Error())
+	lctx, cancel := context.WithTimeout(ctx, s.t.Channel)
+	acct, err := s.w.Payee.Open(lctx, s.id, open.GetChannel())
+	cancel()
+	if err != nil {
+		code := RejectNoChannel
+		if re := (*RejectError)(nil); errors.As(err, &re) {
+			code = re.Code
 		}
+		return s.reject(code, err.Error())
 	}
+	defer acct.Close()
+	s.acct = acct
 	if s.w.Admit != nil {
 		if code := s.w.Admit(ctx, OpenRequest{Job: s.id, Model: req.Model, MaxPrice: maxPrice, Params: req}); code != 0 {
 			return s.reject(code, "admission")
@@ -218,9 +242,16 @@ func (s *serveRun) run(ctx context.Context) error {
 		credit = 64
 	}
 	credit = min(credit, maxCreditToken)
+	if credit = acct.Reserve(credit); credit <= 0 {
+		return s.reject(RejectBusy, "the client's jobs hold all the credit the worker extends it")
+	}
+	credit = min(credit, maxCreditToken)
+	s.paid, s.durable = acct.Durable()
+	s.accepted = s.paid
 	err = s.out.send(&pb.Frame{Msg: &pb.Frame_Accept{Accept: &pb.Accept{
 		PricePrompt: price.Prompt, PriceCompletion: price.Completion,
 		CreditTokens: uint32(credit), Settlement: s.w.Settlement.toPB(),
+		ChannelState: acct.State(),
 	}}})
 	if err != nil {
 		return fmt.Errorf("accept job %s: %w", s.id, err)
@@ -387,7 +418,7 @@ func (s *serveRun) generate(ctx context.Context, req runtime.Request, credit uin
 			}
 			switch m := it.f.Msg.(type) {
 			case *pb.Frame_Voucher:
-				if err := s.voucher(ctx, m.Voucher); err != nil {
+				if err := s.voucher(m.Voucher); err != nil {
 					return err
 				}
 				if voucherWait != nil { // progress: the deadline starts again
@@ -400,6 +431,8 @@ func (s *serveRun) generate(ctx context.Context, req runtime.Request, credit uin
 			default:
 				return s.fail(CancelProtocol, fmt.Errorf("stream: got %s: %w", frameName(it.f), ErrProtocol))
 			}
+		case <-s.durable:
+			s.paid, _ = s.acct.Durable()
 		case <-voucherC:
 			return s.fail(CancelNoPayment, fmt.Errorf("no voucher within %v with %d tokens sent, %d nanoTON paid: %w",
 				s.t.Voucher, s.sent, s.paid, ErrNoPayment))
@@ -414,19 +447,29 @@ func (s *serveRun) generate(ctx context.Context, req runtime.Request, credit uin
 	return s.finish(ctx, final.usage.PromptTokens, finish)
 }
 
-func (s *serveRun) voucher(ctx context.Context, v *pb.Voucher) error {
-	newly, err := s.w.Payee.Accept(ctx, s.id, v.GetVoucher())
+// voucher takes a payment for the job: it must name this job and pay no more
+// than the job has cost (the completion tokens sent, and the prompt once Done
+// has priced it).
+func (s *serveRun) voucher(v *pb.Voucher) error {
+	if JobID(v.GetJobId()) != s.id {
+		return s.fail(CancelProtocol, fmt.Errorf("voucher names job %x, not this stream's: %w", v.GetJobId(), ErrProtocol))
+	}
+	most := s.cost
+	if !s.priced {
+		var err error
+		if most, err = Cost(Price{Completion: s.price.Completion}, 0, s.sent); err != nil {
+			return s.fail(CancelInternal, fmt.Errorf("price %d tokens: %w", s.sent, err))
+		}
+	}
+	newly, err := s.acct.Accept(v.GetVoucher(), v.GetCumulative(), most)
 	if err != nil {
 		return s.fail(CancelBadVoucher, fmt.Errorf("accept voucher: %w", err))
 	}
-	s.paid += newly
+	s.accepted += newly
 	if newly > 0 && s.w.Observer != nil {
 		s.w.Observer.Voucher(VoucherEvent{Side: SideWorker, Peer: s.peer, Job: s.id, NanoTON: newly})
 	}
-	if s.paid != v.GetCumulative() {
-		return s.fail(CancelBadVoucher, fmt.Errorf("voucher brings the job to %d nanoTON, the client says %d: %w",
-			s.paid, v.GetCumulative(), ErrProtocol))
-	}
+	s.paid, _ = s.acct.Durable()
 	return nil
 }
 
@@ -465,6 +508,7 @@ func (s *serveRun) finish(ctx context.Context, prompt int, reason string) error 
 	if err != nil {
 		return s.fail(CancelInternal, fmt.Errorf("price job: %w", err))
 	}
+	s.cost, s.priced = cost, true
 	var receipt []byte
 	if s.w.Receipt != nil {
 		if receipt, err = s.w.Receipt(ctx, s.id, u, cost); err != nil {
@@ -483,22 +527,42 @@ func (s *serveRun) finish(ctx context.Context, prompt int, reason string) error 
 }
 
 // waitPaid waits up to the voucher deadline for vouchers that bring the job's
-// total to cost.
+// total on disk to cost. After the client's Cancel, its first voucher after
+// Done is its last: chunks in flight when the Cancel left never reached its
+// caller, and it does not pay for them (the worker's loss is at most the
+// credit window).
 func (s *serveRun) waitPaid(ctx context.Context, cost uint64) error {
 	t := time.NewTimer(s.t.Voucher)
 	defer t.Stop()
+	defer func() { s.paid, _ = s.acct.Durable() }()
+	final := false
 	for s.paid < cost {
+		if final && s.paid >= s.accepted {
+			return fmt.Errorf("job %s: the client paid %d of %d nanoTON after its cancel: %w", s.id, s.accepted, cost, ErrUnderpaid)
+		}
+		if s.accepted >= cost || final { // paid; the disk is a commit away
+			select {
+			case <-s.durable:
+				s.paid, _ = s.acct.Durable()
+				continue
+			case <-t.C:
+				return fmt.Errorf("job %s: paid %d of %d nanoTON, %d of it on disk: %w", s.id, s.accepted, cost, s.paid, ErrTimeout)
+			case <-ctx.Done():
+				return fmt.Errorf("job %s: %w", s.id, ctx.Err())
+			}
+		}
 		f, err := s.rd.nextTimer(ctx, t.C, "final voucher")
 		if err != nil {
-			return fmt.Errorf("job %s: paid %d of %d nanoTON: %w: %w", s.id, s.paid, cost, ErrUnderpaid, err)
+			return fmt.Errorf("job %s: paid %d of %d nanoTON: %w: %w", s.id, s.accepted, cost, ErrUnderpaid, err)
 		}
 		switch m := f.Msg.(type) {
 		case *pb.Frame_Voucher:
-			if err := s.voucher(ctx, m.Voucher); err != nil {
+			if err := s.voucher(m.Voucher); err != nil {
 				return err
 			}
+			final = s.finishReason == FinishCancelled
 		case *pb.Frame_Cancel:
-			return fmt.Errorf("job %s: paid %d of %d nanoTON: %w: %w", s.id, s.paid, cost, ErrUnderpaid,
+			return fmt.Errorf("job %s: paid %d of %d nanoTON: %w: %w", s.id, s.accepted, cost, ErrUnderpaid,
 				&CancelError{Code: CancelCode(m.Cancel.GetCode())})
 		default:
 			return s.fail(CancelProtocol, fmt.Errorf("wait for final voucher: got %s: %w", frameName(f), ErrProtocol))

@@ -99,7 +99,7 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 	payer := func(market.Candidate) (market.Payer, error) { return nil, errNoWallet }
 	if n.Wallet != nil {
 		n.Payer, n.Payee = n.Store.Payer(n.Wallet), n.Store.Payee(n.Wallet)
-		n.Payers = service.NewSettlePayers(n.Payer)
+		n.Payers = service.NewPayers(n.Payer)
 		payer = n.Payers.Payer
 	}
 	if n.Client, err = service.NewClient(service.ClientConfig{
@@ -142,13 +142,13 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 		channels = service.CachedChannels(service.LedgerChannels(ledger), 0)
 	}
 	if n.Worker, err = service.NewWorker(service.WorkerConfig{
-		Node: n.P2P, Backend: n.Backend, Prices: prices, Payee: service.SettlePayee{P: n.Payee},
+		Node: n.P2P, Backend: n.Backend, Prices: prices, Payee: service.NewPayees(n.Payee, channels, cfg.Market.ClientCreditTokens),
 		Settlement: market.Settlement{
 			WalletAddress: settle.Friendly(n.Wallet.Address(globalID)),
 			ChannelKey:    n.Wallet.PublicKey(), MinDeposit: uint64(cfg.Market.MinDeposit),
 		},
 		TEE: own, Attester: att, GPUs: gpus, CreditTokens: cfg.Market.CreditTokens, Logger: log,
-		Channels: channels, Observer: market.Observers(n.Metrics, n.Activity),
+		Observer: market.Observers(n.Metrics, n.Activity),
 	}); err != nil {
 		return fmt.Errorf("start market worker: %w", err)
 	}

@@ -20,6 +20,11 @@ type MarketConfig struct {
 	// CreditTokens is how many tokens a worker delivers before it waits for a
 	// voucher (0: the market's default).
 	CreditTokens int `toml:"credit_tokens"`
+	// ClientCreditTokens bounds the unpaid tokens one client's jobs on this
+	// worker hold together: each job takes up to credit_tokens of it, and a job
+	// that would get fewer than 8 is refused as busy (0: no bound beyond the
+	// worker's slots and queue times credit_tokens).
+	ClientCreditTokens int `toml:"client_credit_tokens"`
 	// MinDeposit is the smallest channel deposit this worker asks for, nanoTON.
 	MinDeposit int64 `toml:"min_deposit"`
 	// MaxPromptPrice and MaxCompletionPrice cap what this node pays as a client,
@@ -103,6 +108,9 @@ func (c *Config) validateMarket() error {
 	}
 	if c.Market.CreditTokens < 0 {
 		return fmt.Errorf("market.credit_tokens: %d is negative", c.Market.CreditTokens)
+	}
+	if c.Market.ClientCreditTokens < 0 {
+		return fmt.Errorf("market.client_credit_tokens: %d is negative", c.Market.ClientCreditTokens)
 	}
 	switch a := c.Enclave.Attester; {
 	case !a.Valid():

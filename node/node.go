@@ -65,7 +65,7 @@ type Node struct {
 	Payer *settle.Payer
 	Payee *settle.Payee
 	// Payers finds the channel that pays each worker.
-	Payers *service.SettlePayers
+	Payers *service.Payers
 	// Client buys inference on the network; every node runs one, and /v1 goes
 	// through it for every model the node does not run itself.
 	Client *service.Client

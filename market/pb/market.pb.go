@@ -999,8 +999,12 @@ type Accept struct {
 	PriceCompletion uint64                 `protobuf:"varint,2,opt,name=price_completion,json=priceCompletion,proto3" json:"price_completion,omitempty"` // nanoTON per 1M completion tokens
 	CreditTokens    uint32                 `protobuf:"varint,3,opt,name=credit_tokens,json=creditTokens,proto3" json:"credit_tokens,omitempty"`          // unpaid completion tokens the worker sends before it waits for a voucher
 	Settlement      *Settlement            `protobuf:"bytes,4,opt,name=settlement,proto3" json:"settlement,omitempty"`                                   // where the client's vouchers pay
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// the newest state of the client's channel the worker holds (a voucher the
+	// client signed; empty before the first): a client that lost states in a
+	// crash continues from it, so its next voucher is not refused as stale.
+	ChannelState  []byte `protobuf:"bytes,5,opt,name=channel_state,json=channelState,proto3" json:"channel_state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Accept) Reset() {
@@ -1057,6 +1061,13 @@ func (x *Accept) GetCreditTokens() uint32 {
 func (x *Accept) GetSettlement() *Settlement {
 	if x != nil {
 		return x.Settlement
+	}
+	return nil
+}
+
+func (x *Accept) GetChannelState() []byte {
+	if x != nil {
+		return x.ChannelState
 	}
 	return nil
 }
@@ -1219,11 +1230,16 @@ func (x *Prompt) GetContinuation() string {
 	return ""
 }
 
-// C→W: a payment. cumulative is the total nanoTON paid for this job so far.
+// C→W: a payment. voucher is a cumulative state of the whole channel, which
+// concurrent jobs share and whose states may arrive out of order on their
+// streams; job_id and cumulative say what this message attributes: the job's
+// total becomes cumulative nanoTON. The worker keeps the highest state and
+// gives each job what its messages attribute, out of what the states paid.
 type Voucher struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Voucher       []byte                 `protobuf:"bytes,1,opt,name=voucher,proto3" json:"voucher,omitempty"` // opaque to market: a signed channel state (package settle)
-	Cumulative    uint64                 `protobuf:"varint,2,opt,name=cumulative,proto3" json:"cumulative,omitempty"`
+	Voucher       []byte                 `protobuf:"bytes,1,opt,name=voucher,proto3" json:"voucher,omitempty"`          // opaque to market: a signed channel state (package settle)
+	Cumulative    uint64                 `protobuf:"varint,2,opt,name=cumulative,proto3" json:"cumulative,omitempty"`   // the job's total after this payment
+	JobId         []byte                 `protobuf:"bytes,3,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"` // the job paid: the stream's own
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1270,6 +1286,13 @@ func (x *Voucher) GetCumulative() uint64 {
 		return x.Cumulative
 	}
 	return 0
+}
+
+func (x *Voucher) GetJobId() []byte {
+	if x != nil {
+		return x.JobId
+	}
+	return nil
 }
 
 // W→C: generated text.
@@ -1555,14 +1578,15 @@ const file_market_proto_rawDesc = "" +
 	"\x10max_price_prompt\x18\x04 \x01(\x04R\x0emaxPricePrompt\x120\n" +
 	"\x14max_price_completion\x18\x05 \x01(\x04R\x12maxPriceCompletion\x12\x14\n" +
 	"\x05nonce\x18\x06 \x01(\fR\x05nonce\x12\x18\n" +
-	"\achannel\x18\a \x01(\tR\achannel\"\xb9\x01\n" +
+	"\achannel\x18\a \x01(\tR\achannel\"\xde\x01\n" +
 	"\x06Accept\x12!\n" +
 	"\fprice_prompt\x18\x01 \x01(\x04R\vpricePrompt\x12)\n" +
 	"\x10price_completion\x18\x02 \x01(\x04R\x0fpriceCompletion\x12#\n" +
 	"\rcredit_tokens\x18\x03 \x01(\rR\fcreditTokens\x12<\n" +
 	"\n" +
 	"settlement\x18\x04 \x01(\v2\x1c.cocoon.market.v1.SettlementR\n" +
-	"settlement\":\n" +
+	"settlement\x12#\n" +
+	"\rchannel_state\x18\x05 \x01(\fR\fchannelState\":\n" +
 	"\x06Reject\x120\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x1c.cocoon.market.v1.RejectCodeR\x04code\";\n" +
 	"\vChatMessage\x12\x12\n" +
@@ -1571,12 +1595,13 @@ const file_market_proto_rawDesc = "" +
 	"\x06Prompt\x129\n" +
 	"\bmessages\x18\x01 \x03(\v2\x1d.cocoon.market.v1.ChatMessageR\bmessages\x12\x16\n" +
 	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\"\n" +
-	"\fcontinuation\x18\x03 \x01(\tR\fcontinuation\"C\n" +
+	"\fcontinuation\x18\x03 \x01(\tR\fcontinuation\"Z\n" +
 	"\aVoucher\x12\x18\n" +
 	"\avoucher\x18\x01 \x01(\fR\avoucher\x12\x1e\n" +
 	"\n" +
 	"cumulative\x18\x02 \x01(\x04R\n" +
-	"cumulative\"A\n" +
+	"cumulative\x12\x15\n" +
+	"\x06job_id\x18\x03 \x01(\fR\x05jobId\"A\n" +
 	"\x05Chunk\x12\x14\n" +
 	"\x05delta\x18\x01 \x01(\tR\x05delta\x12\"\n" +
 	"\rtokens_so_far\x18\x02 \x01(\rR\vtokensSoFar\"Y\n" +

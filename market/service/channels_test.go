@@ -29,7 +29,7 @@ type chanFixture struct {
 	client *settle.Wallet
 	chain  *settle.OnChain
 	payer  *settle.Payer
-	payers *service.SettlePayers
+	payers *service.Payers
 	cs     *service.Client
 	worker *settle.Wallet
 	wnode  *p2p.Node
@@ -83,7 +83,7 @@ func newChanFixture(t *testing.T) *chanFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.payers = service.NewSettlePayers(f.payer)
+	f.payers = service.NewPayers(f.payer)
 	f.cs, err = service.NewClient(service.ClientConfig{
 		Node: nodes[0], Payer: f.payers.Payer, Verifier: verifier, MaxAttempts: 1,
 		Policy: market.Policy{TEE: []tee.Kind{tee.Sim}}, Logger: log.With("client", 0),
@@ -93,8 +93,7 @@ func newChanFixture(t *testing.T) *chanFixture {
 	}
 	t.Cleanup(func() { f.cs.Close() })
 	svc, err := service.NewWorker(service.WorkerConfig{
-		Node: nodes[1], Backend: wordBackend{words: chanWords}, Payee: service.SettlePayee{P: f.payee},
-		Channels:   service.LedgerChannels(ledger),
+		Node: nodes[1], Backend: wordBackend{words: chanWords}, Payee: service.NewPayees(f.payee, service.LedgerChannels(ledger), 0),
 		Prices:     map[string]market.Price{netModel: f.price},
 		Settlement: market.Settlement{WalletAddress: settle.Friendly(f.worker.Address(ledger.GlobalID())), ChannelKey: f.worker.PublicKey(), MinDeposit: 1_000_000},
 		TEE:        market.TEE{Kind: tee.Sim, Measurement: enclave.DefaultSimMeasurement[:]},
@@ -227,14 +226,21 @@ func TestNetChannelForeignRefused(t *testing.T) {
 	}
 }
 
-// TestSettlePayeeLearn checks each refusal of Learn on states a lookup may
+// TestPayeesLearn checks each refusal of learning a channel on states a lookup may
 // report, and that a known channel's deposit follows the chain.
-func TestSettlePayeeLearn(t *testing.T) {
+func TestPayeesLearn(t *testing.T) {
 	noLeaks(t)
 	ctx := context.Background()
 	client, worker := newWallet(t), newWallet(t)
 	payee := openStore(t, "worker").Payee(worker)
-	sp := service.SettlePayee{P: payee}
+	// learn opens a job on the channel at addr, as a client's Open names it.
+	learn := func(lookup service.ChannelLookup, addr string) error {
+		a, err := service.NewPayees(payee, lookup, 0).Open(ctx, market.NewJobID(), addr)
+		if err == nil {
+			a.Close()
+		}
+		return err
+	}
 	ch, addr := devChannel(t, client, worker)
 	id := ch.ID
 	// state is what the fake chain reports for addr.
@@ -260,17 +266,17 @@ func TestSettlePayeeLearn(t *testing.T) {
 		{"no contract", state(settle.StatusOpen, netDeposit), other},
 		{"bad address", state(settle.StatusOpen, netDeposit), "nowhere"},
 	} {
-		if err := sp.Learn(ctx, tc.lookup, tc.addr); err == nil {
+		if err := learn(tc.lookup, tc.addr); err == nil {
 			t.Errorf("%s: learnt", tc.name)
 		}
 		if _, err := payee.Latest(id); !errors.Is(err, settle.ErrUnknownChannel) {
 			t.Fatalf("%s: stored: %v", tc.name, err)
 		}
 	}
-	if err := sp.Learn(ctx, state(settle.StatusOpen, netDeposit), addr.String()); err != nil {
+	if err := learn(state(settle.StatusOpen, netDeposit), addr.String()); err != nil {
 		t.Fatalf("open, funded: %v", err)
 	}
-	if err := sp.Learn(ctx, state(settle.StatusOpen, 2*netDeposit), addr.String()); err != nil {
+	if err := learn(state(settle.StatusOpen, 2*netDeposit), addr.String()); err != nil {
 		t.Fatalf("again, deposit raised: %v", err)
 	}
 	if r, err := payee.Latest(id); err != nil || r.Deposit != 2*netDeposit {
@@ -286,7 +292,7 @@ func TestSettlePayeeLearn(t *testing.T) {
 		return foreign, &settle.ChannelState{Status: settle.StatusOpen, Storage: &st}, nil
 	}
 	foreign.ID[0] ^= 1
-	if err := sp.Learn(ctx, lie, addr.String()); err == nil {
+	if err := learn(lie, addr.String()); err == nil {
 		t.Fatal("learnt a channel that pays another key")
 	}
 	if _, err := payee.Latest(foreign.ID); !errors.Is(err, settle.ErrUnknownChannel) {
@@ -313,15 +319,13 @@ func BenchmarkLearnKnownChannel(b *testing.B) {
 	if _, err := chain.Open(ctx, ch, netDeposit); err != nil {
 		b.Fatal(err)
 	}
-	sp := service.SettlePayee{P: openStore(b, "worker").Payee(worker)}
-	lookup := service.LedgerChannels(ledger)
-	if err := sp.Learn(ctx, lookup, addr.String()); err != nil {
-		b.Fatal(err)
-	}
+	payees := service.NewPayees(openStore(b, "worker").Payee(worker), service.LedgerChannels(ledger), 0)
 	for b.Loop() {
-		if err := sp.Learn(ctx, lookup, addr.String()); err != nil {
+		a, err := payees.Open(ctx, market.NewJobID(), addr.String())
+		if err != nil {
 			b.Fatal(err)
 		}
+		a.Close()
 	}
 }
 

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -83,8 +84,9 @@ type ClientConfig struct {
 // leaves, pays through its channels and fails over mid-stream. It implements
 // runtime.Backend, so the gateway serves it like a local backend.
 //
-// One client runs one job at a time per worker (a channel's vouchers must not
-// interleave across jobs); concurrent requests to the same worker wait for it.
+// Any number of its jobs run at once on one worker, paid on one channel
+// (settle.PayerLane); it spreads concurrent requests across the selected
+// workers by the share of each one's slots its own jobs already hold.
 //
 // A worker whose connection fails is skipped until it shows it is back
 // (Selector.MarkDown): when the last connection to it closes (a killed process
@@ -104,9 +106,9 @@ type Client struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu    sync.Mutex
-	locks map[peer.ID]chan struct{}
-	found map[peer.ID]bool // providers found in the DHT
+	mu       sync.Mutex
+	inflight map[peer.ID]int  // this client's open job streams per worker
+	found    map[peer.ID]bool // providers found in the DHT
 }
 
 // NewClient starts the client on cfg.Node.
@@ -134,7 +136,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		cfg.Options.Logger = log
 	}
 	c := &Client{cfg: cfg, node: cfg.Node, book: market.NewBook(nil), log: log.With("subsys", "market"),
-		locks: make(map[peer.ID]chan struct{}), found: make(map[peer.ID]bool)}
+		inflight: make(map[peer.ID]int), found: make(map[peer.ID]bool)}
 	c.sel = &market.Selector{Book: c.book, Rand: cfg.Rand}
 	c.att = cfg.Attestations
 	if c.att == nil {
@@ -289,40 +291,39 @@ func (c *Client) candidates(ctx context.Context, pol market.Policy) []market.Can
 	return keep(cs)
 }
 
-// lock waits until no other job of this client runs on p; the returned func ends
-// the hold.
-func (c *Client) lock(ctx context.Context, p peer.ID) (func(), error) {
+// hold counts a job of this client in on p; the returned func counts it out.
+func (c *Client) hold(p peer.ID) func() {
 	c.mu.Lock()
-	ch, ok := c.locks[p]
-	if !ok {
-		ch = make(chan struct{}, 1)
-		c.locks[p] = ch
-	}
+	c.inflight[p]++
 	c.mu.Unlock()
-	select {
-	case ch <- struct{}{}:
-		return func() { <-ch }, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("wait for the running job on %s: %w", p, ctx.Err())
+	return func() {
+		c.mu.Lock()
+		if c.inflight[p]--; c.inflight[p] <= 0 {
+			delete(c.inflight, p)
+		}
+		c.mu.Unlock()
 	}
 }
 
-// busy reports whether a job of this client holds p now.
-func (c *Client) busy(p peer.ID) bool {
+// InFlight returns how many of this client's job streams to p are open
+// (including those whose worker has not yet closed its side).
+func (c *Client) InFlight(p peer.ID) int {
 	c.mu.Lock()
-	ch, ok := c.locks[p]
-	c.mu.Unlock()
-	return ok && len(ch) > 0
+	defer c.mu.Unlock()
+	return c.inflight[p]
 }
 
-func boolCmp(a, b bool) int {
-	switch {
-	case a == b:
-		return 0
-	case a:
-		return 1
+// load is the share of cd's slots that this client's jobs hold now: its own
+// jobs in flight there over the slots its ad announces (1 without an ad).
+func (c *Client) load(cd market.Candidate) float64 {
+	c.mu.Lock()
+	n := c.inflight[cd.Peer]
+	c.mu.Unlock()
+	slots := 1
+	if cd.Ad != nil && cd.Ad.Capacity.SlotsTotal > 0 {
+		slots = int(cd.Ad.Capacity.SlotsTotal)
 	}
-	return -1
+	return float64(n) / float64(slots)
 }
 
 // GeneratePolicy runs req on the network under pol and returns its stream once
@@ -342,23 +343,24 @@ func (c *Client) GeneratePolicy(ctx context.Context, req runtime.Request, pol ma
 		}
 		return nil, fmt.Errorf("%w: no worker offers %q under the policy", runtime.ErrUnknownModel, req.Model)
 	}
-	// A worker running another job of this client would make this one wait:
-	// try the idle ones first, keeping the selector's order otherwise.
-	slices.SortStableFunc(cands, func(a, b market.Candidate) int { return boolCmp(c.busy(a.Peer), c.busy(b.Peer)) })
+	// Spread this client's concurrent jobs: the worker whose slots its jobs
+	// fill least first, keeping the selector's order among equals.
+	loads := make(map[peer.ID]float64, len(cands))
+	for _, cd := range cands {
+		loads[cd.Peer] = c.load(cd)
+	}
+	slices.SortStableFunc(cands, func(a, b market.Candidate) int { return cmp.Compare(loads[a.Peer], loads[b.Peer]) })
 	rctx, cancel := context.WithCancel(ctx)
 	s := &NetStream{cancel: cancel, events: make(chan streamEvent), done: make(chan struct{})}
 	fo := &market.Failover{
 		Dial: func(ctx context.Context, cd market.Candidate) (io.ReadWriteCloser, error) {
-			release, err := c.lock(ctx, cd.Peer)
-			if err != nil {
-				return nil, err
-			}
+			release := c.hold(cd.Peer)
 			st, err := c.node.Host.NewStream(ctx, cd.Peer, p2p.ProtocolJob)
 			if err != nil {
 				release()
 				return nil, fmt.Errorf("open job stream: %w", err)
 			}
-			js := &jobStream{Stream: st, release: release}
+			js := &jobStream{Stream: st, release: release, wg: &c.wg}
 			c.watch(js, cd.Peer)
 			return js, nil
 		},

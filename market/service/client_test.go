@@ -246,7 +246,7 @@ func TestNetColdBookDHT(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the new client's routing table", func() bool { return nd.RoutingTableSize() > 0 })
-	payers := service.NewSettlePayers(f.payer)
+	payers := service.NewPayers(f.payer)
 	for _, w := range f.workers {
 		payers.Bind(w.node.Host.ID(), w.channel)
 	}

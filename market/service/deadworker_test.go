@@ -235,6 +235,9 @@ func testFailoverDeadWorker(t *testing.T, transport string) {
 	if len(as) != 1 || as[0].Candidate.Peer != deadAI.ID {
 		t.Fatalf("before the kill: attempts %+v; want one, on the cheaper worker process", as)
 	}
+	// The job counts as in flight until the worker closes its side; a worker
+	// with one of the client's jobs in flight comes after an idle one.
+	waitUntil(t, 5*time.Second, "the worker to close the job stream", func() bool { return cs.InFlight(deadAI.ID) == 0 })
 
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)

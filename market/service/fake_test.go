@@ -78,23 +78,46 @@ type tally struct {
 
 func newTally() *tally { return &tally{jobs: map[market.JobID]uint64{}} }
 
-// Pay implements market.Payer.
+// Channel, Sync, End and Pay implement market.Payer.
+func (t *tally) Channel() string      { return "" }
+func (t *tally) Sync([]byte) error    { return nil }
+func (t *tally) End(job market.JobID) {}
 func (t *tally) Pay(_ context.Context, job market.JobID, total uint64) ([]byte, error) {
 	return binary.BigEndian.AppendUint64(nil, total), nil
 }
 
-// Accept implements market.Payee.
-func (t *tally) Accept(_ context.Context, job market.JobID, v []byte) (uint64, error) {
+// Open implements market.Payee.
+func (t *tally) Open(_ context.Context, job market.JobID, _ string) (market.Account, error) {
+	return &tallyAccount{t: t, job: job}, nil
+}
+
+type tallyAccount struct {
+	t   *tally
+	job market.JobID
+}
+
+func (a *tallyAccount) Reserve(want int) int { return want }
+func (a *tallyAccount) State() []byte        { return nil }
+func (a *tallyAccount) Close()               {}
+
+func (a *tallyAccount) Durable() (uint64, <-chan struct{}) {
+	a.t.mu.Lock()
+	defer a.t.mu.Unlock()
+	return a.t.jobs[a.job], nil
+}
+
+func (a *tallyAccount) Accept(v []byte, _, _ uint64) (uint64, error) {
 	if len(v) != 8 {
 		return 0, errors.New("tally: voucher of the wrong length")
 	}
 	total := binary.BigEndian.Uint64(v)
+	t := a.t
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	prev := t.jobs[job]
+	prev := t.jobs[a.job]
 	if total <= prev {
-		return 0, fmt.Errorf("tally: job %s total %d after %d", job, total, prev)
+		return 0, fmt.Errorf("tally: job %s total %d after %d", a.job, total, prev)
 	}
-	t.jobs[job] = total
+	t.jobs[a.job] = total
 	return total - prev, nil
 }

@@ -60,7 +60,7 @@ type netFixture struct {
 	client   *p2p.Node
 	cs       *service.Client
 	payer    *settle.Payer
-	payers   *service.SettlePayers
+	payers   *service.Payers
 	verifier *enclave.Verifier
 	log      *slog.Logger
 	workers  []*netWorker
@@ -133,7 +133,7 @@ func newNetFixture(t testing.TB, n int, opt market.RunOptions, wrap func(i int, 
 	}
 	f.verifier, f.log = verifier, log
 	// The client first, so that the workers' first ads find its validator.
-	f.payers = service.NewSettlePayers(f.payer)
+	f.payers = service.NewPayers(f.payer)
 	f.obs = &recorder{}
 	f.cs, err = service.NewClient(service.ClientConfig{
 		Observer: f.obs,
@@ -182,7 +182,7 @@ func newNetFixture(t testing.TB, n int, opt market.RunOptions, wrap func(i int, 
 			obs:   &recorder{}}
 		w.svc, err = service.NewWorker(service.WorkerConfig{
 			Observer: w.obs,
-			Node:     nodes[i], Backend: b, Payee: service.SettlePayee{P: payee},
+			Node:     nodes[i], Backend: b, Payee: service.NewPayees(payee, nil, 0),
 			Prices:     map[string]market.Price{netModel: w.price},
 			Settlement: market.Settlement{WalletAddress: settle.Friendly(ww.Address(ledger.GlobalID())), ChannelKey: ww.PublicKey(), MinDeposit: 1_000_000},
 			TEE:        market.TEE{Kind: tee.Sim, Measurement: enclave.DefaultSimMeasurement[:]},
@@ -303,8 +303,22 @@ func checkBalances(t *testing.T, f *netFixture, perWorker map[peer.ID][]market.R
 			cost += c
 			paid += rc.Paid
 		}
-		bal, err := w.payee.Balance(w.channel)
-		if err != nil {
+		// The client's answer waits for neither side's disk, and the worker
+		// takes the final voucher after the client has returned: wait for it.
+		var bal uint64
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if err := w.payee.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			var err error
+			if bal, err = w.payee.Balance(w.channel); err != nil {
+				t.Fatal(err)
+			}
+			if bal >= cost || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err := f.payer.Flush(); err != nil {
 			t.Fatal(err)
 		}
 		rec, err := f.payer.Latest(w.channel)

@@ -17,15 +17,17 @@ import (
 	"github.com/cocoon-network/cocoon/market"
 )
 
-// jobStream is the client's job stream. Closing it waits (up to jobAckTimeout)
-// for the worker to close its side, which the worker does once it has taken the
-// last voucher, and only then releases the hold on the worker: vouchers of the
-// next job on the channel must not overtake this job's. While it is open, a
-// probe (Client.watch) checks that a silent worker is still there.
+// jobStream is the client's job stream. Closing it half-closes the stream at
+// once, so the caller's answer never waits for the worker; a goroutine of the
+// client then waits (up to jobAckTimeout) for the worker to close its side,
+// which it does once the job's last voucher is on its disk, and only then
+// counts the job out of the worker's in-flight jobs. While it is open, a probe
+// (Client.watch) checks that a silent worker is still there.
 type jobStream struct {
 	network.Stream
 	once    sync.Once
 	release func()
+	wg      *sync.WaitGroup // the client's: Client.Close waits for the drain
 
 	heard      atomic.Int64 // unix nanos of the last bytes read, or of the open
 	stopProbe  context.CancelFunc
@@ -107,26 +109,36 @@ func (c *Client) answers(ctx context.Context, p peer.ID, timeout time.Duration) 
 const jobAckTimeout = 2 * time.Second
 
 func (s *jobStream) Close() error {
-	if s.stopProbe != nil {
-		s.stopProbe()
-		<-s.probeEnded
-	}
-	err := s.Stream.CloseWrite()
-	if err == nil {
-		_ = s.Stream.SetReadDeadline(time.Now().Add(jobAckTimeout))
-		ack := make(chan struct{})
-		go func() {
-			defer close(ack)
-			_, _ = io.Copy(io.Discard, io.LimitReader(s.Stream, market.MaxWorkerFrame))
-		}()
-		select { // mocknet streams ignore deadlines: bound the wait here too
-		case <-ack:
-		case <-time.After(jobAckTimeout):
-			_ = s.Stream.Reset()
+	var err error
+	s.once.Do(func() {
+		if s.stopProbe != nil {
+			s.stopProbe()
+			<-s.probeEnded
 		}
-	}
-	err = errors.Join(err, s.Stream.Close())
-	s.once.Do(s.release)
+		if err = s.Stream.CloseWrite(); err != nil {
+			err = errors.Join(err, s.Stream.Reset())
+			s.release()
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.release()
+			_ = s.Stream.SetReadDeadline(time.Now().Add(jobAckTimeout))
+			ack := make(chan struct{})
+			go func() {
+				defer close(ack)
+				_, _ = io.Copy(io.Discard, io.LimitReader(s.Stream, market.MaxWorkerFrame))
+			}()
+			select { // mocknet streams ignore deadlines: bound the wait here too
+			case <-ack:
+				_ = s.Stream.Close()
+			case <-time.After(jobAckTimeout):
+				_ = s.Stream.Reset()
+				<-ack
+			}
+		}()
+	})
 	return err
 }
 

@@ -46,17 +46,11 @@ type WorkerConfig struct {
 	// Prices holds the price of every model sold; only the backend's models with a
 	// price are advertised and served.
 	Prices map[string]market.Price
-	// Payee takes the clients' vouchers (SettlePayee over settle's store).
+	// Payee takes the clients' vouchers (Payees over settle's lanes, which
+	// also reads from the chain a channel a client names).
 	Payee market.Payee
 	// Settlement is how this worker is paid (wallet, channel key, minimum deposit).
 	Settlement market.Settlement
-	// Channels, when set, reads from the chain a payment channel a client names
-	// in Open (LedgerChannels): a channel the worker has not heard of is learnt
-	// from its contract (SettlePayee.Learn), and a job on a channel that is not
-	// open, not funded or pays another key is rejected with RejectNoChannel. It
-	// needs Payee to be a SettlePayee. Nil: only channels added to the store by
-	// hand are paid on.
-	Channels ChannelLookup
 	// TEE is the enclave kind and measurement the ads announce; Attester makes the
 	// evidence that proves it (nil serves none: only for TEE kind none).
 	TEE      market.TEE
@@ -153,20 +147,6 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		Backend: timedBackend{cfg.Backend, w.lat}, Payee: cfg.Payee, Prices: cfg.Prices, CreditTokens: cfg.CreditTokens,
 		Settlement: cfg.Settlement, MaxJobs: cfg.MaxJobs, Admit: cfg.Admit, Receipt: cfg.Receipt,
 		MaxPromptBytes: cfg.MaxPromptBytes, Timeouts: cfg.Timeouts, Logger: cfg.Logger, Observer: cfg.Observer,
-	}
-	if cfg.Channels != nil {
-		var sp SettlePayee
-		switch p := cfg.Payee.(type) {
-		case SettlePayee:
-			sp = p
-		case *SettlePayee:
-			sp = *p
-		default:
-			cancel()
-			return nil, fmt.Errorf("market: worker service: Channels needs a SettlePayee, got %T", cfg.Payee)
-		}
-		lookup := cfg.Channels
-		w.worker.LearnChannel = func(ctx context.Context, addr string) error { return sp.Learn(ctx, lookup, addr) }
 	}
 	acfg := cfg.Attest
 	acfg.Attester = cfg.Attester
