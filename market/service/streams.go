@@ -29,9 +29,8 @@ type jobStream struct {
 	release func()
 	wg      *sync.WaitGroup // the client's: Client.Close waits for the drain
 
-	heard      atomic.Int64 // unix nanos of the last bytes read, or of the open
-	stopProbe  context.CancelFunc
-	probeEnded chan struct{}
+	heard     atomic.Int64 // unix nanos of the last bytes read, or of the open
+	stopProbe func()
 }
 
 func (s *jobStream) Read(p []byte) (int, error) {
@@ -51,45 +50,56 @@ func (s *jobStream) Read(p []byte) (int, error) {
 // stops the probe.
 func (c *Client) watch(s *jobStream, p peer.ID) {
 	s.heard.Store(time.Now().UnixNano())
-	s.probeEnded = make(chan struct{})
 	if c.cfg.ProbeAfter < 0 {
 		s.stopProbe = func() {}
-		close(s.probeEnded)
 		return
 	}
+	// A timer, not a goroutine per job: nothing runs until the stream has been
+	// silent for ProbeAfter, and stopping it never waits.
 	ctx, cancel := context.WithCancel(c.ctx)
-	s.stopProbe = cancel
-	go func() {
-		defer close(s.probeEnded)
-		after := c.cfg.ProbeAfter
-		t := time.NewTimer(after)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			if silent := time.Since(time.Unix(0, s.heard.Load())); silent < after {
-				t.Reset(after - silent)
-				continue
-			}
-			timeout := max(c.cfg.ProbeTimeout, 4*c.node.Host.Peerstore().LatencyEWMA(p))
-			start := time.Now()
-			if c.answers(ctx, p, timeout) {
-				s.heard.Store(time.Now().UnixNano())
-				t.Reset(after)
-				continue
-			}
-			if ctx.Err() != nil {
-				return // the job ended while the ping was out
-			}
-			c.log.Info("worker does not answer on its connection: closing it and failing over", "peer", p, "probe", time.Since(start).Round(time.Millisecond))
-			c.sel.MarkDown(p)
-			_ = s.Stream.Conn().Close()
+	after := c.cfg.ProbeAfter
+	var (
+		mu sync.Mutex
+		t  *time.Timer
+	)
+	rearm := func(d time.Duration) {
+		mu.Lock()
+		if ctx.Err() == nil {
+			t.Reset(d)
+		}
+		mu.Unlock()
+	}
+	check := func() {
+		if ctx.Err() != nil {
 			return
 		}
-	}()
+		if silent := time.Since(time.Unix(0, s.heard.Load())); silent < after {
+			rearm(after - silent)
+			return
+		}
+		timeout := max(c.cfg.ProbeTimeout, 4*c.node.Host.Peerstore().LatencyEWMA(p))
+		start := time.Now()
+		if c.answers(ctx, p, timeout) {
+			s.heard.Store(time.Now().UnixNano())
+			rearm(after)
+			return
+		}
+		if ctx.Err() != nil {
+			return // the job ended while the ping was out
+		}
+		c.log.Info("worker does not answer on its connection: closing it and failing over", "peer", p, "probe", time.Since(start).Round(time.Millisecond))
+		c.sel.MarkDown(p)
+		_ = s.Stream.Conn().Close()
+	}
+	mu.Lock()
+	t = time.AfterFunc(after, check)
+	mu.Unlock()
+	s.stopProbe = func() {
+		mu.Lock()
+		cancel()
+		t.Stop()
+		mu.Unlock()
+	}
 }
 
 // answers reports whether p answers a ping on an existing connection within
@@ -113,7 +123,6 @@ func (s *jobStream) Close() error {
 	s.once.Do(func() {
 		if s.stopProbe != nil {
 			s.stopProbe()
-			<-s.probeEnded
 		}
 		if err = s.Stream.CloseWrite(); err != nil {
 			err = errors.Join(err, s.Stream.Reset())
