@@ -519,13 +519,16 @@ func (p *Payee) Accept(b []byte) (uint64, error) {
 		return 0, fmt.Errorf("voucher on channel %s: %w", l.rec.Channel.ID, ErrBadSignature)
 	}
 	l.mu.Lock()
+	seq := l.rec.Seqno
 	newly, err := l.take(v, b, true)
 	l.pool -= newly // the channel's own payment: no job's
+	// A state that pays nothing more is still the newest: it must be written.
+	took := l.rec.Seqno != seq
 	l.mu.Unlock()
 	if err != nil {
 		return 0, err
 	}
-	if newly > 0 {
+	if took {
 		l.s.mark(l)
 	}
 	return newly, p.s.Flush()
@@ -681,7 +684,7 @@ func (l *PayeeLane) take(v SignedSemiChannel, b []byte, strict bool) (uint64, er
 		return 0, fmt.Errorf("voucher on channel %s: %w", id, ErrChannelClosed)
 	case seq == r.Seqno && sent == r.Sent && r.Voucher != nil:
 		return 0, nil // a resend of the newest state
-	case seq <= r.Seqno && (strict || sent > r.Sent):
+	case seq <= r.Seqno && (strict || seq == r.Seqno || sent > r.Sent): // same seqno, other amount: contradicts
 		return 0, fmt.Errorf("voucher seqno %d (%d nanoTON) on channel %s: %w (seqno %d, %d nanoTON)", seq, sent, id, ErrStaleVoucher, r.Seqno, r.Sent)
 	case seq <= r.Seqno:
 		return 0, nil // superseded: its amount is in the newer state
@@ -805,7 +808,9 @@ func (j *PayeeJob) Accept(b []byte, total, most uint64) (uint64, error) {
 		return 0, fmt.Errorf("voucher on channel %s: %w", ch.ID, ErrBadSignature)
 	}
 	l.mu.Lock()
-	newer, err := l.take(v, b, false)
+	seq := l.rec.Seqno
+	_, err = l.take(v, b, false)
+	took := l.rec.Seqno != seq // the newest state changed, if by 0 nanoTON: write it
 	if err == nil {
 		switch {
 		case j.closed:
@@ -831,7 +836,7 @@ func (j *PayeeJob) Accept(b []byte, total, most uint64) (uint64, error) {
 		}
 	}
 	l.mu.Unlock()
-	if newer > 0 {
+	if took {
 		l.s.mark(l)
 	}
 	return given, err
