@@ -115,7 +115,7 @@ type clientRun struct {
 // tokens actually received: during the stream cumulative vouchers cover the
 // completion tokens delivered so far, and after Done a final voucher covers
 // Cost(price, prompt, completion). Run never closes rw; the caller closes it after
-// Run returns. A zero job.ID is replaced by a random one (see Receipt.Job). The
+// Run returns, which also ends Run's reader of rw (it discards what follows). A zero job.ID is replaced by a random one (see Receipt.Job). The
 // Receipt is filled as far as the job got, also on error.
 func Run(ctx context.Context, rw io.ReadWriter, job Job, pay Payer, out func(Chunk) error, opt RunOptions) (Receipt, error) {
 	if job.ID == (JobID{}) {
@@ -135,7 +135,8 @@ func Run(ctx context.Context, rw io.ReadWriter, job Job, pay Payer, out func(Chu
 	start := time.Now()
 	c.w = newWriter(rw, c.t.Write)
 	c.rd = startReader(rw, MaxWorkerFrame, checkWorkerFrame)
-	defer c.rd.stop()
+	defer c.rd.detach() // the caller's Close of rw ends the reader
+
 	err := c.run(ctx, opt)
 	c.rc.Elapsed = time.Since(start)
 	if err != nil {

@@ -22,12 +22,14 @@ import (
 // The job stream, one per job, each message a varint-length-delimited pb.Frame:
 //
 //	client                                   worker
+//	[client: the worker's attestation verified before the stream opens]
 //	Open{job_id, model, params, max_price, channel} →
 //	                                       [worker: a channel it does not know
-//	                                        is read from the chain (Learn)]
+//	                                        is read from the chain (Payee.Open)]
 //	                                       ← Accept{prices, credit_tokens, settlement, channel_state}
 //	                                         | Reject{code}            (stream ends)
-//	[client: Payer.Sync(channel_state), continuing from the worker's state if newer]
+//	[client: checks the price; Payer.Sync(channel_state), continuing from
+//	 the worker's state if newer]
 //	Prompt{messages | prompt, continuation} →
 //	                                       ← Chunk{delta, tokens_so_far} …
 //	Voucher{state, job_id, cumulative} → (each credit_tokens/2 delivered tokens)
@@ -261,6 +263,10 @@ func startReader(r io.Reader, maxSize int, check func(*pb.Frame) error) *frameRe
 			select {
 			case fr.frames <- frameItem{f, err}:
 			case <-fr.quit:
+				if err == nil { // the rest of the stream is discarded (detach)
+					for pr.ReadMsg(new(pb.Frame)) == nil {
+					}
+				}
 				return
 			}
 			if err != nil {
@@ -301,6 +307,17 @@ func (fr *frameReader) nextTimer(ctx context.Context, deadline <-chan time.Time,
 // stop ends the reader. Where the stream has read deadlines it wakes a blocked
 // read and waits for the goroutine; otherwise the goroutine ends when the caller
 // closes the stream.
+// detach stops delivering frames without waiting for the reader: its
+// goroutine reads and discards the rest of the stream until the stream ends
+// (the other side's close, a read deadline, a reset), which whoever closes
+// the stream bounds. The client detaches, so that its caller's answer never
+// waits for a blocked Read to be woken (a deadline in the past took a
+// millisecond to do that on a loaded box); its job stream's Close bounds the
+// rest (service's jobStream).
+func (fr *frameReader) detach() {
+	close(fr.quit)
+}
+
 func (fr *frameReader) stop() {
 	close(fr.quit)
 	if d, ok := fr.rw.(readDeadliner); ok {

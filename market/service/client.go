@@ -360,7 +360,7 @@ func (c *Client) GeneratePolicy(ctx context.Context, req runtime.Request, pol ma
 				release()
 				return nil, fmt.Errorf("open job stream: %w", err)
 			}
-			js := &jobStream{Stream: st, release: release, wg: &c.wg}
+			js := &jobStream{Stream: st, release: release, wg: &c.wg, eof: make(chan struct{})}
 			c.watch(js, cd.Peer)
 			return js, nil
 		},

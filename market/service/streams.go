@@ -14,12 +14,12 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 	msmux "github.com/multiformats/go-multistream"
 
-	"github.com/cocoon-network/cocoon/market"
 )
 
 // jobStream is the client's job stream. Closing it half-closes the stream at
 // once, so the caller's answer never waits for the worker; a goroutine of the
-// client then waits (up to jobAckTimeout) for the worker to close its side,
+// client then waits (up to jobAckTimeout) for the job's reader to reach the
+// end of the stream, where the worker closes its side,
 // which it does once the job's last voucher is on its disk, and only then
 // counts the job out of the worker's in-flight jobs. While it is open, a probe
 // (Client.watch) checks that a silent worker is still there.
@@ -31,12 +31,17 @@ type jobStream struct {
 
 	heard     atomic.Int64 // unix nanos of the last bytes read, or of the open
 	stopProbe func()
+	ended     sync.Once
+	eof       chan struct{} // closed when a Read fails: the worker closed its side, or the stream ended
 }
 
 func (s *jobStream) Read(p []byte) (int, error) {
 	n, err := s.Stream.Read(p)
 	if n > 0 {
 		s.heard.Store(time.Now().UnixNano())
+	}
+	if err != nil {
+		s.ended.Do(func() { close(s.eof) })
 	}
 	return n, err
 }
@@ -133,18 +138,16 @@ func (s *jobStream) Close() error {
 		go func() {
 			defer s.wg.Done()
 			defer s.release()
+			// The job's reader (market.Run's, detached) reads on to the
+			// end of the stream; the deadline bounds it.
 			_ = s.Stream.SetReadDeadline(time.Now().Add(jobAckTimeout))
-			ack := make(chan struct{})
-			go func() {
-				defer close(ack)
-				_, _ = io.Copy(io.Discard, io.LimitReader(s.Stream, market.MaxWorkerFrame))
-			}()
+			t := time.NewTimer(jobAckTimeout)
+			defer t.Stop()
 			select { // mocknet streams ignore deadlines: bound the wait here too
-			case <-ack:
+			case <-s.eof:
 				_ = s.Stream.Close()
-			case <-time.After(jobAckTimeout):
+			case <-t.C:
 				_ = s.Stream.Reset()
-				<-ack
 			}
 		}()
 	})
