@@ -23,13 +23,18 @@
 // The signature is ed25519 over the hash of the cell after the signature; the
 // contract checks the same bytes (see tlb.go for every layout).
 //
-//	client: Payer.Pay(id, total)  → voucher (stored with fsync first)  → send
-//	worker: Payee.Accept(voucher) → newly paid (stored with fsync first) → acknowledge
+//	client: PayerLane.Pay(job, total) → voucher → send   (commit loop writes it behind)
+//	worker: PayeeJob.Accept(voucher, total, most) → given to the job
+//	        → PayeeJob.Durable rises when the commit loop has written it
 //
-// Accept refuses a bad signature, an unknown channel (wrong id), a seqno not
-// above the newest accepted, an amount below it or above the deposit; the same
-// voucher sent again returns 0. Payee.Balance is the worker's provable balance:
-// the amount of the newest accepted voucher.
+// Each channel in use has one lane per side, which owns its money for any
+// number of concurrent jobs (lane.go says what a crash can cost each side).
+// A worker's lane refuses a bad signature, another channel, a state that
+// contradicts its newest, an amount above the deposit, and a job total that
+// decreases, exceeds what the job cost or what the states paid. Payer.Pay and
+// Payee.Accept are the same for no job, waiting for the disk (the CLI, tests).
+// Payee.Balance is the worker's provable balance: the amount of the newest
+// voucher on disk.
 //
 // # Closing
 //

@@ -8,13 +8,15 @@
 //     publishes a capacity ad every 10 s and when its capacity changes, and
 //     provides its models in the DHT.
 //   - Client buys: the ads topic's validator feeds its ad book, a cold book
-//     asks the DHT, it attests a worker before the prompt leaves, runs one
-//     job at a time per worker, probes a silent worker and fails over. It is
+//     asks the DHT, it attests a worker before the job stream opens, runs
+//     any number of jobs at once per worker, probes a silent worker and
+//     fails over. It is
 //     a runtime.Backend, and lists the book's models for GET /v1/models.
 //   - Attestations serves and verifies evidence on /cocoon/attest/1.0.0,
 //     caching each verdict for its connection.
-//   - SettlePayee, SettlePayers and CachedChannels pay and take the job's
-//     vouchers through settle's channels.
+//   - Payers and Payees pay and take the jobs' vouchers through settle's
+//     channel lanes (many jobs at once on one channel); CachedChannels reads
+//     the channels clients name from the chain.
 //
 // Every goroutine here has an owner that stops it: a service's Close waits
 // for the service's own, a NetStream's Close for its answer's; the tests check
