@@ -313,8 +313,10 @@ func (c *Client) InFlight(p peer.ID) int {
 	return c.inflight[p]
 }
 
-// load is the share of cd's slots that this client's jobs hold now: its own
-// jobs in flight there over the slots its ad announces (1 without an ad).
+// load is the share of cd's slots taken, as far as this client knows: the
+// busier of its own jobs in flight there (fresh) and the slots its last ad
+// said were taken by anyone (up to an ad interval old), over the slots the ad
+// announces (1 without an ad).
 func (c *Client) load(cd market.Candidate) float64 {
 	c.mu.Lock()
 	n := c.inflight[cd.Peer]
@@ -322,6 +324,7 @@ func (c *Client) load(cd market.Candidate) float64 {
 	slots := 1
 	if cd.Ad != nil && cd.Ad.Capacity.SlotsTotal > 0 {
 		slots = int(cd.Ad.Capacity.SlotsTotal)
+		n = max(n, slots-int(min(cd.Ad.Capacity.SlotsFree, cd.Ad.Capacity.SlotsTotal)))
 	}
 	return float64(n) / float64(slots)
 }
@@ -343,8 +346,8 @@ func (c *Client) GeneratePolicy(ctx context.Context, req runtime.Request, pol ma
 		}
 		return nil, fmt.Errorf("%w: no worker offers %q under the policy", runtime.ErrUnknownModel, req.Model)
 	}
-	// Spread this client's concurrent jobs: the worker whose slots its jobs
-	// fill least first, keeping the selector's order among equals.
+	// Spread concurrent jobs: the worker whose slots are least taken first,
+	// keeping the selector's order among equals.
 	loads := make(map[peer.ID]float64, len(cands))
 	for _, cd := range cands {
 		loads[cd.Peer] = c.load(cd)
