@@ -178,8 +178,17 @@ func TestNetChannelLearntFromChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The client's answer waits for neither side's disk: the worker takes the
+	// last voucher after the client has returned.
+	waitFor(t, 5e9, "the worker's balance", func() bool {
+		bal, err := f.payee.Balance(ch.ID)
+		return err == nil && bal >= 2*one
+	})
 	bal, err := f.payee.Balance(ch.ID)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.payer.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	crec, err := f.payer.Latest(ch.ID)
