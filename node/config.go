@@ -275,6 +275,10 @@ api_key_env = ""
 # [[runtime.models]]
 # path = "/models/stories260K.gguf"
 # id = "stories260K"      # default: the file name without .gguf
+# For backend = "openai": id only, as the server lists it, and optionally the
+# tokens per request where the server does not say them or runs fewer (the
+# smaller of the two is served):
+# context_length = 8192
 
 [market]
 # What this node charges for the models it serves, in nanoTON per 1M prompt and

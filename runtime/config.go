@@ -21,8 +21,9 @@ type Config struct {
 	// Backend is "llamacpp" (default when empty) or "openai".
 	Backend string `toml:"backend"`
 	// Models to serve. llamacpp: path of each GGUF file, id defaults to the file
-	// name without ".gguf". openai: ids only (path empty), restricting and
-	// naming what the upstream serves; empty means every model of GET /v1/models.
+	// name without ".gguf". openai: ids (path empty), restricting and naming
+	// what the upstream serves, each with an optional context_length; empty
+	// means every model of GET /v1/models.
 	Models []ModelConfig `toml:"models"`
 	// LibDir holds llama.cpp's shared libraries; empty: $COCOON_LLAMA_LIB.
 	LibDir string `toml:"lib_dir"`
@@ -45,6 +46,12 @@ type Config struct {
 type ModelConfig struct {
 	Path string `toml:"path"`
 	ID   string `toml:"id"`
+	// ContextLength is the openai backend's context, in tokens, for an
+	// upstream that does not say it (Ollama's OpenAI API does not), or that
+	// runs the model with less than it says (llama-server's -c split by -np,
+	// Ollama's num_ctx); 0: what the upstream says. When both are known the
+	// smaller is served. The llamacpp backend takes runtime.context_size.
+	ContextLength int `toml:"context_length"`
 }
 
 // Validate checks cfg and returns an error naming the first bad field, as
@@ -96,6 +103,9 @@ func (cfg Config) Validate() error {
 				bad(field+".id", "%q already used by models[%d]", id, j)
 			}
 			ids[id] = i
+			if m.ContextLength != 0 {
+				bad(field+".context_length", "set, but the llamacpp backend reads it from the GGUF file (use runtime.context_size)")
+			}
 		}
 	case KindOpenAI:
 		if cfg.UpstreamURL == "" {
@@ -118,6 +128,9 @@ func (cfg Config) Validate() error {
 				bad(field+".id", "%q already used by models[%d]", m.ID, j)
 			}
 			ids[m.ID] = i
+			if m.ContextLength < 0 || m.ContextLength > MaxContextLength {
+				bad(field+".context_length", "must be 1 to %d tokens (or absent: from the upstream), not %d", MaxContextLength, m.ContextLength)
+			}
 		}
 	default:
 		bad("backend", "unknown kind %q (want %q or %q)", cfg.Backend, KindLlamaCPP, KindOpenAI)

@@ -25,6 +25,7 @@ path = "/models/a.gguf"
 [[runtime.models]]
 path = "/models/b.GGUF"
 id = "bee"
+context_length = 8192
 `
 	var c struct{ Runtime runtime.Config }
 	md, err := toml.Decode(file, &c)
@@ -35,7 +36,7 @@ id = "bee"
 		t.Fatalf("undecoded keys %v", u)
 	}
 	want := runtime.Config{Backend: "llamacpp", Threads: 2, Slots: 3, Queue: 10,
-		Models: []runtime.ModelConfig{{Path: "/models/a.gguf"}, {Path: "/models/b.GGUF", ID: "bee"}}}
+		Models: []runtime.ModelConfig{{Path: "/models/a.gguf"}, {Path: "/models/b.GGUF", ID: "bee", ContextLength: 8192}}}
 	if c.Runtime.Backend != want.Backend || c.Runtime.Threads != 2 || c.Runtime.Slots != 3 || c.Runtime.Queue != 10 ||
 		len(c.Runtime.Models) != 2 || c.Runtime.Models[1] != want.Models[1] {
 		t.Fatalf("decoded %+v; want %+v", c.Runtime, want)
@@ -69,6 +70,10 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 		{runtime.Config{Backend: "openai", UpstreamURL: "ftp://x"}, "runtime.upstream_url:"},
 		{runtime.Config{Backend: "openai", UpstreamURL: "http://x", APIKeyEnv: "COCOON_UNSET_VARIABLE"}, "runtime.api_key_env: environment variable COCOON_UNSET_VARIABLE"},
 		{runtime.Config{Backend: "openai", UpstreamURL: "http://x", Models: []runtime.ModelConfig{{Path: model, ID: "a"}}}, "runtime.models[0].path: set, but"},
+		{runtime.Config{Backend: "openai", UpstreamURL: "http://x", Models: []runtime.ModelConfig{{ID: "a", ContextLength: 8192}}}, ""},
+		{runtime.Config{Backend: "openai", UpstreamURL: "http://x", Models: []runtime.ModelConfig{{ID: "a"}, {ID: "b", ContextLength: -1}}}, "runtime.models[1].context_length: must be 1 to 1073741824 tokens"},
+		{runtime.Config{Backend: "openai", UpstreamURL: "http://x", Models: []runtime.ModelConfig{{ID: "a", ContextLength: runtime.MaxContextLength + 1}}}, "runtime.models[0].context_length: must be 1 to"},
+		{runtime.Config{Models: []runtime.ModelConfig{{Path: model, ContextLength: 8192}}}, "runtime.models[0].context_length: set, but the llamacpp backend"},
 	} {
 		err := tc.cfg.Validate()
 		switch {

@@ -5,6 +5,7 @@ package backends
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -49,12 +50,33 @@ func FromConfig(ctx context.Context, cfg runtime.Config, log *slog.Logger) (*run
 		}
 		for _, m := range cfg.Models {
 			oc.Models = append(oc.Models, m.ID)
+			if m.ContextLength > 0 {
+				if oc.ContextLengths == nil {
+					oc.ContextLengths = map[string]int{}
+				}
+				oc.ContextLengths[m.ID] = m.ContextLength
+			}
 		}
 		ob, err := openai.New(ctx, oc)
-		if err != nil {
+		var ce *openai.ContextLengthError
+		switch {
+		case errors.As(err, &ce):
+			return nil, contextLengthMissing(cfg, ce)
+		case err != nil:
 			return nil, fmt.Errorf("runtime.upstream_url: %w", err)
 		}
 		b = ob
 	}
 	return runtime.Limit(b, slots, cfg.Queue), nil
+}
+
+// contextLengthMissing names the config field that would give the context
+// length the upstream does not.
+func contextLengthMissing(cfg runtime.Config, ce *openai.ContextLengthError) error {
+	for i, m := range cfg.Models {
+		if m.ID == ce.Model {
+			return fmt.Errorf("runtime.models[%d].context_length: missing, and %v; set it to the tokens the server accepts per request", i, ce)
+		}
+	}
+	return fmt.Errorf("runtime.models: %v; add a [[runtime.models]] table with id = %q and context_length = the tokens the server accepts per request (once any is listed, only those listed are served)", ce, ce.Model)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -72,6 +73,44 @@ func TestFromConfig(t *testing.T) {
 	} {
 		if _, err := backends.FromConfig(ctx, tc.cfg, quiet); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("FromConfig(%+v) = %v; want %q", tc.cfg, err, tc.want)
+		}
+	}
+}
+
+// An upstream that reports no context length (Ollama's /v1/models) serves
+// with the configured one; without it the node does not start, and the
+// error names the field to set.
+func TestFromConfigContextLength(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/models" {
+			io.WriteString(w, `{"object":"list","data":[{"id":"llama3.2:latest","object":"model","created":1732531000,"owned_by":"library"}]}`)
+			return
+		}
+		http.NotFound(w, r)
+	}))
+	defer srv.Close()
+	cfg := runtime.Config{Backend: "openai", UpstreamURL: srv.URL + "/v1",
+		Models: []runtime.ModelConfig{{ID: "llama3.2:latest", ContextLength: 8192}}}
+	b, err := backends.FromConfig(context.Background(), cfg, quiet)
+	if err != nil {
+		t.Fatalf("FromConfig with context_length: %v", err)
+	}
+	if ms := b.Models(); len(ms) != 1 || ms[0].ContextLength != 8192 {
+		t.Errorf("Models() = %+v; want llama3.2:latest with 8192 tokens", ms)
+	}
+	b.Close()
+
+	for _, tc := range []struct {
+		models []runtime.ModelConfig
+		want   string
+	}{
+		{[]runtime.ModelConfig{{ID: "llama3.2:latest"}}, `runtime.models[0].context_length: missing, and ` + srv.URL + `/v1 reports no context length for model "llama3.2:latest"`},
+		{nil, `runtime.models: ` + srv.URL + `/v1 reports no context length for model "llama3.2:latest"; add a [[runtime.models]] table with id = "llama3.2:latest" and context_length`},
+	} {
+		cfg.Models = tc.models
+		_, err := backends.FromConfig(context.Background(), cfg, quiet)
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("FromConfig(models %+v) = %v; want one line starting %q", tc.models, err, tc.want)
 		}
 	}
 }

@@ -10,18 +10,30 @@
 // Timeouts are per phase, so that a hanging upstream becomes an error: the
 // TCP connect, the first event (the upstream may queue and prefill), and the
 // idle time between two events.
+//
+// Context length: every served model needs one (the ads carry it). It comes
+// from GET /models (context_length; vLLM and SGLang: max_model_len;
+// llama-server: meta.n_ctx_train). Where that gives none, Ollama's native
+// POST /api/show {"model": id} is asked, at the server root (the base URL
+// less its /v1): model_info's <arch>.context_length, lowered to the
+// Modelfile's num_ctx when one is set. Config.ContextLengths fills what the
+// upstream leaves out; where both say, the smaller is served, since neither
+// the model nor the operator's server setting can be exceeded. A model with
+// no source stops New with a *ContextLengthError.
 package openai
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -39,6 +51,10 @@ type Config struct {
 	APIKey string
 	// Models restricts the served models to these ids; empty: all the upstream lists.
 	Models []string
+	// ContextLengths gives models' context lengths in tokens, by id, for
+	// upstreams that do not say them or run with less than they say (see the
+	// package doc). Each must be 1 to runtime.MaxContextLength.
+	ContextLengths map[string]int
 	// ConnectTimeout bounds the TCP (and TLS) connect; 0: 10 s.
 	ConnectTimeout time.Duration
 	// FirstEventTimeout bounds the wait for the response headers and the first
@@ -71,6 +87,11 @@ type Backend struct {
 
 // New checks the upstream by listing its models (GET /v1/models) within ctx.
 func New(ctx context.Context, cfg Config) (*Backend, error) {
+	for id, n := range cfg.ContextLengths {
+		if n <= 0 || n > runtime.MaxContextLength {
+			return nil, fmt.Errorf("openai backend: context length %d of model %q is outside 1..%d", n, id, runtime.MaxContextLength)
+		}
+	}
 	base := strings.TrimRight(cfg.BaseURL, "/")
 	if !strings.HasPrefix(base, "http://") && !strings.HasPrefix(base, "https://") {
 		return nil, fmt.Errorf("openai backend: base URL %q is not http(s)", cfg.BaseURL)
@@ -161,8 +182,8 @@ func (b *Backend) Refresh(ctx context.Context) error {
 		if ctxLen == 0 {
 			ctxLen = m.Meta.NCtxTrain
 		}
-		if ctxLen < 0 || ctxLen > runtime.MaxContextLength {
-			return upstreamError("%s says model %q has a context of %d tokens, outside 0..%d", b.base, m.ID, ctxLen, runtime.MaxContextLength)
+		if err := checkContextLength(b.base+"/models", m.ID, ctxLen); err != nil {
+			return err
 		}
 		models = append(models, runtime.Model{ID: m.ID, ContextLength: ctxLen})
 	}
@@ -171,10 +192,143 @@ func (b *Backend) Refresh(ctx context.Context) error {
 			return upstreamError("%s does not serve model %q", b.base, want)
 		}
 	}
+	// What /models left out: ask Ollama's native API, until one probe fails
+	// (the upstream is then not Ollama, and each probe would fail alike).
+	root, probe := nativeRoot(b.base)
+	for i := range models {
+		m := &models[i]
+		from := "GET " + b.base + "/models"
+		if m.ContextLength == 0 && probe {
+			from = "POST " + root + "/api/show"
+			n, err := b.ollamaContextLength(ctx, root, m.ID)
+			switch {
+			case errors.Is(err, runtime.ErrUpstream):
+				return err
+			case err != nil:
+				b.log.Debug("no context length from the native API", "model", m.ID, "err", err)
+				probe = !errors.Is(err, errNotOllama)
+			}
+			m.ContextLength = n
+		}
+		n, err := b.settleContextLength(m.ID, m.ContextLength, from)
+		if err != nil {
+			return err
+		}
+		m.ContextLength = n
+	}
 	b.mu.Lock()
 	b.models = models
 	b.mu.Unlock()
 	return nil
+}
+
+// ContextLengthError says that no source gave a served model's context length:
+// the upstream neither lists it at GET /models nor answers POST /api/show
+// with it, and Config.ContextLengths lacks it.
+type ContextLengthError struct {
+	Model    string
+	Upstream string // the base URL
+}
+
+func (e *ContextLengthError) Error() string {
+	return fmt.Sprintf("%s reports no context length for model %q", e.Upstream, e.Model)
+}
+
+// checkContextLength refuses a context length the ads cannot carry.
+func checkContextLength(from, model string, n int) error {
+	if n < 0 || n > runtime.MaxContextLength {
+		return upstreamError("%s says model %q has a context of %d tokens, outside 0..%d", from, model, n, runtime.MaxContextLength)
+	}
+	return nil
+}
+
+// settleContextLength is the context length served for model, given what the
+// upstream said (0: nothing) and the configured one.
+func (b *Backend) settleContextLength(model string, upstream int, from string) (int, error) {
+	configured := b.cfg.ContextLengths[model]
+	switch {
+	case upstream == 0 && configured == 0:
+		return 0, &ContextLengthError{Model: model, Upstream: b.base}
+	case upstream == 0:
+		b.log.Info("model context length", "model", model, "context_length", configured, "from", "config")
+		return configured, nil
+	case configured == 0 || configured == upstream:
+		b.log.Info("model context length", "model", model, "context_length", upstream, "from", from)
+		return upstream, nil
+	}
+	n := min(upstream, configured)
+	b.log.Info("model context length: the configured and the upstream's differ, serving the smaller", "model", model,
+		"context_length", n, "configured", configured, "reported", upstream, "from", from)
+	return n, nil
+}
+
+// nativeRoot is the server root of an OpenAI base URL, where native APIs such
+// as Ollama's /api/show live: the base less its final /v1. A base that does not
+// end in /v1 (a proxy's own path) has no root that can be guessed: ok is false.
+func nativeRoot(base string) (root string, ok bool) {
+	return strings.CutSuffix(base, "/v1") // New gave base a path: root keeps its host
+}
+
+// errNotOllama: the upstream does not answer POST /api/show as Ollama does.
+var errNotOllama = errors.New("no Ollama API")
+
+// probeTimeout bounds one native-API probe: it reads the model's metadata
+// only, and a server that is not Ollama answers at once (404) or not at all.
+const probeTimeout = 5 * time.Second
+
+// ollamaContextLength asks Ollama's POST /api/show for model's context: the
+// trained one (model_info's <general.architecture>.context_length), lowered
+// to the Modelfile's num_ctx parameter when that is set. An error wrapping
+// runtime.ErrUpstream is an answer from Ollama that is out of bounds; one
+// wrapping errNotOllama means the upstream does not answer as Ollama does.
+func (b *Backend) ollamaContextLength(ctx context.Context, root, model string) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	body, _ := json.Marshal(map[string]string{"model": model}) // model_info: Ollama 0.1.45 (June 2024) on
+	url := root + "/api/show"
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	b.auth(req)
+	resp, err := b.client.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", errNotOllama, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		return 0, fmt.Errorf("%w: POST %s: %s", errNotOllama, url, statusMessage(resp.StatusCode, msg))
+	}
+	var show struct {
+		Parameters string                     `json:"parameters"`
+		ModelInfo  map[string]json.RawMessage `json:"model_info"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&show); err != nil {
+		return 0, fmt.Errorf("%w: POST %s: not a model description: %w", errNotOllama, url, err)
+	}
+	var arch string
+	json.Unmarshal(show.ModelInfo["general.architecture"], &arch)
+	var trained int
+	if err := json.Unmarshal(show.ModelInfo[arch+".context_length"], &trained); err != nil || arch == "" {
+		return 0, fmt.Errorf("POST %s: model_info of %q has no %s.context_length", url, model, arch)
+	}
+	if err := checkContextLength(url, model, trained); err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(show.Parameters) { // "num_ctx    8192\n"
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "num_ctx" {
+			if c, err := strconv.Atoi(f[1]); err == nil && c > 0 {
+				return min(trained, c), nil
+			}
+		}
+	}
+	if b.cfg.ContextLengths[model] == 0 {
+		b.log.Warn("Ollama does not report the context it runs this model with (num_ctx: OLLAMA_CONTEXT_LENGTH, else a default by version and VRAM) and cuts longer prompts; advertising the trained context: set context_length in its [[runtime.models]] to that num_ctx",
+			"model", model, "context_length", trained)
+	}
+	return trained, nil
 }
 
 // Models returns the models found by the last New or Refresh. The upstream

@@ -203,7 +203,7 @@ func TestContinuousUsage(t *testing.T) {
 }
 
 func TestHangingUpstream(t *testing.T) {
-	models := `{"object":"list","data":[{"id":"m","object":"model"}]}`
+	models := `{"object":"list","data":[{"id":"m","object":"model","context_length":4096}]}`
 	release := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/v1/models" {
@@ -271,7 +271,7 @@ func TestUpstreamUnreachableAndStatuses(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gotAuth = r.Header.Get("Authorization")
 		if r.URL.Path == "/v1/models" {
-			io.WriteString(w, `{"object":"list","data":[{"id":"m","object":"model"}]}`)
+			io.WriteString(w, `{"object":"list","data":[{"id":"m","object":"model","context_length":4096}]}`)
 			return
 		}
 		w.WriteHeader(status)
