@@ -17,8 +17,9 @@ const MaxBodyBytes = 4 << 20
 // MaxStops is the most stop sequences a request may give (as OpenAI).
 const MaxStops = runtime.MaxStops
 
-// decodeJSON reads one JSON object of at most MaxBodyBytes from r into v.
-func decodeJSON(r io.Reader, v any) error {
+// decodeJSON reads one JSON object of at most MaxBodyBytes from r into v,
+// after check (the allow-list of params.go) has found no key it refuses.
+func decodeJSON(r io.Reader, v any, check func([]byte) error) error {
 	body, err := io.ReadAll(io.LimitReader(r, MaxBodyBytes+1))
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -31,6 +32,9 @@ func decodeJSON(r io.Reader, v any) error {
 	if len(body) > MaxBodyBytes {
 		return &Error{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request_error", Code: "request_too_large",
 			Message: "request body over 4 MiB"}
+	}
+	if err := check(body); err != nil {
+		return err
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(v); err != nil {
@@ -47,10 +51,12 @@ func decodeJSON(r io.Reader, v any) error {
 }
 
 // DecodeChatRequest reads and checks a chat completion request and converts
-// it to a runtime.Request. Errors are *Error with status 400 or 413.
+// it to a runtime.Request. Errors are *Error with status 400 or 413; a field
+// the network does not honour is refused by name (see params.go), never
+// dropped.
 func DecodeChatRequest(r io.Reader) (ChatCompletionRequest, runtime.Request, error) {
 	var req ChatCompletionRequest
-	if err := decodeJSON(r, &req); err != nil {
+	if err := decodeJSON(r, &req, checkChatFields); err != nil {
 		return req, runtime.Request{}, err
 	}
 	rr, err := req.Runtime()
@@ -58,10 +64,10 @@ func DecodeChatRequest(r io.Reader) (ChatCompletionRequest, runtime.Request, err
 }
 
 // DecodeCompletionRequest reads and checks a completion request and converts
-// it to a runtime.Request. Errors are *Error with status 400 or 413.
+// it to a runtime.Request, as DecodeChatRequest.
 func DecodeCompletionRequest(r io.Reader) (CompletionRequest, runtime.Request, error) {
 	var req CompletionRequest
-	if err := decodeJSON(r, &req); err != nil {
+	if err := decodeJSON(r, &req, checkCompletionFields); err != nil {
 		return req, runtime.Request{}, err
 	}
 	rr, err := req.Runtime()
@@ -136,6 +142,14 @@ func (req ChatCompletionRequest) Runtime() (runtime.Request, error) {
 	}
 	if len(req.Messages) == 0 {
 		return runtime.Request{}, badRequest("messages", "messages must hold at least one message")
+	}
+	if g := req.AddGenerationPrompt; g != nil && *g == req.ContinueFinalMessage {
+		// The prompt either continues the last message or opens a new one.
+		if *g {
+			return runtime.Request{}, badRequest("add_generation_prompt", "add_generation_prompt and continue_final_message cannot both be true")
+		}
+		return runtime.Request{}, refuse("add_generation_prompt", "unsupported_parameter",
+			"add_generation_prompt false is supported only with continue_final_message true: refused rather than ignored")
 	}
 	rr := runtime.Request{Model: req.Model}
 	msgs := req.Messages

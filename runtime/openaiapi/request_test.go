@@ -25,8 +25,10 @@ var goldenChat = []struct {
 			MaxTokens: 5, Temperature: 0, TopP: 0.5, Stop: []string{"\n"}, Seed: u64(1<<64 - 1)}, 0},
 	{`{"model":"m","messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"Once"}],"continue_final_message":true,"add_generation_prompt":false,"max_completion_tokens":9,"max_tokens":3}`,
 		runtime.Request{Model: "m", Messages: []runtime.Message{{Role: "user", Content: "hi"}}, Continuation: "Once", MaxTokens: 9, Temperature: 1}, 0},
-	{`{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function"}],"user":"x"}`,
+	{`{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[],"user":"x"}`,
 		runtime.Request{Model: "m", Messages: []runtime.Message{{Role: "user", Content: "hi"}}, Temperature: 1}, 0},
+	// A tool the model could call is refused, not dropped (TestRefusedFields).
+	{`{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function"}],"user":"x"}`, runtime.Request{}, 400},
 	{`{"model":"m","messages":[{"role":"user","content":null}]}`,
 		runtime.Request{Model: "m", Messages: []runtime.Message{{Role: "user"}}, Temperature: 1}, 0},
 	{`{"model":"m","messages":[]}`, runtime.Request{}, 400},
@@ -63,6 +65,7 @@ var goldenCompletion = []string{
 	`{"model":"m","prompt":[1,2]}`,
 	`{"model":"m","prompt":"x","echo":true}`,
 	`{"model":"","prompt":"x"}`,
+	`{"model":"m","prompt":"x","stop":[]}`, // once decoded to a non-nil empty Stop, which the round trip lost
 }
 
 // FuzzDecodeChatRequest: no input panics; an accepted request is well formed,
@@ -70,6 +73,16 @@ var goldenCompletion = []string{
 func FuzzDecodeChatRequest(f *testing.F) {
 	for _, g := range goldenChat {
 		f.Add([]byte(g.body))
+	}
+	for _, tc := range refusedFields {
+		if tc.chat {
+			f.Add([]byte(tc.body))
+		}
+	}
+	for _, tc := range neutralFields {
+		if tc.chat {
+			f.Add([]byte(tc.body))
+		}
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		req, rr, err := openaiapi.DecodeChatRequest(strings.NewReader(string(b)))
@@ -98,6 +111,16 @@ func FuzzDecodeChatRequest(f *testing.F) {
 func FuzzDecodeCompletionRequest(f *testing.F) {
 	for _, g := range goldenCompletion {
 		f.Add([]byte(g))
+	}
+	for _, tc := range refusedFields {
+		if !tc.chat {
+			f.Add([]byte(tc.body))
+		}
+	}
+	for _, tc := range neutralFields {
+		if !tc.chat {
+			f.Add([]byte(tc.body))
+		}
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		req, rr, err := openaiapi.DecodeCompletionRequest(strings.NewReader(string(b)))

@@ -7,8 +7,9 @@ import (
 	"maps"
 )
 
-// ChatCompletionRequest is the body of POST /v1/chat/completions. Fields the
-// runtime does not use (tools, logprobs, ...) are accepted and ignored.
+// ChatCompletionRequest is the body of POST /v1/chat/completions: the fields
+// the network honours. The decoder refuses any other field by name unless it
+// has a neutral value (params.go); none is dropped.
 type ChatCompletionRequest struct {
 	Model               string         `json:"model"`
 	Messages            []ChatMessage  `json:"messages"`
@@ -28,7 +29,7 @@ type ChatCompletionRequest struct {
 	AddGenerationPrompt  *bool `json:"add_generation_prompt,omitempty"`
 }
 
-// CompletionRequest is the body of POST /v1/completions.
+// CompletionRequest is the body of POST /v1/completions, as ChatCompletionRequest.
 type CompletionRequest struct {
 	Model         string         `json:"model"`
 	Prompt        Prompt         `json:"prompt"`
@@ -52,7 +53,8 @@ type StreamOptions struct {
 }
 
 // ChatMessage is one message. Content is a string or, on input, an array of
-// parts of which the text parts are joined.
+// text parts, which are joined; a message's other fields (name, tool_calls,
+// ...) are refused by the decoder unless empty.
 type ChatMessage struct {
 	Role    string  `json:"role"`
 	Content Content `json:"content"`
@@ -114,6 +116,9 @@ func (s *StopList) UnmarshalJSON(b []byte) error {
 	var many []string
 	if err := json.Unmarshal(b, &many); err != nil {
 		return fmt.Errorf("stop must be a string or an array of strings")
+	}
+	if len(many) == 0 {
+		many = nil // [] is no stop, as is its absence (omitempty drops it)
 	}
 	*s = many
 	return nil

@@ -1,0 +1,311 @@
+package openaiapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// The allow-list: every key the decoders let through, per JSON object, and
+// what becomes of it. A request is never answered as if it had asked for
+// less, so a key is one of
+//
+//   - honoured: decoded into the request and acted on; its value is checked
+//     where the request is converted (Runtime);
+//   - inert: it changes no answer ("user", an end-user id for abuse
+//     monitoring), so it is accepted; only its type is checked;
+//   - refused: not implemented; accepted only with a neutral value, one that
+//     asks for nothing beyond the default and so is honoured trivially (null,
+//     false, 0, [] or {}, which SDKs send as defaults), refused by name with
+//     code unsupported_parameter otherwise.
+//
+// A key in no table is refused by name with code unknown_parameter. The
+// package doc lists the tables in words; implementing a feature (tools,
+// response_format, logprobs) moves its keys from refused to honoured here and
+// there.
+
+// use is what the decoders do with a key.
+type use uint8
+
+const (
+	honoured use = iota
+	inert
+	refused
+)
+
+// rule is one key's entry in a table.
+type rule struct {
+	use     use
+	ok      func(any) bool // inert and refused: the values accepted besides null (JSON decoded with UseNumber)
+	accepts string         // those values (null included), in words
+}
+
+// fields is the table of one JSON object: its keys and their rules.
+type fields map[string]rule
+
+var (
+	take = rule{use: honoured}
+	// user: an end-user id for OpenAI's abuse monitoring, and its successor
+	// safety_identifier; prompt_cache_key: a hint for OpenAI's prompt cache.
+	// None changes what is generated.
+	anyString = rule{inert, is(func(string) bool { return true }), "a string or null"}
+
+	onlyNull = rule{refused, func(any) bool { return false }, "null"}
+	noList   = rule{refused, is(func(a []any) bool { return len(a) == 0 }), "[] or null"}
+	noObject = rule{refused, is(func(m map[string]any) bool { return len(m) == 0 }), "{} or null"}
+	noText   = rule{refused, is(func(s string) bool { return s == "" }), `"" or null`}
+	noFlag   = rule{refused, is(func(b bool) bool { return !b }), "false or null"}
+	noNumber = rule{refused, number(0), "0 or null"}
+	noBias   = rule{refused, is(func(m map[string]any) bool {
+		return !slices.ContainsFunc(slices.Collect(maps.Values(m)), not(number(0)))
+	}), "{}, zero biases or null"}
+	noTool    = rule{refused, oneOf("none", "auto"), `"none", "auto" or null (no tool can be called)`}
+	textOnly  = rule{refused, is(func(a []any) bool { return !slices.ContainsFunc(a, not(oneOf("text"))) }), `["text"], [] or null`}
+	anyBool   = rule{refused, is(func(bool) bool { return true }), "true, false or null while no tools are given"}
+	plainText = rule{refused, is(func(m map[string]any) bool { return len(m) == 1 && m["type"] == "text" }), `{"type":"text"} or null`}
+)
+
+// chatFields is POST /v1/chat/completions.
+var chatFields = fields{
+	"model":                 take,
+	"messages":              take, // messageFields
+	"max_tokens":            take,
+	"max_completion_tokens": take,
+	"temperature":           take,
+	"top_p":                 take,
+	"stop":                  take,
+	"seed":                  take,
+	"n":                     take, // 1 only
+	"stream":                take,
+	"stream_options":        take, // streamOptionFields
+	// vLLM's extensions, which the openai backend sends to resume a generation.
+	"continue_final_message": take,
+	"add_generation_prompt":  take, // false only with continue_final_message
+
+	"user":              anyString,
+	"safety_identifier": anyString,
+	"prompt_cache_key":  anyString,
+
+	"tools":               noList,
+	"tool_choice":         noTool,
+	"parallel_tool_calls": anyBool,
+	"functions":           noList,
+	"function_call":       noTool,
+	"response_format":     plainText,
+	"logprobs":            noFlag,
+	"top_logprobs":        noNumber,
+	"presence_penalty":    noNumber,
+	"frequency_penalty":   noNumber,
+	"logit_bias":          noBias,
+	"store":               noFlag,
+	"metadata":            noObject, // tags a stored completion; none is stored
+	"modalities":          textOnly,
+	"audio":               onlyNull,
+	"prediction":          onlyNull,
+	"reasoning_effort":    onlyNull,
+	"verbosity":           onlyNull,
+	"service_tier":        {refused, oneOf("auto", "default"), `"auto", "default" or null`},
+	"web_search_options":  onlyNull, // even {} turns the search on
+}
+
+// completionFields is POST /v1/completions.
+var completionFields = fields{
+	"model":          take,
+	"prompt":         take,
+	"max_tokens":     take,
+	"temperature":    take,
+	"top_p":          take,
+	"stop":           take,
+	"seed":           take,
+	"n":              take, // 1 only
+	"stream":         take,
+	"stream_options": take, // streamOptionFields
+
+	"user": anyString,
+
+	"echo":              noFlag,
+	"best_of":           {refused, number(1), "1 or null"},
+	"suffix":            noText,
+	"logprobs":          onlyNull, // 0 still asks for the sampled tokens' logprobs
+	"presence_penalty":  noNumber,
+	"frequency_penalty": noNumber,
+	"logit_bias":        noBias,
+}
+
+// streamOptionFields is "stream_options" of either endpoint.
+var streamOptionFields = fields{
+	"include_usage": take,
+	// vLLM's usage in every chunk: the openai backend asks an upstream for it,
+	// but this handler sends the usage only in the last chunk.
+	"continuous_usage_stats": noFlag,
+	"include_obfuscation":    noFlag, // OpenAI's padding of chunks
+}
+
+// messageFields is one message of a chat request. The prompt holds a
+// message's role and text only, so anything else it says is refused.
+var messageFields = fields{
+	"role":          take,
+	"content":       take, // a string, null, or parts (partFields)
+	"name":          noText,
+	"tool_calls":    noList,
+	"tool_call_id":  noText,
+	"function_call": onlyNull,
+	"refusal":       noText,
+	"audio":         onlyNull,
+	"annotations":   noList,
+}
+
+// partFields is one content part; only type "text" is supported.
+var partFields = fields{
+	"type": take,
+	"text": take,
+}
+
+// maxNameBytes caps an unknown key as the refusal names it.
+const maxNameBytes = 64
+
+// check refuses by name the key of obj that fs does not let through, the
+// least in sorted order if there are several. prefix names the object
+// ("messages[0]."); it is called only for a refusal.
+func (fs fields) check(obj map[string]any, prefix func() string) error {
+	bad, found := "", false
+	for k, v := range obj {
+		if r, ok := fs[k]; ok && (r.use == honoured || v == nil || r.ok(v)) {
+			continue
+		}
+		if !found || k < bad {
+			bad, found = k, true
+		}
+	}
+	if !found {
+		return nil
+	}
+	name := bad
+	if prefix != nil {
+		name = prefix() + bad
+	}
+	r, ok := fs[bad]
+	switch {
+	case !ok:
+		if len(name) > maxNameBytes { // a stranger's key, echoed back
+			name = strings.ToValidUTF8(name[:maxNameBytes], "") + "…"
+		}
+		return refuse(name, "unknown_parameter", "%q is not a parameter this network knows: refused rather than ignored", name)
+	case r.use == inert:
+		return badRequest(name, "%s must be %s", name, r.accepts)
+	default:
+		return refuse(name, "unsupported_parameter",
+			"%q is not supported by this network yet: refused rather than ignored (accepted only as %s)", name, r.accepts)
+	}
+}
+
+func refuse(param, code, format string, args ...any) *Error {
+	return &Error{Status: http.StatusBadRequest, Type: "invalid_request_error", Param: param, Code: code,
+		Message: fmt.Sprintf(format, args...)}
+}
+
+// object decodes body as the tables see it; ok is false if it is not one
+// JSON object, which the typed decoder then reports. Numbers stay text, so
+// that one too large for a float64 is judged, not an error.
+func object(body []byte) (obj map[string]any, ok bool) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	return obj, dec.Decode(&obj) == nil
+}
+
+// checkChatFields applies the tables to a chat request body. It judges only
+// what has the right shape; the typed decoder says what is wrong with the
+// rest.
+func checkChatFields(body []byte) error {
+	obj, ok := object(body)
+	if !ok {
+		return nil
+	}
+	if err := chatFields.check(obj, nil); err != nil {
+		return err
+	}
+	if err := checkStreamOptions(obj); err != nil {
+		return err
+	}
+	msgs, _ := obj["messages"].([]any)
+	for i, m := range msgs {
+		mo, ok := m.(map[string]any)
+		if !ok {
+			continue
+		}
+		prefix := func() string { return fmt.Sprintf("messages[%d].", i) }
+		if err := messageFields.check(mo, prefix); err != nil {
+			return err
+		}
+		parts, _ := mo["content"].([]any) // else a string or null
+		for j, p := range parts {
+			po, ok := p.(map[string]any)
+			if !ok {
+				continue
+			}
+			pp := func() string { return fmt.Sprintf("%scontent[%d].", prefix(), j) }
+			switch typ, _ := po["type"].(string); typ {
+			case "text":
+			case "":
+				return badRequest(pp()+"type", `%stype must be "text"`, pp())
+			default:
+				return refuse(pp()+"type", "unsupported_value",
+					"%stype %q is not supported by this network yet: refused rather than ignored (only \"text\" parts are)", pp(), typ)
+			}
+			if err := partFields.check(po, pp); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// checkCompletionFields applies the tables to a completion request body, as
+// checkChatFields.
+func checkCompletionFields(body []byte) error {
+	obj, ok := object(body)
+	if !ok {
+		return nil
+	}
+	if err := completionFields.check(obj, nil); err != nil {
+		return err
+	}
+	return checkStreamOptions(obj)
+}
+
+func checkStreamOptions(obj map[string]any) error {
+	so, ok := obj["stream_options"].(map[string]any)
+	if !ok {
+		return nil
+	}
+	return streamOptionFields.check(so, func() string { return "stream_options." })
+}
+
+// is accepts the values of type T for which pred holds.
+func is[T any](pred func(T) bool) func(any) bool {
+	return func(v any) bool {
+		t, ok := v.(T)
+		return ok && pred(t)
+	}
+}
+
+func oneOf(values ...string) func(any) bool {
+	return is(func(s string) bool { return slices.Contains(values, s) })
+}
+
+// number accepts the numbers equal to n, however written (0, 0.0, -0, 0e9).
+func number(n float64) func(any) bool {
+	return is(func(v json.Number) bool {
+		f, err := strconv.ParseFloat(string(v), 64)
+		return err == nil && f == n
+	})
+}
+
+func not(pred func(any) bool) func(any) bool {
+	return func(v any) bool { return !pred(v) }
+}
