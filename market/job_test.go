@@ -528,3 +528,69 @@ func TestJobOverTCP(t *testing.T) {
 		t.Fatalf("paid %d, payee %d; want %d", rc.Paid, ch.accepted(job.ID), want)
 	}
 }
+
+// slowDurable holds back every job's durability until release is closed: a
+// worker whose disk is slow to commit the last voucher.
+type slowDurable struct {
+	Payee
+	release chan struct{}
+}
+
+func (p slowDurable) Open(ctx context.Context, job JobID, channel string) (Account, error) {
+	a, err := p.Payee.Open(ctx, job, channel)
+	if err != nil {
+		return nil, err
+	}
+	return &slowAccount{Account: a, release: p.release}, nil
+}
+
+type slowAccount struct {
+	Account
+	release chan struct{}
+}
+
+func (a *slowAccount) Durable() (uint64, <-chan struct{}) {
+	select {
+	case <-a.release:
+		return a.Account.Durable()
+	default:
+		return 0, a.release
+	}
+}
+
+// A job that is only waiting for its last voucher to reach the worker's disk
+// holds no slot: the client, whose answer did not wait for that, finds the
+// worker free for its next job (before, a worker of one slot answered the
+// next job BUSY).
+func TestPaymentTailHoldsNoSlot(t *testing.T) {
+	ch := newMemChannel()
+	release := make(chan struct{})
+	w := &Worker{Backend: &textBackend{model: "m", textLen: 5}, Payee: slowDurable{ch.payee(), release},
+		Prices: map[string]Price{"m": {Prompt: 1_000, Completion: 2_000_000}}, MaxJobs: 1}
+	serve := func(conn net.Conn, done chan<- error) {
+		done <- w.Serve(t.Context(), conn)
+		conn.Close()
+	}
+	var served [2]chan error
+	for i := range served {
+		served[i] = make(chan error, 1)
+		cc, wc := net.Pipe()
+		defer cc.Close()
+		go serve(wc, served[i])
+		rc, err := Run(t.Context(), cc, testJob("m", 0), ch.payer(), func(Chunk) error { return nil }, RunOptions{})
+		if err != nil || rc.CompletionTokens == 0 {
+			t.Fatalf("job %d: %v (receipt %+v); want it served while job 1 waits for its disk", i+1, err, rc)
+		}
+		select {
+		case err := <-served[i]:
+			t.Fatalf("job %d: the worker ended (%v) before its payment was durable", i+1, err)
+		default:
+		}
+	}
+	close(release)
+	for i, s := range served {
+		if err := <-s; err != nil {
+			t.Fatalf("job %d: Serve = %v", i+1, err)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -137,20 +138,22 @@ func Serve(ctx context.Context, rw io.ReadWriter, backend runtime.Backend, payee
 }
 
 type serveRun struct {
-	w        *Worker
-	t        Timeouts
-	log      *slog.Logger
-	out      *frameWriter
-	rd       *frameReader
-	id       JobID
-	price    Price
-	acct     Account
-	sent     uint64 // completion tokens sent
-	paid     uint64 // nanoTON paid for this job and on disk: credit rests on it
-	accepted uint64 // nanoTON the vouchers gave this job, on disk or not
-	cost     uint64 // the job's cost, once priced
-	priced   bool   // Done has been sent: cost is final
-	durable  <-chan struct{}
+	w          *Worker
+	t          Timeouts
+	log        *slog.Logger
+	out        *frameWriter
+	rd         *frameReader
+	id         JobID
+	price      Price
+	acct       Account
+	sent       uint64 // completion tokens sent
+	paid       uint64 // nanoTON paid for this job and on disk: credit rests on it
+	accepted   uint64 // nanoTON the vouchers gave this job, on disk or not
+	freeSlot   func() // gives back the MaxJobs slot, once
+	releaseGen func() // ends the generation and frees its slots, once
+	cost       uint64 // the job's cost, once priced
+	priced     bool   // Done has been sent: cost is final
+	durable    <-chan struct{}
 
 	// for the observer
 	peer         peer.ID
@@ -235,7 +238,10 @@ func (s *serveRun) run(ctx context.Context) error {
 		s.w.active.Add(-1)
 		return s.reject(RejectBusy, "all slots taken")
 	}
-	defer s.w.active.Add(-1)
+	// The slot is the generation's: it is freed when the generation ends, not
+	// when the job's last voucher has come (see generate).
+	s.freeSlot = sync.OnceFunc(func() { s.w.active.Add(-1) })
+	defer s.freeSlot()
 	s.price = price
 	credit := s.w.CreditTokens
 	if credit <= 0 {
@@ -341,11 +347,17 @@ func (s *serveRun) generate(ctx context.Context, req runtime.Request, credit uin
 			}
 		}
 	}()
-	defer func() {
+	// release ends the generation and frees its slots (the backend's, and
+	// MaxJobs'), before the job waits for its last voucher: a client's next
+	// job must not find the worker busy with one that is only being paid.
+	release := sync.OnceFunc(func() {
 		stopGen()
 		close(quit)
 		<-prodDone
-	}()
+		s.freeSlot()
+	})
+	defer release()
+	s.releaseGen = release
 
 	var (
 		pending     *runtime.Delta
@@ -405,6 +417,7 @@ func (s *serveRun) generate(ctx context.Context, req runtime.Request, credit uin
 				// The client pays for the tokens it received when it reads the
 				// Cancel; wait for that voucher, then report the failure.
 				err := s.fail(CancelInternal, fmt.Errorf("generate: %w", it.err))
+				release()
 				if owed, cerr := Cost(Price{Completion: s.price.Completion}, 0, s.sent); cerr == nil {
 					if perr := s.waitPaid(ctx, owed); perr != nil {
 						err = errors.Join(err, perr)
@@ -444,6 +457,7 @@ func (s *serveRun) generate(ctx context.Context, req runtime.Request, credit uin
 	if finish == "" {
 		finish = FinishStop
 	}
+	release()
 	return s.finish(ctx, final.usage.PromptTokens, finish)
 }
 
@@ -493,6 +507,7 @@ wait:
 			break wait
 		}
 	}
+	s.releaseGen()
 	s.log.Debug("job cancelled by client", "job", s.id.String(), "code", code)
 	if err := s.finish(ctx, prompt, FinishCancelled); err != nil && !errors.Is(err, ErrUnderpaid) {
 		return err
