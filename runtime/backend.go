@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 )
 
@@ -10,6 +11,10 @@ type Model struct {
 	ID            string // name clients ask for, e.g. "stories260K"
 	Digest        string // "sha256:<hex>" of the weights file, "" when the upstream does not say
 	ContextLength int    // tokens
+	// StructuredOutput: the backend follows a Request's Format (json_object
+	// and json_schema). A backend that does not declare it is never given one:
+	// Generate refuses such a request rather than answer it as free text.
+	StructuredOutput bool
 }
 
 // Message is one chat message.
@@ -32,6 +37,26 @@ type Request struct {
 	// another worker that failed): the backend resumes after it, and neither bills
 	// nor repeats it.
 	Continuation string
+	// Format asks for structured output; nil: free text. Only a model whose
+	// Model.StructuredOutput is set serves it.
+	Format *ResponseFormat
+}
+
+// Response format types, as in the OpenAI API's response_format.type.
+const (
+	FormatJSONObject = "json_object" // any JSON object
+	FormatJSONSchema = "json_schema" // JSON valid for Schema
+)
+
+// ResponseFormat is OpenAI's response_format other than "text": the output
+// is one JSON object, or one JSON value valid for a JSON Schema. Check
+// holds Schema to what runtime/grammar can follow exactly, so that every
+// backend that declares StructuredOutput can guarantee it.
+type ResponseFormat struct {
+	Type   string          // FormatJSONObject or FormatJSONSchema
+	Name   string          // json_schema: the schema's name (letters, digits, _ and -; at most 64)
+	Schema json.RawMessage // json_schema: the JSON Schema
+	Strict bool            // json_schema: OpenAI's strict; the embedded backend is always strict
 }
 
 // Delta is a piece of generated text.
@@ -78,6 +103,11 @@ type Backend interface {
 
 // ErrUnknownModel is returned by Generate for a model the backend does not serve.
 var ErrUnknownModel = errors.New("runtime: unknown model")
+
+// ErrNoStructuredOutput is returned by Generate for a request with a Format
+// on a model that does not declare Model.StructuredOutput. It is an
+// ErrInvalidRequest: the caller asked for what the model cannot do.
+var ErrNoStructuredOutput = &FieldError{Field: "response_format", Msg: "the model does not offer structured output (json_object, json_schema)"}
 
 // Errors a Backend returns, so that callers (the OpenAI handler, the market) can
 // map them to status codes and wire reject codes. Backends wrap them with detail.

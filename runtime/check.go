@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/cocoon-network/cocoon/runtime/grammar"
 )
 
 // Limits on a Request, checked by Check. Each is far above what a real
@@ -32,6 +34,11 @@ const (
 	// (2^30 tokens): what an upstream says is checked before the ads carry it
 	// as uint32.
 	MaxContextLength = 1 << 30
+	// MaxSchemaBytes caps response_format's JSON Schema (runtime/grammar's
+	// own bound), so that it always fits the job protocol's Open frame.
+	MaxSchemaBytes = grammar.MaxSchemaBytes
+	// MaxFormatNameBytes caps response_format's json_schema.name (as OpenAI).
+	MaxFormatNameBytes = 64
 )
 
 // Check reports the first thing wrong with req as a *FieldError (which is an
@@ -120,6 +127,51 @@ func (req Request) CheckParams() error {
 		if err := checkText(s); err != nil {
 			return bad(fmt.Sprintf("stop[%d]", i), "%v", err)
 		}
+	}
+	if req.Format != nil {
+		return req.Format.check()
+	}
+	return nil
+}
+
+// check holds a response format to what every backend that declares
+// StructuredOutput can follow exactly: a schema runtime/grammar converts.
+// The conversion is the check, so that a schema the gateway let through is
+// never refused by the engine after a worker accepted the job.
+func (f *ResponseFormat) check() error {
+	bad := func(field, format string, args ...any) error {
+		return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+	}
+	switch f.Type {
+	case FormatJSONObject:
+		if f.Name != "" || len(f.Schema) != 0 || f.Strict {
+			return bad("response_format.json_schema", "given with type %q", f.Type)
+		}
+		return nil
+	case FormatJSONSchema:
+	default:
+		return bad("response_format.type", "%q is not json_object or json_schema", truncate(f.Type))
+	}
+	switch {
+	case f.Name == "":
+		return bad("response_format.json_schema.name", "missing")
+	case len(f.Name) > MaxFormatNameBytes:
+		return bad("response_format.json_schema.name", "%d bytes, at most %d", len(f.Name), MaxFormatNameBytes)
+	case strings.IndexFunc(f.Name, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-')
+	}) >= 0:
+		return bad("response_format.json_schema.name", "%q holds a character other than a-z, A-Z, 0-9, _ and -", truncate(f.Name))
+	case len(f.Schema) == 0:
+		return bad("response_format.json_schema.schema", "missing")
+	case len(f.Schema) > MaxSchemaBytes:
+		return bad("response_format.json_schema.schema", "%d bytes, at most %d", len(f.Schema), MaxSchemaBytes)
+	}
+	if _, err := grammar.FromSchema(f.Schema); err != nil {
+		var se *grammar.SchemaError
+		if errors.As(err, &se) {
+			return bad("response_format.json_schema.schema", "%s", strings.TrimPrefix(se.Error(), "grammar: "))
+		}
+		return bad("response_format.json_schema.schema", "%v", err)
 	}
 	return nil
 }

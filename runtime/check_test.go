@@ -39,6 +39,25 @@ func TestCheck(t *testing.T) {
 		{"stop[0]", func(r *Request) { r.Stop = []string{""} }},
 		{"stop[0]", func(r *Request) { r.Stop = []string{strings.Repeat("s", MaxStopBytes+1)} }},
 		{"stop[0]", func(r *Request) { r.Stop = []string{"\x00"} }},
+		{"response_format.type", func(r *Request) { r.Format = &ResponseFormat{Type: "text"} }},
+		{"response_format.json_schema", func(r *Request) { r.Format = &ResponseFormat{Type: FormatJSONObject, Schema: []byte(`{}`)} }},
+		{"response_format.json_schema.name", func(r *Request) { r.Format = &ResponseFormat{Type: FormatJSONSchema, Schema: []byte(`{}`)} }},
+		{"response_format.json_schema.name", func(r *Request) {
+			r.Format = &ResponseFormat{Type: FormatJSONSchema, Name: "a b", Schema: []byte(`{}`)}
+		}},
+		{"response_format.json_schema.name", func(r *Request) {
+			r.Format = &ResponseFormat{Type: FormatJSONSchema, Name: strings.Repeat("n", MaxFormatNameBytes+1), Schema: []byte(`{}`)}
+		}},
+		{"response_format.json_schema.schema", func(r *Request) { r.Format = &ResponseFormat{Type: FormatJSONSchema, Name: "n"} }},
+		{"response_format.json_schema.schema", func(r *Request) {
+			r.Format = &ResponseFormat{Type: FormatJSONSchema, Name: "n", Schema: []byte(`{"type":"string","pattern":"a+"}`)}
+		}},
+		{"response_format.json_schema.schema", func(r *Request) {
+			r.Format = &ResponseFormat{Type: FormatJSONSchema, Name: "n", Schema: []byte(`{"type":`)}
+		}},
+		{"response_format.json_schema.schema", func(r *Request) {
+			r.Format = &ResponseFormat{Type: FormatJSONSchema, Name: "n", Schema: []byte(`"` + strings.Repeat("s", MaxSchemaBytes) + `"`)}
+		}},
 	} {
 		r := ok
 		r.Messages = append([]Message(nil), ok.Messages...)
@@ -48,5 +67,28 @@ func TestCheck(t *testing.T) {
 		if !errors.As(err, &fe) || fe.Field != tc.field || !errors.Is(err, ErrInvalidRequest) {
 			t.Errorf("%s: %v, want a FieldError naming it", tc.field, err)
 		}
+	}
+}
+
+// TestCheckFormat: the formats runtime/grammar can follow pass, and a schema
+// it refuses is refused naming the keyword.
+func TestCheckFormat(t *testing.T) {
+	base := Request{Model: "m", Prompt: "p"}
+	for _, f := range []*ResponseFormat{
+		{Type: FormatJSONObject},
+		{Type: FormatJSONSchema, Name: "point_2-D", Strict: true,
+			Schema: []byte(`{"type":"object","properties":{"x":{"type":"integer"}},"required":["x"],"additionalProperties":false}`)},
+	} {
+		r := base
+		r.Format = f
+		if err := r.Check(); err != nil {
+			t.Errorf("%+v: %v", f, err)
+		}
+	}
+	r := base
+	r.Format = &ResponseFormat{Type: FormatJSONSchema, Name: "n", Schema: []byte(`{"type":"object","properties":{"a":{"type":"integer","minimum":3}}}`)}
+	err := r.Check()
+	if err == nil || !strings.Contains(err.Error(), `"minimum"`) || !strings.Contains(err.Error(), "/properties/a") {
+		t.Errorf("a schema with minimum: %v, want a refusal naming the keyword and where", err)
 	}
 }
