@@ -177,7 +177,7 @@ func loadModel(path, id string, threads, ctxSize, parallel int) (*model, error) 
 		m.nCtx = 2048
 	}
 	m.nBatch = min(m.nCtx, 512)
-	m.info = runtime.Model{ID: id, Digest: digest, ContextLength: m.nCtx}
+	m.info = runtime.Model{ID: id, Digest: digest, ContextLength: m.nCtx, StructuredOutput: true}
 	for range parallel {
 		cp := llama.ContextDefaultParams()
 		cp.NCtx = uint32(m.nCtx)

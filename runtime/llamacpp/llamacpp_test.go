@@ -72,7 +72,7 @@ func TestModelsAndDigest(t *testing.T) {
 		t.Fatalf("Models() = %v; want one", ms)
 	}
 	// The SHA-256 that ../shared/models/MODELS.md gives for the file.
-	want := runtime.Model{ID: "stories260K", Digest: "sha256:270cba1bd5109f42d03350f60406024560464db173c0e387d91f0426d3bd256d", ContextLength: 2048}
+	want := runtime.Model{ID: "stories260K", Digest: "sha256:270cba1bd5109f42d03350f60406024560464db173c0e387d91f0426d3bd256d", ContextLength: 2048, StructuredOutput: true}
 	if ms[0] != want {
 		t.Fatalf("Models()[0] = %+v; want %+v", ms[0], want)
 	}

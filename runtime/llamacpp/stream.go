@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/hybridgroup/yzma/pkg/llama"
 
 	"github.com/cocoon-network/cocoon/runtime"
+	"github.com/cocoon-network/cocoon/runtime/grammar"
 )
 
 // stream is one generation on one slot. Recv runs the model; Close may come
@@ -60,6 +62,21 @@ func (s *stream) start(req runtime.Request, text string, special bool) error {
 		s.budget = min(s.budget, req.MaxTokens-len(cont))
 	}
 
+	// The grammar of a response format is built, and the continuation
+	// checked against it, before anything is decoded.
+	var gs llama.Sampler
+	if req.Format != nil {
+		var err error
+		if gs, err = m.formatSampler(req.Format, cont); err != nil {
+			return err
+		}
+		defer func() {
+			if s.sampler == 0 { // not handed to the chain
+				llama.SamplerFree(gs)
+			}
+		}()
+	}
+
 	mem, err := llama.GetMemory(lctx)
 	if err != nil {
 		return fmt.Errorf("llamacpp: memory of context: %w", err)
@@ -76,6 +93,11 @@ func (s *stream) start(req runtime.Request, text string, special bool) error {
 		seed = uint32(*req.Seed ^ *req.Seed>>32)
 	}
 	chain := llama.SamplerChainInit(llama.SamplerChainDefaultParams())
+	if gs != 0 {
+		// First, so that temperature and top_p choose among the tokens the
+		// grammar allows; the chain frees it.
+		llama.SamplerChainAdd(chain, gs)
+	}
 	if req.Temperature == 0 {
 		llama.SamplerChainAdd(chain, llama.SamplerInitGreedy())
 	} else {
@@ -88,6 +110,41 @@ func (s *stream) start(req runtime.Request, text string, special bool) error {
 	s.sampler = chain
 	s.piece = make([]byte, 256)
 	return nil
+}
+
+// formatSampler returns llama.cpp's grammar sampler for a response format,
+// advanced over the continuation's tokens (text another worker delivered
+// under the same format). A continuation the grammar does not allow is
+// refused: llama.cpp aborts on accepting a token its grammar rejects, so each
+// one is tried first.
+func (m *model) formatSampler(f *runtime.ResponseFormat, cont []llama.Token) (llama.Sampler, error) {
+	var g string
+	switch f.Type {
+	case runtime.FormatJSONObject:
+		g = grammar.JSONObject()
+	case runtime.FormatJSONSchema:
+		var err error
+		if g, err = grammar.FromSchema(f.Schema); err != nil {
+			return 0, &runtime.FieldError{Field: "response_format.json_schema.schema", Msg: err.Error()}
+		}
+	default:
+		return 0, &runtime.FieldError{Field: "response_format.type", Msg: fmt.Sprintf("%.32q is not json_object or json_schema", f.Type)}
+	}
+	gs := llama.SamplerInitGrammar(m.vocab, g, "root")
+	if gs == 0 {
+		return 0, fmt.Errorf("llamacpp: llama.cpp refuses the grammar of response_format %s", f.Type)
+	}
+	for i, tok := range cont {
+		td := llama.TokenData{Id: tok}
+		arr := llama.TokenDataArray{Data: &td, Size: 1, Selected: -1}
+		llama.SamplerApply(gs, &arr)
+		if math.IsInf(float64(td.Logit), -1) {
+			llama.SamplerFree(gs)
+			return 0, &runtime.FieldError{Field: "continuation", Msg: fmt.Sprintf("token %d does not follow response_format", i)}
+		}
+		llama.SamplerAccept(gs, tok)
+	}
+	return gs, nil
 }
 
 // continuationTokens tokenizes text already delivered so that it follows the
