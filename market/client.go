@@ -151,6 +151,10 @@ func (c *clientRun) run(ctx context.Context, opt RunOptions) error {
 	if r.MaxTokens < 0 || uint64(r.MaxTokens) > math.MaxUint32 {
 		return fmt.Errorf("open job: max_tokens %d is outside 0..%d: %w", r.MaxTokens, uint32(math.MaxUint32), runtime.ErrInvalidRequest)
 	}
+	if r.Format != nil {
+		// Not carried by the job protocol yet: refused, never dropped.
+		return fmt.Errorf("open job: %w", runtime.ErrNoStructuredOutput)
+	}
 	open := &pb.Open{
 		JobId: c.job.ID[:],
 		Model: r.Model,

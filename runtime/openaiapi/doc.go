@@ -33,7 +33,12 @@
 //
 // Honoured: model, messages (role, content as a string, null or text parts),
 // max_tokens, max_completion_tokens, temperature, top_p, stop, seed, n (1),
-// stream, stream_options.include_usage; vLLM's continue_final_message and
+// stream, stream_options.include_usage; response_format (type "text",
+// "json_object", or "json_schema" with json_schema's name, schema and strict;
+// its description only empty): the schema must be one runtime/grammar
+// converts (else 400, param response_format.json_schema.schema, the message
+// naming the keyword), and a model that does not offer structured output
+// refuses it (400, param response_format); vLLM's continue_final_message and
 // add_generation_prompt (false only with continue_final_message); on
 // /v1/completions model, prompt (one string), max_tokens, temperature, top_p,
 // stop, seed, n (1), stream, stream_options.include_usage.
@@ -46,7 +51,7 @@
 //
 //	chat: tools, functions [[]]; tool_choice, function_call ["none", "auto"];
 //	      parallel_tool_calls [true, false: no tool can be called];
-//	      response_format [{"type":"text"}]; logprobs, store [false];
+//	      logprobs, store [false];
 //	      top_logprobs, presence_penalty, frequency_penalty [0];
 //	      logit_bias [{}, zero biases]; metadata [{}];
 //	      modalities [["text"], []]; service_tier ["auto", "default"];
@@ -62,6 +67,8 @@
 //	      tokens' logprobs]
 //	stream_options: continuous_usage_stats (vLLM's; the handler sends the
 //	      usage only in the last chunk), include_obfuscation [false]
+//
+//	response_format.json_schema: description [""]
 //
 // Any other key, such as vLLM's top_k or a known key in another case, is
 // refused as unknown.

@@ -73,6 +73,9 @@ func ErrorFor(err error) *Error {
 		e.Status, e.Type, e.Code, e.Param = http.StatusNotFound, "invalid_request_error", "model_not_found", "model"
 	case errors.Is(err, runtime.ErrInvalidRequest):
 		e.Status, e.Type = http.StatusBadRequest, "invalid_request_error"
+		if fe := (*runtime.FieldError)(nil); errors.As(err, &fe) {
+			e.Param = fe.Field
+		}
 	case errors.Is(err, runtime.ErrBusy):
 		e.Status, e.Type, e.Code = http.StatusServiceUnavailable, "server_error", "busy"
 	case errors.Is(err, runtime.ErrUnbillable):

@@ -26,7 +26,7 @@ import (
 //
 // A key in no table is refused by name with code unknown_parameter. The
 // package doc lists the tables in words; implementing a feature (tools,
-// response_format, logprobs) moves its keys from refused to honoured here and
+// logprobs) moves its keys from refused to honoured here and
 // there.
 
 // use is what the decoders do with a key.
@@ -64,10 +64,9 @@ var (
 	noBias   = rule{refused, is(func(m map[string]any) bool {
 		return !slices.ContainsFunc(slices.Collect(maps.Values(m)), not(number(0)))
 	}), "{}, zero biases or null"}
-	noTool    = rule{refused, oneOf("none", "auto"), `"none", "auto" or null (no tool can be called)`}
-	textOnly  = rule{refused, is(func(a []any) bool { return !slices.ContainsFunc(a, not(oneOf("text"))) }), `["text"], [] or null`}
-	anyBool   = rule{refused, is(func(bool) bool { return true }), "true, false or null while no tools are given"}
-	plainText = rule{refused, is(func(m map[string]any) bool { return len(m) == 1 && m["type"] == "text" }), `{"type":"text"} or null`}
+	noTool   = rule{refused, oneOf("none", "auto"), `"none", "auto" or null (no tool can be called)`}
+	textOnly = rule{refused, is(func(a []any) bool { return !slices.ContainsFunc(a, not(oneOf("text"))) }), `["text"], [] or null`}
+	anyBool  = rule{refused, is(func(bool) bool { return true }), "true, false or null while no tools are given"}
 )
 
 // chatFields is POST /v1/chat/completions.
@@ -83,6 +82,7 @@ var chatFields = fields{
 	"n":                     take, // 1 only
 	"stream":                take,
 	"stream_options":        take, // streamOptionFields
+	"response_format":       take, // responseFormatFields; "text", "json_object" or "json_schema"
 	// vLLM's extensions, which the openai backend sends to resume a generation.
 	"continue_final_message": take,
 	"add_generation_prompt":  take, // false only with continue_final_message
@@ -96,7 +96,6 @@ var chatFields = fields{
 	"parallel_tool_calls": anyBool,
 	"functions":           noList,
 	"function_call":       noTool,
-	"response_format":     plainText,
 	"logprobs":            noFlag,
 	"top_logprobs":        noNumber,
 	"presence_penalty":    noNumber,
@@ -144,6 +143,21 @@ var streamOptionFields = fields{
 	// but this handler sends the usage only in the last chunk.
 	"continuous_usage_stats": noFlag,
 	"include_obfuscation":    noFlag, // OpenAI's padding of chunks
+}
+
+// responseFormatFields is "response_format" of a chat request.
+var responseFormatFields = fields{
+	"type":        take,
+	"json_schema": take, // jsonSchemaFields
+}
+
+// jsonSchemaFields is "response_format.json_schema". The description guides
+// an upstream model's answer, which the embedded engine cannot follow.
+var jsonSchemaFields = fields{
+	"name":        take,
+	"schema":      take,
+	"strict":      take,
+	"description": noText,
 }
 
 // messageFields is one message of a chat request. The prompt holds a
@@ -231,6 +245,16 @@ func checkChatFields(body []byte) error {
 	}
 	if err := checkStreamOptions(obj); err != nil {
 		return err
+	}
+	if rf, ok := obj["response_format"].(map[string]any); ok {
+		if err := responseFormatFields.check(rf, func() string { return "response_format." }); err != nil {
+			return err
+		}
+		if js, ok := rf["json_schema"].(map[string]any); ok {
+			if err := jsonSchemaFields.check(js, func() string { return "response_format.json_schema." }); err != nil {
+				return err
+			}
+		}
 	}
 	msgs, _ := obj["messages"].([]any)
 	for i, m := range msgs {

@@ -43,9 +43,10 @@ var refusedFields = []struct {
 	{true, chatWith(`,"parallel_tool_calls":"yes"`), "parallel_tool_calls", "unsupported_parameter"},
 	{true, chatWith(`,"functions":[{"name":"f"}]`), "functions", "unsupported_parameter"},
 	{true, chatWith(`,"function_call":{"name":"f"}`), "function_call", "unsupported_parameter"},
-	{true, chatWith(`,"response_format":{"type":"json_object"}`), "response_format", "unsupported_parameter"},
-	{true, chatWith(`,"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}}`), "response_format", "unsupported_parameter"},
-	{true, chatWith(`,"response_format":{"type":"text","extra":1}`), "response_format", "unsupported_parameter"},
+	{true, chatWith(`,"response_format":{"type":"text","extra":1}`), "response_format.extra", "unknown_parameter"},
+	{true, chatWith(`,"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{},"description":"be brief"}}`), "response_format.json_schema.description", "unsupported_parameter"},
+	{true, chatWith(`,"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{},"extra":1}}`), "response_format.json_schema.extra", "unknown_parameter"},
+	{true, chatWith(`,"response_format":{"type":"xml"}`), "response_format.type", "unsupported_value"},
 	{true, chatWith(`,"logprobs":true`), "logprobs", "unsupported_parameter"},
 	{true, chatWith(`,"top_logprobs":3`), "top_logprobs", "unsupported_parameter"},
 	{true, chatWith(`,"presence_penalty":0.5`), "presence_penalty", "unsupported_parameter"},
@@ -206,7 +207,7 @@ func TestRefusalOverHTTP(t *testing.T) {
 	defer srv.Close()
 	for _, tc := range []struct{ path, body, param, code string }{
 		{"/v1/chat/completions", chatWith(`,"tools":[{"type":"function","function":{"name":"f"}}],"stream":true`), "tools", "unsupported_parameter"},
-		{"/v1/chat/completions", chatWith(`,"response_format":{"type":"json_object"}`), "response_format", "unsupported_parameter"},
+		{"/v1/chat/completions", chatWith(`,"response_format":{"type":"json_object","x":1}`), "response_format.x", "unknown_parameter"},
 		{"/v1/completions", completionWith(`,"best_of":3`), "best_of", "unsupported_parameter"},
 		{"/v1/completions", completionWith(`,"bogus":1`), "bogus", "unknown_parameter"},
 	} {
@@ -225,6 +226,48 @@ func TestRefusalOverHTTP(t *testing.T) {
 	}
 	if n := f.n.Load(); n != 0 {
 		t.Errorf("the backend was asked %d times; want never", n)
+	}
+}
+
+// TestResponseFormat: json_object and json_schema become the request's
+// Format; a malformed one, or a schema runtime/grammar cannot follow, is a
+// 400 naming the field (and the keyword).
+func TestResponseFormat(t *testing.T) {
+	schema := `{"type":"object","properties":{"x":{"type":"integer"}},"required":["x"],"additionalProperties":false}`
+	for _, tc := range []struct {
+		body string
+		want *runtime.ResponseFormat
+	}{
+		{chatWith(`,"response_format":{"type":"json_object"}`), &runtime.ResponseFormat{Type: "json_object"}},
+		{chatWith(`,"response_format":{"type":"json_schema","json_schema":{"name":"pt","schema":` + schema + `,"strict":true}}`),
+			&runtime.ResponseFormat{Type: "json_schema", Name: "pt", Schema: json.RawMessage(schema), Strict: true}},
+		{chatWith(`,"response_format":{"type":"json_schema","json_schema":{"name":"pt","schema":` + schema + `,"strict":null,"description":""}}`),
+			&runtime.ResponseFormat{Type: "json_schema", Name: "pt", Schema: json.RawMessage(schema)}},
+	} {
+		_, rr, err := openaiapi.DecodeChatRequest(strings.NewReader(tc.body))
+		if err != nil || !reflect.DeepEqual(rr.Format, tc.want) {
+			t.Errorf("decode %s: Format %+v, %v; want %+v", tc.body, rr.Format, err, tc.want)
+		}
+	}
+	for _, tc := range []struct{ body, param, says string }{
+		{chatWith(`,"response_format":{"type":"json_schema"}`), "response_format.json_schema", "required"},
+		{chatWith(`,"response_format":{"type":"json_object","json_schema":{"name":"a","schema":{}}}`), "response_format.json_schema", "json_object"},
+		{chatWith(`,"response_format":{"type":"text","json_schema":{"name":"a","schema":{}}}`), "response_format.json_schema", "text"},
+		{chatWith(`,"response_format":{}`), "response_format.type", "required"},
+		{chatWith(`,"response_format":{"type":"json_schema","json_schema":{"schema":{}}}`), "response_format.json_schema.name", "missing"},
+		{chatWith(`,"response_format":{"type":"json_schema","json_schema":{"name":"a"}}`), "response_format.json_schema.schema", "missing"},
+		{chatWith(`,"response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{"type":"string","pattern":"^a"}}}`),
+			"response_format.json_schema.schema", `"pattern"`},
+		{chatWith(`,"response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{"oneOf":[{"type":"string"}]}}}`),
+			"response_format.json_schema.schema", `"oneOf"`},
+		{chatWith(`,"response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{},"strict":"yes"}}`),
+			"response_format.json_schema.strict", "bool"},
+	} {
+		_, _, err := openaiapi.DecodeChatRequest(strings.NewReader(tc.body))
+		var e *openaiapi.Error
+		if !errors.As(err, &e) || e.Status != 400 || e.Param != tc.param || !strings.Contains(e.Message, tc.says) {
+			t.Errorf("decode %s = %v; want a 400 naming %s and saying %s", tc.body, err, tc.param, tc.says)
+		}
 	}
 }
 

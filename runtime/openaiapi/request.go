@@ -178,6 +178,9 @@ func (req ChatCompletionRequest) Runtime() (runtime.Request, error) {
 	}
 	err := sampling{max, req.Temperature, req.TopP, req.Stop, req.Seed, req.N}.apply(&rr)
 	if err == nil {
+		rr.Format, err = req.ResponseFormat.runtime()
+	}
+	if err == nil {
 		err = check(rr)
 	}
 	if err != nil {
@@ -188,6 +191,34 @@ func (req ChatCompletionRequest) Runtime() (runtime.Request, error) {
 		return runtime.Request{}, err
 	}
 	return rr, nil
+}
+
+// runtime converts response_format; its values are checked by
+// runtime.Request.Check (the schema by converting it to a grammar).
+func (f *ResponseFormat) runtime() (*runtime.ResponseFormat, error) {
+	if f == nil {
+		return nil, nil
+	}
+	switch f.Type {
+	case "text", runtime.FormatJSONObject:
+		if f.JSONSchema != nil {
+			return nil, badRequest("response_format.json_schema", "response_format.json_schema is given with type %q", f.Type)
+		}
+		if f.Type == "text" {
+			return nil, nil
+		}
+		return &runtime.ResponseFormat{Type: f.Type}, nil
+	case runtime.FormatJSONSchema:
+		js := f.JSONSchema
+		if js == nil {
+			return nil, badRequest("response_format.json_schema", "response_format.json_schema is required with type json_schema")
+		}
+		return &runtime.ResponseFormat{Type: f.Type, Name: js.Name, Schema: js.Schema, Strict: js.Strict != nil && *js.Strict}, nil
+	case "":
+		return nil, badRequest("response_format.type", "response_format.type is required")
+	}
+	return nil, refuse("response_format.type", "unsupported_value",
+		"response_format.type %.32q is not supported: text, json_object or json_schema", f.Type)
 }
 
 // Runtime checks the request and converts it.

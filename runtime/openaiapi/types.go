@@ -22,11 +22,27 @@ type ChatCompletionRequest struct {
 	N                   *int           `json:"n,omitempty"`
 	Stream              bool           `json:"stream,omitempty"`
 	StreamOptions       *StreamOptions `json:"stream_options,omitempty"`
+	// ResponseFormat: nil or type "text" is free text.
+	ResponseFormat *ResponseFormat `json:"response_format,omitempty"`
 
 	// Extensions understood by vLLM (and sent by the openai backend to resume
 	// a generation): the last message is an assistant message to continue.
 	ContinueFinalMessage bool  `json:"continue_final_message,omitempty"`
 	AddGenerationPrompt  *bool `json:"add_generation_prompt,omitempty"`
+}
+
+// ResponseFormat is a chat request's response_format: {"type":"text"},
+// {"type":"json_object"} or {"type":"json_schema","json_schema":{...}}.
+type ResponseFormat struct {
+	Type       string      `json:"type"`
+	JSONSchema *JSONSchema `json:"json_schema,omitempty"`
+}
+
+// JSONSchema is response_format.json_schema.
+type JSONSchema struct {
+	Name   string          `json:"name"`
+	Schema json.RawMessage `json:"schema,omitempty"`
+	Strict *bool           `json:"strict,omitempty"`
 }
 
 // CompletionRequest is the body of POST /v1/completions, as ChatCompletionRequest.
