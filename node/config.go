@@ -279,6 +279,10 @@ api_key_env = ""
 # tokens per request where the server does not say them or runs fewer (the
 # smaller of the two is served):
 # context_length = 8192
+# and whether the server follows response_format (json_object, json_schema) for
+# the model (vLLM, llama-server, SGLang and Ollama do); without it requests with
+# one are refused:
+# structured_output = true
 
 [market]
 # What this node charges for the models it serves, in nanoTON per 1M prompt and

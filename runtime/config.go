@@ -52,6 +52,11 @@ type ModelConfig struct {
 	// Ollama's num_ctx); 0: what the upstream says. When both are known the
 	// smaller is served. The llamacpp backend takes runtime.context_size.
 	ContextLength int `toml:"context_length"`
+	// StructuredOutput says that the openai backend's upstream follows
+	// response_format for this model (vLLM, llama-server, SGLang and Ollama
+	// do): requests with one are forwarded, and the ads say so. False: such
+	// requests are refused. The llamacpp backend always offers it.
+	StructuredOutput bool `toml:"structured_output"`
 }
 
 // Validate checks cfg and returns an error naming the first bad field, as
@@ -105,6 +110,9 @@ func (cfg Config) Validate() error {
 			ids[id] = i
 			if m.ContextLength != 0 {
 				bad(field+".context_length", "set, but the llamacpp backend reads it from the GGUF file (use runtime.context_size)")
+			}
+			if m.StructuredOutput {
+				bad(field+".structured_output", "set, but the llamacpp backend always offers structured output")
 			}
 		}
 	case KindOpenAI:

@@ -26,6 +26,7 @@ path = "/models/a.gguf"
 path = "/models/b.GGUF"
 id = "bee"
 context_length = 8192
+structured_output = true
 `
 	var c struct{ Runtime runtime.Config }
 	md, err := toml.Decode(file, &c)
@@ -36,7 +37,7 @@ context_length = 8192
 		t.Fatalf("undecoded keys %v", u)
 	}
 	want := runtime.Config{Backend: "llamacpp", Threads: 2, Slots: 3, Queue: 10,
-		Models: []runtime.ModelConfig{{Path: "/models/a.gguf"}, {Path: "/models/b.GGUF", ID: "bee", ContextLength: 8192}}}
+		Models: []runtime.ModelConfig{{Path: "/models/a.gguf"}, {Path: "/models/b.GGUF", ID: "bee", ContextLength: 8192, StructuredOutput: true}}}
 	if c.Runtime.Backend != want.Backend || c.Runtime.Threads != 2 || c.Runtime.Slots != 3 || c.Runtime.Queue != 10 ||
 		len(c.Runtime.Models) != 2 || c.Runtime.Models[1] != want.Models[1] {
 		t.Fatalf("decoded %+v; want %+v", c.Runtime, want)
@@ -74,6 +75,7 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 		{runtime.Config{Backend: "openai", UpstreamURL: "http://x", Models: []runtime.ModelConfig{{ID: "a"}, {ID: "b", ContextLength: -1}}}, "runtime.models[1].context_length: must be 1 to 1073741824 tokens"},
 		{runtime.Config{Backend: "openai", UpstreamURL: "http://x", Models: []runtime.ModelConfig{{ID: "a", ContextLength: runtime.MaxContextLength + 1}}}, "runtime.models[0].context_length: must be 1 to"},
 		{runtime.Config{Models: []runtime.ModelConfig{{Path: model, ContextLength: 8192}}}, "runtime.models[0].context_length: set, but the llamacpp backend"},
+		{runtime.Config{Models: []runtime.ModelConfig{{Path: model, StructuredOutput: true}}}, "runtime.models[0].structured_output: set, but the llamacpp backend"},
 	} {
 		err := tc.cfg.Validate()
 		switch {

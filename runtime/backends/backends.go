@@ -50,6 +50,9 @@ func FromConfig(ctx context.Context, cfg runtime.Config, log *slog.Logger) (*run
 		}
 		for _, m := range cfg.Models {
 			oc.Models = append(oc.Models, m.ID)
+			if m.StructuredOutput {
+				oc.StructuredOutput = append(oc.StructuredOutput, m.ID)
+			}
 			if m.ContextLength > 0 {
 				if oc.ContextLengths == nil {
 					oc.ContextLengths = map[string]int{}

@@ -55,6 +55,12 @@ type Config struct {
 	// upstreams that do not say them or run with less than they say (see the
 	// package doc). Each must be 1 to runtime.MaxContextLength.
 	ContextLengths map[string]int
+	// StructuredOutput names the models whose upstream follows a
+	// response_format (json_object, json_schema), which vLLM, llama-server,
+	// SGLang and Ollama do; the schema is sent as the caller gave it. A model
+	// not named here offers none: a request with a format is refused before
+	// anything is sent.
+	StructuredOutput []string
 	// ConnectTimeout bounds the TCP (and TLS) connect; 0: 10 s.
 	ConnectTimeout time.Duration
 	// FirstEventTimeout bounds the wait for the response headers and the first
@@ -185,7 +191,7 @@ func (b *Backend) Refresh(ctx context.Context) error {
 		if err := checkContextLength(b.base+"/models", m.ID, ctxLen); err != nil {
 			return err
 		}
-		models = append(models, runtime.Model{ID: m.ID, ContextLength: ctxLen})
+		models = append(models, runtime.Model{ID: m.ID, ContextLength: ctxLen, StructuredOutput: slices.Contains(b.cfg.StructuredOutput, m.ID)})
 	}
 	for _, want := range b.cfg.Models {
 		if !slices.ContainsFunc(models, func(m runtime.Model) bool { return m.ID == want }) {
@@ -413,8 +419,12 @@ func (e *upstreamStatusError) HTTPStatus() int { return e.status }
 // (servers without that extension start a new reply instead). max_tokens is
 // passed on unchanged.
 func (b *Backend) Generate(ctx context.Context, req runtime.Request) (runtime.Stream, error) {
-	if !slices.ContainsFunc(b.Models(), func(m runtime.Model) bool { return m.ID == req.Model }) {
+	i := slices.IndexFunc(b.Models(), func(m runtime.Model) bool { return m.ID == req.Model })
+	if i < 0 {
 		return nil, fmt.Errorf("%w: %q", runtime.ErrUnknownModel, req.Model)
+	}
+	if req.Format != nil && !b.Models()[i].StructuredOutput {
+		return nil, fmt.Errorf("openai backend: model %q: %w", req.Model, runtime.ErrNoStructuredOutput)
 	}
 	body, chat, err := upstreamBody(req, b.cfg.ContinuousUsage)
 	if err != nil {
@@ -495,6 +505,15 @@ func upstreamBody(req runtime.Request, continuous bool) ([]byte, bool, error) {
 		for _, m := range req.Messages {
 			c.Messages = append(c.Messages, openaiapi.ChatMessage{Role: m.Role, Content: openaiapi.Content(m.Content)})
 		}
+		if f := req.Format; f != nil {
+			c.ResponseFormat = &openaiapi.ResponseFormat{Type: f.Type}
+			if f.Type == runtime.FormatJSONSchema {
+				c.ResponseFormat.JSONSchema = &openaiapi.JSONSchema{Name: f.Name, Schema: f.Schema}
+				if f.Strict {
+					c.ResponseFormat.JSONSchema.Strict = &f.Strict
+				}
+			}
+		}
 		if req.Continuation != "" {
 			no := false
 			c.Messages = append(c.Messages, openaiapi.ChatMessage{Role: "assistant", Content: openaiapi.Content(req.Continuation)})
@@ -505,6 +524,10 @@ func upstreamBody(req runtime.Request, continuous bool) ([]byte, bool, error) {
 	}
 	if req.Prompt == "" {
 		return nil, false, fmt.Errorf("%w: empty prompt", runtime.ErrInvalidRequest)
+	}
+	if req.Format != nil {
+		// OpenAI's completions take no response_format.
+		return nil, false, &runtime.FieldError{Field: "response_format", Msg: "given with a prompt: the upstream takes it with messages only"}
 	}
 	c := openaiapi.CompletionRequest{Model: req.Model, Prompt: openaiapi.Prompt(req.Prompt + req.Continuation), MaxTokens: maxTok,
 		Temperature: &temp, TopP: topP, Stop: req.Stop, Seed: seed, Stream: true, StreamOptions: opts}
