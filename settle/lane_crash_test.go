@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -64,6 +65,13 @@ const (
 	laneCrashPays = 30 // payments per job per incarnation
 )
 
+// laneArmed turns the child's kill points on once it has said READY: the
+// commit of what its start-up changed (a Sync that adopted the worker's
+// state) is flushed before, so a kill never lands before the parent has heard
+// the child's starting state (under load the commit loop could reach the
+// point first, and the child died silent).
+var laneArmed atomic.Bool
+
 // TestLaneCrashChild is the child process; it does nothing in a normal run.
 func TestLaneCrashChild(t *testing.T) {
 	role := os.Getenv("COCOON_SETTLE_LANE_CRASH")
@@ -76,7 +84,7 @@ func TestLaneCrashChild(t *testing.T) {
 		var mu sync.Mutex
 		seen := 0
 		crashHook = func(p string) {
-			if p != point {
+			if p != point || !laneArmed.Load() {
 				return
 			}
 			mu.Lock()
@@ -137,6 +145,11 @@ func lanePayerChild(st *Store, say func(string, ...any), final bool) {
 		os.Exit(2)
 	}
 	r := l.Record()
+	if err := payer.Flush(); err != nil {
+		say("ERR flush: %v", err)
+		os.Exit(2)
+	}
+	laneArmed.Store(true)
 	say("READY %d %d %d %d", file.Seqno, file.Sent, r.Seqno, r.Sent)
 	run, _ := strconv.Atoi(os.Getenv("COCOON_SETTLE_RUN"))
 	var wg sync.WaitGroup
@@ -190,6 +203,7 @@ func lanePayeeChild(st *Store, say func(string, ...any)) {
 		say("ERR %v", err)
 		os.Exit(2)
 	}
+	laneArmed.Store(true) // nothing to flush: the payee changed nothing yet
 	say("READY %d %d %x", r.Seqno, r.Sent, l.State())
 	type pay struct {
 		v     []byte
