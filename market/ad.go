@@ -84,6 +84,10 @@ type ModelOffer struct {
 	Price         Price
 	TTFT          time.Duration // p50 time to first token (millisecond resolution on the wire)
 	TimePerToken  time.Duration // p50 time per output token (microsecond resolution)
+	// StructuredOutput: the worker follows a job's response format for the
+	// model (runtime.Model.StructuredOutput); a client sends a job with one
+	// only to a worker whose offer says so.
+	StructuredOutput bool
 }
 
 // GPU is one accelerator of a worker.
@@ -167,13 +171,14 @@ func (a *Ad) toPB() *pb.Ad {
 	}
 	for _, o := range a.Models {
 		m.Models = append(m.Models, &pb.ModelOffer{
-			Id:              o.ID,
-			WeightsDigest:   o.WeightsDigest,
-			ContextLength:   o.ContextLength,
-			PricePrompt:     o.Price.Prompt,
-			PriceCompletion: o.Price.Completion,
-			TtftP50Ms:       durUnits(o.TTFT, time.Millisecond),
-			TpotP50Us:       durUnits(o.TimePerToken, time.Microsecond),
+			Id:               o.ID,
+			WeightsDigest:    o.WeightsDigest,
+			ContextLength:    o.ContextLength,
+			PricePrompt:      o.Price.Prompt,
+			PriceCompletion:  o.Price.Completion,
+			TtftP50Ms:        durUnits(o.TTFT, time.Millisecond),
+			TpotP50Us:        durUnits(o.TimePerToken, time.Microsecond),
+			StructuredOutput: o.StructuredOutput,
 		})
 	}
 	for _, g := range a.Capacity.GPUs {
@@ -236,12 +241,13 @@ func DecodeAd(b []byte) (*Ad, error) {
 	}
 	for _, o := range m.Models {
 		a.Models = append(a.Models, ModelOffer{
-			ID:            o.GetId(),
-			WeightsDigest: o.GetWeightsDigest(),
-			ContextLength: o.GetContextLength(),
-			Price:         Price{Prompt: o.GetPricePrompt(), Completion: o.GetPriceCompletion()},
-			TTFT:          time.Duration(o.GetTtftP50Ms()) * time.Millisecond,
-			TimePerToken:  time.Duration(o.GetTpotP50Us()) * time.Microsecond,
+			ID:               o.GetId(),
+			WeightsDigest:    o.GetWeightsDigest(),
+			ContextLength:    o.GetContextLength(),
+			Price:            Price{Prompt: o.GetPricePrompt(), Completion: o.GetPriceCompletion()},
+			TTFT:             time.Duration(o.GetTtftP50Ms()) * time.Millisecond,
+			TimePerToken:     time.Duration(o.GetTpotP50Us()) * time.Microsecond,
+			StructuredOutput: o.GetStructuredOutput(),
 		})
 	}
 	for _, g := range m.GetCapacity().GetGpus() {
@@ -334,6 +340,7 @@ func (a *Ad) Equal(b *Ad) bool {
 	for i := range a.Models {
 		x, y := a.Models[i], b.Models[i]
 		if x.ID != y.ID || x.WeightsDigest != y.WeightsDigest || x.ContextLength != y.ContextLength || x.Price != y.Price ||
+			x.StructuredOutput != y.StructuredOutput ||
 			x.TTFT.Truncate(time.Millisecond) != y.TTFT.Truncate(time.Millisecond) ||
 			x.TimePerToken.Truncate(time.Microsecond) != y.TimePerToken.Truncate(time.Microsecond) {
 			return false

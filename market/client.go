@@ -151,10 +151,6 @@ func (c *clientRun) run(ctx context.Context, opt RunOptions) error {
 	if r.MaxTokens < 0 || uint64(r.MaxTokens) > math.MaxUint32 {
 		return fmt.Errorf("open job: max_tokens %d is outside 0..%d: %w", r.MaxTokens, uint32(math.MaxUint32), runtime.ErrInvalidRequest)
 	}
-	if r.Format != nil {
-		// Not carried by the job protocol yet: refused, never dropped.
-		return fmt.Errorf("open job: %w", runtime.ErrNoStructuredOutput)
-	}
 	open := &pb.Open{
 		JobId: c.job.ID[:],
 		Model: r.Model,
@@ -164,6 +160,7 @@ func (c *clientRun) run(ctx context.Context, opt RunOptions) error {
 			TopP:        r.TopP,
 			Stop:        r.Stop,
 			Seed:        r.Seed,
+			Format:      formatToPB(r.Format),
 		},
 		MaxPricePrompt:     c.job.MaxPrice.Prompt,
 		MaxPriceCompletion: c.job.MaxPrice.Completion,

@@ -38,6 +38,13 @@ func goldenFrames() []golden {
 			Params:         &pb.Params{MaxTokens: 64, Temperature: 0.7, TopP: 0.9, Stop: []string{"\n\n"}, Seed: &seed},
 			MaxPricePrompt: 1_000, MaxPriceCompletion: 3_000, Nonce: []byte{1, 2, 3, 4}, Channel: goldenChannel},
 			"0a10abababababababababababababababab120b73746f726965733236304b1a1a084011666666666666e63f19cdccccccccccec3f22020a0a282a20e80728b8173204010203043a3045514263584678635846786358467863584678635846786358467863584678635846786358467863584678635846526f"},
+		// The same Open asking for a response format: Params field 6 (tag
+		// 0x32), a ResponseFormat of type, name, schema and strict.
+		{"open-format", &pb.Open{JobId: bytes.Repeat([]byte{0xab}, 16), Model: "stories260K",
+			Params: &pb.Params{MaxTokens: 64, Temperature: 0.7, TopP: 0.9, Stop: []string{"\n\n"}, Seed: &seed,
+				Format: &pb.ResponseFormat{Type: "json_schema", Name: "pt", Schema: []byte(`{"type":"object"}`), Strict: true}},
+			MaxPricePrompt: 1_000, MaxPriceCompletion: 3_000, Nonce: []byte{1, 2, 3, 4}},
+			"0a10abababababababababababababababab120b73746f726965733236304b1a42084011666666666666e63f19cdccccccccccec3f22020a0a282a32260a0b6a736f6e5f736368656d61120270741a117b2274797065223a226f626a656374227d200120e80728b817320401020304"},
 		{"accept", &pb.Accept{PricePrompt: 1_000, PriceCompletion: 3_000, CreditTokens: 64,
 			Settlement: &pb.Settlement{WalletAddress: "EQD...", ChannelKey: bytes.Repeat([]byte{7}, 32), MinDeposit: 1_000_000_000}},
 			"08e80710b817184022300a064551442e2e2e12200707070707070707070707070707070707070707070707070707070707070707188094ebdc03"},
@@ -54,6 +61,16 @@ func goldenFrames() []golden {
 }
 
 const goldenAdHex = "0a260024080112208139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394102a1880ecce94a134203c2a640a0b73746f726965733236304b12477368613235363a6162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616218800420e80728b817300f38a0062a1e0a0c6c6c616d612d332e312d386218804020d0860328f09309307838e05d32260a1e0a154e5649444941204831303020383047422048424d331080808080c0021008180520013a34080312305a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a425a0a30455144744670457763464145635265356d4c5668324e364330782d5f684a454d375736315f4a4c6e534637347034713212200707070707070707070707070707070707070707070707070707070707070707188094ebdc03"
+
+// goldenAdStructuredHex is goldenAdHex with the first offer's
+// structured_output set: field 8 (tag 0x40) = 1 ends that offer, 2 bytes longer.
+const goldenAdStructuredHex = "0a260024080112208139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394102a1880ecce94a134203c2a660a0b73746f726965733236304b12477368613235363a6162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616218800420e80728b817300f38a00640012a1e0a0c6c6c616d612d332e312d386218804020d0860328f09309307838e05d32260a1e0a154e5649444941204831303020383047422048424d331080808080c0021008180520013a34080312305a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a425a0a30455144744670457763464145635265356d4c5668324e364330782d5f684a454d375736315f4a4c6e534637347034713212200707070707070707070707070707070707070707070707070707070707070707188094ebdc03"
+
+func structuredAd(t testing.TB) *Ad {
+	a := testAd(t, 1, 42)
+	a.Models[0].StructuredOutput = true
+	return a
+}
 
 func mustHex(t testing.TB, s string) []byte {
 	b, err := hex.DecodeString(s)
@@ -94,6 +111,13 @@ func TestGoldenWire(t *testing.T) {
 	a, err := DecodeAd(mustHex(t, goldenAdHex))
 	if err != nil || !a.Equal(testAd(t, 1, 42)) {
 		t.Errorf("DecodeAd(golden) = %+v, %v", a, err)
+	}
+	if b, err = structuredAd(t).Encode(); err != nil || hex.EncodeToString(b) != goldenAdStructuredHex {
+		t.Errorf("ad with structured output encodes to %x, %v; golden %s", b, err, goldenAdStructuredHex)
+	}
+	a, err = DecodeAd(mustHex(t, goldenAdStructuredHex))
+	if err != nil || !a.Equal(structuredAd(t)) || a.Equal(testAd(t, 1, 42)) || !a.Models[0].StructuredOutput {
+		t.Errorf("DecodeAd(golden with structured output) = %+v, %v", a, err)
 	}
 }
 
@@ -142,8 +166,30 @@ func TestCheckOpenChannel(t *testing.T) {
 	}
 }
 
+// TestCheckOpenFormat: a response format's fields are capped on the wire;
+// what they hold is the worker's runtime.Request.Check's.
+func TestCheckOpenFormat(t *testing.T) {
+	for _, tc := range []struct {
+		f  *pb.ResponseFormat
+		ok bool
+	}{
+		{nil, true},
+		{&pb.ResponseFormat{Type: "json_object"}, true},
+		{&pb.ResponseFormat{Type: "json_schema", Name: strings.Repeat("n", 64), Schema: bytes.Repeat([]byte{' '}, 64<<10)}, true},
+		{&pb.ResponseFormat{}, false},
+		{&pb.ResponseFormat{Type: strings.Repeat("t", 17)}, false},
+		{&pb.ResponseFormat{Type: "json_schema", Name: strings.Repeat("n", 65)}, false},
+		{&pb.ResponseFormat{Type: "json_schema", Name: "n", Schema: bytes.Repeat([]byte{' '}, 64<<10+1)}, false},
+	} {
+		m := &pb.Open{JobId: bytes.Repeat([]byte{1}, 16), Model: "m", Params: &pb.Params{Format: tc.f}}
+		if err := checkOpen(m); (err == nil) != tc.ok {
+			t.Errorf("format %v: checkOpen = %v; want ok %v", tc.f, err, tc.ok)
+		}
+	}
+}
+
 func FuzzOpen(f *testing.F) {
-	fuzzMessage(f, []string{"open", "open-channel"}, func() *pb.Open { return new(pb.Open) }, checkOpen)
+	fuzzMessage(f, []string{"open", "open-channel", "open-format"}, func() *pb.Open { return new(pb.Open) }, checkOpen)
 }
 func FuzzAccept(f *testing.F) {
 	fuzzMessage(f, []string{"accept"}, func() *pb.Accept { return new(pb.Accept) }, checkAccept)
@@ -169,6 +215,7 @@ func FuzzCancel(f *testing.F) {
 
 func FuzzAd(f *testing.F) {
 	f.Add(mustHex(f, goldenAdHex))
+	f.Add(mustHex(f, goldenAdStructuredHex))
 	f.Add([]byte{})
 	f.Add(make([]byte, MaxAdSize+1))
 	f.Fuzz(func(t *testing.T, b []byte) {

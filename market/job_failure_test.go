@@ -16,6 +16,7 @@ import (
 	"github.com/multiformats/go-varint"
 
 	"github.com/cocoon-network/cocoon/market/pb"
+	"github.com/cocoon-network/cocoon/runtime"
 )
 
 func TestRejectCodes(t *testing.T) {
@@ -54,6 +55,23 @@ func TestRejectCodes(t *testing.T) {
 			}
 			if !errors.Is(res.workerErr, ErrRejected) {
 				t.Fatalf("Serve = %v; want ErrRejected", res.workerErr)
+			}
+		})
+	}
+	// A format the model does not offer, or a schema the worker's Check
+	// refuses: the caller's fault, before Accept (the client never selects
+	// such a worker; this is the worker's own guard).
+	for name, f := range map[string]*runtime.ResponseFormat{
+		"format not offered": {Type: runtime.FormatJSONObject},
+		"schema refused":     {Type: runtime.FormatJSONSchema, Name: "n", Schema: []byte(`{"type":"string","pattern":"a"}`)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			job := testJob("m", 0)
+			job.Request.Format = f
+			res := runPipe(t.Context(), newWorker(0), job, newMemChannel().payer(), RunOptions{}, nil)
+			var re *RejectError
+			if !errors.As(res.err, &re) || re.Code != RejectBadRequest || !errors.Is(res.err, runtime.ErrInvalidRequest) {
+				t.Fatalf("Run = %v; want reject bad request", res.err)
 			}
 		})
 	}

@@ -21,6 +21,9 @@ type Policy struct {
 	TEE []tee.Kind
 	// MaxPrice caps each price; a zero field means no cap on that price.
 	MaxPrice Price
+	// StructuredOutput admits only offers that follow a response format: the
+	// job has one (runtime.Request.Format).
+	StructuredOutput bool
 }
 
 // Allows reports whether a worker in an enclave of kind k meets the policy.
@@ -34,7 +37,7 @@ func (p Policy) Allows(k tee.Kind) bool {
 // offer is a's offer of p.Model when a satisfies p.
 func (p Policy) offer(a *Ad) (ModelOffer, bool) {
 	o, ok := a.Offer(p.Model)
-	if !ok || !p.Allows(a.TEE.Kind) ||
+	if !ok || !p.Allows(a.TEE.Kind) || (p.StructuredOutput && !o.StructuredOutput) ||
 		(p.MaxPrice.Prompt != 0 && o.Price.Prompt > p.MaxPrice.Prompt) ||
 		(p.MaxPrice.Completion != 0 && o.Price.Completion > p.MaxPrice.Completion) {
 		return ModelOffer{}, false

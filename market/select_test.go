@@ -10,6 +10,38 @@ import (
 	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
+// TestSelectStructuredOutput: a job with a response format is offered only to
+// the workers whose offer says they follow one.
+func TestSelectStructuredOutput(t *testing.T) {
+	book := NewBook(func() time.Time { return t0 })
+	var with peer.ID
+	for n, so := range map[byte]bool{1: false, 2: true, 3: false} {
+		a := testAd(t, n, 1)
+		a.Models[0].StructuredOutput = so
+		b, err := a.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, r := book.Offer(a.Peer, b); r != Kept {
+			t.Fatalf("offer ad %d: %v", n, r)
+		}
+		if so {
+			with = a.Peer
+		}
+	}
+	sel := &Selector{Book: book}
+	if got := sel.Select(Policy{Model: "stories260K"}); len(got) != 3 {
+		t.Errorf("Select without a format: %d workers; want 3", len(got))
+	}
+	got := sel.Select(Policy{Model: "stories260K", StructuredOutput: true})
+	if len(got) != 1 || got[0].Peer != with || !got[0].Offer.StructuredOutput {
+		t.Errorf("Select with a format = %+v; want only %s", got, with)
+	}
+	if got := sel.Select(Policy{Model: "llama-3.1-8b", StructuredOutput: true}); len(got) != 0 {
+		t.Errorf("Select with a format of a model none offers it for = %+v; want none", got)
+	}
+}
+
 // TestMarkDown: a worker marked down is left out of Select until the book gets
 // a newer ad of it or DownFor passes.
 func TestMarkDown(t *testing.T) {

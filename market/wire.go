@@ -75,6 +75,9 @@ const (
 	maxStopLen     = 256
 	maxNonceLen    = 64
 	maxChannelAddr = 80 // a TON address: 48 characters user-friendly, 66 raw
+	maxFormatType  = 16
+	maxFormatName  = runtime.MaxFormatNameBytes
+	maxSchemaLen   = runtime.MaxSchemaBytes
 	maxMessages    = 4096
 	maxBlobLen     = 4 << 10 // vouchers, receipts, channel keys
 	maxChunkText   = 16 << 10
@@ -438,7 +441,32 @@ func checkOpen(m *pb.Open) error {
 			return fmt.Errorf("open: stop string of %d bytes", len(s))
 		}
 	}
+	if f := p.GetFormat(); f != nil {
+		switch {
+		case f.GetType() == "" || len(f.GetType()) > maxFormatType:
+			return fmt.Errorf("open: response format type of %d bytes", len(f.GetType()))
+		case len(f.GetName()) > maxFormatName:
+			return fmt.Errorf("open: response format name of %d bytes", len(f.GetName()))
+		case len(f.GetSchema()) > maxSchemaLen:
+			return fmt.Errorf("open: response format schema of %d bytes", len(f.GetSchema()))
+		}
+	}
 	return nil
+}
+
+// formatToPB and formatFromPB carry a request's response format in Params.
+func formatToPB(f *runtime.ResponseFormat) *pb.ResponseFormat {
+	if f == nil {
+		return nil
+	}
+	return &pb.ResponseFormat{Type: f.Type, Name: f.Name, Schema: f.Schema, Strict: f.Strict}
+}
+
+func formatFromPB(f *pb.ResponseFormat) *runtime.ResponseFormat {
+	if f == nil {
+		return nil
+	}
+	return &runtime.ResponseFormat{Type: f.GetType(), Name: f.GetName(), Schema: f.GetSchema(), Strict: f.GetStrict()}
 }
 
 // checkChannelAddr accepts the TON addresses settle.ParseAddress does

@@ -198,6 +198,7 @@ func (s *serveRun) run(ctx context.Context) error {
 		Temperature: p.GetTemperature(),
 		TopP:        p.GetTopP(),
 		Stop:        p.GetStop(),
+		Format:      formatFromPB(p.GetFormat()),
 	}
 	s.model = req.Model
 	if p != nil && p.Seed != nil {
@@ -211,8 +212,13 @@ func (s *serveRun) run(ctx context.Context) error {
 	}
 	maxPrice := Price{Prompt: open.GetMaxPricePrompt(), Completion: open.GetMaxPriceCompletion()}
 	price, ok := s.w.Prices[req.Model]
-	if !ok || !slices.ContainsFunc(s.w.Backend.Models(), func(m runtime.Model) bool { return m.ID == req.Model }) {
+	mi := slices.IndexFunc(s.w.Backend.Models(), func(m runtime.Model) bool { return m.ID == req.Model })
+	if !ok || mi < 0 {
 		return s.reject(RejectUnknownModel, "model "+req.Model)
+	}
+	if req.Format != nil && !s.w.Backend.Models()[mi].StructuredOutput {
+		// A client selects only workers whose ad offers it.
+		return s.reject(RejectBadRequest, "response format for a model without structured output")
 	}
 	if (maxPrice.Prompt != 0 && price.Prompt > maxPrice.Prompt) || (maxPrice.Completion != 0 && price.Completion > maxPrice.Completion) {
 		return s.reject(RejectPrice, "client's maximum below the price")

@@ -318,16 +318,17 @@ func (x *Ad) GetSettlement() *Settlement {
 }
 
 type ModelOffer struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	Id              string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	WeightsDigest   string                 `protobuf:"bytes,2,opt,name=weights_digest,json=weightsDigest,proto3" json:"weights_digest,omitempty"`        // "sha256:<hex>", "" when unknown
-	ContextLength   uint32                 `protobuf:"varint,3,opt,name=context_length,json=contextLength,proto3" json:"context_length,omitempty"`       // tokens
-	PricePrompt     uint64                 `protobuf:"varint,4,opt,name=price_prompt,json=pricePrompt,proto3" json:"price_prompt,omitempty"`             // nanoTON per 1M prompt tokens
-	PriceCompletion uint64                 `protobuf:"varint,5,opt,name=price_completion,json=priceCompletion,proto3" json:"price_completion,omitempty"` // nanoTON per 1M completion tokens
-	TtftP50Ms       uint32                 `protobuf:"varint,6,opt,name=ttft_p50_ms,json=ttftP50Ms,proto3" json:"ttft_p50_ms,omitempty"`                 // median time to first token
-	TpotP50Us       uint32                 `protobuf:"varint,7,opt,name=tpot_p50_us,json=tpotP50Us,proto3" json:"tpot_p50_us,omitempty"`                 // median time per output token
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Id               string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	WeightsDigest    string                 `protobuf:"bytes,2,opt,name=weights_digest,json=weightsDigest,proto3" json:"weights_digest,omitempty"`           // "sha256:<hex>", "" when unknown
+	ContextLength    uint32                 `protobuf:"varint,3,opt,name=context_length,json=contextLength,proto3" json:"context_length,omitempty"`          // tokens
+	PricePrompt      uint64                 `protobuf:"varint,4,opt,name=price_prompt,json=pricePrompt,proto3" json:"price_prompt,omitempty"`                // nanoTON per 1M prompt tokens
+	PriceCompletion  uint64                 `protobuf:"varint,5,opt,name=price_completion,json=priceCompletion,proto3" json:"price_completion,omitempty"`    // nanoTON per 1M completion tokens
+	TtftP50Ms        uint32                 `protobuf:"varint,6,opt,name=ttft_p50_ms,json=ttftP50Ms,proto3" json:"ttft_p50_ms,omitempty"`                    // median time to first token
+	TpotP50Us        uint32                 `protobuf:"varint,7,opt,name=tpot_p50_us,json=tpotP50Us,proto3" json:"tpot_p50_us,omitempty"`                    // median time per output token
+	StructuredOutput bool                   `protobuf:"varint,8,opt,name=structured_output,json=structuredOutput,proto3" json:"structured_output,omitempty"` // follows a job's response format (Params.format)
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ModelOffer) Reset() {
@@ -407,6 +408,13 @@ func (x *ModelOffer) GetTpotP50Us() uint32 {
 		return x.TpotP50Us
 	}
 	return 0
+}
+
+func (x *ModelOffer) GetStructuredOutput() bool {
+	if x != nil {
+		return x.StructuredOutput
+	}
+	return false
 }
 
 type GPU struct {
@@ -826,6 +834,7 @@ type Params struct {
 	TopP          float64                `protobuf:"fixed64,3,opt,name=top_p,json=topP,proto3" json:"top_p,omitempty"`
 	Stop          []string               `protobuf:"bytes,4,rep,name=stop,proto3" json:"stop,omitempty"`
 	Seed          *uint64                `protobuf:"varint,5,opt,name=seed,proto3,oneof" json:"seed,omitempty"`
+	Format        *ResponseFormat        `protobuf:"bytes,6,opt,name=format,proto3" json:"format,omitempty"` // absent: free text
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -895,6 +904,83 @@ func (x *Params) GetSeed() uint64 {
 	return 0
 }
 
+func (x *Params) GetFormat() *ResponseFormat {
+	if x != nil {
+		return x.Format
+	}
+	return nil
+}
+
+// The request's response_format other than "text": the worker's
+// runtime.Request.Check converts the schema before it accepts.
+type ResponseFormat struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`     // "json_object" or "json_schema"
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`     // json_schema: the schema's name
+	Schema        []byte                 `protobuf:"bytes,3,opt,name=schema,proto3" json:"schema,omitempty"` // json_schema: the JSON Schema, as the caller gave it
+	Strict        bool                   `protobuf:"varint,4,opt,name=strict,proto3" json:"strict,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResponseFormat) Reset() {
+	*x = ResponseFormat{}
+	mi := &file_market_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResponseFormat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResponseFormat) ProtoMessage() {}
+
+func (x *ResponseFormat) ProtoReflect() protoreflect.Message {
+	mi := &file_market_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResponseFormat.ProtoReflect.Descriptor instead.
+func (*ResponseFormat) Descriptor() ([]byte, []int) {
+	return file_market_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ResponseFormat) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *ResponseFormat) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ResponseFormat) GetSchema() []byte {
+	if x != nil {
+		return x.Schema
+	}
+	return nil
+}
+
+func (x *ResponseFormat) GetStrict() bool {
+	if x != nil {
+		return x.Strict
+	}
+	return false
+}
+
 // C→W: the first message of a job.
 type Open struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
@@ -915,7 +1001,7 @@ type Open struct {
 
 func (x *Open) Reset() {
 	*x = Open{}
-	mi := &file_market_proto_msgTypes[8]
+	mi := &file_market_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -927,7 +1013,7 @@ func (x *Open) String() string {
 func (*Open) ProtoMessage() {}
 
 func (x *Open) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[8]
+	mi := &file_market_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +1026,7 @@ func (x *Open) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Open.ProtoReflect.Descriptor instead.
 func (*Open) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{8}
+	return file_market_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Open) GetJobId() []byte {
@@ -1009,7 +1095,7 @@ type Accept struct {
 
 func (x *Accept) Reset() {
 	*x = Accept{}
-	mi := &file_market_proto_msgTypes[9]
+	mi := &file_market_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1021,7 +1107,7 @@ func (x *Accept) String() string {
 func (*Accept) ProtoMessage() {}
 
 func (x *Accept) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[9]
+	mi := &file_market_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1034,7 +1120,7 @@ func (x *Accept) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Accept.ProtoReflect.Descriptor instead.
 func (*Accept) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{9}
+	return file_market_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Accept) GetPricePrompt() uint64 {
@@ -1082,7 +1168,7 @@ type Reject struct {
 
 func (x *Reject) Reset() {
 	*x = Reject{}
-	mi := &file_market_proto_msgTypes[10]
+	mi := &file_market_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1094,7 +1180,7 @@ func (x *Reject) String() string {
 func (*Reject) ProtoMessage() {}
 
 func (x *Reject) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[10]
+	mi := &file_market_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1107,7 +1193,7 @@ func (x *Reject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reject.ProtoReflect.Descriptor instead.
 func (*Reject) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{10}
+	return file_market_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Reject) GetCode() RejectCode {
@@ -1127,7 +1213,7 @@ type ChatMessage struct {
 
 func (x *ChatMessage) Reset() {
 	*x = ChatMessage{}
-	mi := &file_market_proto_msgTypes[11]
+	mi := &file_market_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1139,7 +1225,7 @@ func (x *ChatMessage) String() string {
 func (*ChatMessage) ProtoMessage() {}
 
 func (x *ChatMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[11]
+	mi := &file_market_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1152,7 +1238,7 @@ func (x *ChatMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatMessage.ProtoReflect.Descriptor instead.
 func (*ChatMessage) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{11}
+	return file_market_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ChatMessage) GetRole() string {
@@ -1181,7 +1267,7 @@ type Prompt struct {
 
 func (x *Prompt) Reset() {
 	*x = Prompt{}
-	mi := &file_market_proto_msgTypes[12]
+	mi := &file_market_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1279,7 @@ func (x *Prompt) String() string {
 func (*Prompt) ProtoMessage() {}
 
 func (x *Prompt) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[12]
+	mi := &file_market_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1292,7 @@ func (x *Prompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Prompt.ProtoReflect.Descriptor instead.
 func (*Prompt) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{12}
+	return file_market_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Prompt) GetMessages() []*ChatMessage {
@@ -1246,7 +1332,7 @@ type Voucher struct {
 
 func (x *Voucher) Reset() {
 	*x = Voucher{}
-	mi := &file_market_proto_msgTypes[13]
+	mi := &file_market_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1258,7 +1344,7 @@ func (x *Voucher) String() string {
 func (*Voucher) ProtoMessage() {}
 
 func (x *Voucher) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[13]
+	mi := &file_market_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1271,7 +1357,7 @@ func (x *Voucher) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Voucher.ProtoReflect.Descriptor instead.
 func (*Voucher) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{13}
+	return file_market_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Voucher) GetVoucher() []byte {
@@ -1306,7 +1392,7 @@ type Chunk struct {
 
 func (x *Chunk) Reset() {
 	*x = Chunk{}
-	mi := &file_market_proto_msgTypes[14]
+	mi := &file_market_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1318,7 +1404,7 @@ func (x *Chunk) String() string {
 func (*Chunk) ProtoMessage() {}
 
 func (x *Chunk) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[14]
+	mi := &file_market_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1331,7 +1417,7 @@ func (x *Chunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
 func (*Chunk) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{14}
+	return file_market_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Chunk) GetDelta() string {
@@ -1358,7 +1444,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_market_proto_msgTypes[15]
+	mi := &file_market_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1370,7 +1456,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[15]
+	mi := &file_market_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1383,7 +1469,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{15}
+	return file_market_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Usage) GetPromptTokens() uint32 {
@@ -1412,7 +1498,7 @@ type Done struct {
 
 func (x *Done) Reset() {
 	*x = Done{}
-	mi := &file_market_proto_msgTypes[16]
+	mi := &file_market_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1510,7 @@ func (x *Done) String() string {
 func (*Done) ProtoMessage() {}
 
 func (x *Done) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[16]
+	mi := &file_market_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1523,7 @@ func (x *Done) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Done.ProtoReflect.Descriptor instead.
 func (*Done) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{16}
+	return file_market_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Done) GetUsage() *Usage {
@@ -1471,7 +1557,7 @@ type Cancel struct {
 
 func (x *Cancel) Reset() {
 	*x = Cancel{}
-	mi := &file_market_proto_msgTypes[17]
+	mi := &file_market_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1483,7 +1569,7 @@ func (x *Cancel) String() string {
 func (*Cancel) ProtoMessage() {}
 
 func (x *Cancel) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[17]
+	mi := &file_market_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1496,7 +1582,7 @@ func (x *Cancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancel.ProtoReflect.Descriptor instead.
 func (*Cancel) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{17}
+	return file_market_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Cancel) GetCode() CancelCode {
@@ -1522,7 +1608,7 @@ const file_market_proto_rawDesc = "" +
 	"\x03tee\x18\a \x01(\v2\x15.cocoon.market.v1.TEER\x03tee\x12<\n" +
 	"\n" +
 	"settlement\x18\b \x01(\v2\x1c.cocoon.market.v1.SettlementR\n" +
-	"settlement\"\xf8\x01\n" +
+	"settlement\"\xa5\x02\n" +
 	"\n" +
 	"ModelOffer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
@@ -1531,7 +1617,8 @@ const file_market_proto_rawDesc = "" +
 	"\fprice_prompt\x18\x04 \x01(\x04R\vpricePrompt\x12)\n" +
 	"\x10price_completion\x18\x05 \x01(\x04R\x0fpriceCompletion\x12\x1e\n" +
 	"\vttft_p50_ms\x18\x06 \x01(\rR\tttftP50Ms\x12\x1e\n" +
-	"\vtpot_p50_us\x18\a \x01(\rR\ttpotP50Us\"8\n" +
+	"\vtpot_p50_us\x18\a \x01(\rR\ttpotP50Us\x12+\n" +
+	"\x11structured_output\x18\b \x01(\bR\x10structuredOutput\"8\n" +
 	"\x03GPU\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -1562,15 +1649,21 @@ const file_market_proto_rawDesc = "" +
 	"\x05chunk\x18\x06 \x01(\v2\x17.cocoon.market.v1.ChunkH\x00R\x05chunk\x12,\n" +
 	"\x04done\x18\a \x01(\v2\x16.cocoon.market.v1.DoneH\x00R\x04done\x122\n" +
 	"\x06cancel\x18\b \x01(\v2\x18.cocoon.market.v1.CancelH\x00R\x06cancelB\x05\n" +
-	"\x03msg\"\x94\x01\n" +
+	"\x03msg\"\xce\x01\n" +
 	"\x06Params\x12\x1d\n" +
 	"\n" +
 	"max_tokens\x18\x01 \x01(\rR\tmaxTokens\x12 \n" +
 	"\vtemperature\x18\x02 \x01(\x01R\vtemperature\x12\x13\n" +
 	"\x05top_p\x18\x03 \x01(\x01R\x04topP\x12\x12\n" +
 	"\x04stop\x18\x04 \x03(\tR\x04stop\x12\x17\n" +
-	"\x04seed\x18\x05 \x01(\x04H\x00R\x04seed\x88\x01\x01B\a\n" +
-	"\x05_seed\"\xf1\x01\n" +
+	"\x04seed\x18\x05 \x01(\x04H\x00R\x04seed\x88\x01\x01\x128\n" +
+	"\x06format\x18\x06 \x01(\v2 .cocoon.market.v1.ResponseFormatR\x06formatB\a\n" +
+	"\x05_seed\"h\n" +
+	"\x0eResponseFormat\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06schema\x18\x03 \x01(\fR\x06schema\x12\x16\n" +
+	"\x06strict\x18\x04 \x01(\bR\x06strict\"\xf1\x01\n" +
 	"\x04Open\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x120\n" +
@@ -1658,29 +1751,30 @@ func file_market_proto_rawDescGZIP() []byte {
 }
 
 var file_market_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_market_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_market_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_market_proto_goTypes = []any{
-	(TEEKind)(0),        // 0: cocoon.market.v1.TEEKind
-	(RejectCode)(0),     // 1: cocoon.market.v1.RejectCode
-	(CancelCode)(0),     // 2: cocoon.market.v1.CancelCode
-	(*Ad)(nil),          // 3: cocoon.market.v1.Ad
-	(*ModelOffer)(nil),  // 4: cocoon.market.v1.ModelOffer
-	(*GPU)(nil),         // 5: cocoon.market.v1.GPU
-	(*Capacity)(nil),    // 6: cocoon.market.v1.Capacity
-	(*TEE)(nil),         // 7: cocoon.market.v1.TEE
-	(*Settlement)(nil),  // 8: cocoon.market.v1.Settlement
-	(*Frame)(nil),       // 9: cocoon.market.v1.Frame
-	(*Params)(nil),      // 10: cocoon.market.v1.Params
-	(*Open)(nil),        // 11: cocoon.market.v1.Open
-	(*Accept)(nil),      // 12: cocoon.market.v1.Accept
-	(*Reject)(nil),      // 13: cocoon.market.v1.Reject
-	(*ChatMessage)(nil), // 14: cocoon.market.v1.ChatMessage
-	(*Prompt)(nil),      // 15: cocoon.market.v1.Prompt
-	(*Voucher)(nil),     // 16: cocoon.market.v1.Voucher
-	(*Chunk)(nil),       // 17: cocoon.market.v1.Chunk
-	(*Usage)(nil),       // 18: cocoon.market.v1.Usage
-	(*Done)(nil),        // 19: cocoon.market.v1.Done
-	(*Cancel)(nil),      // 20: cocoon.market.v1.Cancel
+	(TEEKind)(0),           // 0: cocoon.market.v1.TEEKind
+	(RejectCode)(0),        // 1: cocoon.market.v1.RejectCode
+	(CancelCode)(0),        // 2: cocoon.market.v1.CancelCode
+	(*Ad)(nil),             // 3: cocoon.market.v1.Ad
+	(*ModelOffer)(nil),     // 4: cocoon.market.v1.ModelOffer
+	(*GPU)(nil),            // 5: cocoon.market.v1.GPU
+	(*Capacity)(nil),       // 6: cocoon.market.v1.Capacity
+	(*TEE)(nil),            // 7: cocoon.market.v1.TEE
+	(*Settlement)(nil),     // 8: cocoon.market.v1.Settlement
+	(*Frame)(nil),          // 9: cocoon.market.v1.Frame
+	(*Params)(nil),         // 10: cocoon.market.v1.Params
+	(*ResponseFormat)(nil), // 11: cocoon.market.v1.ResponseFormat
+	(*Open)(nil),           // 12: cocoon.market.v1.Open
+	(*Accept)(nil),         // 13: cocoon.market.v1.Accept
+	(*Reject)(nil),         // 14: cocoon.market.v1.Reject
+	(*ChatMessage)(nil),    // 15: cocoon.market.v1.ChatMessage
+	(*Prompt)(nil),         // 16: cocoon.market.v1.Prompt
+	(*Voucher)(nil),        // 17: cocoon.market.v1.Voucher
+	(*Chunk)(nil),          // 18: cocoon.market.v1.Chunk
+	(*Usage)(nil),          // 19: cocoon.market.v1.Usage
+	(*Done)(nil),           // 20: cocoon.market.v1.Done
+	(*Cancel)(nil),         // 21: cocoon.market.v1.Cancel
 }
 var file_market_proto_depIdxs = []int32{
 	4,  // 0: cocoon.market.v1.Ad.models:type_name -> cocoon.market.v1.ModelOffer
@@ -1689,25 +1783,26 @@ var file_market_proto_depIdxs = []int32{
 	8,  // 3: cocoon.market.v1.Ad.settlement:type_name -> cocoon.market.v1.Settlement
 	5,  // 4: cocoon.market.v1.Capacity.gpus:type_name -> cocoon.market.v1.GPU
 	0,  // 5: cocoon.market.v1.TEE.kind:type_name -> cocoon.market.v1.TEEKind
-	11, // 6: cocoon.market.v1.Frame.open:type_name -> cocoon.market.v1.Open
-	12, // 7: cocoon.market.v1.Frame.accept:type_name -> cocoon.market.v1.Accept
-	13, // 8: cocoon.market.v1.Frame.reject:type_name -> cocoon.market.v1.Reject
-	15, // 9: cocoon.market.v1.Frame.prompt:type_name -> cocoon.market.v1.Prompt
-	16, // 10: cocoon.market.v1.Frame.voucher:type_name -> cocoon.market.v1.Voucher
-	17, // 11: cocoon.market.v1.Frame.chunk:type_name -> cocoon.market.v1.Chunk
-	19, // 12: cocoon.market.v1.Frame.done:type_name -> cocoon.market.v1.Done
-	20, // 13: cocoon.market.v1.Frame.cancel:type_name -> cocoon.market.v1.Cancel
-	10, // 14: cocoon.market.v1.Open.params:type_name -> cocoon.market.v1.Params
-	8,  // 15: cocoon.market.v1.Accept.settlement:type_name -> cocoon.market.v1.Settlement
-	1,  // 16: cocoon.market.v1.Reject.code:type_name -> cocoon.market.v1.RejectCode
-	14, // 17: cocoon.market.v1.Prompt.messages:type_name -> cocoon.market.v1.ChatMessage
-	18, // 18: cocoon.market.v1.Done.usage:type_name -> cocoon.market.v1.Usage
-	2,  // 19: cocoon.market.v1.Cancel.code:type_name -> cocoon.market.v1.CancelCode
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	12, // 6: cocoon.market.v1.Frame.open:type_name -> cocoon.market.v1.Open
+	13, // 7: cocoon.market.v1.Frame.accept:type_name -> cocoon.market.v1.Accept
+	14, // 8: cocoon.market.v1.Frame.reject:type_name -> cocoon.market.v1.Reject
+	16, // 9: cocoon.market.v1.Frame.prompt:type_name -> cocoon.market.v1.Prompt
+	17, // 10: cocoon.market.v1.Frame.voucher:type_name -> cocoon.market.v1.Voucher
+	18, // 11: cocoon.market.v1.Frame.chunk:type_name -> cocoon.market.v1.Chunk
+	20, // 12: cocoon.market.v1.Frame.done:type_name -> cocoon.market.v1.Done
+	21, // 13: cocoon.market.v1.Frame.cancel:type_name -> cocoon.market.v1.Cancel
+	11, // 14: cocoon.market.v1.Params.format:type_name -> cocoon.market.v1.ResponseFormat
+	10, // 15: cocoon.market.v1.Open.params:type_name -> cocoon.market.v1.Params
+	8,  // 16: cocoon.market.v1.Accept.settlement:type_name -> cocoon.market.v1.Settlement
+	1,  // 17: cocoon.market.v1.Reject.code:type_name -> cocoon.market.v1.RejectCode
+	15, // 18: cocoon.market.v1.Prompt.messages:type_name -> cocoon.market.v1.ChatMessage
+	19, // 19: cocoon.market.v1.Done.usage:type_name -> cocoon.market.v1.Usage
+	2,  // 20: cocoon.market.v1.Cancel.code:type_name -> cocoon.market.v1.CancelCode
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_market_proto_init() }
@@ -1732,7 +1827,7 @@ func file_market_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_market_proto_rawDesc), len(file_market_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -281,10 +281,13 @@ func (c *Client) candidates(ctx context.Context, pol market.Policy) []market.Can
 		c.found[ai.ID] = true
 		c.mu.Unlock()
 		if ad, ok := c.book.Get(ai.ID); ok {
-			if o, ok := ad.Offer(pol.Model); ok && pol.Allows(ad.TEE.Kind) {
+			if o, ok := ad.Offer(pol.Model); ok && pol.Allows(ad.TEE.Kind) && (!pol.StructuredOutput || o.StructuredOutput) {
 				cs = append(cs, market.Candidate{Peer: ai.ID, Ad: ad, Offer: o})
 			}
 			continue
+		}
+		if pol.StructuredOutput {
+			continue // a job with a response format goes only where an ad offers it
 		}
 		cs = append(cs, market.Candidate{Peer: ai.ID})
 	}
@@ -335,7 +338,17 @@ func (c *Client) load(cd market.Candidate) float64 {
 // runtime.ErrUnknownModel when no worker offers the model.
 func (c *Client) GeneratePolicy(ctx context.Context, req runtime.Request, pol market.Policy) (*NetStream, error) {
 	pol.Model = req.Model
+	pol.StructuredOutput = req.Format != nil
 	cands := c.candidates(ctx, pol)
+	if len(cands) == 0 && pol.StructuredOutput {
+		plain := pol
+		plain.StructuredOutput = false
+		if len(c.sel.Select(plain)) > 0 {
+			// Workers offer the model, none with structured output: the
+			// request is the caller's to change, not a network failure.
+			return nil, fmt.Errorf("no worker offers %q with structured output: %w", req.Model, runtime.ErrNoStructuredOutput)
+		}
+	}
 	if len(cands) == 0 {
 		if down := c.sel.DownPeers(pol); len(down) > 0 {
 			errs := make([]error, len(down))

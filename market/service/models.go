@@ -11,7 +11,8 @@ import (
 )
 
 // Models implements runtime.Backend: every model offered in the book, with the
-// largest context length offered.
+// largest context length offered, and StructuredOutput when a worker offers it
+// (a job with a response format goes only to such workers).
 func (c *Client) Models() []runtime.Model {
 	var out []runtime.Model
 	idx := map[string]int{}
@@ -20,10 +21,12 @@ func (c *Client) Models() []runtime.Model {
 			i, ok := idx[m.ID]
 			if !ok {
 				idx[m.ID] = len(out)
-				out = append(out, runtime.Model{ID: m.ID, Digest: m.WeightsDigest, ContextLength: int(m.ContextLength)})
+				out = append(out, runtime.Model{ID: m.ID, Digest: m.WeightsDigest, ContextLength: int(m.ContextLength),
+					StructuredOutput: m.StructuredOutput})
 				continue
 			}
 			out[i].ContextLength = max(out[i].ContextLength, int(m.ContextLength))
+			out[i].StructuredOutput = out[i].StructuredOutput || m.StructuredOutput
 			if out[i].Digest != m.WeightsDigest {
 				out[i].Digest = "" // workers disagree: no single digest to show
 			}
@@ -40,6 +43,8 @@ type ModelSummary struct {
 	MinPrice      market.Price // the lowest of each price over the workers
 	MaxPrice      market.Price // the highest of each price
 	TEE           []tee.Kind   // the kinds offered, by name
+	// StructuredOutput counts the workers that follow a response format.
+	StructuredOutput int
 }
 
 // Summaries lists every model in the book with its worker count, price range and
@@ -56,6 +61,9 @@ func (c *Client) Summaries() []ModelSummary {
 				ids = append(ids, m.ID)
 			}
 			s.Workers++
+			if m.StructuredOutput {
+				s.StructuredOutput++
+			}
 			s.ContextLength = max(s.ContextLength, int(m.ContextLength))
 			s.MinPrice = market.Price{Prompt: min(s.MinPrice.Prompt, m.Price.Prompt), Completion: min(s.MinPrice.Completion, m.Price.Completion)}
 			s.MaxPrice = market.Price{Prompt: max(s.MaxPrice.Prompt, m.Price.Prompt), Completion: max(s.MaxPrice.Completion, m.Price.Completion)}
@@ -76,14 +84,16 @@ func (c *Client) Summaries() []ModelSummary {
 
 // ListModels is the hook of openaiapi.Handler for GET /v1/models: the book's
 // models with "workers", "price_nanoton_per_1m" (min and max prompt and
-// completion prices) and "tee" (the kinds offered; sim is not confidential).
+// completion prices), "tee" (the kinds offered; sim is not confidential) and
+// "structured_output" (whether a worker follows response_format).
 func (c *Client) ListModels(context.Context) ([]openaiapi.Model, error) {
 	out := []openaiapi.Model{}
 	for _, s := range c.Summaries() {
 		out = append(out, openaiapi.Model{ID: s.ID, Object: "model", OwnedBy: "cocoon", ContextLength: s.ContextLength,
 			Extra: map[string]any{
-				"workers": s.Workers,
-				"tee":     s.TEE, // JSON strings: ["sim"]
+				"workers":           s.Workers,
+				"tee":               s.TEE, // JSON strings: ["sim"]
+				"structured_output": s.StructuredOutput > 0,
 				"price_nanoton_per_1m": map[string]any{
 					"prompt_min": s.MinPrice.Prompt, "prompt_max": s.MaxPrice.Prompt,
 					"completion_min": s.MinPrice.Completion, "completion_max": s.MaxPrice.Completion,

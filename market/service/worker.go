@@ -137,7 +137,8 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		if !ok {
 			continue
 		}
-		w.models = append(w.models, market.ModelOffer{ID: m.ID, WeightsDigest: m.Digest, ContextLength: uint32(max(m.ContextLength, 0)), Price: p})
+		w.models = append(w.models, market.ModelOffer{ID: m.ID, WeightsDigest: m.Digest, ContextLength: uint32(max(m.ContextLength, 0)), Price: p,
+			StructuredOutput: m.StructuredOutput})
 	}
 	if _, err := w.buildAd(time.Now()).Encode(); err != nil {
 		cancel()
