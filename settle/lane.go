@@ -185,21 +185,28 @@ func (p *Payer) AddChannel(ch Channel, deposit uint64) error {
 // Lane returns the lane of channel id, loading it from the file on first use.
 // Every payment on the channel goes through it.
 func (p *Payer) Lane(id ChannelID) (*PayerLane, error) {
-	s := p.s
+	return loadLane(p.s, p.s.payers, bucketClient, id, "client", func(ch Channel) bool { return ch.ClientKey.Equal(p.w.PublicKey()) },
+		func(r Record) *PayerLane { return &PayerLane{s: p.s, w: p.w, rec: r, jobs: make(map[[16]byte]uint64)} })
+}
+
+// loadLane returns the lane of channel id in lanes, or loads its record from
+// bucket and makes one with mk, if the channel is this side's (own).
+func loadLane[L any](s *Store, lanes map[ChannelID]L, bucket []byte, id ChannelID, side string, own func(Channel) bool, mk func(Record) L) (L, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if l, ok := s.payers[id]; ok {
+	if l, ok := lanes[id]; ok {
 		return l, nil
 	}
-	r, err := s.latest(bucketClient, id)
+	var none L
+	r, err := s.latest(bucket, id)
 	if err != nil {
-		return nil, err
+		return none, err
 	}
-	if !r.Channel.ClientKey.Equal(p.w.PublicKey()) {
-		return nil, fmt.Errorf("channel %s: client key is not this wallet's", id)
+	if !own(r.Channel) {
+		return none, fmt.Errorf("channel %s: %s key is not this wallet's", id, side)
 	}
-	l := &PayerLane{s: s, w: p.w, rec: r, jobs: make(map[[16]byte]uint64)}
-	s.payers[id] = l
+	l := mk(r)
+	lanes[id] = l
 	return l, nil
 }
 
@@ -483,22 +490,10 @@ func (p *Payee) AddChannel(ch Channel, deposit uint64) error {
 
 // Lane returns the lane of channel id, loading it from the file on first use.
 func (p *Payee) Lane(id ChannelID) (*PayeeLane, error) {
-	s := p.s
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if l, ok := s.payees[id]; ok {
-		return l, nil
-	}
-	r, err := s.latest(bucketWorker, id)
-	if err != nil {
-		return nil, err
-	}
-	if !r.Channel.WorkerKey.Equal(p.w.PublicKey()) {
-		return nil, fmt.Errorf("channel %s: worker key is not this wallet's", id)
-	}
-	l := &PayeeLane{s: s, rec: r, durable: r.Seqno, jobs: make(map[[16]byte]*PayeeJob)}
-	s.payees[id] = l
-	return l, nil
+	return loadLane(p.s, p.s.payees, bucketWorker, id, "worker", func(ch Channel) bool { return ch.WorkerKey.Equal(p.w.PublicKey()) },
+		func(r Record) *PayeeLane {
+			return &PayeeLane{s: p.s, rec: r, durable: r.Seqno, jobs: make(map[[16]byte]*PayeeJob)}
+		})
 }
 
 // Accept checks a voucher against its channel (client signature, channel id,

@@ -56,15 +56,7 @@ func newChanFixture(t *testing.T) *chanFixture {
 		t.Cleanup(func() { nd.Close() })
 		nodes[i] = nd
 	}
-	if err := mn.LinkAll(); err != nil {
-		t.Fatal(err)
-	}
-	if err := mn.ConnectAllButSelf(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 20*time.Second, "DHT routing tables", func() bool {
-		return nodes[0].RoutingTableSize() > 0 && nodes[1].RoutingTableSize() > 0
-	})
+	connectMesh(t, mn, nodes)
 	ledger, err := devledger.New(devledger.WithLogger(log))
 	if err != nil {
 		t.Fatal(err)

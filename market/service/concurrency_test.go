@@ -181,20 +181,7 @@ func newConcFixture(t *testing.T, n int, o concOptions) *concFixture {
 		t.Cleanup(func() { nd.Close() })
 		nodes[i] = nd
 	}
-	if err := nf.mn.LinkAll(); err != nil {
-		t.Fatal(err)
-	}
-	if err := nf.mn.ConnectAllButSelf(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 20*time.Second, "DHT routing tables", func() bool {
-		for _, nd := range nodes {
-			if nd.RoutingTableSize() == 0 {
-				return false
-			}
-		}
-		return true
-	})
+	connectMesh(t, nf.mn, nodes)
 	nf.client = nodes[0]
 
 	ledger, err := devledger.New(devledger.WithLogger(quiet))

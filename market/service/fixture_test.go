@@ -98,20 +98,7 @@ func newNetFixture(t testing.TB, n int, opt market.RunOptions, wrap func(i int, 
 		})
 		nodes[i] = nd
 	}
-	if err := f.mn.LinkAll(); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.mn.ConnectAllButSelf(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 20*time.Second, "DHT routing tables", func() bool {
-		for _, nd := range nodes {
-			if nd.RoutingTableSize() == 0 {
-				return false
-			}
-		}
-		return true
-	})
+	connectMesh(t, f.mn, nodes)
 	f.client = nodes[0]
 
 	ledger, err := devledger.New(devledger.WithLogger(slog.New(slog.DiscardHandler)))
@@ -286,6 +273,26 @@ func netRequest(i int) runtime.Request {
 		req.Prompt = p
 	}
 	return req
+}
+
+// connectMesh links and connects every node of mn to every other and waits
+// until each has a DHT routing table.
+func connectMesh(t testing.TB, mn mocknet.Mocknet, nodes []*p2p.Node) {
+	t.Helper()
+	if err := mn.LinkAll(); err != nil {
+		t.Fatal(err)
+	}
+	if err := mn.ConnectAllButSelf(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "DHT routing tables", func() bool {
+		for _, nd := range nodes {
+			if nd.RoutingTableSize() == 0 {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // checkBalances checks that every worker's provable balance is the cost of the
