@@ -7,7 +7,7 @@
 // One stream per job on /cocoon/job/1.0.0, length-delimited protobuf frames
 // (market/pb), each size-capped:
 //
-//	C→W  Open{job, model, params, max prices, channel}
+//	C→W  Open{job, model, params (sampling, response format), max prices, channel}
 //	W→C  Accept{price, credit tokens, settlement} | Reject{code}
 //	     (the client checks the worker's attestation here, before the prompt leaves)
 //	C→W  Prompt{messages or prompt, continuation}

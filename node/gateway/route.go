@@ -80,22 +80,31 @@ func (g *route) Models() []runtime.Model {
 }
 
 // ListModels is openaiapi's hook for GET /v1/models: the network's models with
-// their prices and TEE kinds, and the local ones not sold by anyone else.
+// their prices and TEE kinds, and the local ones not sold by anyone else;
+// "structured_output" of a model this node runs is its own backend's, since
+// this node answers it.
 func (g *route) ListModels(ctx context.Context) ([]openaiapi.Model, error) {
 	out, err := g.net.ListModels(ctx)
 	if err != nil {
 		return nil, err
 	}
-	seen := map[string]bool{}
-	for _, m := range out {
-		seen[m.ID] = true
+	seen := map[string]int{}
+	for i, m := range out {
+		seen[m.ID] = i
 	}
 	if g.local != nil {
 		for _, m := range g.local.Models() {
-			if !seen[m.ID] {
+			i, ok := seen[m.ID]
+			if !ok {
 				out = append(out, openaiapi.Model{ID: m.ID, Object: "model", OwnedBy: "cocoon", ContextLength: m.ContextLength,
-					Extra: map[string]any{"local": true}})
+					Extra: map[string]any{"local": true, "structured_output": m.StructuredOutput}})
+				continue
 			}
+			// This node answers the model itself: what it follows is its own.
+			if out[i].Extra == nil {
+				out[i].Extra = map[string]any{}
+			}
+			out[i].Extra["structured_output"] = m.StructuredOutput
 		}
 	}
 	return out, nil

@@ -15,16 +15,17 @@ import (
 // modelsBackend serves models with one-delta answers whose stream names who
 // answered (as the network's streams do) and counts its requests.
 type modelsBackend struct {
-	models []string
-	worker string // X-Cocoon-Worker on its streams; "": no header
-	calls  *int
+	models     []string
+	worker     string // X-Cocoon-Worker on its streams; "": no header
+	calls      *int
+	structured bool // every model offers structured output
 }
 
 func (b modelsBackend) Close() error { return nil }
 func (b modelsBackend) Models() []runtime.Model {
 	var out []runtime.Model
 	for _, m := range b.models {
-		out = append(out, runtime.Model{ID: m})
+		out = append(out, runtime.Model{ID: m, StructuredOutput: b.structured})
 	}
 	return out
 }
@@ -42,7 +43,7 @@ func (b modelsBackend) Generate(ctx context.Context, r runtime.Request) (runtime
 // node, is bought on the network.
 func TestRoute(t *testing.T) {
 	var localCalls, netCalls int
-	local := modelsBackend{models: []string{"mine", "both"}, calls: &localCalls}
+	local := modelsBackend{models: []string{"mine", "both"}, calls: &localCalls, structured: true}
 	network := backendNet{modelsBackend{models: []string{"theirs", "both"}, worker: "w1", calls: &netCalls}}
 	self := Local{Backend: local, Worker: "self", TEE: "sim (not confidential)"}
 	chat := func(t *testing.T, s *Server, model string) http.Header {
@@ -76,15 +77,17 @@ func TestRoute(t *testing.T) {
 		}
 	}
 
-	// /v1/models: the network's, then the local ones nobody sells.
+	// /v1/models: the network's, then the local ones nobody sells; a model
+	// this node runs follows a response format as its own backend does.
 	req := httptest.NewRequest("GET", "/v1/models", nil)
 	req.Header.Set("Authorization", "Bearer "+testToken)
 	rec := httptest.NewRecorder()
 	s.Handler().ServeHTTP(rec, req)
 	var list struct {
 		Data []struct {
-			ID    string `json:"id"`
-			Local bool   `json:"local"`
+			ID         string `json:"id"`
+			Local      bool   `json:"local"`
+			Structured *bool  `json:"structured_output"`
 		} `json:"data"`
 	}
 	if err := json.Unmarshal(rec.Body.Bytes(), &list); err != nil {
@@ -92,6 +95,9 @@ func TestRoute(t *testing.T) {
 	}
 	var got []string
 	for _, m := range list.Data {
+		if local := m.ID != "theirs"; local != (m.Structured != nil && *m.Structured) {
+			t.Errorf("GET /v1/models: %s structured_output %v; want %v", m.ID, m.Structured, local)
+		}
 		if m.Local {
 			got = append(got, m.ID+" (local)")
 		} else {
