@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -41,8 +42,9 @@ func channelPaid(t *testing.T, dir, role string) (total uint64, rows int) {
 // TestNetworkWithOpenAIClient runs real processes on 127.0.0.1: a shared devledger
 // service, two workers serving the shared model with the simulated TEE, and a
 // client node. The unmodified OpenAI JavaScript SDK lists models and streams a
-// chat completion through the client's gateway; then what the workers can claim
-// is checked against what the client paid and was told.
+// chat completion through the client's gateway, and asks for a json_schema
+// response_format, which comes back as JSON of the schema; then what the
+// workers can claim is checked against what the client paid and was told.
 func TestNetworkWithOpenAIClient(t *testing.T) {
 	sdk := depPath(t, "COCOON_OPENAI_SDK", "openai-sdk/node_modules/openai", "the OpenAI SDK")
 	c := startTestnet(t, 3, 2)
@@ -55,8 +57,8 @@ const mod = require(process.env.OPENAI_SDK);
 const OpenAI = mod.default || mod.OpenAI || mod;
 (async () => {
   const client = new OpenAI({ baseURL: process.argv[2] + "/v1", apiKey: process.argv[3] });
-  const models = [];
-  for await (const m of client.models.list()) models.push(m.id);
+  const models = [], structuredModels = [];
+  for await (const m of client.models.list()) { models.push(m.id); if (m.structured_output) structuredModels.push(m.id); }
   const { data: stream, response } = await client.chat.completions.create({
     model: "stories260K", messages: [{ role: "user", content: "Tell me a story" }],
     max_tokens: 24, temperature: 0, stream: true, stream_options: { include_usage: true },
@@ -66,7 +68,14 @@ const OpenAI = mod.default || mod.OpenAI || mod;
     for (const ch of chunk.choices) text += ch.delta.content || "";
     if (chunk.usage) usage = chunk.usage;
   }
-  console.log(JSON.stringify({ models, text, usage, worker: response.headers.get("x-cocoon-worker"), tee: response.headers.get("x-cocoon-tee") }));
+  const structured = await client.chat.completions.create({
+    model: "stories260K", messages: [{ role: "user", content: "Pick a color" }], max_tokens: 200, temperature: 0,
+    response_format: { type: "json_schema", json_schema: { name: "pick", strict: true, schema: {
+      type: "object", properties: { ok: { type: "boolean" }, color: { enum: ["red", "green", "blue"] } },
+      required: ["ok", "color"], additionalProperties: false } } },
+  });
+  console.log(JSON.stringify({ models, structuredModels, text, usage, worker: response.headers.get("x-cocoon-worker"), tee: response.headers.get("x-cocoon-tee"),
+    structured: structured.choices[0].message.content, structuredUsage: structured.usage }));
 })().catch((e) => { console.error(String(e)); process.exit(1); });
 `), 0o644)
 	js := exec.Command("node", script, client.URL, client.Token)
@@ -80,15 +89,18 @@ const OpenAI = mod.default || mod.OpenAI || mod;
 		log, _ := os.ReadFile(client.Log)
 		t.Fatalf("openai SDK client: %v\n%s\nclient node log:\n%s", err, stderr, log)
 	}
+	type usage struct {
+		PromptTokens     int     `json:"prompt_tokens"`
+		CompletionTokens int     `json:"completion_tokens"`
+		CostNanoTON      *uint64 `json:"cost_nanoton"`
+	}
 	var res struct {
-		Models []string
-		Text   string
-		Usage  struct {
-			PromptTokens     int     `json:"prompt_tokens"`
-			CompletionTokens int     `json:"completion_tokens"`
-			CostNanoTON      *uint64 `json:"cost_nanoton"`
-		}
-		Worker, TEE string
+		Models, StructuredModels []string
+		Text                     string
+		Usage                    usage
+		Worker, TEE              string
+		Structured               string
+		StructuredUsage          usage
 	}
 	if err := json.Unmarshal(out, &res); err != nil {
 		t.Fatalf("SDK output %q: %v", out, err)
@@ -108,7 +120,24 @@ const OpenAI = mod.default || mod.OpenAI || mod;
 		t.Fatalf("cost_nanoton %d; the price times the tokens is %d (%v)", *res.Usage.CostNanoTON, want, err)
 	}
 
-	checkBooks(t, c, want)
+	var pick struct {
+		OK    *bool   `json:"ok"`
+		Color *string `json:"color"`
+	}
+	dec := json.NewDecoder(strings.NewReader(res.Structured))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&pick); err != nil || pick.OK == nil || pick.Color == nil ||
+		!slices.Contains([]string{"red", "green", "blue"}, *pick.Color) || !slices.Equal(res.StructuredModels, []string{"stories260K"}) {
+		t.Fatalf("json_schema answer %q (%v), models with structured output %v; want JSON of the schema from stories260K", res.Structured, err, res.StructuredModels)
+	}
+	su := res.StructuredUsage
+	more, err := market.Cost(price, uint64(su.PromptTokens), uint64(su.CompletionTokens))
+	if err != nil || su.CostNanoTON == nil || *su.CostNanoTON != more {
+		t.Fatalf("json_schema answer's usage %+v; the price times the tokens is %d (%v)", su, more, err)
+	}
+	t.Logf("SDK json_schema: %s", res.Structured)
+
+	checkBooks(t, c, want+more)
 }
 
 // checkBooks stops the testnet (its nodes hold their channel stores) and checks
