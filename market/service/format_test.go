@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -176,4 +177,73 @@ func TestResponseFormatNoWorkerOffersIt(t *testing.T) {
 	if n := plain.formats.Load(); n != 0 {
 		t.Errorf("the worker was given %d jobs with a format", n)
 	}
+}
+
+// TestResponseFormatFailover kills the worker answering a json_schema request
+// mid-object: the next worker's engine follows the schema's grammar from the
+// text delivered so far, so the joined answer is still JSON of the schema,
+// and each worker is paid for its part.
+func TestResponseFormatFailover(t *testing.T) {
+	noLeaks(t)
+	armed := &atomic.Bool{}
+	armed.Store(true)
+	stalled := make(chan int, 1)
+	const after = 6
+	f := newNetFixture(t, 2, market.RunOptions{PayEvery: 1}, func(_ int, b runtime.Backend) runtime.Backend {
+		return &stallBackend{Backend: b, after: after, armed: armed, stalled: stalled}
+	})
+	req := netRequest(0)
+	req.MaxTokens = 200
+	req.Format = &runtime.ResponseFormat{Type: runtime.FormatJSONSchema, Name: "pick", Schema: json.RawMessage(netSchema)}
+	s, err := f.cs.Generate(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ns := s.(*service.NetStream)
+	first := f.byPeer[ns.Worker()]
+	var got answer
+	for got.tokens < after {
+		d, err := s.Recv()
+		if err != nil {
+			t.Fatalf("recv before the kill: %v", err)
+		}
+		got.text += d.Text
+		got.tokens += d.Tokens
+	}
+	<-stalled
+	want, err := market.Cost(market.Price{Completion: first.price.Completion}, 0, after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the voucher for the delivered tokens", func() bool {
+		b, _ := first.payee.Balance(first.channel)
+		return b == want
+	})
+	for _, p := range f.mn.Peers() {
+		if p != first.node.Host.ID() {
+			f.mn.UnlinkPeers(p, first.node.Host.ID())
+			f.mn.DisconnectPeers(p, first.node.Host.ID())
+		}
+	}
+	first.svc.Close()
+	first.node.Close()
+	first.killed = true
+
+	rest, err := drain(s)
+	if err != nil {
+		t.Fatalf("stream after the kill: %v", err)
+	}
+	as := ns.Attempts()
+	if len(as) != 2 || as[0].Err == nil || as[1].Err != nil {
+		t.Fatalf("attempts %+v; want the killed worker's failed one, then a finished one", as)
+	}
+	joined := got.text + rest.text
+	if err := checkNetSchema(joined); err != nil {
+		t.Errorf("joined answer %q (%q before the kill): %v", joined, got.text, err)
+	}
+	t.Logf("%q + %q", got.text, rest.text)
+	checkBalances(t, f, map[peer.ID][]market.Receipt{
+		first.node.Host.ID(): {as[0].Receipt}, as[1].Candidate.Peer: {as[1].Receipt},
+	})
 }
