@@ -4,7 +4,9 @@
 // and tool calls when tool_choice forces one. runtime/llamacpp imports it and
 // hands the grammar to llama_sampler_init_grammar (yzma's SamplerInitGrammar)
 // with start rule "root"; an upstream backend (vLLM, llama-server) is given
-// the schema itself and does not need it. It imports the standard library
+// the schema itself and does not need it. runtime's Request.Check converts a
+// response format's schema as its check, so that every edge (gateway, worker,
+// runner) refuses, naming the keyword, what no backend could follow. It imports the standard library
 // only.
 //
 // The conversion follows llama.cpp's own converter
