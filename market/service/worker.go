@@ -76,10 +76,15 @@ type WorkerConfig struct {
 	Logger   *slog.Logger
 }
 
+// DrainTimeout bounds how long Worker.Close lets the jobs in flight finish
+// before it cuts them.
+const DrainTimeout = 5 * time.Second
+
 // Worker sells a backend's inference on the network: it serves the job
 // protocol (one stream per job) and the attestation protocol, publishes a
 // capacity ad every AdInterval and when its free slots or queue change, and
-// provides every served model in the DHT. Close stops it all.
+// provides every served model in the DHT. Close takes no more jobs, lets those
+// in flight finish (up to DrainTimeout), then stops it all.
 type Worker struct {
 	cfg    WorkerConfig
 	node   *p2p.Node
@@ -92,6 +97,7 @@ type Worker struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	jobWG  sync.WaitGroup // the job streams being served
 	nb     *network.NotifyBundle
 	kick   chan struct{}
 	peerAt atomic.Int64 // unix nanos when a new peer asks for an ad; 0: none
@@ -212,9 +218,11 @@ func (w *Worker) handle(s network.Stream) {
 		return
 	}
 	w.wg.Add(1)
+	w.jobWG.Add(1)
 	w.jobs++
 	w.mu.Unlock()
 	defer w.wg.Done()
+	defer w.jobWG.Done()
 	w.Republish()
 	ws := newWorkerStream(s)
 	err := w.worker.ServePeer(w.ctx, ws, s.Conn().RemotePeer())
@@ -374,6 +382,18 @@ func (w *Worker) Close() error {
 		h := w.node.Host
 		h.RemoveStreamHandler(p2p.ProtocolJob)
 		h.Network().StopNotify(w.nb)
+		// Let the jobs in flight finish, above all their last vouchers: the
+		// client answered its caller when it sent the last one, and a worker
+		// that stopped before taking it could not claim it.
+		drained := make(chan struct{})
+		go func() { w.jobWG.Wait(); close(drained) }()
+		t := time.NewTimer(DrainTimeout)
+		select {
+		case <-drained:
+		case <-t.C:
+			w.log.Warn("worker service stopping with jobs in flight", "after", DrainTimeout)
+		}
+		t.Stop()
 		w.cancel()
 		for _, m := range w.models {
 			w.node.Unprovide(m.ID)
