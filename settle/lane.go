@@ -771,6 +771,9 @@ func (j *PayeeJob) Reserve(want, least, limit int) int {
 	l := j.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if j.closed {
+		return 0 // a closed job holds no credit: none to release later
+	}
 	got := want
 	if limit > 0 {
 		got = min(want, limit-l.credit)

@@ -601,6 +601,9 @@ func TestPayeeJobReserve(t *testing.T) {
 	}
 	b.Close()
 	d.Close()
+	if got := d.Reserve(4, 1, 10); got != 0 {
+		t.Fatalf("a closed job: Reserve(4, 1, 10) = %d; want 0 (nothing to release later)", got)
+	}
 	e, _ := l.Open(laneJob(5))
 	if got := e.Reserve(10, 10, 10); got != 10 {
 		t.Fatalf("all closed: Reserve(10, 10, 10) = %d; want 10", got)
