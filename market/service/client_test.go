@@ -168,17 +168,7 @@ func TestNetFailoverLlama(t *testing.T) {
 		b, _ := first.payee.Balance(first.channel)
 		return b == want
 	})
-	// Kill: cut the links first, so the client sees the connection drop as when a
-	// process dies (no Cancel), then stop the worker.
-	for _, p := range f.mn.Peers() {
-		if p != first.node.Host.ID() {
-			f.mn.UnlinkPeers(p, first.node.Host.ID())
-			f.mn.DisconnectPeers(p, first.node.Host.ID())
-		}
-	}
-	first.svc.Close()
-	first.node.Close()
-	first.killed = true
+	f.kill(first)
 
 	rest, err := drain(s)
 	if err != nil {

@@ -275,6 +275,20 @@ func netRequest(i int) runtime.Request {
 	return req
 }
 
+// kill stops w as a dying process does: its links are cut first, so the
+// client sees the connection drop (no Cancel), then its service and node stop.
+func (f *netFixture) kill(w *netWorker) {
+	for _, p := range f.mn.Peers() {
+		if p != w.node.Host.ID() {
+			f.mn.UnlinkPeers(p, w.node.Host.ID())
+			f.mn.DisconnectPeers(p, w.node.Host.ID())
+		}
+	}
+	w.svc.Close()
+	w.node.Close()
+	w.killed = true
+}
+
 // connectMesh links and connects every node of mn to every other and waits
 // until each has a DHT routing table.
 func connectMesh(t testing.TB, mn mocknet.Mocknet, nodes []*p2p.Node) {

@@ -220,15 +220,7 @@ func TestResponseFormatFailover(t *testing.T) {
 		b, _ := first.payee.Balance(first.channel)
 		return b == want
 	})
-	for _, p := range f.mn.Peers() {
-		if p != first.node.Host.ID() {
-			f.mn.UnlinkPeers(p, first.node.Host.ID())
-			f.mn.DisconnectPeers(p, first.node.Host.ID())
-		}
-	}
-	first.svc.Close()
-	first.node.Close()
-	first.killed = true
+	f.kill(first)
 
 	rest, err := drain(s)
 	if err != nil {
