@@ -265,6 +265,7 @@ func (c *Client) candidates(ctx context.Context, pol market.Policy) []market.Can
 		c.log.Debug("find providers", "model", pol.Model, "err", err)
 	}
 	var cs []market.Candidate
+	var unknown []peer.ID // connected providers whose ad has not come yet
 	for _, ai := range ais {
 		if ai.ID == self || c.sel.Down(ai.ID) {
 			continue
@@ -287,11 +288,46 @@ func (c *Client) candidates(ctx context.Context, pol market.Policy) []market.Can
 			continue
 		}
 		if pol.StructuredOutput {
-			continue // a job with a response format goes only where an ad offers it
+			unknown = append(unknown, ai.ID) // a job with a response format goes only where an ad offers it
+			continue
 		}
 		cs = append(cs, market.Candidate{Peer: ai.ID})
 	}
+	if len(cs) == 0 && len(unknown) > 0 {
+		cs = c.awaitOffers(fctx, pol, unknown)
+	}
 	return keep(cs)
+}
+
+// coldAdWait bounds how long a request that needs what only an ad says (a
+// response format) waits for the ads of providers it has just connected to.
+const coldAdWait = 3 * time.Second
+
+// awaitOffers waits (up to coldAdWait, and ctx) for an ad of one of peers
+// that offers what pol asks; a worker publishes one when a peer connects.
+func (c *Client) awaitOffers(ctx context.Context, pol market.Policy, peers []peer.ID) []market.Candidate {
+	ctx, cancel := context.WithTimeout(ctx, coldAdWait)
+	defer cancel()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		var cs []market.Candidate
+		for _, p := range peers {
+			if ad, ok := c.book.Get(p); ok {
+				if o, ok := ad.Offer(pol.Model); ok && pol.Allows(ad.TEE.Kind) && (!pol.StructuredOutput || o.StructuredOutput) {
+					cs = append(cs, market.Candidate{Peer: p, Ad: ad, Offer: o})
+				}
+			}
+		}
+		if len(cs) > 0 {
+			return cs
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
 }
 
 // hold counts a job of this client in on p; the returned func counts it out.

@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -219,7 +220,60 @@ func TestNetColdBookDHT(t *testing.T) {
 		ais, _ := f.client.FindProviders(fctx, netModel, 8)
 		return len(ais) == 2
 	})
-	// A new client linked to everyone but connected only to node 0.
+	cs := coldClient(t, f)
+	req := netRequest(5)
+	s, err := cs.Generate(ctx, req)
+	if err != nil {
+		t.Fatalf("generate on a cold book: %v", err)
+	}
+	ans, err := drain(s)
+	s.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := s.(*service.NetStream)
+	as := ns.Attempts()
+	if len(as) != 1 || as[0].Err != nil || as[0].Candidate.Ad != nil {
+		t.Fatalf("attempts %+v; want one clean attempt on a worker found in the DHT, without an ad", as)
+	}
+	w := f.byPeer[as[0].Candidate.Peer]
+	if ref := direct(t, w.raw, req); ans.text != ref.text || ans.usage != ref.usage {
+		t.Errorf("answer %q %+v; want %q %+v", ans.text, ans.usage, ref.text, ref.usage)
+	}
+	if as[0].Receipt.Price != w.price || ns.Header().Get("X-Cocoon-TEE") != tee.Sim.Tier() {
+		t.Errorf("price %+v from Accept, tee %q; want %+v, %q", as[0].Receipt.Price, ns.Header().Get("X-Cocoon-TEE"), w.price, tee.Sim.Tier())
+	}
+	checkBalances(t, f, map[peer.ID][]market.Receipt{as[0].Candidate.Peer: {as[0].Receipt}})
+
+	// A response format goes only where an ad offers it: a cold client waits
+	// for the ads of the providers it connects to, instead of answering that
+	// no worker offers the model.
+	cs = coldClient(t, f)
+	freq := netRequest(6)
+	freq.MaxTokens = 200 // room for the whole object
+	freq.Format = &runtime.ResponseFormat{Type: runtime.FormatJSONSchema, Name: "pick", Schema: json.RawMessage(netSchema), Strict: true}
+	s, err = cs.Generate(ctx, freq)
+	if err != nil {
+		t.Fatalf("generate with a response format on a cold book: %v", err)
+	}
+	fans, err := drain(s)
+	s.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkNetSchema(fans.text); err != nil {
+		t.Fatalf("answer %q: %v", fans.text, err)
+	}
+	if as := s.(*service.NetStream).Attempts(); len(as) != 1 || as[0].Candidate.Ad == nil || !as[0].Candidate.Offer.StructuredOutput {
+		t.Fatalf("attempts %+v; want one on a worker whose ad offers structured output", as)
+	}
+}
+
+// coldClient starts a new client on f's network with an empty ad book: linked
+// to every node, connected only to f's client, bound to f's channels.
+func coldClient(t *testing.T, f *netFixture) *service.Client {
+	t.Helper()
+	ctx := context.Background()
 	h, err := f.mn.GenPeer()
 	if err != nil {
 		t.Fatal(err)
@@ -251,29 +305,7 @@ func TestNetColdBookDHT(t *testing.T) {
 	if n := len(cs.Book().All()); n != 0 {
 		t.Fatalf("new client's book holds %d ads; the test needs it cold", n)
 	}
-	req := netRequest(5)
-	s, err := cs.Generate(ctx, req)
-	if err != nil {
-		t.Fatalf("generate on a cold book: %v", err)
-	}
-	ans, err := drain(s)
-	s.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns := s.(*service.NetStream)
-	as := ns.Attempts()
-	if len(as) != 1 || as[0].Err != nil || as[0].Candidate.Ad != nil {
-		t.Fatalf("attempts %+v; want one clean attempt on a worker found in the DHT, without an ad", as)
-	}
-	w := f.byPeer[as[0].Candidate.Peer]
-	if ref := direct(t, w.raw, req); ans.text != ref.text || ans.usage != ref.usage {
-		t.Errorf("answer %q %+v; want %q %+v", ans.text, ans.usage, ref.text, ref.usage)
-	}
-	if as[0].Receipt.Price != w.price || ns.Header().Get("X-Cocoon-TEE") != tee.Sim.Tier() {
-		t.Errorf("price %+v from Accept, tee %q; want %+v, %q", as[0].Receipt.Price, ns.Header().Get("X-Cocoon-TEE"), w.price, tee.Sim.Tier())
-	}
-	checkBalances(t, f, map[peer.ID][]market.Receipt{as[0].Candidate.Peer: {as[0].Receipt}})
+	return cs
 }
 
 // BenchmarkNetGenerate measures one streamed completion (greedy, 32 tokens) on the
