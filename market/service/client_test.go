@@ -148,15 +148,7 @@ func TestNetFailoverLlama(t *testing.T) {
 	defer s.Close()
 	ns := s.(*service.NetStream)
 	first := f.byPeer[ns.Worker()]
-	var got answer
-	for got.tokens < after {
-		d, err := s.Recv()
-		if err != nil {
-			t.Fatalf("recv before the kill: %v", err)
-		}
-		got.text += d.Text
-		got.tokens += d.Tokens
-	}
+	got := recvTokens(t, s, after)
 	if n := <-stalled; n != got.tokens {
 		t.Fatalf("worker stalled after %d tokens, client got %d", n, got.tokens)
 	}

@@ -275,6 +275,22 @@ func netRequest(i int) runtime.Request {
 	return req
 }
 
+// recvTokens reads s until at least n tokens have come, before a worker is
+// killed mid-stream.
+func recvTokens(t *testing.T, s runtime.Stream, n int) answer {
+	t.Helper()
+	var got answer
+	for got.tokens < n {
+		d, err := s.Recv()
+		if err != nil {
+			t.Fatalf("recv before the kill: %v", err)
+		}
+		got.text += d.Text
+		got.tokens += d.Tokens
+	}
+	return got
+}
+
 // kill stops w as a dying process does: its links are cut first, so the
 // client sees the connection drop (no Cancel), then its service and node stop.
 func (f *netFixture) kill(w *netWorker) {

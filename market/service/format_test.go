@@ -202,15 +202,7 @@ func TestResponseFormatFailover(t *testing.T) {
 	defer s.Close()
 	ns := s.(*service.NetStream)
 	first := f.byPeer[ns.Worker()]
-	var got answer
-	for got.tokens < after {
-		d, err := s.Recv()
-		if err != nil {
-			t.Fatalf("recv before the kill: %v", err)
-		}
-		got.text += d.Text
-		got.tokens += d.Tokens
-	}
+	got := recvTokens(t, s, after)
 	<-stalled
 	want, err := market.Cost(market.Price{Completion: first.price.Completion}, 0, after)
 	if err != nil {
