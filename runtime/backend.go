@@ -11,16 +11,40 @@ type Model struct {
 	ID            string // name clients ask for, e.g. "stories260K"
 	Digest        string // "sha256:<hex>" of the weights file, "" when the upstream does not say
 	ContextLength int    // tokens
-	// StructuredOutput: the backend follows a Request's Format (json_object
-	// and json_schema). A backend that does not declare it is never given one:
-	// Generate refuses such a request rather than answer it as free text.
+	// What the model offers beyond plain text generation. A request that uses
+	// a capability the model does not declare is refused by Model.Serves,
+	// naming the field, rather than answered as if it had asked for less;
+	// every backend's Generate applies that rule.
+	//
+	// StructuredOutput: it follows a Request's Format (json_object and
+	// json_schema).
 	StructuredOutput bool
+	// Tools: it follows Request.Tools and ToolChoice, answers with
+	// Delta.ToolCalls, and reads assistant tool calls and tool results in
+	// the messages.
+	Tools bool
+	// Logprobs: it fills Delta.Logprobs when Request.Logprobs is set.
+	Logprobs bool
+	// Images: it reads Message.Images.
+	Images bool
+	// Embeddings: the backend's Embed serves it (the backend is an
+	// Embedder); EmbeddingDims is the length of its vectors.
+	Embeddings    bool
+	EmbeddingDims int
 }
 
 // Message is one chat message.
 type Message struct {
-	Role    string // system, user, assistant
+	Role    string // system, developer, user, assistant, tool
 	Content string
+	// Images sit in the content (a user message's image_url parts); only a
+	// model that declares Images is given one.
+	Images []Image `json:",omitempty"`
+	// ToolCalls are the calls an assistant message made (its content may be
+	// empty then).
+	ToolCalls []ToolCall `json:",omitempty"`
+	// ToolCallID: a tool message is the result of this call.
+	ToolCallID string `json:",omitempty"`
 }
 
 // Request is one generation. Either Messages (chat) or Prompt (raw completion) is set.
@@ -39,7 +63,23 @@ type Request struct {
 	Continuation string
 	// Format asks for structured output; nil: free text. Only a model whose
 	// Model.StructuredOutput is set serves it.
-	Format *ResponseFormat
+	Format *ResponseFormat `json:",omitempty"`
+	// Tools the model may call, and whether it must; only a model whose
+	// Model.Tools is set is given them.
+	Tools      []Tool     `json:",omitempty"`
+	ToolChoice ToolChoice `json:",omitzero"`
+	// Logprobs asks for each content token's log probability, and the
+	// TopLogprobs (0 to MaxTopLogprobs) likeliest tokens at each position.
+	Logprobs    bool `json:",omitempty"`
+	TopLogprobs int  `json:",omitempty"`
+	// Penalties in [-2, 2], as OpenAI's presence_penalty and
+	// frequency_penalty; 0: none.
+	PresencePenalty  float64 `json:",omitempty"`
+	FrequencyPenalty float64 `json:",omitempty"`
+	// LogitBias adds a bias in [-100, 100] to the logits of token ids of
+	// the model's vocabulary (OpenAI's logit_bias); a backend refuses an id
+	// outside its vocabulary.
+	LogitBias map[int32]float64 `json:",omitempty"`
 }
 
 // Response format types, as in the OpenAI API's response_format.type.
@@ -69,6 +109,15 @@ type ResponseFormat struct {
 type Delta struct {
 	Text   string
 	Tokens int // completion tokens in this delta (from the backend's tokenizer)
+	// ToolCalls are pieces of the answer's tool calls, as OpenAI streams
+	// them: the first piece of call Index gives its ID and Name, later
+	// pieces append to its Arguments.
+	ToolCalls []ToolCallDelta `json:",omitempty"`
+	// Logprobs are those of Text's tokens, when the request asked for them.
+	Logprobs []TokenLogprob `json:",omitempty"`
+	// Refusal is text of the model's refusal (OpenAI's message.refusal),
+	// which an upstream may send instead of content.
+	Refusal string `json:",omitempty"`
 }
 
 // Usage counts tokens with the backend's own tokenizer, never by bytes.
@@ -79,8 +128,9 @@ type Usage struct {
 
 // Finish reasons, as in the OpenAI API.
 const (
-	FinishStop   = "stop"
-	FinishLength = "length"
+	FinishStop      = "stop"
+	FinishLength    = "length"
+	FinishToolCalls = "tool_calls" // the answer is ToolCalls
 )
 
 // Stream yields the deltas of one generation. Recv returns io.EOF after the last
@@ -104,10 +154,29 @@ type Backend interface {
 // ErrUnknownModel is returned by Generate for a model the backend does not serve.
 var ErrUnknownModel = errors.New("runtime: unknown model")
 
-// ErrNoStructuredOutput is returned by Generate for a request with a Format
-// on a model that does not declare Model.StructuredOutput. It is an
-// ErrInvalidRequest: the caller asked for what the model cannot do.
+// ErrNoStructuredOutput is what Model.Serves returns for a request with a
+// Format on a model that does not declare StructuredOutput.
 var ErrNoStructuredOutput = &FieldError{Field: "response_format", Msg: "the model does not offer structured output (json_object, json_schema)"}
+
+// Embedder is a Backend that serves embeddings for the models whose
+// Model.Embeddings is set.
+type Embedder interface {
+	Embed(ctx context.Context, req EmbedRequest) (Embeddings, error)
+}
+
+// EmbedRequest is one /v1/embeddings call: a vector for each input.
+type EmbedRequest struct {
+	Model  string
+	Inputs []string
+}
+
+// Embeddings is Embed's answer: one vector per input, in order, each of the
+// model's EmbeddingDims, and the tokens read (all inputs together), which is
+// what the call costs.
+type Embeddings struct {
+	Vectors      [][]float32
+	PromptTokens int
+}
 
 // Errors a Backend returns, so that callers (the OpenAI handler, the market) can
 // map them to status codes and wire reject codes. Backends wrap them with detail.

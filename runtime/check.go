@@ -66,6 +66,7 @@ func (req Request) Check() error {
 		return bad("messages", "%d messages, at most %d", len(req.Messages), MaxMessages)
 	}
 	size := len(req.Prompt) + len(req.Continuation)
+	images, imageBytes := 0, 0
 	if err := checkText(req.Prompt); err != nil {
 		return bad("prompt", "%v", err)
 	}
@@ -81,10 +82,22 @@ func (req Request) Check() error {
 		if err := checkText(m.Content); err != nil {
 			return bad(fmt.Sprintf("messages[%d].content", i), "%v", err)
 		}
-		size += len(m.Content)
+		text, image, err := checkMessageExtras(i, m)
+		if err != nil {
+			return err
+		}
+		size += len(m.Content) + text
+		images += len(m.Images)
+		imageBytes += image
 	}
 	if size > MaxTextBytes {
 		return bad("messages", "%d bytes of text, at most %d", size, MaxTextBytes)
+	}
+	if images > MaxImages {
+		return bad("messages", "%d images, at most %d", images, MaxImages)
+	}
+	if imageBytes > MaxImageBytes {
+		return bad("messages", "%d bytes of images, at most %d", imageBytes, MaxImageBytes)
 	}
 	return nil
 }
@@ -128,6 +141,31 @@ func (req Request) CheckParams() error {
 			return bad(fmt.Sprintf("stop[%d]", i), "%v", err)
 		}
 	}
+	switch {
+	case !(req.PresencePenalty >= -2 && req.PresencePenalty <= 2):
+		return bad("presence_penalty", "%g is outside [-2, 2]", req.PresencePenalty)
+	case !(req.FrequencyPenalty >= -2 && req.FrequencyPenalty <= 2):
+		return bad("frequency_penalty", "%g is outside [-2, 2]", req.FrequencyPenalty)
+	case req.TopLogprobs < 0 || req.TopLogprobs > MaxTopLogprobs:
+		return bad("top_logprobs", "%d is outside [0, %d]", req.TopLogprobs, MaxTopLogprobs)
+	case req.TopLogprobs > 0 && !req.Logprobs:
+		return bad("top_logprobs", "given without logprobs")
+	case len(req.LogitBias) > MaxLogitBias:
+		return bad("logit_bias", "%d entries, at most %d", len(req.LogitBias), MaxLogitBias)
+	case req.Prompt != "" && (len(req.Tools) > 0 || req.ToolChoice.Mode != ""):
+		return bad("tools", "given for a raw completion")
+	}
+	for id, b := range req.LogitBias {
+		if id < 0 {
+			return bad("logit_bias", "token id %d is negative", id)
+		}
+		if !(b >= -100 && b <= 100) {
+			return bad("logit_bias", "bias %g of token %d is outside [-100, 100]", b, id)
+		}
+	}
+	if err := req.checkTools(); err != nil {
+		return err
+	}
 	if req.Format != nil {
 		return req.Format.check()
 	}
@@ -166,12 +204,20 @@ func (f *ResponseFormat) check() error {
 	case len(f.Schema) > MaxSchemaBytes:
 		return bad("response_format.json_schema.schema", "%d bytes, at most %d", len(f.Schema), MaxSchemaBytes)
 	}
-	if _, err := grammar.FromSchema(f.Schema); err != nil {
+	return checkSchema("response_format.json_schema.schema", f.Schema)
+}
+
+// checkSchema holds a JSON Schema (a response format's, a tool's
+// parameters) to what runtime/grammar converts. The conversion is the
+// check, so that a schema the gateway let through is never refused by the
+// engine after a worker accepted the job.
+func checkSchema(field string, schema []byte) error {
+	if _, err := grammar.FromSchema(schema); err != nil {
 		var se *grammar.SchemaError
 		if errors.As(err, &se) {
-			return bad("response_format.json_schema.schema", "%s", strings.TrimPrefix(se.Error(), "grammar: "))
+			return &FieldError{Field: field, Msg: strings.TrimPrefix(se.Error(), "grammar: ")}
 		}
-		return bad("response_format.json_schema.schema", "%v", err)
+		return &FieldError{Field: field, Msg: err.Error()}
 	}
 	return nil
 }
