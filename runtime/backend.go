@@ -25,6 +25,8 @@ type Model struct {
 	Tools bool
 	// Logprobs: it fills Delta.Logprobs when Request.Logprobs is set.
 	Logprobs bool
+	// LogitBias: it follows Request.LogitBias.
+	LogitBias bool
 	// Images: it reads Message.Images.
 	Images bool
 	// Embeddings: the backend's Embed serves it (the backend is an
@@ -68,6 +70,9 @@ type Request struct {
 	// Model.Tools is set is given them.
 	Tools      []Tool     `json:",omitempty"`
 	ToolChoice ToolChoice `json:",omitzero"`
+	// SingleToolCall: the answer makes at most one call (OpenAI's
+	// parallel_tool_calls false).
+	SingleToolCall bool `json:",omitempty"`
 	// Logprobs asks for each content token's log probability, and the
 	// TopLogprobs (0 to MaxTopLogprobs) likeliest tokens at each position.
 	Logprobs    bool `json:",omitempty"`
@@ -176,6 +181,9 @@ type EmbedRequest struct {
 type Embeddings struct {
 	Vectors      [][]float32
 	PromptTokens int
+	// CostNanoTON is set by a backend that bought the embeddings on the
+	// network (the client's gateway): what they cost.
+	CostNanoTON *uint64
 }
 
 // Errors a Backend returns, so that callers (the OpenAI handler, the market) can

@@ -130,6 +130,9 @@ func (m Model) Serves(req Request) error {
 	if req.Logprobs && !m.Logprobs {
 		return lacks("logprobs", "logprobs")
 	}
+	if len(req.LogitBias) > 0 && !m.LogitBias {
+		return lacks("logit_bias", "logit_bias")
+	}
 	for i, msg := range req.Messages {
 		if !m.Tools && len(msg.ToolCalls) > 0 {
 			return lacks(fmt.Sprintf("messages[%d].tool_calls", i), "tool calls")
