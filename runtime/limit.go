@@ -76,6 +76,20 @@ func (l *Limited) Generate(ctx context.Context, req Request) (Stream, error) {
 	return &limitedStream{Stream: s, release: l.release}, nil
 }
 
+// Embed takes a slot as Generate does and computes the embeddings on it.
+// A wrapped backend that serves no embeddings refuses naming the model.
+func (l *Limited) Embed(ctx context.Context, req EmbedRequest) (Embeddings, error) {
+	e, ok := l.b.(Embedder)
+	if !ok {
+		return Embeddings{}, &FieldError{Field: "model", Msg: fmt.Sprintf("model %q: this backend serves no embeddings", truncate(req.Model))}
+	}
+	if err := l.acquire(ctx); err != nil {
+		return Embeddings{}, err
+	}
+	defer l.release()
+	return e.Embed(ctx, req)
+}
+
 func (l *Limited) acquire(ctx context.Context) error {
 	l.mu.Lock()
 	if l.closed {

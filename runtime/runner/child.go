@@ -137,6 +137,35 @@ func serveChild(in io.Reader, out io.Writer) error {
 			if cs != nil {
 				cs.stop()
 			}
+		case opEmbed:
+			ctx, cancel := context.WithCancel(context.Background())
+			cs := &childStream{cancel: cancel}
+			mu.Lock()
+			if _, dup := streams[f.ID]; dup {
+				mu.Unlock()
+				cancel()
+				_ = w.send(frame{Op: opError, ID: f.ID, Kind: "invalid", Msg: "stream id in use"})
+				continue
+			}
+			streams[f.ID] = cs
+			mu.Unlock()
+			wg.Add(1)
+			go func(id uint64, req runtime.EmbedRequest) {
+				defer wg.Done()
+				defer func() { mu.Lock(); delete(streams, id); mu.Unlock() }()
+				defer cancel()
+				emb, ok := any(b).(runtime.Embedder)
+				if !ok {
+					_ = w.send(frame{Op: opError, ID: id, Kind: "invalid", Field: "model", Msg: "the engine serves no embeddings"})
+					return
+				}
+				e, err := emb.Embed(ctx, req)
+				if err != nil {
+					_ = w.send(errorFrame(id, err))
+					return
+				}
+				_ = w.send(frame{Op: opEmbedded, ID: id, Vectors: e.Vectors, Usage: &runtime.Usage{PromptTokens: e.PromptTokens}})
+			}(f.ID, runtime.EmbedRequest{Model: f.Model, Inputs: f.Inputs})
 		case opPing:
 			_ = w.send(frame{Op: opPong, ID: f.ID})
 		default:
@@ -162,7 +191,7 @@ func (cs *childStream) run(ctx context.Context, b runtime.Backend, id uint64, re
 	defer cs.cancel()
 	st, err := b.Generate(ctx, req)
 	if err != nil {
-		_ = w.send(frame{Op: opError, ID: id, Kind: kindOf(err), Msg: err.Error()})
+		_ = w.send(errorFrame(id, err))
 		return
 	}
 	cs.mu.Lock()
@@ -193,10 +222,11 @@ func (cs *childStream) run(ctx context.Context, b runtime.Backend, id uint64, re
 			return
 		}
 		if err != nil {
-			_ = w.send(frame{Op: opError, ID: id, Kind: kindOf(err), Msg: err.Error()})
+			_ = w.send(errorFrame(id, err))
 			return
 		}
-		if err := w.send(frame{Op: opDelta, ID: id, Text: d.Text, Tokens: d.Tokens}); err != nil {
+		if err := w.send(frame{Op: opDelta, ID: id, Text: d.Text, Tokens: d.Tokens,
+			Calls: d.ToolCalls, Logprobs: d.Logprobs, Refusal: d.Refusal}); err != nil {
 			return
 		}
 		credit--

@@ -32,6 +32,17 @@ var kinds = []struct {
 	{"deadline", context.DeadlineExceeded},
 }
 
+// errorFrame is the frame that carries err to the parent: its kind, and the
+// field of a *runtime.FieldError, which the parent rebuilds.
+func errorFrame(id uint64, err error) frame {
+	f := frame{Op: opError, ID: id, Kind: kindOf(err), Msg: err.Error()}
+	var fe *runtime.FieldError
+	if errors.As(err, &fe) {
+		f.Field, f.Msg = fe.Field, fe.Msg
+	}
+	return f
+}
+
 func kindOf(err error) string {
 	for _, k := range kinds {
 		if errors.Is(err, k.err) {
@@ -53,6 +64,9 @@ func (e *remoteError) Error() string { return e.msg }
 func (e *remoteError) Unwrap() error { return e.kind }
 
 func errorFrom(f frame) error {
+	if f.Field != "" && f.Kind == "invalid" {
+		return &runtime.FieldError{Field: f.Field, Msg: f.Msg}
+	}
 	for _, k := range kinds {
 		if k.name == f.Kind {
 			return &remoteError{msg: f.Msg, kind: k.err}

@@ -129,6 +129,25 @@ func (b *Backend) Generate(ctx context.Context, req runtime.Request) (runtime.St
 	return e.generate(ctx, req)
 }
 
+// Embed checks req and computes it in the model's child, as Generate.
+func (b *Backend) Embed(ctx context.Context, req runtime.EmbedRequest) (runtime.Embeddings, error) {
+	if err := req.Check(); err != nil {
+		return runtime.Embeddings{}, err
+	}
+	e, ok := b.engines[req.Model]
+	if !ok {
+		return runtime.Embeddings{}, fmt.Errorf("%w: %q", runtime.ErrUnknownModel, req.Model)
+	}
+	for _, m := range e.models {
+		if m.ID == req.Model {
+			if err := m.ServesEmbeddings(); err != nil {
+				return runtime.Embeddings{}, err
+			}
+		}
+	}
+	return e.embed(ctx, req)
+}
+
 // Close stops every child and waits for them to exit.
 func (b *Backend) Close() error {
 	seen := map[*engine]bool{}
@@ -318,6 +337,38 @@ func (e *engine) generate(ctx context.Context, req runtime.Request) (runtime.Str
 			return nil, fmt.Errorf("%w: the engine process is restarting after a crash", runtime.ErrBusy)
 		case <-ctx.Done():
 			return nil, fmt.Errorf("wait for the engine process to restart: %w", ctx.Err())
+		}
+	}
+}
+
+// embed runs req in the current child, waiting for a restart as generate.
+func (e *engine) embed(ctx context.Context, req runtime.EmbedRequest) (runtime.Embeddings, error) {
+	b, _ := json.Marshal(req)
+	sh := sha256.Sum256(append([]byte("embed\x00"), b...))
+	var wait <-chan time.Time
+	for {
+		e.mu.Lock()
+		c, up, closed, crashes := e.cur, e.up, e.closed, e.crashes[sh]
+		e.mu.Unlock()
+		switch {
+		case closed:
+			return runtime.Embeddings{}, runtime.ErrClosed
+		case crashes >= e.cfg.RefuseAfter:
+			return runtime.Embeddings{}, fmt.Errorf("%w (%d times)", ErrRefused, crashes)
+		case c != nil:
+			return c.embed(ctx, req, sh)
+		}
+		if wait == nil {
+			t := time.NewTimer(e.cfg.RestartWait)
+			defer t.Stop()
+			wait = t.C
+		}
+		select {
+		case <-up:
+		case <-wait:
+			return runtime.Embeddings{}, fmt.Errorf("%w: the engine process is restarting after a crash", runtime.ErrBusy)
+		case <-ctx.Done():
+			return runtime.Embeddings{}, fmt.Errorf("wait for the engine process to restart: %w", ctx.Err())
 		}
 	}
 }
@@ -577,6 +628,42 @@ func (c *child) generate(ctx context.Context, req runtime.Request, sh [32]byte) 
 	}
 }
 
+// embed sends req to the child and waits for its vectors. It is a stream
+// whose one answer is an embedded frame, so that a crash fails it as it
+// fails generations.
+func (c *child) embed(ctx context.Context, req runtime.EmbedRequest, sh [32]byte) (runtime.Embeddings, error) {
+	s := &stream{c: c, shape: sh, frames: make(chan frame, Window+2), gone: make(chan struct{})}
+	c.mu.Lock()
+	if c.dead {
+		c.mu.Unlock()
+		return runtime.Embeddings{}, fmt.Errorf("%w: the engine process is restarting after a crash", runtime.ErrBusy)
+	}
+	c.nextID++
+	s.id = c.nextID
+	c.streams[s.id] = s
+	c.mu.Unlock()
+	if err := c.w.send(frame{Op: opEmbed, ID: s.id, Model: req.Model, Inputs: req.Inputs}); err != nil {
+		s.forget()
+		return runtime.Embeddings{}, fmt.Errorf("%w: send to the engine process: %v", ErrEngineCrashed, err)
+	}
+	select {
+	case f := <-s.frames:
+		s.forget()
+		if f.Op != opEmbedded {
+			return runtime.Embeddings{}, errorFrom(f)
+		}
+		if len(f.Vectors) != len(req.Inputs) || f.Usage == nil {
+			return runtime.Embeddings{}, fmt.Errorf("%w: the engine answered %d vectors for %d inputs", runtime.ErrUpstream, len(f.Vectors), len(req.Inputs))
+		}
+		return runtime.Embeddings{Vectors: f.Vectors, PromptTokens: f.Usage.PromptTokens}, nil
+	case <-s.gone:
+		return runtime.Embeddings{}, s.ended()
+	case <-ctx.Done():
+		s.Close()
+		return runtime.Embeddings{}, fmt.Errorf("embed: %w", ctx.Err())
+	}
+}
+
 // stream is one generation in a child, seen from the parent. Recv is called
 // by one goroutine; Close may come from any.
 type stream struct {
@@ -647,7 +734,7 @@ func (s *stream) Recv() (runtime.Delta, error) {
 		if grant > 0 {
 			_ = s.c.w.send(frame{Op: opCredit, ID: s.id, N: grant})
 		}
-		return runtime.Delta{Text: f.Text, Tokens: f.Tokens}, nil
+		return runtime.Delta{Text: f.Text, Tokens: f.Tokens, ToolCalls: f.Calls, Logprobs: f.Logprobs, Refusal: f.Refusal}, nil
 	case opEnd:
 		s.mu.Lock()
 		if f.Usage != nil {

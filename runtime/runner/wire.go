@@ -33,6 +33,8 @@ const (
 	opEnd      = "end"
 	opError    = "error"
 	opClose    = "close"
+	opEmbed    = "embed"    // parent → child: Model and Inputs
+	opEmbedded = "embedded" // child → parent: Vectors and Usage
 	opPing     = "ping"
 	opPong     = "pong"
 )
@@ -48,9 +50,18 @@ type frame struct {
 	N      int              `json:"n,omitempty"`
 	Text   string           `json:"text,omitempty"`
 	Tokens int              `json:"tokens,omitempty"`
+	// A delta's tool call pieces, logprobs and refusal (runtime.Delta).
+	Calls    []runtime.ToolCallDelta `json:"calls,omitempty"`
+	Logprobs []runtime.TokenLogprob  `json:"logprobs,omitempty"`
+	Refusal  string                  `json:"refusal,omitempty"`
+	// An embed's request and answer.
+	Model   string      `json:"model,omitempty"`
+	Inputs  []string    `json:"inputs,omitempty"`
+	Vectors [][]float32 `json:"vectors,omitempty"`
 	Usage  *runtime.Usage   `json:"usage,omitempty"`
 	Finish string           `json:"finish,omitempty"`
 	Kind   string           `json:"kind,omitempty"`
+	Field  string           `json:"field,omitempty"` // an error's runtime.FieldError field
 	Msg    string           `json:"msg,omitempty"`
 }
 
