@@ -55,14 +55,14 @@ type frame struct {
 	Logprobs []runtime.TokenLogprob  `json:"logprobs,omitempty"`
 	Refusal  string                  `json:"refusal,omitempty"`
 	// An embed's request and answer.
-	Model   string      `json:"model,omitempty"`
-	Inputs  []string    `json:"inputs,omitempty"`
-	Vectors [][]float32 `json:"vectors,omitempty"`
-	Usage  *runtime.Usage   `json:"usage,omitempty"`
-	Finish string           `json:"finish,omitempty"`
-	Kind   string           `json:"kind,omitempty"`
-	Field  string           `json:"field,omitempty"` // an error's runtime.FieldError field
-	Msg    string           `json:"msg,omitempty"`
+	Model   string         `json:"model,omitempty"`
+	Inputs  []string       `json:"inputs,omitempty"`
+	Vectors [][]float32    `json:"vectors,omitempty"`
+	Usage   *runtime.Usage `json:"usage,omitempty"`
+	Finish  string         `json:"finish,omitempty"`
+	Kind    string         `json:"kind,omitempty"`
+	Field   string         `json:"field,omitempty"` // an error's runtime.FieldError field
+	Msg     string         `json:"msg,omitempty"`
 }
 
 // childConfig is what the child loads: llamacpp.Config less the logger.
