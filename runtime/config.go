@@ -57,6 +57,32 @@ type ModelConfig struct {
 	// do): requests with one are forwarded, and the ads say so. False: such
 	// requests are refused. The llamacpp backend always offers it.
 	StructuredOutput bool `toml:"structured_output"`
+	// What else the openai backend's upstream offers for this model, as
+	// runtime.Model's flags of the same names: a request using a capability
+	// not declared here is refused before anything is sent upstream, and the
+	// ads say only what is declared. Where the upstream lists a model's
+	// capabilities (Ollama's /api/show), a declared one it lacks stops the
+	// start. The llamacpp backend says itself what it offers.
+	Tools     bool `toml:"tools"`      // tools, tool_choice, tool calls and results
+	Logprobs  bool `toml:"logprobs"`   // logprobs and top_logprobs
+	LogitBias bool `toml:"logit_bias"` // logit_bias, in the upstream's token ids
+	Images    bool `toml:"images"`     // image_url parts (data: URLs) in user messages
+	// Embeddings: the model answers /v1/embeddings. EmbeddingDims is its
+	// vectors' length; 0: asked of the upstream at start (one embeddings
+	// call).
+	Embeddings    bool `toml:"embeddings"`
+	EmbeddingDims int  `toml:"embedding_dims"`
+}
+
+// MaxEmbeddingDims bounds a model's embedding dimensions (the largest
+// embedding models have a few thousand).
+const MaxEmbeddingDims = 1 << 16
+
+// Declared is what m declares its model offers beyond text: runtime.Model's
+// capability fields (ID, Digest and ContextLength are left zero).
+func (m ModelConfig) Declared() Model {
+	return Model{StructuredOutput: m.StructuredOutput, Tools: m.Tools, Logprobs: m.Logprobs, LogitBias: m.LogitBias,
+		Images: m.Images, Embeddings: m.Embeddings, EmbeddingDims: m.EmbeddingDims}
 }
 
 // Validate checks cfg and returns an error naming the first bad field, as
@@ -114,6 +140,15 @@ func (cfg Config) Validate() error {
 			if m.StructuredOutput {
 				bad(field+".structured_output", "set, but the llamacpp backend always offers structured output")
 			}
+			for _, c := range []struct {
+				key string
+				set bool
+			}{{"tools", m.Tools}, {"logprobs", m.Logprobs}, {"logit_bias", m.LogitBias}, {"images", m.Images},
+				{"embeddings", m.Embeddings}, {"embedding_dims", m.EmbeddingDims != 0}} {
+				if c.set {
+					bad(field+"."+c.key, "set, but only the openai backend takes capability keys (the llamacpp backend says itself what it offers)")
+				}
+			}
 		}
 	case KindOpenAI:
 		if cfg.UpstreamURL == "" {
@@ -138,6 +173,12 @@ func (cfg Config) Validate() error {
 			ids[m.ID] = i
 			if m.ContextLength < 0 || m.ContextLength > MaxContextLength {
 				bad(field+".context_length", "must be 1 to %d tokens (or absent: from the upstream), not %d", MaxContextLength, m.ContextLength)
+			}
+			switch {
+			case m.EmbeddingDims < 0 || m.EmbeddingDims > MaxEmbeddingDims:
+				bad(field+".embedding_dims", "must be 1 to %d (or absent: asked of the upstream), not %d", MaxEmbeddingDims, m.EmbeddingDims)
+			case m.EmbeddingDims > 0 && !m.Embeddings:
+				bad(field+".embedding_dims", "set, but embeddings is not (set embeddings = true for an embedding model)")
 			}
 		}
 	default:

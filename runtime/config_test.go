@@ -27,6 +27,15 @@ path = "/models/b.GGUF"
 id = "bee"
 context_length = 8192
 structured_output = true
+
+[[runtime.models]]
+id = "e5"
+tools = true
+logprobs = true
+logit_bias = true
+images = true
+embeddings = true
+embedding_dims = 1024
 `
 	var c struct{ Runtime runtime.Config }
 	md, err := toml.Decode(file, &c)
@@ -39,8 +48,16 @@ structured_output = true
 	want := runtime.Config{Backend: "llamacpp", Threads: 2, Slots: 3, Queue: 10,
 		Models: []runtime.ModelConfig{{Path: "/models/a.gguf"}, {Path: "/models/b.GGUF", ID: "bee", ContextLength: 8192, StructuredOutput: true}}}
 	if c.Runtime.Backend != want.Backend || c.Runtime.Threads != 2 || c.Runtime.Slots != 3 || c.Runtime.Queue != 10 ||
-		len(c.Runtime.Models) != 2 || c.Runtime.Models[1] != want.Models[1] {
+		len(c.Runtime.Models) != 3 || c.Runtime.Models[1] != want.Models[1] {
 		t.Fatalf("decoded %+v; want %+v", c.Runtime, want)
+	}
+	all := runtime.ModelConfig{ID: "e5", Tools: true, Logprobs: true, LogitBias: true, Images: true, Embeddings: true, EmbeddingDims: 1024}
+	if c.Runtime.Models[2] != all {
+		t.Fatalf("decoded %+v; want %+v", c.Runtime.Models[2], all)
+	}
+	declared := runtime.Model{Tools: true, Logprobs: true, LogitBias: true, Images: true, Embeddings: true, EmbeddingDims: 1024}
+	if got := all.Declared(); got != declared {
+		t.Errorf("Declared() = %+v; want %+v", got, declared)
 	}
 }
 
@@ -76,6 +93,17 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 		{runtime.Config{Backend: "openai", UpstreamURL: "http://x", Models: []runtime.ModelConfig{{ID: "a", ContextLength: runtime.MaxContextLength + 1}}}, "runtime.models[0].context_length: must be 1 to"},
 		{runtime.Config{Models: []runtime.ModelConfig{{Path: model, ContextLength: 8192}}}, "runtime.models[0].context_length: set, but the llamacpp backend"},
 		{runtime.Config{Models: []runtime.ModelConfig{{Path: model, StructuredOutput: true}}}, "runtime.models[0].structured_output: set, but the llamacpp backend"},
+		{runtime.Config{Backend: "openai", UpstreamURL: "http://x", Models: []runtime.ModelConfig{{ID: "a", StructuredOutput: true, Tools: true, Logprobs: true,
+			LogitBias: true, Images: true}, {ID: "e", Embeddings: true}, {ID: "f", Embeddings: true, EmbeddingDims: 768}}}, ""},
+		{runtime.Config{Backend: "openai", UpstreamURL: "http://x", Models: []runtime.ModelConfig{{ID: "a", EmbeddingDims: 768}}}, "runtime.models[0].embedding_dims: set, but embeddings is not"},
+		{runtime.Config{Backend: "openai", UpstreamURL: "http://x", Models: []runtime.ModelConfig{{ID: "a", Embeddings: true, EmbeddingDims: -1}}}, "runtime.models[0].embedding_dims: must be 1 to 65536"},
+		{runtime.Config{Backend: "openai", UpstreamURL: "http://x", Models: []runtime.ModelConfig{{ID: "a", Embeddings: true, EmbeddingDims: runtime.MaxEmbeddingDims + 1}}}, "runtime.models[0].embedding_dims: must be 1 to"},
+		{runtime.Config{Models: []runtime.ModelConfig{{Path: model, Embeddings: true}}}, "runtime.models[0].embeddings: set, but only the openai backend"},
+		{runtime.Config{Models: []runtime.ModelConfig{{Path: model, EmbeddingDims: 8}}}, "runtime.models[0].embedding_dims: set, but only the openai backend"},
+		{runtime.Config{Models: []runtime.ModelConfig{{Path: model, Tools: true}}}, "runtime.models[0].tools: set, but only the openai backend"},
+		{runtime.Config{Models: []runtime.ModelConfig{{Path: model, Logprobs: true}}}, "runtime.models[0].logprobs: set"},
+		{runtime.Config{Models: []runtime.ModelConfig{{Path: model, LogitBias: true}}}, "runtime.models[0].logit_bias: set"},
+		{runtime.Config{Models: []runtime.ModelConfig{{Path: model, Images: true}}}, "runtime.models[0].images: set"},
 	} {
 		err := tc.cfg.Validate()
 		switch {
