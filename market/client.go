@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/cocoon-network/cocoon/market/pb"
@@ -38,6 +39,11 @@ type Job struct {
 	ID       JobID
 	Request  runtime.Request // Model, Messages or Prompt, sampling, Continuation
 	MaxPrice Price           // a zero field: no cap on that price
+	// Embed makes it an embeddings job of Request.Model: a vector of
+	// EmbeddingDims (the worker's ad's) for each input, each delivered as a
+	// Chunk with Vector set.
+	Embed         []string
+	EmbeddingDims int
 }
 
 // Chunk is a piece of the answer as the caller sees it.
@@ -45,6 +51,13 @@ type Chunk struct {
 	Text        string
 	Tokens      int // completion tokens in this chunk
 	TokensSoFar int // completion tokens delivered in this job (across workers, under Failover)
+	// What runtime.Delta carries besides text.
+	ToolCalls []runtime.ToolCallDelta
+	Logprobs  []runtime.TokenLogprob
+	Refusal   string
+	// An embeddings job's vector for input Index.
+	Index  int
+	Vector []float32
 }
 
 // Violation is a breach of the protocol by a worker, which costs it reputation.
@@ -108,6 +121,7 @@ type clientRun struct {
 	received   uint64 // tokens_so_far of the last valid chunk
 	paidTokens uint64 // delivered completion tokens the vouchers sent so far cover
 	prompted   bool   // the Prompt left: a Cancel is answered by Done
+	vectors    []bool // an embeddings job: which inputs' vectors came
 }
 
 // Run drives the client side of one job over rw, calling out with each chunk in
@@ -152,18 +166,19 @@ func (c *clientRun) run(ctx context.Context, opt RunOptions) error {
 		return fmt.Errorf("open job: max_tokens %d is outside 0..%d: %w", r.MaxTokens, uint32(math.MaxUint32), runtime.ErrInvalidRequest)
 	}
 	open := &pb.Open{
-		JobId: c.job.ID[:],
-		Model: r.Model,
-		Params: &pb.Params{
-			MaxTokens:   uint32(r.MaxTokens),
-			Temperature: r.Temperature,
-			TopP:        r.TopP,
-			Stop:        r.Stop,
-			Seed:        r.Seed,
-			Format:      formatToPB(r.Format),
-		},
+		JobId:              c.job.ID[:],
+		Model:              r.Model,
+		Params:             paramsToPB(r),
+		Embed:              c.job.Embed != nil,
 		MaxPricePrompt:     c.job.MaxPrice.Prompt,
 		MaxPriceCompletion: c.job.MaxPrice.Completion,
+	}
+	if c.job.Embed != nil {
+		open.Params = nil
+		if c.job.EmbeddingDims <= 0 || c.job.EmbeddingDims > maxEmbeddingDims {
+			return fmt.Errorf("open job: embedding dims %d outside 1..%d: %w", c.job.EmbeddingDims, maxEmbeddingDims, runtime.ErrInvalidRequest)
+		}
+		c.vectors = make([]bool, len(c.job.Embed))
 	}
 	open.Channel = c.pay.Channel()
 	if err := checkOpen(open); err != nil {
@@ -204,10 +219,7 @@ func (c *clientRun) run(ctx context.Context, opt RunOptions) error {
 	if c.every == 0 {
 		c.every = max(uint64(acc.GetCreditTokens())/2, 1)
 	}
-	prompt := &pb.Prompt{Prompt: r.Prompt, Continuation: r.Continuation}
-	for _, m := range r.Messages {
-		prompt.Messages = append(prompt.Messages, &pb.ChatMessage{Role: m.Role, Content: m.Content})
-	}
+	prompt := &pb.Prompt{Prompt: r.Prompt, Continuation: r.Continuation, Messages: messagesToPB(r.Messages), Inputs: c.job.Embed}
 	if err := c.w.send(&pb.Frame{Msg: &pb.Frame_Prompt{Prompt: prompt}}); err != nil {
 		return fmt.Errorf("send prompt: %w", err)
 	}
@@ -229,7 +241,9 @@ func (c *clientRun) run(ctx context.Context, opt RunOptions) error {
 				return err
 			}
 			c.rc.CompletionTokens = c.received
-			if err := c.out(Chunk{Text: m.Chunk.GetDelta(), Tokens: int(n), TokensSoFar: int(c.received)}); err != nil {
+			calls, lps := deltaFromPB(m.Chunk)
+			if err := c.out(Chunk{Text: m.Chunk.GetDelta(), Tokens: int(n), TokensSoFar: int(c.received),
+				ToolCalls: calls, Logprobs: lps, Refusal: m.Chunk.GetRefusal()}); err != nil {
 				return c.stop(ctx, CancelClient, fmt.Errorf("deliver chunk: %w", err))
 			}
 			if c.rc.CompletionTokens-c.paidTokens >= c.every {
@@ -238,7 +252,16 @@ func (c *clientRun) run(ctx context.Context, opt RunOptions) error {
 				}
 			}
 			phase, wait = "next chunk", c.t.Chunk
+		case *pb.Frame_Embedding:
+			if err := c.embedding(ctx, m.Embedding); err != nil {
+				return err
+			}
+			phase, wait = "next chunk", c.t.Chunk
 		case *pb.Frame_Done:
+			if c.vectors != nil && slices.Contains(c.vectors, false) {
+				_ = c.w.cancel(CancelProtocol)
+				return c.violate(ViolationProtocol, fmt.Errorf("done: an embedding is missing: %w", ErrProtocol))
+			}
 			return c.done(ctx, m.Done)
 		case *pb.Frame_Cancel:
 			// Pay for what arrived; the worker stopped on its own.
@@ -251,10 +274,33 @@ func (c *clientRun) run(ctx context.Context, opt RunOptions) error {
 	}
 }
 
+// embedding checks an embeddings job's vector and hands it to the caller.
+func (c *clientRun) embedding(ctx context.Context, m *pb.Embedding) error {
+	i := int(m.GetIndex())
+	if c.vectors == nil || i >= len(c.vectors) || c.vectors[i] {
+		_ = c.w.cancel(CancelProtocol)
+		return c.violate(ViolationProtocol, fmt.Errorf("embedding %d unasked or twice: %w", i, ErrProtocol))
+	}
+	v, err := vectorFromPB(m.GetVector(), c.job.EmbeddingDims)
+	if err != nil {
+		_ = c.w.cancel(CancelProtocol)
+		return c.violate(ViolationProtocol, fmt.Errorf("%w: %w", err, ErrProtocol))
+	}
+	c.vectors[i] = true
+	if err := c.out(Chunk{Index: i, Vector: v}); err != nil {
+		return c.stop(ctx, CancelClient, fmt.Errorf("deliver embedding: %w", err))
+	}
+	return nil
+}
+
 // chunk checks a chunk against what came before and returns its token count.
 func (c *clientRun) chunk(m *pb.Chunk) (uint64, error) {
+	if c.vectors != nil {
+		_ = c.w.cancel(CancelProtocol)
+		return 0, c.violate(ViolationProtocol, fmt.Errorf("chunk in an embeddings job: %w", ErrProtocol))
+	}
 	tsf, prev := uint64(m.GetTokensSoFar()), c.received
-	if tsf < prev || (tsf == prev && m.GetDelta() == "") {
+	if tsf < prev || (tsf == prev && !chunkHasContent(m)) {
 		_ = c.w.cancel(CancelProtocol)
 		return 0, c.violate(ViolationProtocol, fmt.Errorf("chunk: tokens_so_far %d after %d: %w", tsf, prev, ErrProtocol))
 	}
@@ -318,6 +364,10 @@ func (c *clientRun) payTo(ctx context.Context, total uint64) error {
 // done settles a finished job: it checks the worker's usage against the chunks
 // and sends the final voucher.
 func (c *clientRun) done(ctx context.Context, d *pb.Done) error {
+	if (c.vectors != nil) != (d.GetFinishReason() == FinishEmbedded) {
+		_ = c.w.cancel(CancelProtocol)
+		return c.violate(ViolationProtocol, fmt.Errorf("done: finish reason %q for this kind of job: %w", d.GetFinishReason(), ErrProtocol))
+	}
 	u := d.GetUsage()
 	c.rc.PromptTokens = uint64(u.GetPromptTokens())
 	c.rc.ReportedCompletion = uint64(u.GetCompletionTokens())

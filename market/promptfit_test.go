@@ -14,18 +14,21 @@ import (
 // prompt frame: the gateway's 400 is the only refusal a caller meets for
 // size, never a stream reset halfway through the network.
 func TestCheckedRequestFitsThePromptFrame(t *testing.T) {
-	msgs := make([]*pb.ChatMessage, runtime.MaxMessages)
-	per := runtime.MaxTextBytes / runtime.MaxMessages
-	for i := range msgs {
-		msgs[i] = &pb.ChatMessage{Role: "developer", Content: strings.Repeat("\u00e9", per/2)}
-	}
 	req := runtime.Request{Model: "m", Temperature: 1}
-	for _, m := range msgs {
-		req.Messages = append(req.Messages, runtime.Message{Role: m.Role, Content: m.Content})
+	per := runtime.MaxTextBytes / runtime.MaxMessages
+	img := "data:image/png;base64," + strings.Repeat("A", runtime.MaxImageBytes/runtime.MaxImages-len("data:image/png;base64,"))
+	for i := range runtime.MaxMessages {
+		m := runtime.Message{Role: "developer", Content: strings.Repeat("\u00e9", per/2)}
+		if i < runtime.MaxImages { // the images' bytes too
+			m.Role = "user"
+			m.Images = []runtime.Image{{URL: img, Detail: "high", At: len(m.Content)}}
+		}
+		req.Messages = append(req.Messages, m)
 	}
 	if err := req.Check(); err != nil {
 		t.Fatalf("the largest request is refused: %v", err)
 	}
+	msgs := messagesToPB(req.Messages)
 	f := &pb.Frame{Msg: &pb.Frame_Prompt{Prompt: &pb.Prompt{Messages: msgs}}}
 	if n := proto.Size(f) + 10; n > DefaultMaxPromptFrame { // +10: the length prefix
 		t.Fatalf("a checked request makes a %d-byte prompt frame; workers read at most %d", n, DefaultMaxPromptFrame)

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"time"
 
 	"github.com/libp2p/go-msgio/pbio"
@@ -65,10 +64,11 @@ const ProtocolID = "/cocoon/job/1.0.0"
 const (
 	// MaxWorkerFrame caps every message a client reads (Accept, Reject, Chunk,
 	// Done, Cancel).
-	MaxWorkerFrame = 64 << 10
+	MaxWorkerFrame = 128 << 10
 	// DefaultMaxPromptFrame caps every message a worker reads; the Prompt is the
-	// large one. Worker.MaxPromptBytes overrides it.
-	DefaultMaxPromptFrame = 1 << 20
+	// large one: runtime.MaxTextBytes of text and runtime.MaxImageBytes of
+	// images, with their framing. Worker.MaxPromptBytes overrides it.
+	DefaultMaxPromptFrame = 5 << 20
 
 	maxModelLen    = 128
 	maxStops       = 8
@@ -400,6 +400,11 @@ func checkWorkerFrame(f *pb.Frame) error {
 		return checkReject(m.Reject)
 	case *pb.Frame_Chunk:
 		return checkChunk(m.Chunk)
+	case *pb.Frame_Embedding:
+		if m.Embedding.GetIndex() >= runtime.MaxEmbedInputs || len(m.Embedding.GetVector()) > 4*maxEmbeddingDims || len(m.Embedding.GetVector())%4 != 0 {
+			return fmt.Errorf("embedding: index %d, %d bytes", m.Embedding.GetIndex(), len(m.Embedding.GetVector()))
+		}
+		return nil
 	case *pb.Frame_Done:
 		return checkDone(m.Done)
 	case *pb.Frame_Cancel:
@@ -426,32 +431,10 @@ func checkOpen(m *pb.Open) error {
 			return fmt.Errorf("open: channel: %w", err)
 		}
 	}
-	p := m.GetParams()
-	if t := p.GetTemperature(); math.IsNaN(t) || t < 0 || t > 10 {
-		return fmt.Errorf("open: temperature %v", t)
+	if m.GetEmbed() && m.GetParams() != nil {
+		return errors.New("open: an embeddings job with generation parameters")
 	}
-	if t := p.GetTopP(); math.IsNaN(t) || t < 0 || t > 1 {
-		return fmt.Errorf("open: top_p %v", t)
-	}
-	if len(p.GetStop()) > maxStops {
-		return fmt.Errorf("open: %d stop strings", len(p.GetStop()))
-	}
-	for _, s := range p.GetStop() {
-		if s == "" || len(s) > maxStopLen {
-			return fmt.Errorf("open: stop string of %d bytes", len(s))
-		}
-	}
-	if f := p.GetFormat(); f != nil {
-		switch {
-		case f.GetType() == "" || len(f.GetType()) > maxFormatType:
-			return fmt.Errorf("open: response format type of %d bytes", len(f.GetType()))
-		case len(f.GetName()) > maxFormatName:
-			return fmt.Errorf("open: response format name of %d bytes", len(f.GetName()))
-		case len(f.GetSchema()) > maxSchemaLen:
-			return fmt.Errorf("open: response format schema of %d bytes", len(f.GetSchema()))
-		}
-	}
-	return nil
+	return checkParams(m.GetParams())
 }
 
 // formatToPB and formatFromPB carry a request's response format in Params.
@@ -511,6 +494,15 @@ func checkCancel(m *pb.Cancel) error {
 }
 
 func checkPrompt(m *pb.Prompt) error {
+	if len(m.GetInputs()) > 0 {
+		if len(m.GetMessages()) > 0 || m.GetPrompt() != "" || m.GetContinuation() != "" {
+			return errors.New("prompt: embedding inputs with a chat or a prompt")
+		}
+		if len(m.GetInputs()) > runtime.MaxEmbedInputs {
+			return fmt.Errorf("prompt: %d inputs", len(m.GetInputs()))
+		}
+		return nil
+	}
 	if (len(m.GetMessages()) == 0) == (m.GetPrompt() == "") {
 		return errors.New("prompt: want either messages or a prompt")
 	}
@@ -519,9 +511,12 @@ func checkPrompt(m *pb.Prompt) error {
 	}
 	for _, msg := range m.GetMessages() {
 		switch msg.GetRole() {
-		case "system", "user", "assistant", "tool":
+		case "system", "developer", "user", "assistant", "tool":
 		default:
 			return fmt.Errorf("prompt: role %q", msg.GetRole())
+		}
+		if len(msg.GetToolCalls()) > runtime.MaxToolCalls || len(msg.GetImages()) > runtime.MaxImages {
+			return fmt.Errorf("prompt: a message with %d tool calls and %d images", len(msg.GetToolCalls()), len(msg.GetImages()))
 		}
 	}
 	return nil
@@ -541,7 +536,7 @@ func checkChunk(m *pb.Chunk) error {
 	if len(m.GetDelta()) > maxChunkText {
 		return fmt.Errorf("chunk: %d bytes of text", len(m.GetDelta()))
 	}
-	return nil
+	return checkChunkExtras(m)
 }
 
 func checkDone(m *pb.Done) error {
@@ -549,7 +544,7 @@ func checkDone(m *pb.Done) error {
 		return errors.New("done: no usage")
 	}
 	switch m.GetFinishReason() {
-	case FinishStop, FinishLength, FinishCancelled:
+	case FinishStop, FinishLength, FinishToolCalls, FinishCancelled, FinishEmbedded:
 	default:
 		return fmt.Errorf("done: finish reason %q", m.GetFinishReason())
 	}
@@ -563,7 +558,9 @@ func checkDone(m *pb.Done) error {
 const (
 	FinishStop      = "stop"
 	FinishLength    = "length"
+	FinishToolCalls = "tool_calls"
 	FinishCancelled = "cancelled"
+	FinishEmbedded  = "" // an embeddings job
 )
 
 // decodeChecked decodes one message of type T and applies check; it is the

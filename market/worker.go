@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -191,20 +192,8 @@ func (s *serveRun) run(ctx context.Context) error {
 	}
 	open := mo.Open
 	copy(s.id[:], open.GetJobId())
-	p := open.GetParams()
-	req := runtime.Request{
-		Model:       open.GetModel(),
-		MaxTokens:   int(p.GetMaxTokens()),
-		Temperature: p.GetTemperature(),
-		TopP:        p.GetTopP(),
-		Stop:        p.GetStop(),
-		Format:      formatFromPB(p.GetFormat()),
-	}
+	req := paramsFromPB(open.GetModel(), open.GetParams())
 	s.model = req.Model
-	if p != nil && p.Seed != nil {
-		seed := p.GetSeed()
-		req.Seed = &seed
-	}
 	// The client is a stranger too: its parameters get the gateway's checks
 	// before anything is accepted, and its prompt after it arrives.
 	if err := req.CheckParams(); err != nil {
@@ -216,9 +205,18 @@ func (s *serveRun) run(ctx context.Context) error {
 	if !ok || mi < 0 {
 		return s.reject(RejectUnknownModel, "model "+req.Model)
 	}
-	if req.Format != nil && !s.w.Backend.Models()[mi].StructuredOutput {
-		// A client selects only workers whose ad offers it.
-		return s.reject(RejectBadRequest, "response format for a model without structured output")
+	model := s.w.Backend.Models()[mi]
+	if err := model.Serves(req); err != nil {
+		// A client selects only workers whose ad offers what the request uses.
+		return s.reject(RejectBadRequest, err.Error())
+	}
+	if open.GetEmbed() {
+		if err := model.ServesEmbeddings(); err != nil {
+			return s.reject(RejectBadRequest, err.Error())
+		}
+		if _, ok := s.w.Backend.(runtime.Embedder); !ok {
+			return s.reject(RejectBadRequest, "the backend serves no embeddings")
+		}
 	}
 	if (maxPrice.Prompt != 0 && price.Prompt > maxPrice.Prompt) || (maxPrice.Completion != 0 && price.Completion > maxPrice.Completion) {
 		return s.reject(RejectPrice, "client's maximum below the price")
@@ -275,11 +273,15 @@ func (s *serveRun) run(ctx context.Context) error {
 	}
 	switch m := f.Msg.(type) {
 	case *pb.Frame_Prompt:
+		if open.GetEmbed() != (len(m.Prompt.GetInputs()) > 0) {
+			return s.fail(CancelProtocol, fmt.Errorf("prompt: embedding inputs do not match the open: %w", ErrProtocol))
+		}
+		if open.GetEmbed() {
+			return s.embed(ctx, model, runtime.EmbedRequest{Model: req.Model, Inputs: m.Prompt.GetInputs()})
+		}
 		req.Prompt = m.Prompt.GetPrompt()
 		req.Continuation = m.Prompt.GetContinuation()
-		for _, msg := range m.Prompt.GetMessages() {
-			req.Messages = append(req.Messages, runtime.Message{Role: msg.GetRole(), Content: msg.GetContent()})
-		}
+		req.Messages = messagesFromPB(m.Prompt.GetMessages())
 	case *pb.Frame_Cancel:
 		s.finishReason = FinishCancelled
 		return nil // the client declined (price, attestation) before sending the prompt
@@ -289,11 +291,46 @@ func (s *serveRun) run(ctx context.Context) error {
 	if err := req.Check(); err != nil {
 		return s.fail(CancelBadRequest, fmt.Errorf("prompt: %w", err))
 	}
+	if err := model.Serves(req); err != nil { // the messages' tool calls and images
+		return s.fail(CancelBadRequest, fmt.Errorf("prompt: %w", err))
+	}
 	s.prompted = time.Now()
 	if s.w.Observer != nil {
 		s.w.Observer.JobStarted(s.event())
 	}
 	return s.generate(ctx, req, uint64(credit))
+}
+
+// embed serves an embeddings job: the vectors, one Embedding each, then
+// Done priced at the prompt price, and the wait for its voucher.
+func (s *serveRun) embed(ctx context.Context, model runtime.Model, req runtime.EmbedRequest) error {
+	if err := req.Check(); err != nil {
+		return s.fail(CancelBadRequest, fmt.Errorf("prompt: %w", err))
+	}
+	s.prompted = time.Now()
+	if s.w.Observer != nil {
+		s.w.Observer.JobStarted(s.event())
+	}
+	e, err := s.w.Backend.(runtime.Embedder).Embed(ctx, req)
+	s.freeSlot()
+	switch {
+	case errors.Is(err, runtime.ErrInvalidRequest):
+		return s.fail(CancelBadRequest, fmt.Errorf("embed: %w", err))
+	case err != nil:
+		return s.fail(CancelInternal, fmt.Errorf("embed: %w", err))
+	case len(e.Vectors) != len(req.Inputs) || e.PromptTokens < 0 || e.PromptTokens > math.MaxUint32:
+		return s.fail(CancelInternal, fmt.Errorf("embed: the backend answered %d vectors for %d inputs, %d tokens", len(e.Vectors), len(req.Inputs), e.PromptTokens))
+	}
+	s.ttft = time.Since(s.prompted)
+	for i, v := range e.Vectors {
+		if len(v) != model.EmbeddingDims || len(v) > maxEmbeddingDims {
+			return s.fail(CancelInternal, fmt.Errorf("embed: a vector of %d, the ad says %d", len(v), model.EmbeddingDims))
+		}
+		if err := s.out.send(&pb.Frame{Msg: &pb.Frame_Embedding{Embedding: &pb.Embedding{Index: uint32(i), Vector: vectorToPB(v)}}}); err != nil {
+			return s.fail(CancelInternal, fmt.Errorf("send embedding: %w", err))
+		}
+	}
+	return s.finish(ctx, e.PromptTokens, FinishEmbedded)
 }
 
 // fail sends Cancel for a wire-visible error and returns err.
@@ -380,9 +417,10 @@ func (s *serveRun) generate(ctx context.Context, req runtime.Request, credit uin
 		if pending != nil {
 			next := s.sent + uint64(pending.Tokens)
 			if creditAllows(s.price, credit, s.sent, next, s.paid) {
-				err := s.out.send(&pb.Frame{Msg: &pb.Frame_Chunk{Chunk: &pb.Chunk{Delta: pending.Text, TokensSoFar: uint32(next)}}})
-				if err != nil {
-					return s.fail(CancelInternal, fmt.Errorf("send chunk: %w", err))
+				for _, c := range chunksOf(*pending, uint32(next)) {
+					if err := s.out.send(&pb.Frame{Msg: &pb.Frame_Chunk{Chunk: c}}); err != nil {
+						return s.fail(CancelInternal, fmt.Errorf("send chunk: %w", err))
+					}
 				}
 				if s.sent == 0 {
 					s.ttft = time.Since(s.prompted)
@@ -412,7 +450,7 @@ func (s *serveRun) generate(ctx context.Context, req runtime.Request, credit uin
 		case it := <-itemsC:
 			switch {
 			case it.err == nil:
-				if it.d.Tokens < 0 || (it.d.Tokens == 0 && it.d.Text == "") {
+				if it.d.Tokens < 0 || (it.d.Tokens == 0 && it.d.Text == "" && it.d.Refusal == "" && len(it.d.ToolCalls) == 0 && len(it.d.Logprobs) == 0) {
 					continue
 				}
 				d := it.d

@@ -327,6 +327,12 @@ type ModelOffer struct {
 	TtftP50Ms        uint32                 `protobuf:"varint,6,opt,name=ttft_p50_ms,json=ttftP50Ms,proto3" json:"ttft_p50_ms,omitempty"`                    // median time to first token
 	TpotP50Us        uint32                 `protobuf:"varint,7,opt,name=tpot_p50_us,json=tpotP50Us,proto3" json:"tpot_p50_us,omitempty"`                    // median time per output token
 	StructuredOutput bool                   `protobuf:"varint,8,opt,name=structured_output,json=structuredOutput,proto3" json:"structured_output,omitempty"` // follows a job's response format (Params.format)
+	Tools            bool                   `protobuf:"varint,9,opt,name=tools,proto3" json:"tools,omitempty"`                                               // follows Params.tools and tool_choice; reads tool calls and results in messages
+	Logprobs         bool                   `protobuf:"varint,10,opt,name=logprobs,proto3" json:"logprobs,omitempty"`                                        // answers Params.logprobs
+	LogitBias        bool                   `protobuf:"varint,11,opt,name=logit_bias,json=logitBias,proto3" json:"logit_bias,omitempty"`                     // follows Params.logit_bias
+	Images           bool                   `protobuf:"varint,12,opt,name=images,proto3" json:"images,omitempty"`                                            // reads ChatMessage.images
+	Embeddings       bool                   `protobuf:"varint,13,opt,name=embeddings,proto3" json:"embeddings,omitempty"`                                    // serves embedding jobs (Open.embed)
+	EmbeddingDims    uint32                 `protobuf:"varint,14,opt,name=embedding_dims,json=embeddingDims,proto3" json:"embedding_dims,omitempty"`         // the length of its vectors
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -415,6 +421,48 @@ func (x *ModelOffer) GetStructuredOutput() bool {
 		return x.StructuredOutput
 	}
 	return false
+}
+
+func (x *ModelOffer) GetTools() bool {
+	if x != nil {
+		return x.Tools
+	}
+	return false
+}
+
+func (x *ModelOffer) GetLogprobs() bool {
+	if x != nil {
+		return x.Logprobs
+	}
+	return false
+}
+
+func (x *ModelOffer) GetLogitBias() bool {
+	if x != nil {
+		return x.LogitBias
+	}
+	return false
+}
+
+func (x *ModelOffer) GetImages() bool {
+	if x != nil {
+		return x.Images
+	}
+	return false
+}
+
+func (x *ModelOffer) GetEmbeddings() bool {
+	if x != nil {
+		return x.Embeddings
+	}
+	return false
+}
+
+func (x *ModelOffer) GetEmbeddingDims() uint32 {
+	if x != nil {
+		return x.EmbeddingDims
+	}
+	return 0
 }
 
 type GPU struct {
@@ -661,6 +709,7 @@ type Frame struct {
 	//	*Frame_Chunk
 	//	*Frame_Done
 	//	*Frame_Cancel
+	//	*Frame_Embedding
 	Msg           isFrame_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -775,6 +824,15 @@ func (x *Frame) GetCancel() *Cancel {
 	return nil
 }
 
+func (x *Frame) GetEmbedding() *Embedding {
+	if x != nil {
+		if x, ok := x.Msg.(*Frame_Embedding); ok {
+			return x.Embedding
+		}
+	}
+	return nil
+}
+
 type isFrame_Msg interface {
 	isFrame_Msg()
 }
@@ -811,6 +869,10 @@ type Frame_Cancel struct {
 	Cancel *Cancel `protobuf:"bytes,8,opt,name=cancel,proto3,oneof"`
 }
 
+type Frame_Embedding struct {
+	Embedding *Embedding `protobuf:"bytes,9,opt,name=embedding,proto3,oneof"`
+}
+
 func (*Frame_Open) isFrame_Msg() {}
 
 func (*Frame_Accept) isFrame_Msg() {}
@@ -827,16 +889,27 @@ func (*Frame_Done) isFrame_Msg() {}
 
 func (*Frame_Cancel) isFrame_Msg() {}
 
+func (*Frame_Embedding) isFrame_Msg() {}
+
 type Params struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	MaxTokens     uint32                 `protobuf:"varint,1,opt,name=max_tokens,json=maxTokens,proto3" json:"max_tokens,omitempty"` // 0: backend default
-	Temperature   float64                `protobuf:"fixed64,2,opt,name=temperature,proto3" json:"temperature,omitempty"`
-	TopP          float64                `protobuf:"fixed64,3,opt,name=top_p,json=topP,proto3" json:"top_p,omitempty"`
-	Stop          []string               `protobuf:"bytes,4,rep,name=stop,proto3" json:"stop,omitempty"`
-	Seed          *uint64                `protobuf:"varint,5,opt,name=seed,proto3,oneof" json:"seed,omitempty"`
-	Format        *ResponseFormat        `protobuf:"bytes,6,opt,name=format,proto3" json:"format,omitempty"` // absent: free text
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	MaxTokens        uint32                 `protobuf:"varint,1,opt,name=max_tokens,json=maxTokens,proto3" json:"max_tokens,omitempty"` // 0: backend default
+	Temperature      float64                `protobuf:"fixed64,2,opt,name=temperature,proto3" json:"temperature,omitempty"`
+	TopP             float64                `protobuf:"fixed64,3,opt,name=top_p,json=topP,proto3" json:"top_p,omitempty"`
+	Stop             []string               `protobuf:"bytes,4,rep,name=stop,proto3" json:"stop,omitempty"`
+	Seed             *uint64                `protobuf:"varint,5,opt,name=seed,proto3,oneof" json:"seed,omitempty"`
+	Format           *ResponseFormat        `protobuf:"bytes,6,opt,name=format,proto3" json:"format,omitempty"`                                           // absent: free text
+	Tools            []*Tool                `protobuf:"bytes,7,rep,name=tools,proto3" json:"tools,omitempty"`                                             // functions the model may call
+	ToolChoice       string                 `protobuf:"bytes,8,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`                 // "" (the default), auto, none, required, function
+	ToolChoiceName   string                 `protobuf:"bytes,9,opt,name=tool_choice_name,json=toolChoiceName,proto3" json:"tool_choice_name,omitempty"`   // tool_choice function: the function to call
+	SingleToolCall   bool                   `protobuf:"varint,10,opt,name=single_tool_call,json=singleToolCall,proto3" json:"single_tool_call,omitempty"` // parallel_tool_calls false
+	Logprobs         bool                   `protobuf:"varint,11,opt,name=logprobs,proto3" json:"logprobs,omitempty"`
+	TopLogprobs      uint32                 `protobuf:"varint,12,opt,name=top_logprobs,json=topLogprobs,proto3" json:"top_logprobs,omitempty"`
+	PresencePenalty  float64                `protobuf:"fixed64,13,opt,name=presence_penalty,json=presencePenalty,proto3" json:"presence_penalty,omitempty"`
+	FrequencyPenalty float64                `protobuf:"fixed64,14,opt,name=frequency_penalty,json=frequencyPenalty,proto3" json:"frequency_penalty,omitempty"`
+	LogitBias        map[int32]float64      `protobuf:"bytes,15,rep,name=logit_bias,json=logitBias,proto3" json:"logit_bias,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"` // token id → bias
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Params) Reset() {
@@ -911,6 +984,138 @@ func (x *Params) GetFormat() *ResponseFormat {
 	return nil
 }
 
+func (x *Params) GetTools() []*Tool {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
+}
+
+func (x *Params) GetToolChoice() string {
+	if x != nil {
+		return x.ToolChoice
+	}
+	return ""
+}
+
+func (x *Params) GetToolChoiceName() string {
+	if x != nil {
+		return x.ToolChoiceName
+	}
+	return ""
+}
+
+func (x *Params) GetSingleToolCall() bool {
+	if x != nil {
+		return x.SingleToolCall
+	}
+	return false
+}
+
+func (x *Params) GetLogprobs() bool {
+	if x != nil {
+		return x.Logprobs
+	}
+	return false
+}
+
+func (x *Params) GetTopLogprobs() uint32 {
+	if x != nil {
+		return x.TopLogprobs
+	}
+	return 0
+}
+
+func (x *Params) GetPresencePenalty() float64 {
+	if x != nil {
+		return x.PresencePenalty
+	}
+	return 0
+}
+
+func (x *Params) GetFrequencyPenalty() float64 {
+	if x != nil {
+		return x.FrequencyPenalty
+	}
+	return 0
+}
+
+func (x *Params) GetLogitBias() map[int32]float64 {
+	if x != nil {
+		return x.LogitBias
+	}
+	return nil
+}
+
+// A function the model may call (OpenAI's tools[i].function).
+type Tool struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Description   string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	Parameters    []byte                 `protobuf:"bytes,3,opt,name=parameters,proto3" json:"parameters,omitempty"` // JSON Schema of the arguments; empty: none
+	Strict        bool                   `protobuf:"varint,4,opt,name=strict,proto3" json:"strict,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Tool) Reset() {
+	*x = Tool{}
+	mi := &file_market_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tool) ProtoMessage() {}
+
+func (x *Tool) ProtoReflect() protoreflect.Message {
+	mi := &file_market_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tool.ProtoReflect.Descriptor instead.
+func (*Tool) Descriptor() ([]byte, []int) {
+	return file_market_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Tool) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Tool) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Tool) GetParameters() []byte {
+	if x != nil {
+		return x.Parameters
+	}
+	return nil
+}
+
+func (x *Tool) GetStrict() bool {
+	if x != nil {
+		return x.Strict
+	}
+	return false
+}
+
 // The request's response_format other than "text": the worker's
 // runtime.Request.Check converts the schema before it accepts.
 type ResponseFormat struct {
@@ -925,7 +1130,7 @@ type ResponseFormat struct {
 
 func (x *ResponseFormat) Reset() {
 	*x = ResponseFormat{}
-	mi := &file_market_proto_msgTypes[8]
+	mi := &file_market_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -937,7 +1142,7 @@ func (x *ResponseFormat) String() string {
 func (*ResponseFormat) ProtoMessage() {}
 
 func (x *ResponseFormat) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[8]
+	mi := &file_market_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -950,7 +1155,7 @@ func (x *ResponseFormat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResponseFormat.ProtoReflect.Descriptor instead.
 func (*ResponseFormat) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{8}
+	return file_market_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ResponseFormat) GetType() string {
@@ -994,14 +1199,17 @@ type Open struct {
 	// worker. A worker that does not know the channel reads it from the chain and
 	// serves only if the contract is open, funded and names the worker's key;
 	// otherwise it rejects with REJECT_NO_CHANNEL.
-	Channel       string `protobuf:"bytes,7,opt,name=channel,proto3" json:"channel,omitempty"`
+	Channel string `protobuf:"bytes,7,opt,name=channel,proto3" json:"channel,omitempty"`
+	// an embeddings job: the Prompt holds inputs, the worker answers with one
+	// Embedding per input and Done; it is priced at the prompt price alone.
+	Embed         bool `protobuf:"varint,8,opt,name=embed,proto3" json:"embed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Open) Reset() {
 	*x = Open{}
-	mi := &file_market_proto_msgTypes[9]
+	mi := &file_market_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1013,7 +1221,7 @@ func (x *Open) String() string {
 func (*Open) ProtoMessage() {}
 
 func (x *Open) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[9]
+	mi := &file_market_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1026,7 +1234,7 @@ func (x *Open) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Open.ProtoReflect.Descriptor instead.
 func (*Open) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{9}
+	return file_market_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Open) GetJobId() []byte {
@@ -1078,6 +1286,13 @@ func (x *Open) GetChannel() string {
 	return ""
 }
 
+func (x *Open) GetEmbed() bool {
+	if x != nil {
+		return x.Embed
+	}
+	return false
+}
+
 // W→C: the worker takes the job at these prices.
 type Accept struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -1095,7 +1310,7 @@ type Accept struct {
 
 func (x *Accept) Reset() {
 	*x = Accept{}
-	mi := &file_market_proto_msgTypes[10]
+	mi := &file_market_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +1322,7 @@ func (x *Accept) String() string {
 func (*Accept) ProtoMessage() {}
 
 func (x *Accept) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[10]
+	mi := &file_market_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +1335,7 @@ func (x *Accept) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Accept.ProtoReflect.Descriptor instead.
 func (*Accept) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{10}
+	return file_market_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Accept) GetPricePrompt() uint64 {
@@ -1168,7 +1383,7 @@ type Reject struct {
 
 func (x *Reject) Reset() {
 	*x = Reject{}
-	mi := &file_market_proto_msgTypes[11]
+	mi := &file_market_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1395,7 @@ func (x *Reject) String() string {
 func (*Reject) ProtoMessage() {}
 
 func (x *Reject) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[11]
+	mi := &file_market_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1408,7 @@ func (x *Reject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reject.ProtoReflect.Descriptor instead.
 func (*Reject) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{11}
+	return file_market_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Reject) GetCode() RejectCode {
@@ -1207,13 +1422,16 @@ type ChatMessage struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Role          string                 `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
 	Content       string                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	ToolCalls     []*ToolCall            `protobuf:"bytes,3,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`      // assistant: the calls it made
+	ToolCallId    string                 `protobuf:"bytes,4,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"` // tool: the call this answers
+	Images        []*Image               `protobuf:"bytes,5,rep,name=images,proto3" json:"images,omitempty"`                             // user: images in the content
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ChatMessage) Reset() {
 	*x = ChatMessage{}
-	mi := &file_market_proto_msgTypes[12]
+	mi := &file_market_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1225,7 +1443,7 @@ func (x *ChatMessage) String() string {
 func (*ChatMessage) ProtoMessage() {}
 
 func (x *ChatMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[12]
+	mi := &file_market_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1238,7 +1456,7 @@ func (x *ChatMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatMessage.ProtoReflect.Descriptor instead.
 func (*ChatMessage) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{12}
+	return file_market_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ChatMessage) GetRole() string {
@@ -1255,19 +1473,162 @@ func (x *ChatMessage) GetContent() string {
 	return ""
 }
 
+func (x *ChatMessage) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *ChatMessage) GetToolCallId() string {
+	if x != nil {
+		return x.ToolCallId
+	}
+	return ""
+}
+
+func (x *ChatMessage) GetImages() []*Image {
+	if x != nil {
+		return x.Images
+	}
+	return nil
+}
+
+type ToolCall struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Arguments     string                 `protobuf:"bytes,3,opt,name=arguments,proto3" json:"arguments,omitempty"` // JSON
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolCall) Reset() {
+	*x = ToolCall{}
+	mi := &file_market_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCall) ProtoMessage() {}
+
+func (x *ToolCall) ProtoReflect() protoreflect.Message {
+	mi := &file_market_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCall.ProtoReflect.Descriptor instead.
+func (*ToolCall) Descriptor() ([]byte, []int) {
+	return file_market_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ToolCall) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ToolCall) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ToolCall) GetArguments() string {
+	if x != nil {
+		return x.Arguments
+	}
+	return ""
+}
+
+// An image in a message: a data: URL at byte offset at of the content.
+type Image struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Url           string                 `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	Detail        string                 `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"`
+	At            uint32                 `protobuf:"varint,3,opt,name=at,proto3" json:"at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Image) Reset() {
+	*x = Image{}
+	mi := &file_market_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Image) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Image) ProtoMessage() {}
+
+func (x *Image) ProtoReflect() protoreflect.Message {
+	mi := &file_market_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Image.ProtoReflect.Descriptor instead.
+func (*Image) Descriptor() ([]byte, []int) {
+	return file_market_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Image) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *Image) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *Image) GetAt() uint32 {
+	if x != nil {
+		return x.At
+	}
+	return 0
+}
+
 // C→W: the input, sent only after the client has checked the worker's attestation.
 type Prompt struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Messages      []*ChatMessage         `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`         // chat; or
 	Prompt        string                 `protobuf:"bytes,2,opt,name=prompt,proto3" json:"prompt,omitempty"`             // raw completion
 	Continuation  string                 `protobuf:"bytes,3,opt,name=continuation,proto3" json:"continuation,omitempty"` // text already delivered by a previous worker
+	Inputs        []string               `protobuf:"bytes,4,rep,name=inputs,proto3" json:"inputs,omitempty"`             // embeddings job: the texts to embed
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Prompt) Reset() {
 	*x = Prompt{}
-	mi := &file_market_proto_msgTypes[13]
+	mi := &file_market_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1279,7 +1640,7 @@ func (x *Prompt) String() string {
 func (*Prompt) ProtoMessage() {}
 
 func (x *Prompt) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[13]
+	mi := &file_market_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1292,7 +1653,7 @@ func (x *Prompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Prompt.ProtoReflect.Descriptor instead.
 func (*Prompt) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{13}
+	return file_market_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Prompt) GetMessages() []*ChatMessage {
@@ -1316,6 +1677,13 @@ func (x *Prompt) GetContinuation() string {
 	return ""
 }
 
+func (x *Prompt) GetInputs() []string {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
+}
+
 // C→W: a payment. voucher is a cumulative state of the whole channel, which
 // concurrent jobs share and whose states may arrive out of order on their
 // streams; job_id and cumulative say what this message attributes: the job's
@@ -1332,7 +1700,7 @@ type Voucher struct {
 
 func (x *Voucher) Reset() {
 	*x = Voucher{}
-	mi := &file_market_proto_msgTypes[14]
+	mi := &file_market_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1344,7 +1712,7 @@ func (x *Voucher) String() string {
 func (*Voucher) ProtoMessage() {}
 
 func (x *Voucher) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[14]
+	mi := &file_market_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1357,7 +1725,7 @@ func (x *Voucher) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Voucher.ProtoReflect.Descriptor instead.
 func (*Voucher) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{14}
+	return file_market_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Voucher) GetVoucher() []byte {
@@ -1386,13 +1754,16 @@ type Chunk struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Delta         string                 `protobuf:"bytes,1,opt,name=delta,proto3" json:"delta,omitempty"`
 	TokensSoFar   uint32                 `protobuf:"varint,2,opt,name=tokens_so_far,json=tokensSoFar,proto3" json:"tokens_so_far,omitempty"` // completion tokens sent in this job including this chunk
+	ToolCalls     []*ToolCallDelta       `protobuf:"bytes,3,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`          // pieces of the answer's tool calls
+	Logprobs      []*TokenLogprob        `protobuf:"bytes,4,rep,name=logprobs,proto3" json:"logprobs,omitempty"`                             // those of delta's tokens, when asked
+	Refusal       string                 `protobuf:"bytes,5,opt,name=refusal,proto3" json:"refusal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Chunk) Reset() {
 	*x = Chunk{}
-	mi := &file_market_proto_msgTypes[15]
+	mi := &file_market_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1775,7 @@ func (x *Chunk) String() string {
 func (*Chunk) ProtoMessage() {}
 
 func (x *Chunk) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[15]
+	mi := &file_market_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1788,7 @@ func (x *Chunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
 func (*Chunk) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{15}
+	return file_market_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Chunk) GetDelta() string {
@@ -1434,6 +1805,278 @@ func (x *Chunk) GetTokensSoFar() uint32 {
 	return 0
 }
 
+func (x *Chunk) GetToolCalls() []*ToolCallDelta {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *Chunk) GetLogprobs() []*TokenLogprob {
+	if x != nil {
+		return x.Logprobs
+	}
+	return nil
+}
+
+func (x *Chunk) GetRefusal() string {
+	if x != nil {
+		return x.Refusal
+	}
+	return ""
+}
+
+// A piece of a streamed tool call: the first piece of an index gives id and
+// name, later ones append to its arguments.
+type ToolCallDelta struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	Arguments     string                 `protobuf:"bytes,4,opt,name=arguments,proto3" json:"arguments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolCallDelta) Reset() {
+	*x = ToolCallDelta{}
+	mi := &file_market_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCallDelta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCallDelta) ProtoMessage() {}
+
+func (x *ToolCallDelta) ProtoReflect() protoreflect.Message {
+	mi := &file_market_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCallDelta.ProtoReflect.Descriptor instead.
+func (*ToolCallDelta) Descriptor() ([]byte, []int) {
+	return file_market_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ToolCallDelta) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ToolCallDelta) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ToolCallDelta) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ToolCallDelta) GetArguments() string {
+	if x != nil {
+		return x.Arguments
+	}
+	return ""
+}
+
+type TokenLogprob struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Logprob       float64                `protobuf:"fixed64,2,opt,name=logprob,proto3" json:"logprob,omitempty"`
+	Bytes         []byte                 `protobuf:"bytes,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Top           []*TopLogprob          `protobuf:"bytes,4,rep,name=top,proto3" json:"top,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenLogprob) Reset() {
+	*x = TokenLogprob{}
+	mi := &file_market_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenLogprob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenLogprob) ProtoMessage() {}
+
+func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
+	mi := &file_market_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
+func (*TokenLogprob) Descriptor() ([]byte, []int) {
+	return file_market_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *TokenLogprob) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *TokenLogprob) GetLogprob() float64 {
+	if x != nil {
+		return x.Logprob
+	}
+	return 0
+}
+
+func (x *TokenLogprob) GetBytes() []byte {
+	if x != nil {
+		return x.Bytes
+	}
+	return nil
+}
+
+func (x *TokenLogprob) GetTop() []*TopLogprob {
+	if x != nil {
+		return x.Top
+	}
+	return nil
+}
+
+type TopLogprob struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Logprob       float64                `protobuf:"fixed64,2,opt,name=logprob,proto3" json:"logprob,omitempty"`
+	Bytes         []byte                 `protobuf:"bytes,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopLogprob) Reset() {
+	*x = TopLogprob{}
+	mi := &file_market_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopLogprob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopLogprob) ProtoMessage() {}
+
+func (x *TopLogprob) ProtoReflect() protoreflect.Message {
+	mi := &file_market_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopLogprob.ProtoReflect.Descriptor instead.
+func (*TopLogprob) Descriptor() ([]byte, []int) {
+	return file_market_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *TopLogprob) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *TopLogprob) GetLogprob() float64 {
+	if x != nil {
+		return x.Logprob
+	}
+	return 0
+}
+
+func (x *TopLogprob) GetBytes() []byte {
+	if x != nil {
+		return x.Bytes
+	}
+	return nil
+}
+
+// W→C: the vector of one input of an embeddings job.
+type Embedding struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`  // which input
+	Vector        []byte                 `protobuf:"bytes,2,opt,name=vector,proto3" json:"vector,omitempty"` // float32 little-endian, embedding_dims of them
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Embedding) Reset() {
+	*x = Embedding{}
+	mi := &file_market_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Embedding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Embedding) ProtoMessage() {}
+
+func (x *Embedding) ProtoReflect() protoreflect.Message {
+	mi := &file_market_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Embedding.ProtoReflect.Descriptor instead.
+func (*Embedding) Descriptor() ([]byte, []int) {
+	return file_market_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *Embedding) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *Embedding) GetVector() []byte {
+	if x != nil {
+		return x.Vector
+	}
+	return nil
+}
+
 type Usage struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	PromptTokens     uint32                 `protobuf:"varint,1,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
@@ -1444,7 +2087,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_market_proto_msgTypes[16]
+	mi := &file_market_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +2099,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[16]
+	mi := &file_market_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +2112,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{16}
+	return file_market_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Usage) GetPromptTokens() uint32 {
@@ -1490,7 +2133,7 @@ func (x *Usage) GetCompletionTokens() uint32 {
 type Done struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Usage         *Usage                 `protobuf:"bytes,1,opt,name=usage,proto3" json:"usage,omitempty"`
-	FinishReason  string                 `protobuf:"bytes,2,opt,name=finish_reason,json=finishReason,proto3" json:"finish_reason,omitempty"` // stop, length, cancelled
+	FinishReason  string                 `protobuf:"bytes,2,opt,name=finish_reason,json=finishReason,proto3" json:"finish_reason,omitempty"` // stop, length, tool_calls, cancelled; "" for embeddings
 	Receipt       []byte                 `protobuf:"bytes,3,opt,name=receipt,proto3" json:"receipt,omitempty"`                               // the worker's statement of the job (opaque to market)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1498,7 +2141,7 @@ type Done struct {
 
 func (x *Done) Reset() {
 	*x = Done{}
-	mi := &file_market_proto_msgTypes[17]
+	mi := &file_market_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1510,7 +2153,7 @@ func (x *Done) String() string {
 func (*Done) ProtoMessage() {}
 
 func (x *Done) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[17]
+	mi := &file_market_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1523,7 +2166,7 @@ func (x *Done) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Done.ProtoReflect.Descriptor instead.
 func (*Done) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{17}
+	return file_market_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Done) GetUsage() *Usage {
@@ -1557,7 +2200,7 @@ type Cancel struct {
 
 func (x *Cancel) Reset() {
 	*x = Cancel{}
-	mi := &file_market_proto_msgTypes[18]
+	mi := &file_market_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +2212,7 @@ func (x *Cancel) String() string {
 func (*Cancel) ProtoMessage() {}
 
 func (x *Cancel) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[18]
+	mi := &file_market_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +2225,7 @@ func (x *Cancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancel.ProtoReflect.Descriptor instead.
 func (*Cancel) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{18}
+	return file_market_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Cancel) GetCode() CancelCode {
@@ -1608,7 +2251,7 @@ const file_market_proto_rawDesc = "" +
 	"\x03tee\x18\a \x01(\v2\x15.cocoon.market.v1.TEER\x03tee\x12<\n" +
 	"\n" +
 	"settlement\x18\b \x01(\v2\x1c.cocoon.market.v1.SettlementR\n" +
-	"settlement\"\xa5\x02\n" +
+	"settlement\"\xd5\x03\n" +
 	"\n" +
 	"ModelOffer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
@@ -1618,7 +2261,17 @@ const file_market_proto_rawDesc = "" +
 	"\x10price_completion\x18\x05 \x01(\x04R\x0fpriceCompletion\x12\x1e\n" +
 	"\vttft_p50_ms\x18\x06 \x01(\rR\tttftP50Ms\x12\x1e\n" +
 	"\vtpot_p50_us\x18\a \x01(\rR\ttpotP50Us\x12+\n" +
-	"\x11structured_output\x18\b \x01(\bR\x10structuredOutput\"8\n" +
+	"\x11structured_output\x18\b \x01(\bR\x10structuredOutput\x12\x14\n" +
+	"\x05tools\x18\t \x01(\bR\x05tools\x12\x1a\n" +
+	"\blogprobs\x18\n" +
+	" \x01(\bR\blogprobs\x12\x1d\n" +
+	"\n" +
+	"logit_bias\x18\v \x01(\bR\tlogitBias\x12\x16\n" +
+	"\x06images\x18\f \x01(\bR\x06images\x12\x1e\n" +
+	"\n" +
+	"embeddings\x18\r \x01(\bR\n" +
+	"embeddings\x12%\n" +
+	"\x0eembedding_dims\x18\x0e \x01(\rR\rembeddingDims\"8\n" +
 	"\x03GPU\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -1639,7 +2292,7 @@ const file_market_proto_rawDesc = "" +
 	"\vchannel_key\x18\x02 \x01(\fR\n" +
 	"channelKey\x12\x1f\n" +
 	"\vmin_deposit\x18\x03 \x01(\x04R\n" +
-	"minDeposit\"\xa2\x03\n" +
+	"minDeposit\"\xdf\x03\n" +
 	"\x05Frame\x12,\n" +
 	"\x04open\x18\x01 \x01(\v2\x16.cocoon.market.v1.OpenH\x00R\x04open\x122\n" +
 	"\x06accept\x18\x02 \x01(\v2\x18.cocoon.market.v1.AcceptH\x00R\x06accept\x122\n" +
@@ -1648,8 +2301,9 @@ const file_market_proto_rawDesc = "" +
 	"\avoucher\x18\x05 \x01(\v2\x19.cocoon.market.v1.VoucherH\x00R\avoucher\x12/\n" +
 	"\x05chunk\x18\x06 \x01(\v2\x17.cocoon.market.v1.ChunkH\x00R\x05chunk\x12,\n" +
 	"\x04done\x18\a \x01(\v2\x16.cocoon.market.v1.DoneH\x00R\x04done\x122\n" +
-	"\x06cancel\x18\b \x01(\v2\x18.cocoon.market.v1.CancelH\x00R\x06cancelB\x05\n" +
-	"\x03msg\"\xce\x01\n" +
+	"\x06cancel\x18\b \x01(\v2\x18.cocoon.market.v1.CancelH\x00R\x06cancel\x12;\n" +
+	"\tembedding\x18\t \x01(\v2\x1b.cocoon.market.v1.EmbeddingH\x00R\tembeddingB\x05\n" +
+	"\x03msg\"\x8e\x05\n" +
 	"\x06Params\x12\x1d\n" +
 	"\n" +
 	"max_tokens\x18\x01 \x01(\rR\tmaxTokens\x12 \n" +
@@ -1657,13 +2311,35 @@ const file_market_proto_rawDesc = "" +
 	"\x05top_p\x18\x03 \x01(\x01R\x04topP\x12\x12\n" +
 	"\x04stop\x18\x04 \x03(\tR\x04stop\x12\x17\n" +
 	"\x04seed\x18\x05 \x01(\x04H\x00R\x04seed\x88\x01\x01\x128\n" +
-	"\x06format\x18\x06 \x01(\v2 .cocoon.market.v1.ResponseFormatR\x06formatB\a\n" +
-	"\x05_seed\"h\n" +
+	"\x06format\x18\x06 \x01(\v2 .cocoon.market.v1.ResponseFormatR\x06format\x12,\n" +
+	"\x05tools\x18\a \x03(\v2\x16.cocoon.market.v1.ToolR\x05tools\x12\x1f\n" +
+	"\vtool_choice\x18\b \x01(\tR\n" +
+	"toolChoice\x12(\n" +
+	"\x10tool_choice_name\x18\t \x01(\tR\x0etoolChoiceName\x12(\n" +
+	"\x10single_tool_call\x18\n" +
+	" \x01(\bR\x0esingleToolCall\x12\x1a\n" +
+	"\blogprobs\x18\v \x01(\bR\blogprobs\x12!\n" +
+	"\ftop_logprobs\x18\f \x01(\rR\vtopLogprobs\x12)\n" +
+	"\x10presence_penalty\x18\r \x01(\x01R\x0fpresencePenalty\x12+\n" +
+	"\x11frequency_penalty\x18\x0e \x01(\x01R\x10frequencyPenalty\x12F\n" +
+	"\n" +
+	"logit_bias\x18\x0f \x03(\v2'.cocoon.market.v1.Params.LogitBiasEntryR\tlogitBias\x1a<\n" +
+	"\x0eLogitBiasEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\a\n" +
+	"\x05_seed\"t\n" +
+	"\x04Tool\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1e\n" +
+	"\n" +
+	"parameters\x18\x03 \x01(\fR\n" +
+	"parameters\x12\x16\n" +
+	"\x06strict\x18\x04 \x01(\bR\x06strict\"h\n" +
 	"\x0eResponseFormat\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
 	"\x06schema\x18\x03 \x01(\fR\x06schema\x12\x16\n" +
-	"\x06strict\x18\x04 \x01(\bR\x06strict\"\xf1\x01\n" +
+	"\x06strict\x18\x04 \x01(\bR\x06strict\"\x87\x02\n" +
 	"\x04Open\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x120\n" +
@@ -1671,7 +2347,8 @@ const file_market_proto_rawDesc = "" +
 	"\x10max_price_prompt\x18\x04 \x01(\x04R\x0emaxPricePrompt\x120\n" +
 	"\x14max_price_completion\x18\x05 \x01(\x04R\x12maxPriceCompletion\x12\x14\n" +
 	"\x05nonce\x18\x06 \x01(\fR\x05nonce\x12\x18\n" +
-	"\achannel\x18\a \x01(\tR\achannel\"\xde\x01\n" +
+	"\achannel\x18\a \x01(\tR\achannel\x12\x14\n" +
+	"\x05embed\x18\b \x01(\bR\x05embed\"\xde\x01\n" +
 	"\x06Accept\x12!\n" +
 	"\fprice_prompt\x18\x01 \x01(\x04R\vpricePrompt\x12)\n" +
 	"\x10price_completion\x18\x02 \x01(\x04R\x0fpriceCompletion\x12#\n" +
@@ -1681,23 +2358,59 @@ const file_market_proto_rawDesc = "" +
 	"settlement\x12#\n" +
 	"\rchannel_state\x18\x05 \x01(\fR\fchannelState\":\n" +
 	"\x06Reject\x120\n" +
-	"\x04code\x18\x01 \x01(\x0e2\x1c.cocoon.market.v1.RejectCodeR\x04code\";\n" +
+	"\x04code\x18\x01 \x01(\x0e2\x1c.cocoon.market.v1.RejectCodeR\x04code\"\xc9\x01\n" +
 	"\vChatMessage\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n" +
-	"\acontent\x18\x02 \x01(\tR\acontent\"\x7f\n" +
+	"\acontent\x18\x02 \x01(\tR\acontent\x129\n" +
+	"\n" +
+	"tool_calls\x18\x03 \x03(\v2\x1a.cocoon.market.v1.ToolCallR\ttoolCalls\x12 \n" +
+	"\ftool_call_id\x18\x04 \x01(\tR\n" +
+	"toolCallId\x12/\n" +
+	"\x06images\x18\x05 \x03(\v2\x17.cocoon.market.v1.ImageR\x06images\"L\n" +
+	"\bToolCall\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
+	"\targuments\x18\x03 \x01(\tR\targuments\"A\n" +
+	"\x05Image\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x16\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail\x12\x0e\n" +
+	"\x02at\x18\x03 \x01(\rR\x02at\"\x97\x01\n" +
 	"\x06Prompt\x129\n" +
 	"\bmessages\x18\x01 \x03(\v2\x1d.cocoon.market.v1.ChatMessageR\bmessages\x12\x16\n" +
 	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\"\n" +
-	"\fcontinuation\x18\x03 \x01(\tR\fcontinuation\"Z\n" +
+	"\fcontinuation\x18\x03 \x01(\tR\fcontinuation\x12\x16\n" +
+	"\x06inputs\x18\x04 \x03(\tR\x06inputs\"Z\n" +
 	"\aVoucher\x12\x18\n" +
 	"\avoucher\x18\x01 \x01(\fR\avoucher\x12\x1e\n" +
 	"\n" +
 	"cumulative\x18\x02 \x01(\x04R\n" +
 	"cumulative\x12\x15\n" +
-	"\x06job_id\x18\x03 \x01(\fR\x05jobId\"A\n" +
+	"\x06job_id\x18\x03 \x01(\fR\x05jobId\"\xd7\x01\n" +
 	"\x05Chunk\x12\x14\n" +
 	"\x05delta\x18\x01 \x01(\tR\x05delta\x12\"\n" +
-	"\rtokens_so_far\x18\x02 \x01(\rR\vtokensSoFar\"Y\n" +
+	"\rtokens_so_far\x18\x02 \x01(\rR\vtokensSoFar\x12>\n" +
+	"\n" +
+	"tool_calls\x18\x03 \x03(\v2\x1f.cocoon.market.v1.ToolCallDeltaR\ttoolCalls\x12:\n" +
+	"\blogprobs\x18\x04 \x03(\v2\x1e.cocoon.market.v1.TokenLogprobR\blogprobs\x12\x18\n" +
+	"\arefusal\x18\x05 \x01(\tR\arefusal\"g\n" +
+	"\rToolCallDelta\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x1c\n" +
+	"\targuments\x18\x04 \x01(\tR\targuments\"\x84\x01\n" +
+	"\fTokenLogprob\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x18\n" +
+	"\alogprob\x18\x02 \x01(\x01R\alogprob\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\fR\x05bytes\x12.\n" +
+	"\x03top\x18\x04 \x03(\v2\x1c.cocoon.market.v1.TopLogprobR\x03top\"R\n" +
+	"\n" +
+	"TopLogprob\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x18\n" +
+	"\alogprob\x18\x02 \x01(\x01R\alogprob\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\fR\x05bytes\"9\n" +
+	"\tEmbedding\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x16\n" +
+	"\x06vector\x18\x02 \x01(\fR\x06vector\"Y\n" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\rR\fpromptTokens\x12+\n" +
 	"\x11completion_tokens\x18\x02 \x01(\rR\x10completionTokens\"t\n" +
@@ -1751,7 +2464,7 @@ func file_market_proto_rawDescGZIP() []byte {
 }
 
 var file_market_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_market_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_market_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_market_proto_goTypes = []any{
 	(TEEKind)(0),           // 0: cocoon.market.v1.TEEKind
 	(RejectCode)(0),        // 1: cocoon.market.v1.RejectCode
@@ -1764,17 +2477,25 @@ var file_market_proto_goTypes = []any{
 	(*Settlement)(nil),     // 8: cocoon.market.v1.Settlement
 	(*Frame)(nil),          // 9: cocoon.market.v1.Frame
 	(*Params)(nil),         // 10: cocoon.market.v1.Params
-	(*ResponseFormat)(nil), // 11: cocoon.market.v1.ResponseFormat
-	(*Open)(nil),           // 12: cocoon.market.v1.Open
-	(*Accept)(nil),         // 13: cocoon.market.v1.Accept
-	(*Reject)(nil),         // 14: cocoon.market.v1.Reject
-	(*ChatMessage)(nil),    // 15: cocoon.market.v1.ChatMessage
-	(*Prompt)(nil),         // 16: cocoon.market.v1.Prompt
-	(*Voucher)(nil),        // 17: cocoon.market.v1.Voucher
-	(*Chunk)(nil),          // 18: cocoon.market.v1.Chunk
-	(*Usage)(nil),          // 19: cocoon.market.v1.Usage
-	(*Done)(nil),           // 20: cocoon.market.v1.Done
-	(*Cancel)(nil),         // 21: cocoon.market.v1.Cancel
+	(*Tool)(nil),           // 11: cocoon.market.v1.Tool
+	(*ResponseFormat)(nil), // 12: cocoon.market.v1.ResponseFormat
+	(*Open)(nil),           // 13: cocoon.market.v1.Open
+	(*Accept)(nil),         // 14: cocoon.market.v1.Accept
+	(*Reject)(nil),         // 15: cocoon.market.v1.Reject
+	(*ChatMessage)(nil),    // 16: cocoon.market.v1.ChatMessage
+	(*ToolCall)(nil),       // 17: cocoon.market.v1.ToolCall
+	(*Image)(nil),          // 18: cocoon.market.v1.Image
+	(*Prompt)(nil),         // 19: cocoon.market.v1.Prompt
+	(*Voucher)(nil),        // 20: cocoon.market.v1.Voucher
+	(*Chunk)(nil),          // 21: cocoon.market.v1.Chunk
+	(*ToolCallDelta)(nil),  // 22: cocoon.market.v1.ToolCallDelta
+	(*TokenLogprob)(nil),   // 23: cocoon.market.v1.TokenLogprob
+	(*TopLogprob)(nil),     // 24: cocoon.market.v1.TopLogprob
+	(*Embedding)(nil),      // 25: cocoon.market.v1.Embedding
+	(*Usage)(nil),          // 26: cocoon.market.v1.Usage
+	(*Done)(nil),           // 27: cocoon.market.v1.Done
+	(*Cancel)(nil),         // 28: cocoon.market.v1.Cancel
+	nil,                    // 29: cocoon.market.v1.Params.LogitBiasEntry
 }
 var file_market_proto_depIdxs = []int32{
 	4,  // 0: cocoon.market.v1.Ad.models:type_name -> cocoon.market.v1.ModelOffer
@@ -1783,26 +2504,34 @@ var file_market_proto_depIdxs = []int32{
 	8,  // 3: cocoon.market.v1.Ad.settlement:type_name -> cocoon.market.v1.Settlement
 	5,  // 4: cocoon.market.v1.Capacity.gpus:type_name -> cocoon.market.v1.GPU
 	0,  // 5: cocoon.market.v1.TEE.kind:type_name -> cocoon.market.v1.TEEKind
-	12, // 6: cocoon.market.v1.Frame.open:type_name -> cocoon.market.v1.Open
-	13, // 7: cocoon.market.v1.Frame.accept:type_name -> cocoon.market.v1.Accept
-	14, // 8: cocoon.market.v1.Frame.reject:type_name -> cocoon.market.v1.Reject
-	16, // 9: cocoon.market.v1.Frame.prompt:type_name -> cocoon.market.v1.Prompt
-	17, // 10: cocoon.market.v1.Frame.voucher:type_name -> cocoon.market.v1.Voucher
-	18, // 11: cocoon.market.v1.Frame.chunk:type_name -> cocoon.market.v1.Chunk
-	20, // 12: cocoon.market.v1.Frame.done:type_name -> cocoon.market.v1.Done
-	21, // 13: cocoon.market.v1.Frame.cancel:type_name -> cocoon.market.v1.Cancel
-	11, // 14: cocoon.market.v1.Params.format:type_name -> cocoon.market.v1.ResponseFormat
-	10, // 15: cocoon.market.v1.Open.params:type_name -> cocoon.market.v1.Params
-	8,  // 16: cocoon.market.v1.Accept.settlement:type_name -> cocoon.market.v1.Settlement
-	1,  // 17: cocoon.market.v1.Reject.code:type_name -> cocoon.market.v1.RejectCode
-	15, // 18: cocoon.market.v1.Prompt.messages:type_name -> cocoon.market.v1.ChatMessage
-	19, // 19: cocoon.market.v1.Done.usage:type_name -> cocoon.market.v1.Usage
-	2,  // 20: cocoon.market.v1.Cancel.code:type_name -> cocoon.market.v1.CancelCode
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	13, // 6: cocoon.market.v1.Frame.open:type_name -> cocoon.market.v1.Open
+	14, // 7: cocoon.market.v1.Frame.accept:type_name -> cocoon.market.v1.Accept
+	15, // 8: cocoon.market.v1.Frame.reject:type_name -> cocoon.market.v1.Reject
+	19, // 9: cocoon.market.v1.Frame.prompt:type_name -> cocoon.market.v1.Prompt
+	20, // 10: cocoon.market.v1.Frame.voucher:type_name -> cocoon.market.v1.Voucher
+	21, // 11: cocoon.market.v1.Frame.chunk:type_name -> cocoon.market.v1.Chunk
+	27, // 12: cocoon.market.v1.Frame.done:type_name -> cocoon.market.v1.Done
+	28, // 13: cocoon.market.v1.Frame.cancel:type_name -> cocoon.market.v1.Cancel
+	25, // 14: cocoon.market.v1.Frame.embedding:type_name -> cocoon.market.v1.Embedding
+	12, // 15: cocoon.market.v1.Params.format:type_name -> cocoon.market.v1.ResponseFormat
+	11, // 16: cocoon.market.v1.Params.tools:type_name -> cocoon.market.v1.Tool
+	29, // 17: cocoon.market.v1.Params.logit_bias:type_name -> cocoon.market.v1.Params.LogitBiasEntry
+	10, // 18: cocoon.market.v1.Open.params:type_name -> cocoon.market.v1.Params
+	8,  // 19: cocoon.market.v1.Accept.settlement:type_name -> cocoon.market.v1.Settlement
+	1,  // 20: cocoon.market.v1.Reject.code:type_name -> cocoon.market.v1.RejectCode
+	17, // 21: cocoon.market.v1.ChatMessage.tool_calls:type_name -> cocoon.market.v1.ToolCall
+	18, // 22: cocoon.market.v1.ChatMessage.images:type_name -> cocoon.market.v1.Image
+	16, // 23: cocoon.market.v1.Prompt.messages:type_name -> cocoon.market.v1.ChatMessage
+	22, // 24: cocoon.market.v1.Chunk.tool_calls:type_name -> cocoon.market.v1.ToolCallDelta
+	23, // 25: cocoon.market.v1.Chunk.logprobs:type_name -> cocoon.market.v1.TokenLogprob
+	24, // 26: cocoon.market.v1.TokenLogprob.top:type_name -> cocoon.market.v1.TopLogprob
+	26, // 27: cocoon.market.v1.Done.usage:type_name -> cocoon.market.v1.Usage
+	2,  // 28: cocoon.market.v1.Cancel.code:type_name -> cocoon.market.v1.CancelCode
+	29, // [29:29] is the sub-list for method output_type
+	29, // [29:29] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_market_proto_init() }
@@ -1819,6 +2548,7 @@ func file_market_proto_init() {
 		(*Frame_Chunk)(nil),
 		(*Frame_Done)(nil),
 		(*Frame_Cancel)(nil),
+		(*Frame_Embedding)(nil),
 	}
 	file_market_proto_msgTypes[7].OneofWrappers = []any{}
 	type x struct{}
@@ -1827,7 +2557,7 @@ func file_market_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_market_proto_rawDesc), len(file_market_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   19,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
