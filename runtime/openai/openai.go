@@ -55,11 +55,14 @@ type Config struct {
 	// upstreams that do not say them or run with less than they say (see the
 	// package doc). Each must be 1 to runtime.MaxContextLength.
 	ContextLengths map[string]int
-	// StructuredOutput names the models whose upstream follows a
-	// response_format (json_object, json_schema), which vLLM, llama-server,
-	// SGLang and Ollama do; the schema is sent as the caller gave it. A model
-	// not named here offers none: a request with a format is refused before
-	// anything is sent.
+	// Capabilities declares, by model id, what the upstream offers for a
+	// model beyond text: runtime.Model's StructuredOutput, Tools, Logprobs,
+	// LogitBias, Images, Embeddings and EmbeddingDims (its other fields are
+	// not read). A model offers only what is declared here (see the package
+	// doc): a request using anything else is refused before it is sent.
+	Capabilities map[string]runtime.Model
+	// StructuredOutput names models that follow a response_format
+	// (json_object, json_schema), as Capabilities' StructuredOutput does.
 	StructuredOutput []string
 	// ConnectTimeout bounds the TCP (and TLS) connect; 0: 10 s.
 	ConnectTimeout time.Duration
@@ -96,6 +99,14 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	for id, n := range cfg.ContextLengths {
 		if n <= 0 || n > runtime.MaxContextLength {
 			return nil, fmt.Errorf("openai backend: context length %d of model %q is outside 1..%d", n, id, runtime.MaxContextLength)
+		}
+	}
+	for id, m := range cfg.Capabilities {
+		switch {
+		case m.EmbeddingDims < 0 || m.EmbeddingDims > runtime.MaxEmbeddingDims:
+			return nil, fmt.Errorf("openai backend: embedding dims %d of model %q are outside 1..%d", m.EmbeddingDims, id, runtime.MaxEmbeddingDims)
+		case m.EmbeddingDims > 0 && !m.Embeddings:
+			return nil, fmt.Errorf("openai backend: embedding dims given for model %q, which declares no embeddings", id)
 		}
 	}
 	base := strings.TrimRight(cfg.BaseURL, "/")
@@ -191,36 +202,53 @@ func (b *Backend) Refresh(ctx context.Context) error {
 		if err := checkContextLength(b.base+"/models", m.ID, ctxLen); err != nil {
 			return err
 		}
-		models = append(models, runtime.Model{ID: m.ID, ContextLength: ctxLen, StructuredOutput: slices.Contains(b.cfg.StructuredOutput, m.ID)})
+		models = append(models, b.declared(m.ID, ctxLen))
 	}
 	for _, want := range b.cfg.Models {
 		if !slices.ContainsFunc(models, func(m runtime.Model) bool { return m.ID == want }) {
 			return upstreamError("%s does not serve model %q", b.base, want)
 		}
 	}
-	// What /models left out: ask Ollama's native API, until one probe fails
-	// (the upstream is then not Ollama, and each probe would fail alike).
+	// What /models left out, and what the upstream says of the declared
+	// capabilities: ask Ollama's native API, until one probe fails (the
+	// upstream is then not Ollama, and each probe would fail alike).
 	root, probe := nativeRoot(b.base)
 	for i := range models {
 		m := &models[i]
 		from := "GET " + b.base + "/models"
-		if m.ContextLength == 0 && probe {
-			from = "POST " + root + "/api/show"
-			n, err := b.ollamaContextLength(ctx, root, m.ID)
+		if (m.ContextLength == 0 || m.Tools || m.Images || m.Embeddings) && probe {
+			show, err := b.ollamaShow(ctx, root, m.ID)
 			switch {
 			case errors.Is(err, runtime.ErrUpstream):
 				return err
 			case err != nil:
-				b.log.Debug("no context length from the native API", "model", m.ID, "err", err)
+				b.log.Debug("no model description from the native API", "model", m.ID, "err", err)
 				probe = !errors.Is(err, errNotOllama)
+			default:
+				if err := b.checkCapabilities(*m, show); err != nil {
+					return err
+				}
+				if m.ContextLength == 0 {
+					from = "POST " + root + "/api/show"
+					m.ContextLength = b.ollamaContextLength(m.ID, show)
+				}
 			}
-			m.ContextLength = n
 		}
 		n, err := b.settleContextLength(m.ID, m.ContextLength, from)
 		if err != nil {
 			return err
 		}
 		m.ContextLength = n
+		if m.Embeddings && m.EmbeddingDims == 0 {
+			// One embedding says the length of them all; Embed checks
+			// every later one against it.
+			e, err := b.embed(ctx, m.ID, []string{"cocoon embedding dimensions"}, 0)
+			if err != nil {
+				return fmt.Errorf("ask model %q for its embedding dims: %w", m.ID, err)
+			}
+			m.EmbeddingDims = len(e.Vectors[0])
+			b.log.Info("model embedding dims", "model", m.ID, "embedding_dims", m.EmbeddingDims, "from", "POST "+b.base+"/embeddings")
+		}
 	}
 	b.mu.Lock()
 	b.models = models
@@ -282,59 +310,83 @@ var errNotOllama = errors.New("no Ollama API")
 // only, and a server that is not Ollama answers at once (404) or not at all.
 const probeTimeout = 5 * time.Second
 
-// ollamaContextLength asks Ollama's POST /api/show for model's context: the
-// trained one (model_info's <general.architecture>.context_length), lowered
-// to the Modelfile's num_ctx parameter when that is set. An error wrapping
-// runtime.ErrUpstream is an answer from Ollama that is out of bounds; one
-// wrapping errNotOllama means the upstream does not answer as Ollama does.
-func (b *Backend) ollamaContextLength(ctx context.Context, root, model string) (int, error) {
+// ollamaModel is what Ollama's POST /api/show says of a model.
+type ollamaModel struct {
+	trained int // model_info's <general.architecture>.context_length; 0: not said
+	numCtx  int // the Modelfile's num_ctx parameter; 0: not set
+	// capabilities: "completion", "tools", "vision", "embedding", "insert",
+	// "thinking" (Ollama 0.6.4, April 2025, on); nil: not said.
+	capabilities []string
+}
+
+// ollamaShow asks Ollama's POST /api/show for model's description. An
+// error wrapping runtime.ErrUpstream is an answer from Ollama that is out of
+// bounds; one wrapping errNotOllama means the upstream does not answer as
+// Ollama does.
+func (b *Backend) ollamaShow(ctx context.Context, root, model string) (ollamaModel, error) {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
 	body, _ := json.Marshal(map[string]string{"model": model}) // model_info: Ollama 0.1.45 (June 2024) on
 	url := root + "/api/show"
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
-		return 0, err
+		return ollamaModel{}, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	b.auth(req)
 	resp, err := b.client.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("%w: %w", errNotOllama, err)
+		return ollamaModel{}, fmt.Errorf("%w: %w", errNotOllama, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		return 0, fmt.Errorf("%w: POST %s: %s", errNotOllama, url, statusMessage(resp.StatusCode, msg))
+		return ollamaModel{}, fmt.Errorf("%w: POST %s: %s", errNotOllama, url, statusMessage(resp.StatusCode, msg))
 	}
 	var show struct {
-		Parameters string                     `json:"parameters"`
-		ModelInfo  map[string]json.RawMessage `json:"model_info"`
+		Parameters   string                     `json:"parameters"`
+		ModelInfo    map[string]json.RawMessage `json:"model_info"`
+		Capabilities []string                   `json:"capabilities"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&show); err != nil {
-		return 0, fmt.Errorf("%w: POST %s: not a model description: %w", errNotOllama, url, err)
+		return ollamaModel{}, fmt.Errorf("%w: POST %s: not a model description: %w", errNotOllama, url, err)
 	}
+	om := ollamaModel{capabilities: show.Capabilities}
 	var arch string
 	json.Unmarshal(show.ModelInfo["general.architecture"], &arch)
-	var trained int
-	if err := json.Unmarshal(show.ModelInfo[arch+".context_length"], &trained); err != nil || arch == "" {
-		return 0, fmt.Errorf("POST %s: model_info of %q has no %s.context_length", url, model, arch)
+	if err := json.Unmarshal(show.ModelInfo[arch+".context_length"], &om.trained); err != nil || arch == "" {
+		om.trained = 0
+		b.log.Debug("no context length from the native API", "model", model,
+			"err", fmt.Sprintf("POST %s: model_info of %q has no %s.context_length", url, model, arch))
 	}
-	if err := checkContextLength(url, model, trained); err != nil {
-		return 0, err
+	if err := checkContextLength(url, model, om.trained); err != nil {
+		return ollamaModel{}, err
 	}
 	for line := range strings.Lines(show.Parameters) { // "num_ctx    8192\n"
 		if f := strings.Fields(line); len(f) == 2 && f[0] == "num_ctx" {
 			if c, err := strconv.Atoi(f[1]); err == nil && c > 0 {
-				return min(trained, c), nil
+				om.numCtx = c
 			}
 		}
 	}
+	return om, nil
+}
+
+// ollamaContextLength is the context Ollama runs model with: the trained
+// one, lowered to the Modelfile's num_ctx when that is set (0: Ollama did
+// not say).
+func (b *Backend) ollamaContextLength(model string, om ollamaModel) int {
+	switch {
+	case om.trained == 0:
+		return 0
+	case om.numCtx > 0:
+		return min(om.trained, om.numCtx)
+	}
 	if b.cfg.ContextLengths[model] == 0 {
 		b.log.Warn("Ollama does not report the context it runs this model with (num_ctx: OLLAMA_CONTEXT_LENGTH, else a default by version and VRAM) and cuts longer prompts; advertising the trained context: set context_length in its [[runtime.models]] to that num_ctx",
-			"model", model, "context_length", trained)
+			"model", model, "context_length", om.trained)
 	}
-	return trained, nil
+	return om.trained
 }
 
 // Models returns the models found by the last New or Refresh. The upstream
@@ -343,6 +395,17 @@ func (b *Backend) Models() []runtime.Model {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return slices.Clone(b.models)
+}
+
+// model is the served model id.
+func (b *Backend) model(id string) (runtime.Model, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	i := slices.IndexFunc(b.models, func(m runtime.Model) bool { return m.ID == id })
+	if i < 0 {
+		return runtime.Model{}, false
+	}
+	return b.models[i], true
 }
 
 // Close releases idle connections.
@@ -413,18 +476,35 @@ func (e *upstreamStatusError) Error() string   { return e.err.Error() }
 func (e *upstreamStatusError) Unwrap() error   { return e.err }
 func (e *upstreamStatusError) HTTPStatus() int { return e.status }
 
+// statusError is the error for an upstream's answer with a status other
+// than 200 to POST url: a runtime error the caller can map to its own.
+func statusError(url string, status int, body []byte) error {
+	err := upstreamError("POST %s: %s", url, statusMessage(status, body))
+	switch status {
+	case http.StatusBadRequest, http.StatusUnprocessableEntity:
+		return &upstreamStatusError{http.StatusBadRequest, fmt.Errorf("%w (%w)", runtime.ErrInvalidRequest, err)}
+	case http.StatusNotFound:
+		return fmt.Errorf("%w (%w)", runtime.ErrUnknownModel, err)
+	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
+		return fmt.Errorf("%w (%w)", runtime.ErrBusy, err)
+	}
+	return err
+}
+
 // Generate sends the request upstream as a streaming chat or text completion.
 // A continuation is sent as prompt + continuation for completions, and as a
 // final assistant message with vLLM's continue_final_message for chats
 // (servers without that extension start a new reply instead). max_tokens is
-// passed on unchanged.
+// passed on unchanged. A request using what its model does not declare is
+// refused with the *runtime.FieldError of Model.Serves before anything is
+// sent.
 func (b *Backend) Generate(ctx context.Context, req runtime.Request) (runtime.Stream, error) {
-	i := slices.IndexFunc(b.Models(), func(m runtime.Model) bool { return m.ID == req.Model })
-	if i < 0 {
+	m, ok := b.model(req.Model)
+	if !ok {
 		return nil, fmt.Errorf("%w: %q", runtime.ErrUnknownModel, req.Model)
 	}
-	if req.Format != nil && !b.Models()[i].StructuredOutput {
-		return nil, fmt.Errorf("openai backend: model %q: %w", req.Model, runtime.ErrNoStructuredOutput)
+	if err := m.Serves(req); err != nil {
+		return nil, fmt.Errorf("openai backend: %w", err)
 	}
 	body, chat, err := upstreamBody(req, b.cfg.ContinuousUsage)
 	if err != nil {
@@ -436,7 +516,7 @@ func (b *Backend) Generate(ctx context.Context, req runtime.Request) (runtime.St
 	}
 	// The watchdog cancels the request when a phase overruns; the cause says which.
 	rctx, cancel := context.WithCancelCause(ctx)
-	s := &stream{chat: chat, cancel: cancel, ctx: rctx, parent: ctx, idle: b.cfg.IdleTimeout, url: path}
+	s := &stream{dec: decoder{chat: chat, url: path}, cancel: cancel, ctx: rctx, parent: ctx, idle: b.cfg.IdleTimeout, url: path}
 	s.watch = time.AfterFunc(b.cfg.FirstEventTimeout, func() {
 		if s.streaming.Load() {
 			cancel(upstreamError("%s sent no event for %v: %w", path, b.cfg.IdleTimeout, context.DeadlineExceeded))
@@ -461,16 +541,7 @@ func (b *Backend) Generate(ctx context.Context, req runtime.Request) (runtime.St
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
 		s.Close()
-		err := upstreamError("POST %s: %s", path, statusMessage(resp.StatusCode, msg))
-		switch resp.StatusCode {
-		case http.StatusBadRequest, http.StatusUnprocessableEntity:
-			return nil, &upstreamStatusError{http.StatusBadRequest, fmt.Errorf("%w (%w)", runtime.ErrInvalidRequest, err)}
-		case http.StatusNotFound:
-			return nil, fmt.Errorf("%w (%w)", runtime.ErrUnknownModel, err)
-		case http.StatusTooManyRequests, http.StatusServiceUnavailable:
-			return nil, fmt.Errorf("%w (%w)", runtime.ErrBusy, err)
-		}
-		return nil, err
+		return nil, statusError(path, resp.StatusCode, msg)
 	}
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
 		resp.Body.Close()
@@ -480,57 +551,4 @@ func (b *Backend) Generate(ctx context.Context, req runtime.Request) (runtime.St
 	s.body = resp.Body
 	s.events = openaiapi.NewEventReader(resp.Body, 0)
 	return s, nil
-}
-
-// upstreamBody is the JSON sent upstream.
-func upstreamBody(req runtime.Request, continuous bool) ([]byte, bool, error) {
-	var maxTok *int
-	if req.MaxTokens > 0 {
-		maxTok = &req.MaxTokens
-	}
-	temp := req.Temperature
-	var topP *float64
-	if req.TopP > 0 {
-		topP = &req.TopP
-	}
-	var seed *int64
-	if req.Seed != nil {
-		v := int64(*req.Seed)
-		seed = &v
-	}
-	opts := &openaiapi.StreamOptions{IncludeUsage: true, ContinuousUsageStats: continuous}
-	if len(req.Messages) > 0 {
-		c := openaiapi.ChatCompletionRequest{Model: req.Model, MaxTokens: maxTok, Temperature: &temp, TopP: topP,
-			Stop: req.Stop, Seed: seed, Stream: true, StreamOptions: opts}
-		for _, m := range req.Messages {
-			c.Messages = append(c.Messages, openaiapi.ChatMessage{Role: m.Role, Content: openaiapi.Content(m.Content)})
-		}
-		if f := req.Format; f != nil {
-			c.ResponseFormat = &openaiapi.ResponseFormat{Type: f.Type}
-			if f.Type == runtime.FormatJSONSchema {
-				c.ResponseFormat.JSONSchema = &openaiapi.JSONSchema{Name: f.Name, Schema: f.Schema}
-				if f.Strict {
-					c.ResponseFormat.JSONSchema.Strict = &f.Strict
-				}
-			}
-		}
-		if req.Continuation != "" {
-			no := false
-			c.Messages = append(c.Messages, openaiapi.ChatMessage{Role: "assistant", Content: openaiapi.Content(req.Continuation)})
-			c.ContinueFinalMessage, c.AddGenerationPrompt = true, &no
-		}
-		b, err := json.Marshal(c)
-		return b, true, err
-	}
-	if req.Prompt == "" {
-		return nil, false, fmt.Errorf("%w: empty prompt", runtime.ErrInvalidRequest)
-	}
-	if req.Format != nil {
-		// OpenAI's completions take no response_format.
-		return nil, false, &runtime.FieldError{Field: "response_format", Msg: "given with a prompt: the upstream takes it with messages only"}
-	}
-	c := openaiapi.CompletionRequest{Model: req.Model, Prompt: openaiapi.Prompt(req.Prompt + req.Continuation), MaxTokens: maxTok,
-		Temperature: &temp, TopP: topP, Stop: req.Stop, Seed: seed, Stream: true, StreamOptions: opts}
-	b, err := json.Marshal(c)
-	return b, false, err
 }

@@ -2,7 +2,6 @@ package openai
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,7 +16,6 @@ import (
 // stream reads one upstream SSE answer. Recv is called by one goroutine;
 // Close may come from any.
 type stream struct {
-	chat   bool
 	url    string
 	ctx    context.Context // the request's, cancelled by the watchdog with a cause
 	parent context.Context // the caller's
@@ -30,28 +28,11 @@ type stream struct {
 	body      io.ReadCloser
 	events    *openaiapi.EventReader
 
-	usage    runtime.Usage
-	gotUsage bool
-	counted  int // completion tokens handed out in deltas so far
-	finish   string
-	ended    bool // [DONE] seen and the token delta handed out
-	err      error
-	closeMu  sync.Once
-}
-
-// chunk is what either kind of streaming answer holds that matters here.
-type chunk struct {
-	Choices []struct {
-		Text  string `json:"text"` // completions
-		Delta struct {
-			Content *string `json:"content"`
-		} `json:"delta"` // chat
-		FinishReason *string `json:"finish_reason"`
-	} `json:"choices"`
-	Usage *struct {
-		PromptTokens     *int `json:"prompt_tokens"`
-		CompletionTokens *int `json:"completion_tokens"`
-	} `json:"usage"`
+	dec     decoder
+	counted int  // completion tokens handed out in deltas so far
+	ended   bool // [DONE] seen and the token delta handed out
+	err     error
+	closeMu sync.Once
 }
 
 // wrap turns a transport error into the error to return: the watchdog's cause
@@ -67,7 +48,8 @@ func (s *stream) wrap(err error) error {
 	return upstreamError("%w", err)
 }
 
-// Recv returns the text of the next event that has text. A delta carries the
+// Recv returns the next event that has text, tool calls, logprobs or a
+// refusal. A delta carries the
 // tokens the upstream has counted since the last one: with continuous usage
 // (vLLM) every chunk says so; otherwise content deltas carry 0 and a last
 // delta before io.EOF, with empty Text, carries all the completion tokens.
@@ -90,14 +72,14 @@ func (s *stream) Recv() (runtime.Delta, error) {
 		s.streaming.Store(true)
 		s.watch.Reset(s.idle)
 		if done {
-			if !s.gotUsage {
+			if !s.dec.gotUsage {
 				return runtime.Delta{}, s.fail(fmt.Errorf("%w: %s streamed no usage (is stream_options.include_usage supported?); not billing by guesswork", runtime.ErrUnbillable, s.url))
 			}
-			if s.finish == "" {
+			if s.dec.finish == "" {
 				return runtime.Delta{}, s.fail(upstreamError("%s ended without a finish reason", s.url))
 			}
 			s.ended = true
-			if rest := s.usage.CompletionTokens - s.counted; rest > 0 {
+			if rest := s.dec.usage.CompletionTokens - s.counted; rest > 0 {
 				s.counted += rest
 				return runtime.Delta{Tokens: rest}, nil
 			}
@@ -106,36 +88,14 @@ func (s *stream) Recv() (runtime.Delta, error) {
 		if msg := errorMessage(data); msg != "" {
 			return runtime.Delta{}, s.fail(upstreamError("%s sent an error mid-stream: %s", s.url, msg))
 		}
-		var c chunk
-		if err := json.Unmarshal(data, &c); err != nil {
-			return runtime.Delta{}, s.fail(upstreamError("%s sent an event that is not a completion chunk: %w", s.url, err))
+		d, err := s.dec.chunk(data)
+		if err != nil {
+			return runtime.Delta{}, s.fail(err)
 		}
-		if c.Usage != nil {
-			if c.Usage.PromptTokens == nil || c.Usage.CompletionTokens == nil || *c.Usage.PromptTokens < 0 || *c.Usage.CompletionTokens < 0 {
-				return runtime.Delta{}, s.fail(fmt.Errorf("%w: %s sent an incomplete usage object", runtime.ErrUnbillable, s.url))
-			}
-			if *c.Usage.CompletionTokens < s.usage.CompletionTokens {
-				return runtime.Delta{}, s.fail(upstreamError("%s sent a usage going backwards (%d completion tokens after %d)", s.url, *c.Usage.CompletionTokens, s.usage.CompletionTokens))
-			}
-			s.usage = runtime.Usage{PromptTokens: *c.Usage.PromptTokens, CompletionTokens: *c.Usage.CompletionTokens}
-			s.gotUsage = true
-		}
-		text := ""
-		for _, ch := range c.Choices {
-			if ch.FinishReason != nil && *ch.FinishReason != "" {
-				s.finish = *ch.FinishReason
-			}
-			if s.chat && ch.Delta.Content != nil {
-				text += *ch.Delta.Content
-			} else if !s.chat {
-				text += ch.Text
-			}
-		}
-		if text != "" {
-			d := runtime.Delta{Text: text}
-			if s.gotUsage && s.usage.CompletionTokens > s.counted {
-				d.Tokens = s.usage.CompletionTokens - s.counted
-				s.counted = s.usage.CompletionTokens
+		if d.Text != "" || len(d.ToolCalls) > 0 || len(d.Logprobs) > 0 || d.Refusal != "" {
+			if s.dec.gotUsage && s.dec.usage.CompletionTokens > s.counted {
+				d.Tokens = s.dec.usage.CompletionTokens - s.counted
+				s.counted = s.dec.usage.CompletionTokens
 			}
 			return d, nil
 		}
@@ -147,15 +107,15 @@ func (s *stream) Recv() (runtime.Delta, error) {
 func (s *stream) fail(err error) error {
 	s.err = err
 	if err != io.EOF {
-		s.usage = runtime.Usage{}
-		s.finish = ""
+		s.dec.usage = runtime.Usage{}
+		s.dec.finish = ""
 	}
 	s.Close()
 	return err
 }
 
-func (s *stream) Usage() runtime.Usage { return s.usage }
-func (s *stream) FinishReason() string { return s.finish }
+func (s *stream) Usage() runtime.Usage { return s.dec.usage }
+func (s *stream) FinishReason() string { return s.dec.finish }
 
 // Close aborts the upstream request if it still runs.
 func (s *stream) Close() error {
