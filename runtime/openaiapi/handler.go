@@ -8,7 +8,9 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -189,7 +191,7 @@ func (h *Handler) generate(w http.ResponseWriter, r *http.Request, rr runtime.Re
 		id = newID("chatcmpl-")
 	}
 	if !stream {
-		h.collect(w, s, rr.Model, id, created, chat)
+		h.collect(w, s, rr, id, created, chat)
 		return
 	}
 	h.stream(w, r, s, rr.Model, id, created, chat, opts != nil && opts.IncludeUsage)
@@ -206,8 +208,10 @@ func usageOf(s runtime.Stream) *Usage {
 }
 
 // collect reads the whole stream and answers in one JSON body.
-func (h *Handler) collect(w http.ResponseWriter, s runtime.Stream, model, id string, created int64, chat bool) {
-	var sb strings.Builder
+func (h *Handler) collect(w http.ResponseWriter, s runtime.Stream, rr runtime.Request, id string, created int64, chat bool) {
+	var text, refusal strings.Builder
+	var calls toolCalls
+	var lps []TokenLogprob
 	for {
 		d, err := s.Recv()
 		if err == io.EOF {
@@ -217,17 +221,128 @@ func (h *Handler) collect(w http.ResponseWriter, s runtime.Stream, model, id str
 			h.writeError(w, ErrorFor(err))
 			return
 		}
-		sb.WriteString(d.Text)
+		text.WriteString(d.Text)
+		refusal.WriteString(d.Refusal)
+		calls.add(d.ToolCalls)
+		lps = append(lps, logprobsOf(d.Logprobs)...)
 	}
 	finish := s.FinishReason()
-	if chat {
-		h.writeJSON(w, http.StatusOK, ChatCompletion{ID: id, Object: "chat.completion", Created: created, Model: model,
-			Choices: []ChatChoice{{Message: ChatMessage{Role: "assistant", Content: Content(sb.String())}, FinishReason: finish}},
-			Usage:   usageOf(s)})
+	if !chat {
+		h.writeJSON(w, http.StatusOK, Completion{ID: id, Object: "text_completion", Created: created, Model: rr.Model,
+			Choices: []CompletionChoice{{Text: text.String(), FinishReason: &finish}}, Usage: usageOf(s)})
 		return
 	}
-	h.writeJSON(w, http.StatusOK, Completion{ID: id, Object: "text_completion", Created: created, Model: model,
-		Choices: []CompletionChoice{{Text: sb.String(), FinishReason: &finish}}, Usage: usageOf(s)})
+	msg := ChatMessage{Role: "assistant", Content: Content(text.String()), ToolCalls: calls.list(), answer: true}
+	if refusal.Len() > 0 {
+		r := refusal.String()
+		msg.Refusal = &r
+	}
+	choice := ChatChoice{Message: msg, FinishReason: finish}
+	if rr.Logprobs {
+		choice.Logprobs = &Logprobs{Content: lps}
+		if lps == nil {
+			choice.Logprobs.Content = []TokenLogprob{}
+		}
+	}
+	h.writeJSON(w, http.StatusOK, ChatCompletion{ID: id, Object: "chat.completion", Created: created, Model: rr.Model,
+		Choices: []ChatChoice{choice}, Usage: usageOf(s)})
+}
+
+// toolCalls assembles a stream's tool call pieces into whole calls.
+type toolCalls struct {
+	byIndex map[int]*ToolCall
+}
+
+func (tc *toolCalls) add(pieces []runtime.ToolCallDelta) {
+	for _, p := range pieces {
+		if tc.byIndex == nil {
+			tc.byIndex = map[int]*ToolCall{}
+		}
+		c, ok := tc.byIndex[p.Index]
+		if !ok {
+			c = &ToolCall{Type: "function"}
+			tc.byIndex[p.Index] = c
+		}
+		if c.ID == "" {
+			c.ID = p.ID
+		}
+		if c.Function.Name == "" {
+			c.Function.Name = p.Name
+		}
+		c.Function.Arguments += p.Arguments
+	}
+}
+
+// list is the calls in index order; a call whose backend gave no id gets one.
+func (tc *toolCalls) list() []ToolCall {
+	var out []ToolCall
+	for _, i := range slices.Sorted(maps.Keys(tc.byIndex)) {
+		c := *tc.byIndex[i]
+		if c.ID == "" {
+			c.ID = newID("call_")
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// streamedCalls turns a delta's tool call pieces into a chunk's: the first
+// piece of a call carries its id, type and name (OpenAI's shape, which the
+// SDKs' stream helpers assemble), later ones only arguments.
+type streamedCalls map[int]bool
+
+func (seen streamedCalls) pieces(ds []runtime.ToolCallDelta) []ToolCall {
+	var out []ToolCall
+	for _, d := range ds {
+		c := ToolCall{Index: &d.Index, Function: FunctionCall{Arguments: d.Arguments}}
+		if !seen[d.Index] {
+			seen[d.Index] = true
+			c.ID, c.Type, c.Function.Name = d.ID, "function", d.Name
+			if c.ID == "" {
+				c.ID = newID("call_")
+			}
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// logprobsOf converts a delta's logprobs. A log probability is finite in
+// JSON: -Inf (and NaN, which no backend should send) become -9999, as
+// OpenAI writes a token outside the top 20.
+func logprobsOf(lps []runtime.TokenLogprob) []TokenLogprob {
+	var out []TokenLogprob
+	for _, lp := range lps {
+		t := TokenLogprob{Token: lp.Token, Logprob: finite(lp.Logprob), Bytes: byteInts(lp.Bytes, lp.Token), TopLogprobs: []TopLogprob{}}
+		for _, top := range lp.Top {
+			t.TopLogprobs = append(t.TopLogprobs, TopLogprob{Token: top.Token, Logprob: finite(top.Logprob), Bytes: byteInts(top.Bytes, top.Token)})
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+func finite(lp float64) float64 {
+	switch {
+	case !(lp >= -9999): // NaN too
+		return -9999
+	case lp > 0:
+		return 0
+	}
+	return lp
+}
+
+// byteInts is a token's bytes as OpenAI writes them, a list of integers;
+// b nil: the token's text.
+func byteInts(b []byte, token string) []int {
+	if b == nil {
+		b = []byte(token)
+	}
+	out := make([]int, len(b))
+	for i, c := range b {
+		out[i] = int(c)
+	}
+	return out
 }
 
 // stream answers with server-sent events.
@@ -260,6 +375,29 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, s runtime.Strea
 		return Completion{ID: id, Object: "text_completion", Created: created, Model: model,
 			Choices: []CompletionChoice{{Text: t, FinishReason: finish}}}
 	}
+	seen := streamedCalls{}
+	deltaChunk := func(d runtime.Delta) (any, bool) {
+		if !chat {
+			return chunk(&d.Text, "", nil), d.Text != ""
+		}
+		var delta ChunkDelta
+		if d.Text != "" {
+			delta.Content = &d.Text
+		}
+		if d.Refusal != "" {
+			delta.Refusal = &d.Refusal
+		}
+		delta.ToolCalls = seen.pieces(d.ToolCalls)
+		var lps *Logprobs
+		if len(d.Logprobs) > 0 {
+			lps = &Logprobs{Content: logprobsOf(d.Logprobs)}
+		}
+		if delta.Content == nil && delta.Refusal == nil && delta.ToolCalls == nil && lps == nil {
+			return nil, false
+		}
+		return ChatCompletionChunk{ID: id, Object: "chat.completion.chunk", Created: created, Model: model,
+			Choices: []ChunkChoice{{Delta: delta, Logprobs: lps}}}, true
+	}
 	if chat {
 		empty := ""
 		if err := send(chunk(&empty, "assistant", nil)); err != nil {
@@ -282,10 +420,11 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, s runtime.Strea
 			_ = rc.Flush()
 			return
 		}
-		if d.Text == "" {
+		c, ok := deltaChunk(d)
+		if !ok {
 			continue
 		}
-		if err := send(chunk(&d.Text, "", nil)); err != nil {
+		if err := send(c); err != nil {
 			h.log().Debug("stream write", "err", err)
 			return
 		}

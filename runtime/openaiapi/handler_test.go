@@ -275,7 +275,7 @@ func TestErrorAnswers(t *testing.T) {
 		{"no messages", "POST", "/v1/chat/completions", `{"model":"m"}`, 400, "invalid_request_error", "", "messages"},
 		{"bad role", "POST", "/v1/chat/completions", `{"model":"m","messages":[{"role":"robot","content":"hi"}]}`, 400, "invalid_request_error", "", "messages"},
 		{"wrong type", "POST", "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":"ten"}`, 400, "invalid_request_error", "", "max_tokens"},
-		{"n=2", "POST", "/v1/completions", `{"model":"m","prompt":"x","n":2}`, 400, "invalid_request_error", "", "n"},
+		{"n=2", "POST", "/v1/completions", `{"model":"m","prompt":"x","n":2}`, 400, "invalid_request_error", "unsupported_value", "n"},
 		{"temperature", "POST", "/v1/completions", `{"model":"m","prompt":"x","temperature":9}`, 400, "invalid_request_error", "", "temperature"},
 		{"five stops", "POST", "/v1/completions", `{"model":"m","prompt":"x","stop":["a","b","c","d","e"]}`, 400, "invalid_request_error", "", "stop"},
 		{"token prompt", "POST", "/v1/completions", `{"model":"m","prompt":[1,2,3]}`, 400, "invalid_request_error", "", ""},

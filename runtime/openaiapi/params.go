@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -60,13 +59,8 @@ var (
 	noObject = rule{refused, is(func(m map[string]any) bool { return len(m) == 0 }), "{} or null"}
 	noText   = rule{refused, is(func(s string) bool { return s == "" }), `"" or null`}
 	noFlag   = rule{refused, is(func(b bool) bool { return !b }), "false or null"}
-	noNumber = rule{refused, number(0), "0 or null"}
-	noBias   = rule{refused, is(func(m map[string]any) bool {
-		return !slices.ContainsFunc(slices.Collect(maps.Values(m)), not(number(0)))
-	}), "{}, zero biases or null"}
 	noTool   = rule{refused, oneOf("none", "auto"), `"none", "auto" or null (no tool can be called)`}
 	textOnly = rule{refused, is(func(a []any) bool { return !slices.ContainsFunc(a, not(oneOf("text"))) }), `["text"], [] or null`}
-	anyBool  = rule{refused, is(func(bool) bool { return true }), "true, false or null while no tools are given"}
 )
 
 // chatFields is POST /v1/chat/completions.
@@ -91,25 +85,28 @@ var chatFields = fields{
 	"safety_identifier": anyString,
 	"prompt_cache_key":  anyString,
 
-	"tools":               noList,
-	"tool_choice":         noTool,
-	"parallel_tool_calls": anyBool,
-	"functions":           noList,
-	"function_call":       noTool,
-	"logprobs":            noFlag,
-	"top_logprobs":        noNumber,
-	"presence_penalty":    noNumber,
-	"frequency_penalty":   noNumber,
-	"logit_bias":          noBias,
-	"store":               noFlag,
-	"metadata":            noObject, // tags a stored completion; none is stored
-	"modalities":          textOnly,
-	"audio":               onlyNull,
-	"prediction":          onlyNull,
-	"reasoning_effort":    onlyNull,
-	"verbosity":           onlyNull,
-	"service_tier":        {refused, oneOf("auto", "default"), `"auto", "default" or null`},
-	"web_search_options":  onlyNull, // even {} turns the search on
+	// Tools: a model that does not declare them refuses the request
+	// (runtime.Model.Serves), naming the field.
+	"tools":               take, // toolFields; type "function" only
+	"tool_choice":         take, // "none", "auto", "required" or toolChoiceFields
+	"parallel_tool_calls": take, // false: at most one call
+	"logprobs":            take,
+	"top_logprobs":        take,
+	"presence_penalty":    take,
+	"frequency_penalty":   take,
+	"logit_bias":          take, // token ids in decimal → biases
+	// The legacy forms of tools, replaced by tools and tool_choice.
+	"functions":          noList,
+	"function_call":      noTool,
+	"store":              noFlag,
+	"metadata":           noObject, // tags a stored completion; none is stored
+	"modalities":         textOnly,
+	"audio":              onlyNull,
+	"prediction":         onlyNull,
+	"reasoning_effort":   onlyNull,
+	"verbosity":          onlyNull,
+	"service_tier":       {refused, oneOf("auto", "default"), `"auto", "default" or null`},
+	"web_search_options": onlyNull, // even {} turns the search on
 }
 
 // completionFields is POST /v1/completions.
@@ -127,13 +124,14 @@ var completionFields = fields{
 
 	"user": anyString,
 
-	"echo":              noFlag,
-	"best_of":           {refused, number(1), "1 or null"},
-	"suffix":            noText,
-	"logprobs":          onlyNull, // 0 still asks for the sampled tokens' logprobs
-	"presence_penalty":  noNumber,
-	"frequency_penalty": noNumber,
-	"logit_bias":        noBias,
+	"echo":     noFlag,
+	"best_of":  {refused, number(1), "1 or null"},
+	"suffix":   noText,
+	"logprobs": onlyNull, // 0 still asks for the sampled tokens' logprobs
+
+	"presence_penalty":  take,
+	"frequency_penalty": take,
+	"logit_bias":        take,
 }
 
 // streamOptionFields is "stream_options" of either endpoint.
@@ -160,25 +158,66 @@ var jsonSchemaFields = fields{
 	"description": noText,
 }
 
+// toolFields is one entry of "tools"; functionFields its function.
+var (
+	toolFields = fields{
+		"type":     take, // "function" only
+		"function": take,
+	}
+	functionFields = fields{
+		"name":        take,
+		"description": take,
+		"parameters":  take, // a JSON Schema runtime/grammar converts
+		"strict":      take,
+	}
+)
+
+// toolChoiceFields is "tool_choice" as an object, naming a function.
+var (
+	toolChoiceFields = fields{
+		"type":     take, // "function" only
+		"function": take,
+	}
+	toolChoiceFunctionFields = fields{"name": take}
+)
+
 // messageFields is one message of a chat request. The prompt holds a
-// message's role and text only, so anything else it says is refused.
+// message's role, content (text and images), the calls an assistant made
+// and the id a tool result answers; anything else it says is refused.
 var messageFields = fields{
 	"role":          take,
-	"content":       take, // a string, null, or parts (partFields)
+	"content":       take, // a string, null, or parts (textPartFields, imagePartFields)
+	"tool_calls":    take, // toolCallFields
+	"tool_call_id":  take, // a tool message's
 	"name":          noText,
-	"tool_calls":    noList,
-	"tool_call_id":  noText,
 	"function_call": onlyNull,
 	"refusal":       noText,
 	"audio":         onlyNull,
 	"annotations":   noList,
 }
 
-// partFields is one content part; only type "text" is supported.
-var partFields = fields{
-	"type": take,
-	"text": take,
-}
+// toolCallFields is one of an assistant message's tool_calls;
+// toolCallFunctionFields its function.
+var (
+	toolCallFields = fields{
+		"id":       take,
+		"type":     take, // "function" only
+		"function": take,
+	}
+	toolCallFunctionFields = fields{
+		"name":      take,
+		"arguments": take, // a string holding JSON
+	}
+)
+
+// The content parts: "text", and "image_url" with an inline image (a data:
+// URL; workers fetch nothing from the internet). Other types (input_audio,
+// file, ...) are refused.
+var (
+	textPartFields  = fields{"type": take, "text": take}
+	imagePartFields = fields{"type": take, "image_url": take}
+	imageURLFields  = fields{"url": take, "detail": take}
+)
 
 // maxNameBytes caps an unknown key as the refusal names it.
 const maxNameBytes = 64
@@ -256,35 +295,152 @@ func checkChatFields(body []byte) error {
 			}
 		}
 	}
+	if err := checkTools(obj); err != nil {
+		return err
+	}
 	msgs, _ := obj["messages"].([]any)
 	for i, m := range msgs {
 		mo, ok := m.(map[string]any)
 		if !ok {
 			continue
 		}
-		prefix := func() string { return fmt.Sprintf("messages[%d].", i) }
-		if err := messageFields.check(mo, prefix); err != nil {
+		if err := checkMessage(i, mo); err != nil {
 			return err
 		}
-		parts, _ := mo["content"].([]any) // else a string or null
-		for j, p := range parts {
-			po, ok := p.(map[string]any)
-			if !ok {
-				continue
-			}
-			pp := func() string { return fmt.Sprintf("%scontent[%d].", prefix(), j) }
-			switch typ, _ := po["type"].(string); typ {
-			case "text":
-			case "":
-				return badRequest(pp()+"type", `%stype must be "text"`, pp())
-			default:
-				return refuse(pp()+"type", "unsupported_value",
-					"%stype %q is not supported by this network yet: refused rather than ignored (only \"text\" parts are)", pp(), typ)
-			}
-			if err := partFields.check(po, pp); err != nil {
+	}
+	return nil
+}
+
+// checkTools applies the tables to tools and tool_choice.
+func checkTools(obj map[string]any) error {
+	tools, _ := obj["tools"].([]any)
+	for i, t := range tools {
+		to, ok := t.(map[string]any)
+		if !ok {
+			continue
+		}
+		prefix := func() string { return fmt.Sprintf("tools[%d].", i) }
+		if err := functionType(to, prefix()+"type"); err != nil {
+			return err
+		}
+		if err := toolFields.check(to, prefix); err != nil {
+			return err
+		}
+		if fo, ok := to["function"].(map[string]any); ok {
+			if err := functionFields.check(fo, func() string { return prefix() + "function." }); err != nil {
 				return err
 			}
 		}
+	}
+	switch c := obj["tool_choice"].(type) {
+	case string:
+		switch c {
+		case "none", "auto", "required":
+		default:
+			return refuse("tool_choice", "unsupported_value",
+				`tool_choice %.32q is not supported: refused rather than ignored ("none", "auto", "required" or {"type":"function","function":{"name":...}})`, c)
+		}
+	case map[string]any:
+		if err := functionType(c, "tool_choice.type"); err != nil {
+			return err
+		}
+		if err := toolChoiceFields.check(c, func() string { return "tool_choice." }); err != nil {
+			return err
+		}
+		if fo, ok := c["function"].(map[string]any); ok {
+			return toolChoiceFunctionFields.check(fo, func() string { return "tool_choice.function." })
+		}
+	}
+	return nil
+}
+
+// functionType refuses an object (a tool, a tool choice, a tool call)
+// whose "type" is not "function", naming param.
+func functionType(obj map[string]any, param string) error {
+	switch typ, _ := obj["type"].(string); typ {
+	case "function":
+		return nil
+	case "":
+		return badRequest(param, `%s must be "function"`, param)
+	default:
+		return refuse(param, "unsupported_value",
+			"%s %.32q is not supported by this network: refused rather than ignored (only \"function\" is)", param, typ)
+	}
+}
+
+// checkMessage applies the tables to message i.
+func checkMessage(i int, mo map[string]any) error {
+	prefix := func() string { return fmt.Sprintf("messages[%d].", i) }
+	if err := messageFields.check(mo, prefix); err != nil {
+		return err
+	}
+	calls, _ := mo["tool_calls"].([]any)
+	for j, c := range calls {
+		co, ok := c.(map[string]any)
+		if !ok {
+			continue
+		}
+		cp := func() string { return fmt.Sprintf("%stool_calls[%d].", prefix(), j) }
+		if err := functionType(co, cp()+"type"); err != nil {
+			return err
+		}
+		if err := toolCallFields.check(co, cp); err != nil {
+			return err
+		}
+		if fo, ok := co["function"].(map[string]any); ok {
+			if err := toolCallFunctionFields.check(fo, func() string { return cp() + "function." }); err != nil {
+				return err
+			}
+		}
+	}
+	parts, _ := mo["content"].([]any) // else a string or null
+	for j, p := range parts {
+		po, ok := p.(map[string]any)
+		if !ok {
+			continue
+		}
+		pp := func() string { return fmt.Sprintf("%scontent[%d].", prefix(), j) }
+		switch typ, _ := po["type"].(string); typ {
+		case "text":
+			if err := textPartFields.check(po, pp); err != nil {
+				return err
+			}
+		case "image_url":
+			if err := imagePartFields.check(po, pp); err != nil {
+				return err
+			}
+			io, ok := po["image_url"].(map[string]any)
+			if !ok {
+				return badRequest(pp()+"image_url", `%simage_url must be {"url": "data:image/...;base64,...", "detail": ...}`, pp())
+			}
+			ip := func() string { return pp() + "image_url." }
+			if err := imageURLFields.check(io, ip); err != nil {
+				return err
+			}
+			if err := imageURL(io["url"], ip()+"url"); err != nil {
+				return err
+			}
+		case "":
+			return badRequest(pp()+"type", `%stype must be "text" or "image_url"`, pp())
+		default:
+			return refuse(pp()+"type", "unsupported_value",
+				"%stype %.32q is not supported by this network yet: refused rather than ignored (only \"text\" and \"image_url\" parts are)", pp(), typ)
+		}
+	}
+	return nil
+}
+
+// imageURL refuses an image that is not inline: a worker fetches nothing
+// from the internet, so an http(s) URL could not be honoured.
+func imageURL(v any, param string) error {
+	u, _ := v.(string)
+	lower := strings.ToLower(u[:min(len(u), 16)])
+	switch {
+	case strings.HasPrefix(lower, "http://") || strings.HasPrefix(lower, "https://"):
+		return refuse(param, "unsupported_value",
+			"%s: send the image inline as a data: URL (data:image/png;base64,...): workers fetch nothing from the internet, so an http(s) URL is refused rather than ignored", param)
+	case !strings.HasPrefix(lower, "data:image/") || !strings.Contains(u, ";base64,"):
+		return badRequest(param, "%s must be a data:image/...;base64,... URL", param)
 	}
 	return nil
 }

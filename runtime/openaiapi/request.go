@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/cocoon-network/cocoon/runtime"
@@ -117,10 +120,80 @@ func (s sampling) apply(rr *runtime.Request) error {
 		v := uint64(*s.seed)
 		rr.Seed = &v
 	}
-	if s.n != nil && *s.n != 1 {
-		return badRequest("n", "only n = 1 is supported, not %d", *s.n)
+	if s.n != nil && *s.n > 1 {
+		return refuse("n", "unsupported_value", "n = %d: one choice per request is supported: refused rather than ignored", *s.n)
+	}
+	if s.n != nil && *s.n < 1 {
+		return badRequest("n", "n must be 1, not %d", *s.n)
 	}
 	return nil
+}
+
+// penalties are the sampling fields both endpoints share beyond sampling:
+// presence_penalty, frequency_penalty and logit_bias.
+type penalties struct {
+	presence, frequency *float64
+	logitBias           map[string]float64
+}
+
+// apply converts them; their ranges are checked by runtime.Request.Check.
+func (p penalties) apply(rr *runtime.Request) error {
+	if p.presence != nil {
+		rr.PresencePenalty = *p.presence
+	}
+	if p.frequency != nil {
+		rr.FrequencyPenalty = *p.frequency
+	}
+	var err error
+	rr.LogitBias, err = logitBias(p.logitBias)
+	return err
+}
+
+// logitBias converts logit_bias: each key must be a token id written in
+// decimal, in int32 range (checked before anything narrows it). A zero
+// bias asks for nothing and is dropped, so that {"50256": 0}, which SDKs
+// may send, reaches no backend as a capability it must declare.
+func logitBias(m map[string]float64) (map[int32]float64, error) {
+	if len(m) > runtime.MaxLogitBias {
+		return nil, badRequest("logit_bias", "logit_bias has %d entries, at most %d", len(m), runtime.MaxLogitBias)
+	}
+	var out map[int32]float64
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		digits := strings.TrimPrefix(k, "-")
+		id, err := strconv.ParseInt(k, 10, 32)
+		if digits == "" || strings.Trim(digits, "0123456789") != "" || err != nil {
+			return nil, badRequest("logit_bias", "logit_bias key %.32q is not a token id (a decimal integer below 2^31)", k)
+		}
+		if id < 0 {
+			return nil, badRequest("logit_bias", "logit_bias key %s is negative, not a token id", k)
+		}
+		if _, dup := out[int32(id)]; dup {
+			return nil, badRequest("logit_bias", "logit_bias gives token %d twice", id)
+		}
+		if m[k] == 0 {
+			continue
+		}
+		if out == nil {
+			out = map[int32]float64{}
+		}
+		out[int32(id)] = m[k]
+	}
+	return out, nil
+}
+
+// canonicalJSON is raw JSON (a schema) compacted and HTML-escaped, as
+// encoding/json writes a json.RawMessage, so that the request a gateway
+// forwards converts to the same bytes; JSON null is no value.
+func canonicalJSON(raw json.RawMessage) json.RawMessage {
+	var c, e bytes.Buffer
+	if json.Compact(&c, raw) != nil {
+		return raw // not JSON: the check that follows says so
+	}
+	if c.String() == "null" {
+		return nil
+	}
+	json.HTMLEscape(&e, c.Bytes())
+	return e.Bytes()
 }
 
 // check applies runtime.Request.Check, the rule every edge applies, and
@@ -155,8 +228,8 @@ func (req ChatCompletionRequest) Runtime() (runtime.Request, error) {
 	msgs := req.Messages
 	if req.ContinueFinalMessage {
 		last := msgs[len(msgs)-1]
-		if last.Role != "assistant" {
-			return runtime.Request{}, badRequest("messages", "continue_final_message needs an assistant message last")
+		if last.Role != "assistant" || len(last.ToolCalls) > 0 || last.Refusal != nil && *last.Refusal != "" {
+			return runtime.Request{}, badRequest("messages", "continue_final_message needs an assistant message last, without tool calls")
 		}
 		rr.Continuation = string(last.Content)
 		msgs = msgs[:len(msgs)-1]
@@ -170,13 +243,37 @@ func (req ChatCompletionRequest) Runtime() (runtime.Request, error) {
 		default:
 			return runtime.Request{}, badRequest("messages", "messages[%d].role %q is not system, user, assistant, developer or tool", i, m.Role)
 		}
-		rr.Messages = append(rr.Messages, runtime.Message{Role: m.Role, Content: string(m.Content)})
+		msg := runtime.Message{Role: m.Role, Content: string(m.Content), Images: m.Images, ToolCallID: m.ToolCallID}
+		for _, c := range m.ToolCalls {
+			msg.ToolCalls = append(msg.ToolCalls, runtime.ToolCall{ID: c.ID, Name: c.Function.Name, Arguments: c.Function.Arguments})
+		}
+		rr.Messages = append(rr.Messages, msg)
+	}
+	for _, t := range req.Tools {
+		rr.Tools = append(rr.Tools, runtime.Tool{Name: t.Function.Name, Description: t.Function.Description,
+			Parameters: canonicalJSON(t.Function.Parameters), Strict: t.Function.Strict != nil && *t.Function.Strict})
+	}
+	if c := req.ToolChoice; c != nil {
+		rr.ToolChoice = runtime.ToolChoice{Mode: c.Mode, Name: c.Name}
+		if len(rr.Tools) == 0 && (c.Mode == runtime.ToolChoiceNone || c.Mode == runtime.ToolChoiceAuto) {
+			// Without tools, either is the default: text only.
+			rr.ToolChoice = runtime.ToolChoice{}
+		}
+	}
+	// parallel_tool_calls false without tools asks for nothing.
+	rr.SingleToolCall = req.ParallelToolCalls != nil && !*req.ParallelToolCalls && len(rr.Tools) > 0
+	rr.Logprobs = req.Logprobs
+	if req.TopLogprobs != nil {
+		rr.TopLogprobs = *req.TopLogprobs
 	}
 	max := req.MaxTokens
 	if req.MaxCompletionTokens != nil {
 		max = req.MaxCompletionTokens
 	}
 	err := sampling{max, req.Temperature, req.TopP, req.Stop, req.Seed, req.N}.apply(&rr)
+	if err == nil {
+		err = penalties{req.PresencePenalty, req.FrequencyPenalty, req.LogitBias}.apply(&rr)
+	}
 	if err == nil {
 		rr.Format, err = req.ResponseFormat.runtime()
 	}
@@ -213,7 +310,7 @@ func (f *ResponseFormat) runtime() (*runtime.ResponseFormat, error) {
 		if js == nil {
 			return nil, badRequest("response_format.json_schema", "response_format.json_schema is required with type json_schema")
 		}
-		return &runtime.ResponseFormat{Type: f.Type, Name: js.Name, Schema: js.Schema, Strict: js.Strict != nil && *js.Strict}, nil
+		return &runtime.ResponseFormat{Type: f.Type, Name: js.Name, Schema: canonicalJSON(js.Schema), Strict: js.Strict != nil && *js.Strict}, nil
 	case "":
 		return nil, badRequest("response_format.type", "response_format.type is required")
 	}
@@ -234,6 +331,9 @@ func (req CompletionRequest) Runtime() (runtime.Request, error) {
 	}
 	rr := runtime.Request{Model: req.Model, Prompt: string(req.Prompt)}
 	if err := (sampling{req.MaxTokens, req.Temperature, req.TopP, req.Stop, req.Seed, req.N}).apply(&rr); err != nil {
+		return runtime.Request{}, err
+	}
+	if err := (penalties{req.PresencePenalty, req.FrequencyPenalty, req.LogitBias}).apply(&rr); err != nil {
 		return runtime.Request{}, err
 	}
 	if err := check(rr); err != nil {

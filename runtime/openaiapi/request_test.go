@@ -193,6 +193,6 @@ func TestEdgeRefusesByName(t *testing.T) {
 	// backend is valid text, answered exactly as that text.
 	_, rr, err := openaiapi.DecodeChatRequest(strings.NewReader("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\xff\xfeb\"}]}"))
 	if err != nil || rr.Messages[0].Content != "a\uFFFD\uFFFDb" {
-		t.Errorf("invalid UTF-8: %q, %v", rr.Messages, err)
+		t.Errorf("invalid UTF-8: %+v, %v", rr.Messages, err)
 	}
 }

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"strings"
+
+	"github.com/cocoon-network/cocoon/runtime"
 )
 
 // ChatCompletionRequest is the body of POST /v1/chat/completions: the fields
@@ -25,10 +28,120 @@ type ChatCompletionRequest struct {
 	// ResponseFormat: nil or type "text" is free text.
 	ResponseFormat *ResponseFormat `json:"response_format,omitempty"`
 
+	// Tools the model may call; ToolChoice nil is OpenAI's default (auto
+	// with tools, else none); ParallelToolCalls false asks for at most one
+	// call.
+	Tools             []Tool      `json:"tools,omitempty"`
+	ToolChoice        *ToolChoice `json:"tool_choice,omitempty"`
+	ParallelToolCalls *bool       `json:"parallel_tool_calls,omitempty"`
+	// Logprobs asks for each content token's log probability, TopLogprobs
+	// (0 to 20) for the likeliest alternatives at each position.
+	Logprobs         bool     `json:"logprobs,omitempty"`
+	TopLogprobs      *int     `json:"top_logprobs,omitempty"`
+	PresencePenalty  *float64 `json:"presence_penalty,omitempty"`
+	FrequencyPenalty *float64 `json:"frequency_penalty,omitempty"`
+	// LogitBias maps token ids, written as decimal strings, to biases in
+	// [-100, 100].
+	LogitBias map[string]float64 `json:"logit_bias,omitempty"`
+
 	// Extensions understood by vLLM (and sent by the openai backend to resume
 	// a generation): the last message is an assistant message to continue.
 	ContinueFinalMessage bool  `json:"continue_final_message,omitempty"`
 	AddGenerationPrompt  *bool `json:"add_generation_prompt,omitempty"`
+}
+
+// Tool is one entry of a chat request's tools: {"type":"function","function":{...}}.
+type Tool struct {
+	Type     string      `json:"type"` // "function"
+	Function FunctionDef `json:"function"`
+}
+
+// FunctionDef is a tool's function.
+type FunctionDef struct {
+	Name        string          `json:"name"`
+	Description string          `json:"description,omitempty"`
+	Parameters  json.RawMessage `json:"parameters,omitempty"` // a JSON Schema
+	Strict      *bool           `json:"strict,omitempty"`
+}
+
+// ToolChoice is a chat request's tool_choice: "none", "auto", "required",
+// or {"type":"function","function":{"name":...}} (Mode "function" and Name).
+type ToolChoice struct {
+	Mode string // none, auto, required or function
+	Name string // Mode function: the function to call
+}
+
+func (c ToolChoice) MarshalJSON() ([]byte, error) {
+	if c.Mode != "function" {
+		return json.Marshal(c.Mode)
+	}
+	type fn struct {
+		Name string `json:"name"`
+	}
+	return json.Marshal(struct {
+		Type     string `json:"type"`
+		Function fn     `json:"function"`
+	}{"function", fn{c.Name}})
+}
+
+func (c *ToolChoice) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	if len(b) > 0 && b[0] == '"' {
+		*c = ToolChoice{}
+		return json.Unmarshal(b, &c.Mode)
+	}
+	var o struct {
+		Type     string `json:"type"`
+		Function struct {
+			Name string `json:"name"`
+		} `json:"function"`
+	}
+	if err := json.Unmarshal(b, &o); err != nil {
+		return fmt.Errorf(`tool_choice must be "none", "auto", "required" or {"type":"function","function":{"name":...}}`)
+	}
+	*c = ToolChoice{Mode: o.Type, Name: o.Function.Name}
+	return nil
+}
+
+// ToolCall is one call of an assistant message (in a request's history, or
+// in a non-streamed answer); in a streamed answer's delta, Index says which
+// call a piece belongs to, and only a call's first piece has ID, Type and
+// Function.Name.
+type ToolCall struct {
+	Index    *int         `json:"index,omitempty"` // streamed pieces only
+	ID       string       `json:"id,omitempty"`
+	Type     string       `json:"type,omitempty"` // "function"
+	Function FunctionCall `json:"function"`
+}
+
+// FunctionCall is a tool call's function: its name and its arguments, a
+// JSON text as the model wrote it.
+type FunctionCall struct {
+	Name      string `json:"name,omitempty"`
+	Arguments string `json:"arguments"`
+}
+
+// Logprobs is a choice's logprobs: those of the content's tokens.
+type Logprobs struct {
+	Content []TokenLogprob `json:"content"`
+	Refusal []TokenLogprob `json:"refusal"` // always null: a refusal's tokens are not given
+}
+
+// TokenLogprob is one token's log probability and the likeliest tokens at
+// its position. Bytes are the token's bytes as integers (a token may hold
+// part of a UTF-8 character).
+type TokenLogprob struct {
+	Token       string       `json:"token"`
+	Logprob     float64      `json:"logprob"`
+	Bytes       []int        `json:"bytes"`
+	TopLogprobs []TopLogprob `json:"top_logprobs"`
+}
+
+// TopLogprob is one of TokenLogprob.TopLogprobs.
+type TopLogprob struct {
+	Token   string  `json:"token"`
+	Logprob float64 `json:"logprob"`
+	Bytes   []int   `json:"bytes"`
 }
 
 // ResponseFormat is a chat request's response_format: {"type":"text"},
@@ -58,6 +171,10 @@ type CompletionRequest struct {
 	Stream        bool           `json:"stream,omitempty"`
 	StreamOptions *StreamOptions `json:"stream_options,omitempty"`
 	Echo          bool           `json:"echo,omitempty"`
+	// Penalties and logit_bias, as ChatCompletionRequest's.
+	PresencePenalty  *float64           `json:"presence_penalty,omitempty"`
+	FrequencyPenalty *float64           `json:"frequency_penalty,omitempty"`
+	LogitBias        map[string]float64 `json:"logit_bias,omitempty"`
 }
 
 // StreamOptions asks for a last chunk with the usage.
@@ -68,12 +185,123 @@ type StreamOptions struct {
 	ContinuousUsageStats bool `json:"continuous_usage_stats,omitempty"`
 }
 
-// ChatMessage is one message. Content is a string or, on input, an array of
-// text parts, which are joined; a message's other fields (name, tool_calls,
-// ...) are refused by the decoder unless empty.
+// ChatMessage is one message, of a request or of an answer. Its content is
+// a string, null, or an array of parts: "text" parts, joined into Content,
+// and "image_url" parts, which become Images at the byte offset of Content
+// where they stood. It encodes the same way: parts when it has images, null
+// when it is empty and the message makes tool calls or refuses, else a
+// string. The decoder refuses its other fields (name, ...) unless empty.
 type ChatMessage struct {
-	Role    string  `json:"role"`
-	Content Content `json:"content"`
+	Role       string          `json:"role"`
+	Content    Content         `json:"content"`
+	Images     []runtime.Image `json:"-"`
+	ToolCalls  []ToolCall      `json:"tool_calls,omitempty"`
+	ToolCallID string          `json:"tool_call_id,omitempty"`
+	// Refusal is an answer's refusal text; an answer encodes it as null
+	// when it has none.
+	Refusal *string `json:"refusal,omitempty"`
+	answer  bool    // an answer's message: refusal always encoded
+}
+
+// ContentPart is one part of a message's content.
+type ContentPart struct {
+	Type     string    `json:"type"` // text or image_url
+	Text     *string   `json:"text,omitempty"`
+	ImageURL *ImageURL `json:"image_url,omitempty"`
+}
+
+// ImageURL is an image_url part's image: a data: URL (workers fetch
+// nothing from the internet) and OpenAI's detail.
+type ImageURL struct {
+	URL    string `json:"url"`
+	Detail string `json:"detail,omitempty"`
+}
+
+func (m ChatMessage) MarshalJSON() ([]byte, error) {
+	var content any = string(m.Content)
+	switch {
+	case len(m.Images) > 0:
+		var parts []ContentPart
+		text := func(s string) {
+			if s != "" {
+				parts = append(parts, ContentPart{Type: "text", Text: &s})
+			}
+		}
+		at := 0
+		for _, im := range m.Images {
+			if im.At < at || im.At > len(m.Content) {
+				return nil, fmt.Errorf("image at %d outside the content or before the previous one", im.At)
+			}
+			text(string(m.Content[at:im.At]))
+			at = im.At
+			parts = append(parts, ContentPart{Type: "image_url", ImageURL: &ImageURL{URL: im.URL, Detail: im.Detail}})
+		}
+		text(string(m.Content[at:]))
+		content = parts
+	case m.Content == "" && (len(m.ToolCalls) > 0 || m.Refusal != nil && *m.Refusal != ""):
+		content = nil
+	}
+	var refusal any
+	if m.Refusal != nil {
+		refusal = *m.Refusal
+	}
+	type wire struct {
+		Role       string     `json:"role"`
+		Content    any        `json:"content"`
+		Refusal    any        `json:"refusal,omitempty"`
+		ToolCalls  []ToolCall `json:"tool_calls,omitempty"`
+		ToolCallID string     `json:"tool_call_id,omitempty"`
+	}
+	if m.answer {
+		type answer struct {
+			Role      string     `json:"role"`
+			Content   any        `json:"content"`
+			Refusal   any        `json:"refusal"`
+			ToolCalls []ToolCall `json:"tool_calls,omitempty"`
+		}
+		return json.Marshal(answer{m.Role, content, refusal, m.ToolCalls})
+	}
+	return json.Marshal(wire{m.Role, content, refusal, m.ToolCalls, m.ToolCallID})
+}
+
+func (m *ChatMessage) UnmarshalJSON(b []byte) error {
+	var w struct {
+		Role       string          `json:"role"`
+		Content    json.RawMessage `json:"content"`
+		ToolCalls  []ToolCall      `json:"tool_calls"`
+		ToolCallID string          `json:"tool_call_id"`
+		Refusal    *string         `json:"refusal"`
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	*m = ChatMessage{Role: w.Role, ToolCalls: w.ToolCalls, ToolCallID: w.ToolCallID, Refusal: w.Refusal}
+	c := bytes.TrimSpace(w.Content)
+	if len(c) == 0 || bytes.Equal(c, []byte("null")) {
+		return nil
+	}
+	if c[0] == '"' {
+		return json.Unmarshal(c, &m.Content)
+	}
+	var parts []ContentPart
+	if err := json.Unmarshal(c, &parts); err != nil {
+		return fmt.Errorf("content must be a string or an array of parts")
+	}
+	var sb strings.Builder
+	for i, p := range parts {
+		switch {
+		case p.Type == "text":
+			if p.Text != nil {
+				sb.WriteString(*p.Text)
+			}
+		case p.Type == "image_url" && p.ImageURL != nil:
+			m.Images = append(m.Images, runtime.Image{URL: p.ImageURL.URL, Detail: p.ImageURL.Detail, At: sb.Len()})
+		default:
+			return fmt.Errorf("content part %d is not a text part or an image_url part", i)
+		}
+	}
+	m.Content = Content(sb.String())
+	return nil
 }
 
 // Content is a message's text; it decodes from a string, null, or an array of
@@ -187,6 +415,7 @@ type ChatCompletion struct {
 type ChatChoice struct {
 	Index        int         `json:"index"`
 	Message      ChatMessage `json:"message"`
+	Logprobs     *Logprobs   `json:"logprobs"` // null unless asked for
 	FinishReason string      `json:"finish_reason"`
 }
 
@@ -204,13 +433,17 @@ type ChatCompletionChunk struct {
 type ChunkChoice struct {
 	Index        int        `json:"index"`
 	Delta        ChunkDelta `json:"delta"`
+	Logprobs     *Logprobs  `json:"logprobs"` // those of this chunk's content, when asked for
 	FinishReason *string    `json:"finish_reason"`
 }
 
-// ChunkDelta is the new part of the message.
+// ChunkDelta is the new part of the message: text, pieces of tool calls
+// (ToolCall.Index set), or text of a refusal.
 type ChunkDelta struct {
-	Role    string  `json:"role,omitempty"`
-	Content *string `json:"content,omitempty"`
+	Role      string     `json:"role,omitempty"`
+	Content   *string    `json:"content,omitempty"`
+	ToolCalls []ToolCall `json:"tool_calls,omitempty"`
+	Refusal   *string    `json:"refusal,omitempty"`
 }
 
 // Completion is the answer of /v1/completions, and each SSE event of its stream.
