@@ -8,6 +8,61 @@
 // pulled: each Stream.Recv decodes tokens until it has text to hand out, so a
 // slow reader costs no compute and cancellation is checked between tokens and,
 // through llama.cpp's abort callback, inside a long prompt decode.
+//
+// # Tools
+//
+// llama.cpp's chat-template function knows no tools, so every model gets
+// one plain format, written into ordinary messages before the template
+// (or PlainTemplate) renders them:
+//
+//	system:    <the first system message, if any>
+//
+//	           You can call these functions:
+//
+//	           {"name": "get_weather", "description": "...", "parameters": {<JSON Schema>}}
+//	           ...
+//
+//	           To call a function, answer with only a JSON object:
+//	           {"name": <function name>, "arguments": <arguments object>}.
+//	           Otherwise answer in plain text.   (auto; required and a named
+//	           function say "You must call ...")
+//	assistant: <content>\n{"name": "get_weather", "arguments": {...}}   (one line per call it made)
+//	user:      Result of call "call_1" to get_weather:\n<the tool message's content>
+//
+// A tool result is rendered as a user message because templates differ on
+// role "tool" (many refuse it). With tool_choice "none" the tools are not
+// described (the model may not call them); calls and results in the history
+// still are.
+//
+// llama.cpp's grammar sampler holds the answer to the choice: "required" to
+// grammar.AnyToolCall, a named function to grammar.ToolCall, "auto" to a
+// grammar of either such a call or text whose first character is not "{"
+// (so the first byte tells which it is). An answer holds at most one call.
+// A call is streamed as Delta.ToolCalls: its id ("call_" and random hex) and
+// name once its head is written, then its arguments as they grow, less a
+// tail that may still be the call's closing brace; every token is billed in
+// Delta.Tokens as it is generated. It finishes as "tool_calls" (as "length"
+// if max_tokens cut it, with the arguments written so far). Stop sequences
+// do not apply inside a call. With tools in play (tool_choice other than
+// none), a response_format and a Continuation are refused by name
+// (*runtime.FieldError "response_format", "continuation").
+//
+// # Logprobs, penalties, logit_bias
+//
+// Logprobs are those of the model's raw distribution at each position: a
+// log-softmax of llama_get_logits_ith, before temperature, penalties,
+// logit_bias and grammar (vLLM's default). Each delta carries one entry per
+// token whose last byte is in its Text; tokens of a stop sequence, never
+// sent, and of a tool call have none. presence_penalty and
+// frequency_penalty are llama.cpp's penalties sampler over every generated
+// token; logit_bias is its logit-bias sampler, and an id outside the
+// vocabulary is refused before llama.cpp sees it.
+//
+// # Embeddings
+//
+// Embed uses a second llama.cpp context per model, made on first use, with
+// embeddings on and the GGUF's pooling type or else mean pooling; inputs
+// are computed one at a time and L2-normalised.
 package llamacpp
 
 import (
@@ -66,9 +121,16 @@ type model struct {
 	vocab    llama.Vocab
 	nCtx     int
 	nBatch   int
+	nVocab   int
+	threads  int
 	template string // the GGUF's chat template, "" for the plain fallback
 	slots    []*slot
 	pool     chan *slot
+
+	embedMu sync.Mutex // held by one Embed at a time, and by Close to free embed
+	embed   *slot      // the embeddings context, made by the first Embed; nil after Close
+	// embedCur is the abort flag of the Embed running, nil when none.
+	embedCur atomic.Pointer[atomic.Bool]
 }
 
 // slot is one llama.cpp context; it belongs to one generation at a time.
@@ -166,7 +228,8 @@ func loadModel(path, id string, threads, ctxSize, parallel int) (*model, error) 
 		}
 		return nil, fmt.Errorf("load model %s: llama.cpp rejected it (truncated or corrupt?): %s", path, why)
 	}
-	m := &model{path: path, m: lm, vocab: llama.ModelGetVocab(lm), pool: make(chan *slot, parallel)}
+	m := &model{path: path, m: lm, vocab: llama.ModelGetVocab(lm), threads: threads, pool: make(chan *slot, parallel)}
+	m.nVocab = int(llama.VocabNTokens(m.vocab))
 	m.template = llama.ModelChatTemplate(lm, "")
 	train := int(llama.ModelNCtxTrain(lm))
 	m.nCtx = ctxSize
@@ -177,7 +240,11 @@ func loadModel(path, id string, threads, ctxSize, parallel int) (*model, error) 
 		m.nCtx = 2048
 	}
 	m.nBatch = min(m.nCtx, 512)
-	m.info = runtime.Model{ID: id, Digest: digest, ContextLength: m.nCtx, StructuredOutput: true}
+	m.info = runtime.Model{
+		ID: id, Digest: digest, ContextLength: m.nCtx,
+		StructuredOutput: true, Tools: true, Logprobs: true, LogitBias: true,
+		Embeddings: true, EmbeddingDims: int(llama.ModelNEmbd(lm)),
+	}
 	for range parallel {
 		cp := llama.ContextDefaultParams()
 		cp.NCtx = uint32(m.nCtx)
@@ -207,6 +274,7 @@ func loadModel(path, id string, threads, ctxSize, parallel int) (*model, error) 
 }
 
 func (m *model) free() {
+	m.freeEmbed()
 	for _, s := range m.slots {
 		llama.Free(s.lctx)
 	}
@@ -232,6 +300,7 @@ func (b *Backend) Close() error {
 	b.once.Do(func() {
 		close(b.closing)
 		for _, m := range b.models {
+			m.freeEmbed()
 			for _, s := range m.slots {
 				if f := s.cur.Load(); f != nil {
 					f.Store(true)
@@ -284,7 +353,16 @@ func (b *Backend) Generate(ctx context.Context, req runtime.Request) (runtime.St
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", runtime.ErrUnknownModel, req.Model)
 	}
+	if err := m.info.Serves(req); err != nil {
+		return nil, err
+	}
 	if err := checkParams(req); err != nil {
+		return nil, err
+	}
+	if err := m.checkSampling(req); err != nil {
+		return nil, err
+	}
+	if err := checkTools(req); err != nil {
 		return nil, err
 	}
 	text, special, err := m.render(req)
@@ -331,6 +409,36 @@ func checkParams(req runtime.Request) error {
 	return nil
 }
 
+// checkSampling holds the sampling fields to what llama.cpp is given, before
+// anything native sees them: a logit_bias id outside the vocabulary would
+// be read past the logits.
+func (m *model) checkSampling(req runtime.Request) error {
+	bad := func(field, format string, args ...any) error {
+		return &runtime.FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case req.TopLogprobs < 0 || req.TopLogprobs > runtime.MaxTopLogprobs:
+		return bad("top_logprobs", "%d is outside [0, %d]", req.TopLogprobs, runtime.MaxTopLogprobs)
+	case req.TopLogprobs > 0 && !req.Logprobs:
+		return bad("top_logprobs", "given without logprobs")
+	case !(req.PresencePenalty >= -2 && req.PresencePenalty <= 2):
+		return bad("presence_penalty", "%g is outside [-2, 2]", req.PresencePenalty)
+	case !(req.FrequencyPenalty >= -2 && req.FrequencyPenalty <= 2):
+		return bad("frequency_penalty", "%g is outside [-2, 2]", req.FrequencyPenalty)
+	case len(req.LogitBias) > runtime.MaxLogitBias:
+		return bad("logit_bias", "%d entries, at most %d", len(req.LogitBias), runtime.MaxLogitBias)
+	}
+	for id, v := range req.LogitBias {
+		if id < 0 || int(id) >= m.nVocab {
+			return bad("logit_bias", "token id %d is outside the vocabulary of %s (%d tokens)", id, m.info.ID, m.nVocab)
+		}
+		if !(v >= -100 && v <= 100) {
+			return bad("logit_bias", "bias %g of token %d is outside [-100, 100]", v, id)
+		}
+	}
+	return nil
+}
+
 // render turns the request into prompt text; special says whether that text
 // may hold special tokens to parse (those a chat template writes). A raw prompt
 // is plain text: a user cannot smuggle control tokens in through it.
@@ -345,14 +453,15 @@ func (m *model) render(req runtime.Request) (text string, special bool, err erro
 			return "", false, fmt.Errorf("%w: messages[%d].role %q unknown", runtime.ErrInvalidRequest, i, msg.Role)
 		}
 	}
+	msgs := toolMessages(req)
 	if m.template != "" {
-		if out, ok := applyTemplate(m.template, req.Messages); ok {
+		if out, ok := applyTemplate(m.template, msgs); ok {
 			return out, true, nil
 		}
 		// llama.cpp recognises templates by pattern; one it does not know falls
 		// back to the plain template below rather than failing every request.
 	}
-	return PlainTemplate(req.Messages), false, nil
+	return PlainTemplate(msgs), false, nil
 }
 
 func applyTemplate(tmpl string, msgs []runtime.Message) (string, bool) {

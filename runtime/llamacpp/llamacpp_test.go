@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -72,7 +73,8 @@ func TestModelsAndDigest(t *testing.T) {
 		t.Fatalf("Models() = %v; want one", ms)
 	}
 	// The SHA-256 that ../shared/models/MODELS.md gives for the file.
-	want := runtime.Model{ID: "stories260K", Digest: "sha256:270cba1bd5109f42d03350f60406024560464db173c0e387d91f0426d3bd256d", ContextLength: 2048, StructuredOutput: true}
+	want := runtime.Model{ID: "stories260K", Digest: "sha256:270cba1bd5109f42d03350f60406024560464db173c0e387d91f0426d3bd256d", ContextLength: 2048,
+		StructuredOutput: true, Tools: true, Logprobs: true, LogitBias: true, Embeddings: true, EmbeddingDims: 64}
 	if ms[0] != want {
 		t.Fatalf("Models()[0] = %+v; want %+v", ms[0], want)
 	}
@@ -100,7 +102,7 @@ func TestSameSeedSameTokens(t *testing.T) {
 		t.Fatalf("seed 42 twice:\n%q %+v\n%q %+v", a.text, a.usage, c.text, c.usage)
 	}
 	for i := range a.deltas {
-		if a.deltas[i] != c.deltas[i] {
+		if !reflect.DeepEqual(a.deltas[i], c.deltas[i]) {
 			t.Fatalf("delta %d: %+v vs %+v", i, a.deltas[i], c.deltas[i])
 		}
 	}

@@ -2,6 +2,8 @@ package llamacpp
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"math"
@@ -40,6 +42,37 @@ type stream struct {
 	finished bool // no more sampling; pending is flushed by Recv
 	err      error
 	piece    []byte
+
+	// Logprobs: asked for, and how many alternatives; lps are the entries
+	// of pending's tokens, each with its bytes' span in pending.
+	logprobs bool
+	topN     int
+	lps      []pendingLogprob
+
+	// Tool calls: mode says whether the output is text or a call, or, under
+	// tool_choice auto before its first byte, not yet known. A call's text
+	// gathers in call; its arguments are streamed as they become certain.
+	mode     outputMode
+	call     []byte
+	callID   string
+	callName string
+	argsAt   int // offset of the arguments in call, once the head is parsed
+	argsSent int // bytes of the arguments handed out
+}
+
+type outputMode int
+
+const (
+	modeText outputMode = iota
+	modeUndecided
+	modeCall
+)
+
+// pendingLogprob is the logprob entry of a token whose bytes are
+// pending[start:end].
+type pendingLogprob struct {
+	start, end int
+	lp         runtime.TokenLogprob
 }
 
 // start tokenizes and decodes the prompt and continuation, and builds the sampler.
@@ -62,14 +95,30 @@ func (s *stream) start(req runtime.Request, text string, special bool) error {
 		s.budget = min(s.budget, req.MaxTokens-len(cont))
 	}
 
-	// The grammar of a response format is built, and the continuation
-	// checked against it, before anything is decoded.
+	s.logprobs, s.topN = req.Logprobs, req.TopLogprobs
+	// The grammar of a response format or of the tool choice is built, and
+	// the continuation checked against it, before anything is decoded.
 	var gs llama.Sampler
 	if req.Format != nil {
 		var err error
 		if gs, err = m.formatSampler(req.Format, cont); err != nil {
 			return err
 		}
+	} else if toolsActive(req) {
+		g, err := callGrammar(req)
+		if err != nil {
+			return err
+		}
+		if gs = llama.SamplerInitGrammar(m.vocab, g, "root"); gs == 0 {
+			return &runtime.FieldError{Field: "tools", Msg: "llama.cpp refuses the grammar of the tools' parameters"}
+		}
+		s.mode = modeCall
+		if req.EffectiveToolChoice().Mode == runtime.ToolChoiceAuto {
+			s.mode = modeUndecided
+		}
+		s.callID = newCallID()
+	}
+	if gs != 0 {
 		defer func() {
 			if s.sampler == 0 { // not handed to the chain
 				llama.SamplerFree(gs)
@@ -97,6 +146,22 @@ func (s *stream) start(req runtime.Request, text string, special bool) error {
 		// First, so that temperature and top_p choose among the tokens the
 		// grammar allows; the chain frees it.
 		llama.SamplerChainAdd(chain, gs)
+	}
+	if len(req.LogitBias) > 0 {
+		// Ids were checked against the vocabulary by checkSampling;
+		// llama.cpp copies the array.
+		bias := make([]llama.LogitBias, 0, len(req.LogitBias))
+		for id, v := range req.LogitBias {
+			bias = append(bias, llama.LogitBias{Token: llama.Token(id), Bias: float32(v)})
+		}
+		slices.SortFunc(bias, func(a, b llama.LogitBias) int { return int(a.Token) - int(b.Token) })
+		llama.SamplerChainAdd(chain, llama.SamplerInitLogitBias(int32(m.nVocab), int32(len(bias)), &bias[0]))
+	}
+	if req.PresencePenalty != 0 || req.FrequencyPenalty != 0 {
+		// Over every token generated (the sampler sees only those it
+		// accepts: not the prompt's), repeat penalty off.
+		llama.SamplerChainAdd(chain, llama.SamplerInitPenalties(int32(m.nVocab), int32(m.nCtx), 1,
+			float32(req.FrequencyPenalty), float32(req.PresencePenalty)))
 	}
 	if req.Temperature == 0 {
 		llama.SamplerChainAdd(chain, llama.SamplerInitGreedy())
@@ -262,25 +327,139 @@ func (s *stream) step() error {
 	tok := llama.SamplerSample(s.sampler, s.slot.lctx, -1)
 	if llama.VocabIsEOG(s.m.vocab, tok) {
 		s.finished, s.finish = true, runtime.FinishStop
+		if s.mode == modeCall {
+			if _, _, ok := parseCall(string(s.call)); ok {
+				s.finish = runtime.FinishToolCalls
+			}
+		}
 		return nil
 	}
 	s.budget--
 	s.usage.CompletionTokens++
 	s.pendTok++
-	n := llama.TokenToPiece(s.m.vocab, tok, s.piece, 0, false)
-	if n < 0 {
-		s.piece = make([]byte, -n)
-		n = llama.TokenToPiece(s.m.vocab, tok, s.piece, 0, false)
+	var lp runtime.TokenLogprob
+	if s.logprobs && s.mode != modeCall {
+		var err error
+		if lp, err = s.logprob(tok); err != nil {
+			return err
+		}
 	}
-	if n > 0 {
-		s.pending = append(s.pending, s.piece[:n]...)
-	}
+	piece := s.m.tokenPiece(tok, &s.piece)
 	s.next = append(s.next, tok)
+	if s.mode == modeUndecided && len(piece) > 0 {
+		// The grammar of tool_choice auto allows a call, which starts with
+		// "{", or text, which never does.
+		s.mode = modeText
+		if piece[0] == '{' {
+			s.mode = modeCall
+			s.lps = s.lps[:0]
+		}
+	}
+	if s.mode == modeCall {
+		s.call = append(s.call, piece...)
+		return nil
+	}
+	start := len(s.pending)
+	s.pending = append(s.pending, piece...)
+	if s.logprobs {
+		s.lps = append(s.lps, pendingLogprob{start: start, end: len(s.pending), lp: lp})
+	}
 	if i := s.stopIndex(); i >= 0 {
 		s.pending = s.pending[:i]
 		s.finished, s.finish = true, runtime.FinishStop
+		// Tokens of the stop sequence are never sent: no entries for them.
+		keep := s.lps[:0]
+		for _, e := range s.lps {
+			if e.start < i {
+				e.end = min(e.end, i)
+				keep = append(keep, e)
+			}
+		}
+		s.lps = keep
 	}
 	return nil
+}
+
+// tokenPiece is tok's text, in *buf (grown if need be).
+func (m *model) tokenPiece(tok llama.Token, buf *[]byte) []byte {
+	n := llama.TokenToPiece(m.vocab, tok, *buf, 0, false)
+	if n < 0 {
+		*buf = make([]byte, -n)
+		n = llama.TokenToPiece(m.vocab, tok, *buf, 0, false)
+	}
+	return (*buf)[:max(n, 0)]
+}
+
+// logprob is the entry of tok, sampled from the last decoded position: a
+// log-softmax of the model's raw logits there (before temperature,
+// penalties, logit_bias and grammar, as vLLM reports by default) and the
+// topN likeliest tokens, likeliest first.
+func (s *stream) logprob(tok llama.Token) (runtime.TokenLogprob, error) {
+	logits, err := llama.GetLogitsIth(s.slot.lctx, -1, s.m.nVocab)
+	if err != nil || logits == nil {
+		return runtime.TokenLogprob{}, fmt.Errorf("llamacpp: logits of the sampled position: %v", err)
+	}
+	lse := logSumExp(logits)
+	entry := func(t llama.Token) (string, float64, []byte) {
+		b := bytesClone(s.m.tokenPiece(t, &s.piece))
+		return string(b), float64(logits[t]) - lse, b
+	}
+	var lp runtime.TokenLogprob
+	lp.Token, lp.Logprob, lp.Bytes = entry(tok)
+	for _, t := range topTokens(logits, s.topN) {
+		var tl runtime.TopLogprob
+		tl.Token, tl.Logprob, tl.Bytes = entry(t)
+		lp.Top = append(lp.Top, tl)
+	}
+	return lp, nil
+}
+
+// logSumExp is log Σ exp(x), computed stably in float64.
+func logSumExp(x []float32) float64 {
+	hi := math.Inf(-1)
+	for _, v := range x {
+		hi = max(hi, float64(v))
+	}
+	if math.IsInf(hi, 0) {
+		return hi
+	}
+	sum := 0.0
+	for _, v := range x {
+		sum += math.Exp(float64(v) - hi)
+	}
+	return hi + math.Log(sum)
+}
+
+// topTokens are the ids of the n largest logits, largest first (the lower
+// id first among equals).
+func topTokens(logits []float32, n int) []llama.Token {
+	if n <= 0 {
+		return nil
+	}
+	top := make([]llama.Token, 0, n+1)
+	for i, v := range logits {
+		if len(top) == n && v <= logits[top[n-1]] {
+			continue
+		}
+		j := len(top)
+		for j > 0 && v > logits[top[j-1]] {
+			j--
+		}
+		top = slices.Insert(top, j, llama.Token(i))
+		if len(top) > n {
+			top = top[:n]
+		}
+	}
+	return top
+}
+
+func bytesClone(b []byte) []byte { return append([]byte(nil), b...) }
+
+// newCallID is a fresh tool call id: "call_" and 24 random hex digits.
+func newCallID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return "call_" + hex.EncodeToString(b[:])
 }
 
 // stopIndex is the offset of the earliest stop sequence in pending, or -1.
@@ -297,18 +476,67 @@ func (s *stream) stopIndex() int {
 // emit hands out pending text, keeping back what may still become a stop
 // sequence or complete a UTF-8 character unless final.
 func (s *stream) emit(final bool) (runtime.Delta, bool) {
+	if s.mode == modeCall {
+		return s.emitCall(final)
+	}
 	n := len(s.pending)
 	if !final {
 		n -= holdBack(s.pending, s.stops)
 	}
-	if n <= 0 && !(final && s.pendTok > 0) {
+	if n <= 0 && !(final && (s.pendTok > 0 || len(s.lps) > 0)) {
 		return runtime.Delta{}, false
 	}
 	n = max(n, 0)
 	d := runtime.Delta{Text: string(s.pending[:n]), Tokens: s.pendTok}
 	s.pending = append(s.pending[:0], s.pending[n:]...)
 	s.pendTok = 0
+	// A token goes with the delta that holds its last byte.
+	k := 0
+	for k < len(s.lps) && s.lps[k].end <= n {
+		d.Logprobs = append(d.Logprobs, s.lps[k].lp)
+		k++
+	}
+	s.lps = append(s.lps[:0], s.lps[k:]...)
+	for i := range s.lps {
+		s.lps[i].start = max(s.lps[i].start-n, 0)
+		s.lps[i].end -= n
+	}
 	return d, true
+}
+
+// emitCall hands out the tokens generated since the last delta and what
+// has become certain of the call: its id and name once the head is
+// written, then its arguments as they grow, less a tail that may be the
+// call's closing brace.
+func (s *stream) emitCall(final bool) (runtime.Delta, bool) {
+	d := runtime.Delta{Tokens: s.pendTok}
+	s.pendTok = 0
+	var piece runtime.ToolCallDelta
+	if s.callName == "" {
+		if name, at, ok := callPrefix(string(s.call)); ok {
+			s.callName, s.argsAt = name, at
+			piece.ID, piece.Name = s.callID, name
+		}
+	}
+	if s.callName != "" {
+		args := string(s.call[s.argsAt:])
+		switch {
+		case !final:
+			args = args[:len(args)-argsHoldBack(args)]
+		default:
+			if _, whole, ok := parseCall(string(s.call)); ok {
+				args = whole
+			} // else cut short (max_tokens): all of it
+		}
+		if len(args) > s.argsSent {
+			piece.Arguments = args[s.argsSent:]
+			s.argsSent = len(args)
+		}
+	}
+	if piece != (runtime.ToolCallDelta{}) {
+		d.ToolCalls = []runtime.ToolCallDelta{piece}
+	}
+	return d, d.Tokens > 0 || d.ToolCalls != nil
 }
 
 // holdBack is how many trailing bytes of p must wait: the longest suffix that
