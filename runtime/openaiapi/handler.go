@@ -39,6 +39,7 @@ type (
 //
 //	POST /v1/chat/completions  (stream or not)
 //	POST /v1/completions       (stream or not)
+//	POST /v1/embeddings        (when the Backend is a runtime.Embedder)
 //	GET  /v1/models
 //
 // Errors have OpenAI's body {"error":{"message","type","param","code"}}: 400
@@ -77,13 +78,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path := strings.TrimSuffix(r.URL.Path, "/")
 	var allow string
 	switch path {
-	case "/v1/chat/completions", "/v1/completions":
+	case "/v1/chat/completions", "/v1/completions", "/v1/embeddings":
 		allow = http.MethodPost
 	case "/v1/models":
 		allow = http.MethodGet
 	default:
 		h.writeError(w, &Error{Status: http.StatusNotFound, Type: "invalid_request_error", Code: "unknown_url",
-			Message: "unknown path " + r.URL.Path + " (this server has /v1/chat/completions, /v1/completions and /v1/models)"})
+			Message: "unknown path " + r.URL.Path + " (this server has /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models)"})
 		return
 	}
 	if r.Method != allow {
@@ -95,6 +96,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch path {
 	case "/v1/models":
 		h.models(w, r)
+	case "/v1/embeddings":
+		h.embeddings(w, r)
 	case "/v1/chat/completions":
 		body := &bodyReader{r: http.MaxBytesReader(w, r.Body, MaxBodyBytes)}
 		req, rr, err := DecodeChatRequest(body)

@@ -282,7 +282,7 @@ func TestErrorAnswers(t *testing.T) {
 		{"unknown model", "POST", "/v1/completions", `{"model":"gpt-9","prompt":"x"}`, 404, "invalid_request_error", "model_not_found", "model"},
 		{"too large", "POST", "/v1/completions", big, 413, "invalid_request_error", "request_too_large", ""},
 		{"wrong method", "GET", "/v1/chat/completions", "", 405, "invalid_request_error", "", ""},
-		{"unknown path", "POST", "/v1/embeddings", "{}", 404, "invalid_request_error", "unknown_url", ""},
+		{"unknown path", "POST", "/v1/audio/speech", "{}", 404, "invalid_request_error", "unknown_url", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest(tc.method, srv.URL+tc.path, strings.NewReader(tc.body))

@@ -134,6 +134,15 @@ var completionFields = fields{
 	"logit_bias":        take,
 }
 
+// embeddingFields is POST /v1/embeddings.
+var embeddingFields = fields{
+	"model":           take,
+	"input":           take, // a string or an array of strings; token arrays refused
+	"encoding_format": take, // "float" or "base64"
+	"user":            anyString,
+	"dimensions":      onlyNull, // no served model shortens its vectors
+}
+
 // streamOptionFields is "stream_options" of either endpoint.
 var streamOptionFields = fields{
 	"include_usage": take,
@@ -456,6 +465,30 @@ func checkCompletionFields(body []byte) error {
 		return err
 	}
 	return checkStreamOptions(obj)
+}
+
+// checkEmbeddingFields applies the table to an embeddings request body, and
+// refuses input as token ids (numbers, or arrays of them) by name.
+func checkEmbeddingFields(body []byte) error {
+	obj, ok := object(body)
+	if !ok {
+		return nil
+	}
+	if err := embeddingFields.check(obj, nil); err != nil {
+		return err
+	}
+	in, _ := obj["input"].([]any)
+	for i, v := range in {
+		switch v.(type) {
+		case string:
+		case json.Number, []any:
+			return refuse("input", "unsupported_value",
+				"input holds token ids (input[%d]): only text is supported: refused rather than ignored", i)
+		default:
+			return badRequest(fmt.Sprintf("input[%d]", i), "input[%d] must be a string", i)
+		}
+	}
+	return nil
 }
 
 func checkStreamOptions(obj map[string]any) error {

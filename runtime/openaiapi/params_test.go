@@ -46,7 +46,7 @@ var refusedFields = []struct {
 	{true, chatWith(`,"tool_choice":"any"`), "tool_choice", "unsupported_value"},
 	{true, chatWith(`,"tool_choice":{"type":"allowed_tools","allowed_tools":{}}`), "tool_choice.type", "unsupported_value"},
 	{true, chatWith(`,"tool_choice":{"type":"function","function":{"name":"f","x":1}}`), "tool_choice.function.x", "unknown_parameter"},
-	{true, chatWith(`,"tool_choice":"required"`), "tool_choice", ""},                                            // without tools
+	{true, chatWith(`,"tool_choice":"required"`), "tool_choice", ""},                                                // without tools
 	{true, chatWith(`,"tool_choice":{"type":"function","function":{"name":"f"}}`), "tool_choice.function.name", ""}, // not a tool
 	{true, chatWith(`,"parallel_tool_calls":"yes"`), "parallel_tool_calls", ""},
 	{true, chatWith(`,"functions":[{"name":"f"}]`), "functions", "unsupported_parameter"},

@@ -196,11 +196,12 @@ func canonicalJSON(raw json.RawMessage) json.RawMessage {
 	return e.Bytes()
 }
 
-// check applies runtime.Request.Check, the rule every edge applies, and
-// turns its refusal into a 400 naming the field.
-func check(rr runtime.Request) error {
+// check takes the verdict of runtime.Request.Check (or EmbedRequest.Check),
+// the rule every edge applies, and turns its refusal into a 400 naming the
+// field.
+func check(err error) error {
 	var fe *runtime.FieldError
-	if err := rr.Check(); errors.As(err, &fe) {
+	if errors.As(err, &fe) {
 		return badRequest(fe.Field, "%s: %s", fe.Field, fe.Msg)
 	} else if err != nil {
 		return badRequest("", "%v", err)
@@ -278,7 +279,7 @@ func (req ChatCompletionRequest) Runtime() (runtime.Request, error) {
 		rr.Format, err = req.ResponseFormat.runtime()
 	}
 	if err == nil {
-		err = check(rr)
+		err = check(rr.Check())
 	}
 	if err != nil {
 		if e := (*Error)(nil); errors.As(err, &e) && e.Param == "max_tokens" && req.MaxCompletionTokens != nil {
@@ -336,7 +337,7 @@ func (req CompletionRequest) Runtime() (runtime.Request, error) {
 	if err := (penalties{req.PresencePenalty, req.FrequencyPenalty, req.LogitBias}).apply(&rr); err != nil {
 		return runtime.Request{}, err
 	}
-	if err := check(rr); err != nil {
+	if err := check(rr.Check()); err != nil {
 		return runtime.Request{}, err
 	}
 	return rr, nil
