@@ -139,19 +139,28 @@ func TestToolChoiceAuto(t *testing.T) {
 	checkCall(t, generate(t, b, req), testTools)
 }
 
-// pieceID is the id of the token whose text is piece in the shared model's
+// pieceID is the id of a token whose text is piece in the shared model's
 // vocabulary.
 func pieceID(t *testing.T, piece string) int32 {
 	t.Helper()
+	return pieceIDs(t, piece)[0]
+}
+
+// pieceIDs are the ids of all tokens whose text is piece.
+func pieceIDs(t *testing.T, piece string) []int32 {
+	t.Helper()
 	_, vocab := grammarModel(t)
 	buf := make([]byte, 64)
+	var ids []int32
 	for id := range llama.VocabNTokens(vocab) {
 		if n := llama.TokenToPiece(vocab, llama.Token(id), buf, 0, false); n > 0 && string(buf[:n]) == piece {
-			return id
+			ids = append(ids, id)
 		}
 	}
-	t.Fatalf("no token %q in the vocabulary", piece)
-	return 0
+	if len(ids) == 0 {
+		t.Fatalf("no token %q in the vocabulary", piece)
+	}
+	return ids
 }
 
 func TestToolResultTurn(t *testing.T) {
