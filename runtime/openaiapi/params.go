@@ -212,6 +212,9 @@ var (
 		"id":       take,
 		"type":     take, // "function" only
 		"function": take,
+		// The openai npm SDK's stream helper leaves a streamed call's index
+		// in the message it assembles, which clients send back.
+		"index": {inert, is(func(json.Number) bool { return true }), "a number or null"},
 	}
 	toolCallFunctionFields = fields{
 		"name":      take,

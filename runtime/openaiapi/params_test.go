@@ -243,6 +243,8 @@ func TestRefusalOverHTTP(t *testing.T) {
 	for _, tc := range []struct{ path, body, param, code string }{
 		{"/v1/chat/completions", chatWith(`,"tools":[{"type":"web_search"}],"stream":true`), "tools[0].type", "unsupported_value"},
 		{"/v1/chat/completions", chatWith(`,"store":true,"stream":true`), "store", "unsupported_parameter"},
+		{"/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://example.com/a.png"}}]}]}`,
+			"messages[0].content[0].image_url.url", "unsupported_value"},
 		{"/v1/chat/completions", chatWith(`,"response_format":{"type":"json_object","x":1}`), "response_format.x", "unknown_parameter"},
 		{"/v1/completions", completionWith(`,"best_of":3`), "best_of", "unsupported_parameter"},
 		{"/v1/completions", completionWith(`,"bogus":1`), "bogus", "unknown_parameter"},
@@ -256,7 +258,8 @@ func TestRefusalOverHTTP(t *testing.T) {
 		var e openaiapi.ErrorResponse
 		if err := json.Unmarshal(b, &e); err != nil || resp.StatusCode != 400 || e.Error.Type != "invalid_request_error" ||
 			e.Error.Param == nil || *e.Error.Param != tc.param || e.Error.Code == nil || *e.Error.Code != tc.code ||
-			!strings.Contains(e.Error.Message, "refused rather than ignored") {
+			!strings.Contains(e.Error.Message, "refused rather than ignored") ||
+			strings.Contains(tc.param, "image_url") && !strings.Contains(e.Error.Message, "inline as a data: URL") {
 			t.Errorf("POST %s %s: %d %s; want 400 with param %q, code %q", tc.path, tc.body, resp.StatusCode, b, tc.param, tc.code)
 		}
 	}
