@@ -22,8 +22,9 @@ type Config struct {
 	Backend string `toml:"backend"`
 	// Models to serve. llamacpp: path of each GGUF file, id defaults to the file
 	// name without ".gguf". openai: ids (path empty), restricting and naming
-	// what the upstream serves, each with an optional context_length; empty
-	// means every model of GET /v1/models.
+	// what the upstream serves, each with an optional context_length and the
+	// capabilities it declares; empty means every model of GET /v1/models,
+	// offering text only.
 	Models []ModelConfig `toml:"models"`
 	// LibDir holds llama.cpp's shared libraries; empty: $COCOON_LLAMA_LIB.
 	LibDir string `toml:"lib_dir"`

@@ -20,6 +20,48 @@
 // upstream leaves out; where both say, the smaller is served, since neither
 // the model nor the operator's server setting can be exceeded. A model with
 // no source stops New with a *ContextLengthError.
+//
+// Capabilities: a model offers only what Config.Capabilities declares for
+// it (runtime.Model's flags), since no OpenAI-compatible server says what it
+// follows and one that ignores a field answers as if it had not been asked.
+// Generate applies runtime.Model.Serves first: a request using anything
+// undeclared is refused with a *runtime.FieldError naming the field, and the
+// upstream is sent nothing. What is declared is forwarded as OpenAI's chat
+// API spells it:
+//
+//	StructuredOutput  response_format (json_object; json_schema: name, schema, strict)
+//	Tools             tools [{type:function, function:{name, description, parameters, strict}}],
+//	                  tool_choice ("auto" | "none" | "required" | {type:function, function:{name}}),
+//	                  parallel_tool_calls false (SingleToolCall, with tools only),
+//	                  assistant tool_calls [{id, type:function, function:{name, arguments}}]
+//	                  (content null when empty), tool messages' tool_call_id
+//	Logprobs          logprobs, top_logprobs (chat only: completions answer another shape)
+//	LogitBias         logit_bias {"<token id>": bias}, in the upstream's vocabulary
+//	Images            a user message's content as parts: text split where each image
+//	                  stood, {type:image_url, image_url:{url (data:), detail}}
+//	(always)          model, messages, max_tokens, temperature, top_p, stop, seed,
+//	                  presence_penalty and frequency_penalty (0: omitted),
+//	                  stream true, stream_options.include_usage
+//
+// The stream's delta.tool_calls come back as runtime.Delta.ToolCalls (the
+// first piece of call i with its id and name, later pieces its arguments;
+// a whole call in one piece, or the id and name repeated, are read alike),
+// choices[0].logprobs.content as Delta.Logprobs, delta.refusal as
+// Delta.Refusal, and finish_reason (tool_calls too) as given. A malformed
+// call (index out of order, no id or name on its first piece, arguments not
+// a string, more than runtime.MaxToolCalls calls or runtime.MaxTextBytes of
+// arguments) fails the stream with runtime.ErrUpstream.
+//
+// Where the upstream lists a model's capabilities (Ollama's /api/show:
+// tools, vision, embedding), a declared one it lacks stops New with a
+// *CapabilityError; one it lists but the configuration does not declare
+// stays off.
+//
+// Embeddings: Backend is a runtime.Embedder for models that declare
+// Embeddings: POST /embeddings with encoding_format float, the vectors put
+// in input order by index and held to EmbeddingDims (asked at start with one
+// embeddings call when not configured), billed by usage.prompt_tokens
+// (absent: runtime.ErrUnbillable).
 package openai
 
 import (
