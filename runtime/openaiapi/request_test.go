@@ -68,10 +68,15 @@ var goldenCompletion = []string{
 	`{"model":"m","prompt":"x","stop":[]}`, // once decoded to a non-nil empty Stop, which the round trip lost
 }
 
-// FuzzDecodeChatRequest: no input panics; an accepted request is well formed,
-// and encoding the decoded request decodes to the same runtime request.
+// FuzzDecodeChatRequest: no input panics; every error is a 400 or 413 API
+// error; an accepted request passes runtime.Request.Check, and encoding the
+// decoded request (as a gateway forwards it: tools, tool calls, images as
+// parts) decodes to the same runtime request.
 func FuzzDecodeChatRequest(f *testing.F) {
 	for _, g := range goldenChat {
+		f.Add([]byte(g.body))
+	}
+	for _, g := range goldenTools {
 		f.Add([]byte(g.body))
 	}
 	for _, tc := range refusedFields {
@@ -88,13 +93,16 @@ func FuzzDecodeChatRequest(f *testing.F) {
 		req, rr, err := openaiapi.DecodeChatRequest(strings.NewReader(string(b)))
 		if err != nil {
 			var e *openaiapi.Error
-			if !errors.As(err, &e) || e.Status < 400 || e.Status > 499 || e.Message == "" {
-				t.Fatalf("error %v is not a 4xx API error", err)
+			if !errors.As(err, &e) || (e.Status != 400 && e.Status != 413) || e.Message == "" {
+				t.Fatalf("error %v is not a 400 or 413 API error", err)
 			}
 			return
 		}
 		if rr.Model == "" || len(rr.Messages) == 0 || rr.MaxTokens < 0 || rr.Temperature < 0 || rr.Temperature > 2 || len(rr.Stop) > openaiapi.MaxStops {
 			t.Fatalf("accepted a bad request: %+v", rr)
+		}
+		if err := rr.Check(); err != nil {
+			t.Fatalf("accepted %+v, which Check refuses: %v", rr, err)
 		}
 		again, err := json.Marshal(req)
 		if err != nil {
