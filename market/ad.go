@@ -11,6 +11,7 @@ import (
 
 	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market/pb"
+	"github.com/cocoon-network/cocoon/runtime"
 )
 
 // Limits of a capacity ad.
@@ -84,10 +85,32 @@ type ModelOffer struct {
 	Price         Price
 	TTFT          time.Duration // p50 time to first token (millisecond resolution on the wire)
 	TimePerToken  time.Duration // p50 time per output token (microsecond resolution)
-	// StructuredOutput: the worker follows a job's response format for the
-	// model (runtime.Model.StructuredOutput); a client sends a job with one
-	// only to a worker whose offer says so.
+	// What the worker's model offers beyond plain text, as runtime.Model
+	// says (StructuredOutput, Tools, Logprobs, LogitBias, Images,
+	// Embeddings): a client sends a job that uses one only to a worker whose
+	// offer says so (Policy, through runtime.Model.Serves).
 	StructuredOutput bool
+	Tools            bool
+	Logprobs         bool
+	LogitBias        bool
+	Images           bool
+	Embeddings       bool
+	EmbeddingDims    uint32
+}
+
+// Model is the offer as the runtime rules see it: its id, context and
+// capabilities, for runtime.Model.Serves.
+func (o ModelOffer) Model() runtime.Model {
+	return runtime.Model{ID: o.ID, Digest: o.WeightsDigest, ContextLength: int(o.ContextLength),
+		StructuredOutput: o.StructuredOutput, Tools: o.Tools, Logprobs: o.Logprobs, LogitBias: o.LogitBias,
+		Images: o.Images, Embeddings: o.Embeddings, EmbeddingDims: int(o.EmbeddingDims)}
+}
+
+// OfferOf is the offer of a model a backend serves, at price.
+func OfferOf(m runtime.Model, price Price) ModelOffer {
+	return ModelOffer{ID: m.ID, WeightsDigest: m.Digest, ContextLength: uint32(min(max(m.ContextLength, 0), runtime.MaxContextLength)),
+		Price: price, StructuredOutput: m.StructuredOutput, Tools: m.Tools, Logprobs: m.Logprobs, LogitBias: m.LogitBias,
+		Images: m.Images, Embeddings: m.Embeddings, EmbeddingDims: uint32(min(max(m.EmbeddingDims, 0), maxEmbeddingDims))}
 }
 
 // GPU is one accelerator of a worker.
@@ -179,6 +202,12 @@ func (a *Ad) toPB() *pb.Ad {
 			TtftP50Ms:        durUnits(o.TTFT, time.Millisecond),
 			TpotP50Us:        durUnits(o.TimePerToken, time.Microsecond),
 			StructuredOutput: o.StructuredOutput,
+			Tools:            o.Tools,
+			Logprobs:         o.Logprobs,
+			LogitBias:        o.LogitBias,
+			Images:           o.Images,
+			Embeddings:       o.Embeddings,
+			EmbeddingDims:    o.EmbeddingDims,
 		})
 	}
 	for _, g := range a.Capacity.GPUs {
@@ -248,6 +277,12 @@ func DecodeAd(b []byte) (*Ad, error) {
 			TTFT:             time.Duration(o.GetTtftP50Ms()) * time.Millisecond,
 			TimePerToken:     time.Duration(o.GetTpotP50Us()) * time.Microsecond,
 			StructuredOutput: o.GetStructuredOutput(),
+			Tools:            o.GetTools(),
+			Logprobs:         o.GetLogprobs(),
+			LogitBias:        o.GetLogitBias(),
+			Images:           o.GetImages(),
+			Embeddings:       o.GetEmbeddings(),
+			EmbeddingDims:    o.GetEmbeddingDims(),
 		})
 	}
 	for _, g := range m.GetCapacity().GetGpus() {
@@ -290,6 +325,9 @@ func (a *Ad) check() error {
 		seen[m.ID] = true
 		if m.ContextLength == 0 {
 			return bad("model %q: context length 0", m.ID)
+		}
+		if m.Embeddings != (m.EmbeddingDims > 0) || m.EmbeddingDims > maxEmbeddingDims {
+			return bad("model %q: embeddings %v with %d dimensions", m.ID, m.Embeddings, m.EmbeddingDims)
 		}
 	}
 	if len(a.Capacity.GPUs) > MaxAdGPUs {
@@ -340,7 +378,8 @@ func (a *Ad) Equal(b *Ad) bool {
 	for i := range a.Models {
 		x, y := a.Models[i], b.Models[i]
 		if x.ID != y.ID || x.WeightsDigest != y.WeightsDigest || x.ContextLength != y.ContextLength || x.Price != y.Price ||
-			x.StructuredOutput != y.StructuredOutput ||
+			x.StructuredOutput != y.StructuredOutput || x.Tools != y.Tools || x.Logprobs != y.Logprobs ||
+			x.LogitBias != y.LogitBias || x.Images != y.Images || x.Embeddings != y.Embeddings || x.EmbeddingDims != y.EmbeddingDims ||
 			x.TTFT.Truncate(time.Millisecond) != y.TTFT.Truncate(time.Millisecond) ||
 			x.TimePerToken.Truncate(time.Microsecond) != y.TimePerToken.Truncate(time.Microsecond) {
 			return false

@@ -129,6 +129,7 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 		attempts  []Attempt
 		delivered strings.Builder
 		tokens    int
+		calls     bool // a tool call or a refusal was delivered: no worker can resume after it
 		sinkErr   error
 		errs      []error
 	)
@@ -156,7 +157,9 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 		sink := func(ch Chunk) error {
 			delivered.WriteString(ch.Text)
 			tokens = base + ch.TokensSoFar
-			if err := out(a, Chunk{Text: ch.Text, Tokens: ch.Tokens, TokensSoFar: tokens}); err != nil {
+			calls = calls || len(ch.ToolCalls) > 0 || ch.Refusal != ""
+			ch.TokensSoFar = tokens
+			if err := out(a, ch); err != nil {
 				sinkErr = err
 				return err
 			}
@@ -192,6 +195,11 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 		if callerStopped || badRequest {
 			return attempts, errors.Join(errs...)
 		}
+		if calls {
+			// Text resumes where it stopped; a half-delivered tool call or
+			// refusal does not: the answer ends with the failure.
+			return attempts, &NoWorkerError{Errs: append(errs, errors.New("a tool call or refusal was already delivered: no other worker can continue it"))}
+		}
 	}
 	if job.Request.MaxTokens > 0 && tokens >= job.Request.MaxTokens && len(attempts) > 0 {
 		return attempts, nil
@@ -219,6 +227,9 @@ func (fo *Failover) attempt(ctx context.Context, a *Attempt, job Job, sink func(
 			return Receipt{Job: job.ID}, fmt.Errorf("verify worker before the job: %w: %w", ErrAttestation, err)
 		}
 		a.Tier = tier
+	}
+	if job.Embed != nil { // the vectors' length is the worker's own
+		job.EmbeddingDims = int(c.Offer.EmbeddingDims)
 	}
 	s, err := fo.Dial(ctx, c)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/cocoon-network/cocoon/enclave/tee"
+	"github.com/cocoon-network/cocoon/runtime"
 )
 
 // Policy is what a client demands of the workers for one job.
@@ -21,9 +22,32 @@ type Policy struct {
 	TEE []tee.Kind
 	// MaxPrice caps each price; a zero field means no cap on that price.
 	MaxPrice Price
-	// StructuredOutput admits only offers that follow a response format: the
-	// job has one (runtime.Request.Format).
-	StructuredOutput bool
+	// Request, when set, admits only offers that serve it: that have every
+	// capability it uses (runtime.Model.Serves: a response format, tools,
+	// logprobs, logit_bias, images). Nil: plain text.
+	Request *runtime.Request
+	// Embed admits only offers of embeddings.
+	Embed bool
+}
+
+// Serves reports whether o has what the job uses; the error names the
+// request's field o lacks.
+func (p Policy) Serves(o ModelOffer) error {
+	if p.Embed {
+		if err := o.Model().ServesEmbeddings(); err != nil {
+			return err
+		}
+	}
+	if p.Request != nil {
+		return o.Model().Serves(*p.Request)
+	}
+	return nil
+}
+
+// NeedsAd reports whether the job uses a capability that only a worker's ad
+// says it has, so that a provider known only from the DHT cannot take it.
+func (p Policy) NeedsAd() bool {
+	return p.Serves(ModelOffer{ID: p.Model}) != nil
 }
 
 // Allows reports whether a worker in an enclave of kind k meets the policy.
@@ -37,7 +61,7 @@ func (p Policy) Allows(k tee.Kind) bool {
 // offer is a's offer of p.Model when a satisfies p.
 func (p Policy) offer(a *Ad) (ModelOffer, bool) {
 	o, ok := a.Offer(p.Model)
-	if !ok || !p.Allows(a.TEE.Kind) || (p.StructuredOutput && !o.StructuredOutput) ||
+	if !ok || !p.Allows(a.TEE.Kind) || p.Serves(o) != nil ||
 		(p.MaxPrice.Prompt != 0 && o.Price.Prompt > p.MaxPrice.Prompt) ||
 		(p.MaxPrice.Completion != 0 && o.Price.Completion > p.MaxPrice.Completion) {
 		return ModelOffer{}, false

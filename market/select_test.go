@@ -1,6 +1,7 @@
 package market
 
 import (
+	"slices"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -8,16 +9,32 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/cocoon-network/cocoon/enclave/tee"
+	"github.com/cocoon-network/cocoon/runtime"
 )
 
-// TestSelectStructuredOutput: a job with a response format is offered only to
-// the workers whose offer says they follow one.
-func TestSelectStructuredOutput(t *testing.T) {
+// TestSelectCapabilities: a job that uses a capability (a response format,
+// tools, logprobs, logit_bias, images, embeddings) is offered only to the
+// workers whose offer has it, and a plain job to all of them.
+func TestSelectCapabilities(t *testing.T) {
+	format := runtime.Request{Model: "stories260K", Format: &runtime.ResponseFormat{Type: runtime.FormatJSONObject}}
+	tools := runtime.Request{Model: "stories260K", Tools: []runtime.Tool{{Name: "f"}}}
+	logprobs := runtime.Request{Model: "stories260K", Logprobs: true}
+	bias := runtime.Request{Model: "stories260K", LogitBias: map[int32]float64{1: 5}}
+	images := runtime.Request{Model: "stories260K", Messages: []runtime.Message{{Role: "user", Content: "x",
+		Images: []runtime.Image{{URL: "data:image/png;base64,AA=="}}}}}
+	offers := map[byte]func(*ModelOffer){
+		1: func(*ModelOffer) {},
+		2: func(o *ModelOffer) { o.StructuredOutput = true },
+		3: func(o *ModelOffer) { o.Tools = true },
+		4: func(o *ModelOffer) { o.Logprobs, o.LogitBias = true, true },
+		5: func(o *ModelOffer) { o.Images = true },
+		6: func(o *ModelOffer) { o.Embeddings, o.EmbeddingDims = true, 64 },
+	}
 	book := NewBook(func() time.Time { return t0 })
-	var with peer.ID
-	for n, so := range map[byte]bool{1: false, 2: true, 3: false} {
+	peers := map[byte]peer.ID{}
+	for n, set := range offers {
 		a := testAd(t, n, 1)
-		a.Models[0].StructuredOutput = so
+		set(&a.Models[0])
 		b, err := a.Encode()
 		if err != nil {
 			t.Fatal(err)
@@ -25,20 +42,40 @@ func TestSelectStructuredOutput(t *testing.T) {
 		if _, r := book.Offer(a.Peer, b); r != Kept {
 			t.Fatalf("offer ad %d: %v", n, r)
 		}
-		if so {
-			with = a.Peer
-		}
+		peers[n] = a.Peer
 	}
 	sel := &Selector{Book: book}
-	if got := sel.Select(Policy{Model: "stories260K"}); len(got) != 3 {
-		t.Errorf("Select without a format: %d workers; want 3", len(got))
-	}
-	got := sel.Select(Policy{Model: "stories260K", StructuredOutput: true})
-	if len(got) != 1 || got[0].Peer != with || !got[0].Offer.StructuredOutput {
-		t.Errorf("Select with a format = %+v; want only %s", got, with)
-	}
-	if got := sel.Select(Policy{Model: "llama-3.1-8b", StructuredOutput: true}); len(got) != 0 {
-		t.Errorf("Select with a format of a model none offers it for = %+v; want none", got)
+	for _, c := range []struct {
+		name string
+		pol  Policy
+		want []byte
+	}{
+		{"plain", Policy{Model: "stories260K"}, []byte{1, 2, 3, 4, 5, 6}},
+		{"format", Policy{Model: "stories260K", Request: &format}, []byte{2}},
+		{"tools", Policy{Model: "stories260K", Request: &tools}, []byte{3}},
+		{"logprobs", Policy{Model: "stories260K", Request: &logprobs}, []byte{4}},
+		{"logit_bias", Policy{Model: "stories260K", Request: &bias}, []byte{4}},
+		{"images", Policy{Model: "stories260K", Request: &images}, []byte{5}},
+		{"embeddings", Policy{Model: "stories260K", Embed: true}, []byte{6}},
+		{"another model", Policy{Model: "llama-3.1-8b", Request: &format}, nil},
+	} {
+		got := sel.Select(c.pol)
+		var ids []peer.ID
+		for _, cd := range got {
+			ids = append(ids, cd.Peer)
+		}
+		var want []peer.ID
+		for _, n := range c.want {
+			want = append(want, peers[n])
+		}
+		slices.Sort(ids)
+		slices.Sort(want)
+		if !slices.Equal(ids, want) {
+			t.Errorf("%s: Select = %v; want %v", c.name, ids, want)
+		}
+		if got := c.pol.NeedsAd(); got != (c.name != "plain") {
+			t.Errorf("%s: NeedsAd = %v", c.name, got)
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -282,13 +283,13 @@ func (c *Client) candidates(ctx context.Context, pol market.Policy) []market.Can
 		c.found[ai.ID] = true
 		c.mu.Unlock()
 		if ad, ok := c.book.Get(ai.ID); ok {
-			if o, ok := ad.Offer(pol.Model); ok && pol.Allows(ad.TEE.Kind) && (!pol.StructuredOutput || o.StructuredOutput) {
+			if o, ok := ad.Offer(pol.Model); ok && pol.Allows(ad.TEE.Kind) && pol.Serves(o) == nil {
 				cs = append(cs, market.Candidate{Peer: ai.ID, Ad: ad, Offer: o})
 			}
 			continue
 		}
-		if pol.StructuredOutput {
-			unknown = append(unknown, ai.ID) // a job with a response format goes only where an ad offers it
+		if pol.NeedsAd() {
+			unknown = append(unknown, ai.ID) // a job that uses a capability goes only where an ad offers it
 			continue
 		}
 		cs = append(cs, market.Candidate{Peer: ai.ID})
@@ -314,7 +315,7 @@ func (c *Client) awaitOffers(ctx context.Context, pol market.Policy, peers []pee
 		var cs []market.Candidate
 		for _, p := range peers {
 			if ad, ok := c.book.Get(p); ok {
-				if o, ok := ad.Offer(pol.Model); ok && pol.Allows(ad.TEE.Kind) && (!pol.StructuredOutput || o.StructuredOutput) {
+				if o, ok := ad.Offer(pol.Model); ok && pol.Allows(ad.TEE.Kind) && pol.Serves(o) == nil {
 					cs = append(cs, market.Candidate{Peer: p, Ad: ad, Offer: o})
 				}
 			}
@@ -374,57 +375,20 @@ func (c *Client) load(cd market.Candidate) float64 {
 // runtime.ErrUnknownModel when no worker offers the model.
 func (c *Client) GeneratePolicy(ctx context.Context, req runtime.Request, pol market.Policy) (*NetStream, error) {
 	pol.Model = req.Model
-	pol.StructuredOutput = req.Format != nil
+	pol.Request = &req
 	cands := c.candidates(ctx, pol)
-	if len(cands) == 0 && pol.StructuredOutput {
-		plain := pol
-		plain.StructuredOutput = false
-		if len(c.sel.Select(plain)) > 0 {
-			// Workers offer the model, none with structured output: the
-			// request is the caller's to change, not a network failure.
-			return nil, fmt.Errorf("no worker offers %q with structured output: %w", req.Model, runtime.ErrNoStructuredOutput)
+	if len(cands) == 0 {
+		if err := c.lacking(pol); err != nil {
+			return nil, err
 		}
 	}
 	if len(cands) == 0 {
-		if down := c.sel.DownPeers(pol); len(down) > 0 {
-			errs := make([]error, len(down))
-			for i, p := range down {
-				errs[i] = fmt.Errorf("worker %s: %w: its connection failed; skipped until its next ad", p, market.ErrUnreachable)
-			}
-			return nil, &market.NoWorkerError{Errs: errs}
-		}
-		return nil, fmt.Errorf("%w: no worker offers %q under the policy", runtime.ErrUnknownModel, req.Model)
+		return nil, c.noWorker(pol)
 	}
-	// Spread concurrent jobs: the worker whose slots are least taken first,
-	// keeping the selector's order among equals.
-	loads := make(map[peer.ID]float64, len(cands))
-	for _, cd := range cands {
-		loads[cd.Peer] = c.load(cd)
-	}
-	slices.SortStableFunc(cands, func(a, b market.Candidate) int { return cmp.Compare(loads[a.Peer], loads[b.Peer]) })
+	c.spread(cands)
 	rctx, cancel := context.WithCancel(ctx)
 	s := &NetStream{cancel: cancel, events: make(chan streamEvent), done: make(chan struct{})}
-	fo := &market.Failover{
-		Dial: func(ctx context.Context, cd market.Candidate) (io.ReadWriteCloser, error) {
-			release := c.hold(cd.Peer)
-			st, err := c.node.Host.NewStream(ctx, cd.Peer, p2p.ProtocolJob)
-			if err != nil {
-				release()
-				return nil, fmt.Errorf("open job stream: %w", err)
-			}
-			js := &jobStream{Stream: st, release: release, wg: &c.wg, eof: make(chan struct{})}
-			c.watch(js, cd.Peer)
-			return js, nil
-		},
-		Payer: c.cfg.Payer,
-		Verify: func(ctx context.Context, cd market.Candidate) (string, error) {
-			return c.verify(ctx, cd, pol) // the tier comes back with each chunk's Attempt
-		},
-		Selector:    c.sel,
-		MaxAttempts: c.cfg.MaxAttempts,
-		Options:     c.cfg.Options,
-		Observer:    c.cfg.Observer,
-	}
+	fo := c.failover(pol)
 	job := market.Job{ID: market.NewJobID(), Request: req, MaxPrice: pol.MaxPrice}
 	go func() {
 		defer close(s.done)
@@ -459,6 +423,116 @@ func (c *Client) GeneratePolicy(ctx context.Context, req runtime.Request, pol ma
 		<-s.done
 		return nil, ctx.Err()
 	}
+}
+
+// noWorker is the error of an empty selection for pol: the workers found
+// down, or none offering the model.
+func (c *Client) noWorker(pol market.Policy) error {
+	if down := c.sel.DownPeers(pol); len(down) > 0 {
+		errs := make([]error, len(down))
+		for i, p := range down {
+			errs[i] = fmt.Errorf("worker %s: %w: its connection failed; skipped until its next ad", p, market.ErrUnreachable)
+		}
+		return &market.NoWorkerError{Errs: errs}
+	}
+	return fmt.Errorf("%w: no worker offers %q under the policy", runtime.ErrUnknownModel, pol.Model)
+}
+
+// spread orders concurrent jobs' candidates: the worker whose slots are
+// least taken first, keeping the selector's order among equals.
+func (c *Client) spread(cands []market.Candidate) {
+	loads := make(map[peer.ID]float64, len(cands))
+	for _, cd := range cands {
+		loads[cd.Peer] = c.load(cd)
+	}
+	slices.SortStableFunc(cands, func(a, b market.Candidate) int { return cmp.Compare(loads[a.Peer], loads[b.Peer]) })
+}
+
+// failover runs a job under pol: it dials, pays and verifies each worker
+// it tries.
+func (c *Client) failover(pol market.Policy) *market.Failover {
+	return &market.Failover{
+		Dial: func(ctx context.Context, cd market.Candidate) (io.ReadWriteCloser, error) {
+			release := c.hold(cd.Peer)
+			st, err := c.node.Host.NewStream(ctx, cd.Peer, p2p.ProtocolJob)
+			if err != nil {
+				release()
+				return nil, fmt.Errorf("open job stream: %w", err)
+			}
+			js := &jobStream{Stream: st, release: release, wg: &c.wg, eof: make(chan struct{})}
+			c.watch(js, cd.Peer)
+			return js, nil
+		},
+		Payer: c.cfg.Payer,
+		Verify: func(ctx context.Context, cd market.Candidate) (string, error) {
+			return c.verify(ctx, cd, pol) // the tier comes back with each chunk's Attempt
+		},
+		Selector:    c.sel,
+		MaxAttempts: c.cfg.MaxAttempts,
+		Options:     c.cfg.Options,
+		Observer:    c.cfg.Observer,
+	}
+}
+
+// Embed implements runtime.Embedder with the configured Policy: the
+// embeddings are bought from a worker whose ad offers them for the model,
+// at its prompt price, failing over as a generation does (each worker
+// computes every vector anew). CostNanoTON is what the client paid, all
+// attempts together.
+func (c *Client) Embed(ctx context.Context, req runtime.EmbedRequest) (runtime.Embeddings, error) {
+	if err := req.Check(); err != nil {
+		return runtime.Embeddings{}, err
+	}
+	pol := c.cfg.Policy
+	pol.Model, pol.Embed = req.Model, true
+	cands := c.candidates(ctx, pol)
+	if len(cands) == 0 {
+		if err := c.lacking(pol); err != nil {
+			return runtime.Embeddings{}, err
+		}
+		return runtime.Embeddings{}, c.noWorker(pol)
+	}
+	c.spread(cands)
+	job := market.Job{ID: market.NewJobID(), Request: runtime.Request{Model: req.Model}, MaxPrice: pol.MaxPrice, Embed: req.Inputs}
+	vectors := make([][]float32, len(req.Inputs))
+	attempts, err := c.failover(pol).Run(ctx, cands, job, func(_ market.Attempt, ch market.Chunk) error {
+		vectors[ch.Index] = ch.Vector // Run checked the index
+		return nil
+	})
+	var paid uint64
+	for _, a := range attempts {
+		paid += a.Receipt.Paid
+	}
+	if err != nil {
+		return runtime.Embeddings{CostNanoTON: &paid}, fmt.Errorf("%w: %w", runtime.ErrUpstream, err)
+	}
+	last := attempts[len(attempts)-1].Receipt
+	if last.PromptTokens > math.MaxInt32 {
+		return runtime.Embeddings{CostNanoTON: &paid}, fmt.Errorf("%w: the worker reported %d tokens", runtime.ErrUpstream, last.PromptTokens)
+	}
+	return runtime.Embeddings{Vectors: vectors, PromptTokens: int(last.PromptTokens), CostNanoTON: &paid}, nil
+}
+
+// lacking explains an empty selection for pol whose cause is the request:
+// workers offer the model, but none has a capability the job uses. The
+// error is the runtime.FieldError naming the field (a 400 for the caller),
+// nil when pol without its capabilities selects no worker either.
+func (c *Client) lacking(pol market.Policy) error {
+	plain := pol
+	plain.Request, plain.Embed = nil, false
+	cands := c.sel.Select(plain)
+	if len(cands) == 0 {
+		return nil
+	}
+	err := pol.Serves(cands[0].Offer)
+	if err == nil {
+		return nil
+	}
+	var fe *runtime.FieldError
+	if errors.As(err, &fe) {
+		return &runtime.FieldError{Field: fe.Field, Msg: fmt.Sprintf("no worker on the network offers it for %q (%s)", pol.Model, fe.Msg)}
+	}
+	return err
 }
 
 // verify checks cd's worker before a prompt leaves: its kind must be one pol

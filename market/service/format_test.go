@@ -171,8 +171,8 @@ func TestResponseFormatNoWorkerOffersIt(t *testing.T) {
 		t.Errorf("POST with a format no worker offers: %d %s; want 400 naming response_format", resp.StatusCode, b)
 	}
 	_, err = f.cs.Generate(context.Background(), runtime.Request{Model: netModel, Prompt: "hi", Format: &runtime.ResponseFormat{Type: runtime.FormatJSONObject}})
-	if !errors.Is(err, runtime.ErrNoStructuredOutput) {
-		t.Errorf("Generate with a format no worker offers: %v; want ErrNoStructuredOutput", err)
+	if fe := (*runtime.FieldError)(nil); !errors.As(err, &fe) || fe.Field != "response_format" {
+		t.Errorf("Generate with a format no worker offers: %v; want a FieldError naming response_format", err)
 	}
 	if n := plain.formats.Load(); n != 0 {
 		t.Errorf("the worker was given %d jobs with a format", n)

@@ -11,28 +11,41 @@ import (
 )
 
 // Models implements runtime.Backend: every model offered in the book, with the
-// largest context length offered, and StructuredOutput when a worker offers it
-// (a job with a response format goes only to such workers).
+// largest context length offered, and each capability some worker offers (a
+// job that uses one goes only to such workers).
 func (c *Client) Models() []runtime.Model {
 	var out []runtime.Model
 	idx := map[string]int{}
 	for _, a := range c.book.All() {
-		for _, m := range a.Models {
-			i, ok := idx[m.ID]
+		for _, o := range a.Models {
+			i, ok := idx[o.ID]
 			if !ok {
-				idx[m.ID] = len(out)
-				out = append(out, runtime.Model{ID: m.ID, Digest: m.WeightsDigest, ContextLength: int(m.ContextLength),
-					StructuredOutput: m.StructuredOutput})
+				idx[o.ID] = len(out)
+				out = append(out, o.Model())
 				continue
 			}
-			out[i].ContextLength = max(out[i].ContextLength, int(m.ContextLength))
-			out[i].StructuredOutput = out[i].StructuredOutput || m.StructuredOutput
-			if out[i].Digest != m.WeightsDigest {
-				out[i].Digest = "" // workers disagree: no single digest to show
-			}
+			out[i] = merge(out[i], o.Model())
 		}
 	}
 	return out
+}
+
+// merge is what two workers' offers of one model give together: the larger
+// context and every capability either has.
+func merge(a, b runtime.Model) runtime.Model {
+	a.ContextLength = max(a.ContextLength, b.ContextLength)
+	if a.Digest != b.Digest {
+		a.Digest = "" // workers disagree: no single digest to show
+	}
+	a.StructuredOutput = a.StructuredOutput || b.StructuredOutput
+	a.Tools = a.Tools || b.Tools
+	a.Logprobs = a.Logprobs || b.Logprobs
+	a.LogitBias = a.LogitBias || b.LogitBias
+	a.Images = a.Images || b.Images
+	if !a.Embeddings && b.Embeddings {
+		a.Embeddings, a.EmbeddingDims = true, b.EmbeddingDims
+	}
+	return a
 }
 
 // ModelSummary is what the book says of one model across its workers.
@@ -43,8 +56,8 @@ type ModelSummary struct {
 	MinPrice      market.Price // the lowest of each price over the workers
 	MaxPrice      market.Price // the highest of each price
 	TEE           []tee.Kind   // the kinds offered, by name
-	// StructuredOutput counts the workers that follow a response format.
-	StructuredOutput int
+	// Offers holds each capability some worker offers (merged as Models does).
+	Offers runtime.Model
 }
 
 // Summaries lists every model in the book with its worker count, price range and
@@ -56,14 +69,12 @@ func (c *Client) Summaries() []ModelSummary {
 		for _, m := range a.Models {
 			s, ok := by[m.ID]
 			if !ok {
-				s = &ModelSummary{ID: m.ID, MinPrice: m.Price, MaxPrice: m.Price}
+				s = &ModelSummary{ID: m.ID, MinPrice: m.Price, MaxPrice: m.Price, Offers: m.Model()}
 				by[m.ID] = s
 				ids = append(ids, m.ID)
 			}
 			s.Workers++
-			if m.StructuredOutput {
-				s.StructuredOutput++
-			}
+			s.Offers = merge(s.Offers, m.Model())
 			s.ContextLength = max(s.ContextLength, int(m.ContextLength))
 			s.MinPrice = market.Price{Prompt: min(s.MinPrice.Prompt, m.Price.Prompt), Completion: min(s.MinPrice.Completion, m.Price.Completion)}
 			s.MaxPrice = market.Price{Prompt: max(s.MaxPrice.Prompt, m.Price.Prompt), Completion: max(s.MaxPrice.Completion, m.Price.Completion)}
@@ -85,20 +96,19 @@ func (c *Client) Summaries() []ModelSummary {
 // ListModels is the hook of openaiapi.Handler for GET /v1/models: the book's
 // models with "workers", "price_nanoton_per_1m" (min and max prompt and
 // completion prices), "tee" (the kinds offered; sim is not confidential) and
-// "structured_output" (whether a worker follows response_format).
+// the capabilities some worker offers (openaiapi.CapabilityFields).
 func (c *Client) ListModels(context.Context) ([]openaiapi.Model, error) {
 	out := []openaiapi.Model{}
 	for _, s := range c.Summaries() {
 		out = append(out, openaiapi.Model{ID: s.ID, Object: "model", OwnedBy: "cocoon", ContextLength: s.ContextLength,
-			Extra: map[string]any{
-				"workers":           s.Workers,
-				"tee":               s.TEE, // JSON strings: ["sim"]
-				"structured_output": s.StructuredOutput > 0,
+			Extra: openaiapi.CapabilityFields(s.Offers, map[string]any{
+				"workers": s.Workers,
+				"tee":     s.TEE, // JSON strings: ["sim"]
 				"price_nanoton_per_1m": map[string]any{
 					"prompt_min": s.MinPrice.Prompt, "prompt_max": s.MaxPrice.Prompt,
 					"completion_min": s.MinPrice.Completion, "completion_max": s.MaxPrice.Completion,
 				},
-			}})
+			})})
 	}
 	return out, nil
 }

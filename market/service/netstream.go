@@ -69,12 +69,12 @@ func (s *NetStream) Recv() (runtime.Delta, error) {
 		ev := s.first
 		s.first = nil
 		s.tokens = ev.chunk.TokensSoFar
-		return runtime.Delta{Text: ev.chunk.Text, Tokens: ev.chunk.Tokens}, nil
+		return deltaOf(ev.chunk), nil
 	}
 	select {
 	case ev := <-s.events:
 		s.tokens = ev.chunk.TokensSoFar
-		return runtime.Delta{Text: ev.chunk.Text, Tokens: ev.chunk.Tokens}, nil
+		return deltaOf(ev.chunk), nil
 	case <-s.done:
 	}
 	s.finished = true
@@ -82,6 +82,10 @@ func (s *NetStream) Recv() (runtime.Delta, error) {
 		return runtime.Delta{}, fmt.Errorf("%w: %w", runtime.ErrUpstream, s.err)
 	}
 	return runtime.Delta{}, io.EOF
+}
+
+func deltaOf(c market.Chunk) runtime.Delta {
+	return runtime.Delta{Text: c.Text, Tokens: c.Tokens, ToolCalls: c.ToolCalls, Logprobs: c.Logprobs, Refusal: c.Refusal}
 }
 
 // Attempts returns every worker's part of the answer, each with its receipt;

@@ -143,8 +143,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		if !ok {
 			continue
 		}
-		w.models = append(w.models, market.ModelOffer{ID: m.ID, WeightsDigest: m.Digest, ContextLength: uint32(max(m.ContextLength, 0)), Price: p,
-			StructuredOutput: m.StructuredOutput})
+		w.models = append(w.models, market.OfferOf(m, p))
 	}
 	if _, err := w.buildAd(time.Now()).Encode(); err != nil {
 		cancel()

@@ -69,6 +69,13 @@ func (b backendNet) ListModels(context.Context) ([]openaiapi.Model, error) {
 	return out, nil
 }
 
+func (b backendNet) Embed(ctx context.Context, req runtime.EmbedRequest) (runtime.Embeddings, error) {
+	if e, ok := b.Backend.(runtime.Embedder); ok {
+		return e.Embed(ctx, req)
+	}
+	return runtime.Embeddings{}, &runtime.FieldError{Field: "model", Msg: "no embeddings"}
+}
+
 // serve runs a Server with limits and b behind /v1/ on a real 127.0.0.1
 // listener (so that the connection limits and deadlines apply) and returns
 // its address.

@@ -19,6 +19,8 @@ type Network interface {
 	// and its TEE tier, and its CostNanoTON says what the answer cost (the
 	// openaiapi hooks).
 	Generate(ctx context.Context, req runtime.Request) (runtime.Stream, error)
+	// Embed buys embeddings from a worker; CostNanoTON says what they cost.
+	Embed(ctx context.Context, req runtime.EmbedRequest) (runtime.Embeddings, error)
 }
 
 // Local is this node's own inference, which its /v1 answers without the market.
@@ -81,7 +83,7 @@ func (g *route) Models() []runtime.Model {
 
 // ListModels is openaiapi's hook for GET /v1/models: the network's models with
 // their prices and TEE kinds, and the local ones not sold by anyone else;
-// "structured_output" of a model this node runs is its own backend's, since
+// the capabilities of a model this node runs are its own backend's, since
 // this node answers it.
 func (g *route) ListModels(ctx context.Context) ([]openaiapi.Model, error) {
 	out, err := g.net.ListModels(ctx)
@@ -97,14 +99,11 @@ func (g *route) ListModels(ctx context.Context) ([]openaiapi.Model, error) {
 			i, ok := seen[m.ID]
 			if !ok {
 				out = append(out, openaiapi.Model{ID: m.ID, Object: "model", OwnedBy: "cocoon", ContextLength: m.ContextLength,
-					Extra: map[string]any{"local": true, "structured_output": m.StructuredOutput}})
+					Extra: openaiapi.CapabilityFields(m, map[string]any{"local": true})})
 				continue
 			}
 			// This node answers the model itself: what it follows is its own.
-			if out[i].Extra == nil {
-				out[i].Extra = map[string]any{}
-			}
-			out[i].Extra["structured_output"] = m.StructuredOutput
+			out[i].Extra = openaiapi.CapabilityFields(m, out[i].Extra)
 		}
 	}
 	return out, nil
@@ -120,6 +119,20 @@ func (g *route) Generate(ctx context.Context, req runtime.Request) (runtime.Stre
 		return localStream{s, g.header}, nil
 	}
 	return g.net.Generate(ctx, req)
+}
+
+// Embed implements runtime.Embedder, routed as Generate: a model this node
+// runs is embedded by its own backend (which refuses, naming the model, if
+// it serves no embeddings), any other is bought on the network.
+func (g *route) Embed(ctx context.Context, req runtime.EmbedRequest) (runtime.Embeddings, error) {
+	if g.servesLocally(req.Model) {
+		e, ok := g.local.(runtime.Embedder)
+		if !ok {
+			return runtime.Embeddings{}, &runtime.FieldError{Field: "model", Msg: "this node runs the model and its backend serves no embeddings"}
+		}
+		return e.Embed(ctx, req)
+	}
+	return g.net.Embed(ctx, req)
 }
 
 // Close implements runtime.Backend; the node closes the parts itself.

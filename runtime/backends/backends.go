@@ -50,9 +50,10 @@ func FromConfig(ctx context.Context, cfg runtime.Config, log *slog.Logger) (*run
 		}
 		for _, m := range cfg.Models {
 			oc.Models = append(oc.Models, m.ID)
-			if m.StructuredOutput {
-				oc.StructuredOutput = append(oc.StructuredOutput, m.ID)
+			if oc.Capabilities == nil {
+				oc.Capabilities = map[string]runtime.Model{}
 			}
+			oc.Capabilities[m.ID] = m.Declared()
 			if m.ContextLength > 0 {
 				if oc.ContextLengths == nil {
 					oc.ContextLengths = map[string]int{}
@@ -62,9 +63,17 @@ func FromConfig(ctx context.Context, cfg runtime.Config, log *slog.Logger) (*run
 		}
 		ob, err := openai.New(ctx, oc)
 		var ce *openai.ContextLengthError
+		var pe *openai.CapabilityError
 		switch {
 		case errors.As(err, &ce):
 			return nil, contextLengthMissing(cfg, ce)
+		case errors.As(err, &pe):
+			for i, m := range cfg.Models {
+				if m.ID == pe.Model {
+					return nil, fmt.Errorf("runtime.models[%d].%s: %v", i, pe.Key, pe)
+				}
+			}
+			return nil, fmt.Errorf("runtime.models: %v", pe)
 		case err != nil:
 			return nil, fmt.Errorf("runtime.upstream_url: %w", err)
 		}
