@@ -24,9 +24,13 @@ import (
 //     code unsupported_parameter otherwise.
 //
 // A key in no table is refused by name with code unknown_parameter. The
-// package doc lists the tables in words; implementing a feature (tools,
-// logprobs) moves its keys from refused to honoured here and
-// there.
+// package doc lists the tables in words; implementing a feature moves its
+// keys from refused to honoured here and there (tools, tool calls, images,
+// logprobs, penalties and logit_bias moved so). A value of an honoured
+// key is checked by runtime.Request.Check after conversion, and a model
+// that does not declare what it asks for refuses it by name
+// (runtime.Model.Serves), so honouring a key here promises nothing a
+// backend cannot keep.
 
 // use is what the decoders do with a key.
 type use uint8
