@@ -7,12 +7,12 @@ import (
 	"github.com/cocoon-network/cocoon/runtime"
 )
 
-// declared is model id as configured: its capabilities (Config.Capabilities
-// and Config.StructuredOutput) and ctxLen.
+// declared is model id as configured: its capabilities (Config.Capabilities)
+// and ctxLen.
 func (b *Backend) declared(id string, ctxLen int) runtime.Model {
 	c := b.cfg.Capabilities[id]
 	return runtime.Model{ID: id, ContextLength: ctxLen,
-		StructuredOutput: c.StructuredOutput || slices.Contains(b.cfg.StructuredOutput, id),
+		StructuredOutput: c.StructuredOutput,
 		Tools:            c.Tools, Logprobs: c.Logprobs, LogitBias: c.LogitBias, Images: c.Images,
 		Embeddings: c.Embeddings, EmbeddingDims: c.EmbeddingDims}
 }

@@ -57,7 +57,7 @@ func TestResponseFormatForwarded(t *testing.T) {
 	req := runtime.Request{Model: testmodel.ModelID, Messages: []runtime.Message{{Role: "user", Content: "A color."}}, MaxTokens: 100,
 		Format: &runtime.ResponseFormat{Type: runtime.FormatJSONSchema, Name: "pick", Schema: json.RawMessage(schema), Strict: true}}
 
-	b, err := openai.New(context.Background(), openai.Config{BaseURL: srv.URL, StructuredOutput: []string{testmodel.ModelID}})
+	b, err := openai.New(context.Background(), openai.Config{BaseURL: srv.URL, Capabilities: map[string]runtime.Model{testmodel.ModelID: {StructuredOutput: true}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -103,9 +103,6 @@ type Config struct {
 	// not read). A model offers only what is declared here (see the package
 	// doc): a request using anything else is refused before it is sent.
 	Capabilities map[string]runtime.Model
-	// StructuredOutput names models that follow a response_format
-	// (json_object, json_schema), as Capabilities' StructuredOutput does.
-	StructuredOutput []string
 	// ConnectTimeout bounds the TCP (and TLS) connect; 0: 10 s.
 	ConnectTimeout time.Duration
 	// FirstEventTimeout bounds the wait for the response headers and the first
