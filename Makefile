@@ -9,6 +9,8 @@ export COCOON_LLAMA_LIB ?= $(CACHE)/llama/lib
 # The small real model used by tests and the demo (see ../shared/models/MODELS.md).
 # The official OpenAI JavaScript SDK, for the test that drives a gateway with it.
 export COCOON_OPENAI_SDK ?= $(CACHE)/openai-sdk/node_modules/openai
+# The Vercel AI SDK (ai, @ai-sdk/openai-compatible, zod), for the same test.
+export COCOON_AI_SDK ?= $(CACHE)/ai-sdk/node_modules
 export COCOON_TEST_MODEL ?= $(abspath $(CURDIR)/../shared/models/stories260K.gguf)
 # Debian's prometheus, unpacked (not installed) by scripts/deb-unpack.sh, for the test
 # in which a real Prometheus scrapes a node's /metrics.
@@ -25,6 +27,7 @@ build:
 deps:
 	@sh scripts/llama-libs.sh $(CACHE)/llama
 	@sh scripts/openai-sdk.sh $(CACHE)/openai-sdk
+	@sh scripts/ai-sdk.sh $(CACHE)/ai-sdk
 	@sh scripts/deb-unpack.sh nginx $(CACHE)/nginx usr/sbin/nginx
 	@sh scripts/deb-unpack.sh prometheus $(CACHE)/prometheus usr/bin/prometheus
 	@sh scripts/chromium.sh >/dev/null

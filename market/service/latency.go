@@ -75,6 +75,15 @@ func (b timedBackend) Generate(ctx context.Context, req runtime.Request) (runtim
 	return &timedStream{Stream: s, lat: b.lat, model: req.Model, start: start}, nil
 }
 
+// Embed passes embeddings through (they have no tokens to time).
+func (b timedBackend) Embed(ctx context.Context, req runtime.EmbedRequest) (runtime.Embeddings, error) {
+	e, ok := b.Backend.(runtime.Embedder)
+	if !ok {
+		return runtime.Embeddings{}, &runtime.FieldError{Field: "model", Msg: "this worker's backend serves no embeddings"}
+	}
+	return e.Embed(ctx, req)
+}
+
 type timedStream struct {
 	runtime.Stream
 	lat    *latencies
