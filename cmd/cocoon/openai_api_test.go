@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"math"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,7 +79,9 @@ func tail(b []byte, n int) []byte {
 //     embeddings of the model's dimension (base64 on the wire, as the SDK
 //     asks);
 //   - the Vercel AI SDK's OpenAI-compatible provider: generateObject with a
-//     zod schema and generateText with a tool the model must call.
+//     zod schema and generateText with a tool the model must call;
+//   - plain HTTP: an image (no worker declares image input), an https image
+//     URL and embeddings' dimensions are refused with a 400 naming the field.
 //
 // Then the money: what the workers can claim equals what the client paid
 // equals the sum of what every answer said it cost, to the nanoTON.
@@ -222,6 +225,37 @@ func TestNetworkWholeOpenAIAPI(t *testing.T) {
 	t.Logf("AI SDK: object %s %v; get_weather(%s)", *ai.Object.Color, *ai.Object.OK, ai.Executed[0])
 	for i, u := range ai.Usages {
 		cost([]string{"AI SDK generateObject", "AI SDK generateText"}[i], u)
+	}
+
+	// What no worker offers is refused by name, before any worker sees it.
+	for _, r := range []struct{ body, param, says string }{
+		{`{"model":"stories260K","messages":[{"role":"user","content":[{"type":"text","text":"What is this?"},` +
+			`{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo="}}]}]}`, "messages[0].content", "image"},
+		{`{"model":"stories260K","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://example.com/a.png"}}]}]}`,
+			"messages[0].content[0].image_url.url", "data:"},
+		{`{"model":"stories260K","input":"x","dimensions":32}`, "dimensions", "dimensions"},
+	} {
+		path := "/v1/chat/completions"
+		if strings.Contains(r.body, `"input"`) {
+			path = "/v1/embeddings"
+		}
+		req, _ := http.NewRequest("POST", c.Nodes[0].URL+path, strings.NewReader(r.body))
+		req.Header.Set("Authorization", "Bearer "+c.Nodes[0].Token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e struct {
+			Error struct {
+				Message string  `json:"message"`
+				Param   *string `json:"param"`
+			} `json:"error"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode != 400 || err != nil || e.Error.Param == nil || *e.Error.Param != r.param || !strings.Contains(e.Error.Message, r.says) {
+			t.Errorf("POST %s %s: %d %+v; want 400 naming %s", path, r.body, resp.StatusCode, e.Error, r.param)
+		}
 	}
 
 	checkBooks(t, c, spent)
