@@ -279,10 +279,15 @@ api_key_env = ""
 # tokens per request where the server does not say them or runs fewer (the
 # smaller of the two is served):
 # context_length = 8192
-# and whether the server follows response_format (json_object, json_schema) for
-# the model (vLLM, llama-server, SGLang and Ollama do); without it requests with
-# one are refused:
-# structured_output = true
+# and what the server offers for the model, each off unless set; a request
+# that uses one that is off is refused naming the field and never reaches it:
+# structured_output = true   # follows response_format (json_object, json_schema)
+# tools = true               # follows tools/tool_choice, answers tool calls
+# logprobs = true            # returns logprobs/top_logprobs
+# logit_bias = true          # follows logit_bias (its own vocabulary's token ids)
+# images = true              # reads image_url parts (data: URLs)
+# embeddings = true          # answers /v1/embeddings
+# embedding_dims = 1024      # its vectors' length; absent: asked of it at start
 
 [market]
 # What this node charges for the models it serves, in nanoTON per 1M prompt and
