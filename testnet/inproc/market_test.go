@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -140,6 +141,16 @@ func TestMarketThroughGateway(t *testing.T) {
 		}
 		costs[wid] += c
 	}
+	// The last answers' final vouchers may still be on their way: the client
+	// answers without waiting for the worker to take them.
+	tn.WaitFor(10*time.Second, "every worker's balance to reach what its answers cost", func() bool {
+		for _, w := range tn.WorkerNodes() {
+			if bal, err := w.Payee.Balance(client.Channels[w.Index]); err != nil || bal != costs[w.ID] {
+				return false
+			}
+		}
+		return true
+	})
 	for _, w := range tn.WorkerNodes() {
 		ch := client.Channels[w.Index]
 		bal, err := w.Payee.Balance(ch)
