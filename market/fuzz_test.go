@@ -57,6 +57,30 @@ func goldenFrames() []golden {
 		{"chunk", &pb.Chunk{Delta: " a little girl", TokensSoFar: 7}, "0a0e2061206c6974746c65206769726c1007"},
 		{"done", &pb.Done{Usage: &pb.Usage{PromptTokens: 12, CompletionTokens: 40}, FinishReason: "stop", Receipt: []byte("signed")}, "0a04080c1028120473746f701a067369676e6564"},
 		{"cancel", &pb.Cancel{Code: pb.CancelCode_CANCEL_NO_PAYMENT}, "0802"},
+		// The capabilities: an Open with tools, tool choice, logprobs,
+		// penalties and logit_bias (Params fields 7 to 14); an embeddings
+		// Open (field 8, no Params); a Prompt whose messages hold an image,
+		// a tool call and a tool result; an embeddings Prompt (inputs, field
+		// 4); a Chunk with tool call pieces, logprobs and a refusal; an
+		// Embedding frame (Frame field 9).
+		{"open-tools", &pb.Open{JobId: bytes.Repeat([]byte{0xab}, 16), Model: "stories260K",
+			Params: &pb.Params{MaxTokens: 64, Tools: []*pb.Tool{{Name: "lookup", Description: "looks up", Parameters: []byte(`{"type":"object"}`), Strict: true}},
+				ToolChoice: "function", ToolChoiceName: "lookup", SingleToolCall: true, Logprobs: true, TopLogprobs: 2,
+				PresencePenalty: 0.5, FrequencyPenalty: -1, LogitBias: map[int32]float64{5: 10, 17: -100}},
+			MaxPricePrompt: 1_000, MaxPriceCompletion: 3_000},
+			"0a10abababababababababababababababab120b73746f726965733236304b1a6f08403a270a066c6f6f6b757012086c6f6f6b732075701a117b2274797065223a226f626a656374227d2001420866756e6374696f6e4a066c6f6f6b757050015801600269000000000000e03f71000000000000f0bf7a0b08051100000000000024407a0b08111100000000000059c020e80728b817"},
+		{"open-embed", &pb.Open{JobId: bytes.Repeat([]byte{0xab}, 16), Model: "stories260K", MaxPricePrompt: 1_000, Embed: true}, "0a10abababababababababababababababab120b73746f726965733236304b20e8074001"},
+		{"prompt-tools-images", &pb.Prompt{Messages: []*pb.ChatMessage{
+			{Role: "user", Content: "what is this?", Images: []*pb.Image{{Url: "data:image/gif;base64,R0lGODlhAQABAAAAACw=", Detail: "low", At: 8}}},
+			{Role: "assistant", ToolCalls: []*pb.ToolCall{{Id: "call_0", Name: "lookup", Arguments: `{"q":"gif"}`}}},
+			{Role: "tool", Content: `{"a":"a pixel"}`, ToolCallId: "call_0"},
+		}}, "0a4a0a0475736572120d7768617420697320746869733f2a330a2a646174613a696d6167652f6769663b6261736536342c52306c474f446c6841514142414141414143773d12036c6f7718080a2a0a09617373697374616e741a1d0a0663616c6c5f3012066c6f6f6b75701a0b7b2271223a22676966227d0a1f0a04746f6f6c120f7b2261223a226120706978656c227d220663616c6c5f30"},
+		{"prompt-inputs", &pb.Prompt{Inputs: []string{"the cat", "sat on the mat"}}, "220774686520636174220e736174206f6e20746865206d6174"},
+		{"chunk-tools-logprobs", &pb.Chunk{Delta: " ok", TokensSoFar: 9, Refusal: "no",
+			ToolCalls: []*pb.ToolCallDelta{{Index: 0, Id: "call_1", Name: "lookup"}, {Index: 0, Arguments: `{"q":`}, {Index: 1, Id: "call_2", Name: "w", Arguments: "{}"}},
+			Logprobs:  []*pb.TokenLogprob{{Token: " ok", Logprob: -0.25, Bytes: []byte(" ok"), Top: []*pb.TopLogprob{{Token: " ok", Logprob: -0.25}, {Token: " no", Logprob: -3, Bytes: []byte(" no")}}}}},
+			"0a03206f6b10091a10120663616c6c5f311a066c6f6f6b75701a0722057b2271223a1a110801120663616c6c5f321a017722027b7d22380a03206f6b11000000000000d0bf1a03206f6b220e0a03206f6b11000000000000d0bf22130a03206e6f1100000000000008c01a03206e6f2a026e6f"},
+		{"frame-embedding", &pb.Frame{Msg: &pb.Frame_Embedding{Embedding: &pb.Embedding{Index: 3, Vector: []byte{0, 0, 0x80, 0x3f, 0, 0, 0, 0xc0}}}}, "4a0c080312080000803f000000c0"},
 	}
 }
 
@@ -189,7 +213,7 @@ func TestCheckOpenFormat(t *testing.T) {
 }
 
 func FuzzOpen(f *testing.F) {
-	fuzzMessage(f, []string{"open", "open-channel", "open-format"}, func() *pb.Open { return new(pb.Open) }, checkOpen)
+	fuzzMessage(f, []string{"open", "open-channel", "open-format", "open-tools", "open-embed"}, func() *pb.Open { return new(pb.Open) }, checkOpen)
 }
 func FuzzAccept(f *testing.F) {
 	fuzzMessage(f, []string{"accept"}, func() *pb.Accept { return new(pb.Accept) }, checkAccept)
@@ -198,13 +222,19 @@ func FuzzReject(f *testing.F) {
 	fuzzMessage(f, []string{"reject", "reject-no-channel"}, func() *pb.Reject { return new(pb.Reject) }, checkReject)
 }
 func FuzzPrompt(f *testing.F) {
-	fuzzMessage(f, []string{"prompt", "prompt-raw"}, func() *pb.Prompt { return new(pb.Prompt) }, checkPrompt)
+	fuzzMessage(f, []string{"prompt", "prompt-raw", "prompt-tools-images", "prompt-inputs"}, func() *pb.Prompt { return new(pb.Prompt) }, checkPrompt)
 }
 func FuzzVoucher(f *testing.F) {
 	fuzzMessage(f, []string{"voucher"}, func() *pb.Voucher { return new(pb.Voucher) }, checkVoucher)
 }
 func FuzzChunk(f *testing.F) {
-	fuzzMessage(f, []string{"chunk"}, func() *pb.Chunk { return new(pb.Chunk) }, checkChunk)
+	fuzzMessage(f, []string{"chunk", "chunk-tools-logprobs"}, func() *pb.Chunk { return new(pb.Chunk) }, checkChunk)
+}
+
+// FuzzWorkerFrame: the frames a client reads, the Embedding among them,
+// through the reader's check.
+func FuzzWorkerFrame(f *testing.F) {
+	fuzzMessage(f, []string{"frame-embedding"}, func() *pb.Frame { return new(pb.Frame) }, checkWorkerFrame)
 }
 func FuzzDone(f *testing.F) {
 	fuzzMessage(f, []string{"done"}, func() *pb.Done { return new(pb.Done) }, checkDone)
