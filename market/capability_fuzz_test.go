@@ -75,9 +75,9 @@ func FuzzChunksOf(f *testing.F) {
 	f.Add("", "", "", uint16(0), uint8(0), uint16(0), uint8(0), uint8(0), uint16(3), uint32(3)) // tokens alone
 	f.Add("a€", "no", "{}", uint16(30000), uint8(4), uint16(299), uint8(16), uint8(5), uint16(500), uint32(1<<20))
 	f.Fuzz(func(t *testing.T, text, refusal, args string, rep uint16, nCalls uint8, nLps uint16, tokLen, nTop uint8, tokens uint16, prev uint32) {
-		// Tokens of up to 32 bytes: longer ones, legal as they are, overflow
-		// the frame (TestChunksOfLongLogprobsFitFrame).
-		d := fuzzDelta(text, refusal, args, rep, nCalls, nLps, tokLen%33, nTop, tokens)
+		// Tokens of up to 255 bytes (the wire allows 256), logprobs grouped
+		// by bytes as well as count (TestChunksOfLongLogprobsFitFrame).
+		d := fuzzDelta(text, refusal, args, rep, nCalls, nLps, tokLen, nTop, tokens)
 		prev %= 1 << 24
 		next := prev + uint32(d.Tokens)
 		chunks := chunksOf(d, next)

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"unicode/utf8"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/cocoon-network/cocoon/market/pb"
 	"github.com/cocoon-network/cocoon/runtime"
@@ -25,7 +28,8 @@ import (
 const (
 	maxToolChoice   = 16
 	maxToolNameLen  = 64
-	maxLogprobChunk = 64 // logprob entries in one Chunk
+	maxLogprobChunk = 64       // logprob entries in one Chunk
+	maxLogprobBytes = 64 << 10 // their encoded size (one entry of the largest size passes alone)
 	// maxEmbeddingDims bounds an embedding vector (so that one fits a
 	// worker frame).
 	maxEmbeddingDims = 16 << 10
@@ -186,54 +190,58 @@ func messagesFromPB(ms []*pb.ChatMessage) []runtime.Message {
 }
 
 // chunksOf turns one delta into the Chunks that carry it, each within
-// MaxWorkerFrame: text, tool call arguments and logprobs longer than one
-// chunk holds are split (text at character boundaries), and the delta's
-// tokens ride on the last chunk, whose tokens_so_far is next.
+// MaxWorkerFrame: text, a refusal and tool call arguments longer than
+// maxChunkText are cut (at a character boundary where there is one within
+// a character's length), logprobs are grouped by count and by bytes, and the
+// delta's tokens ride on the last chunk, whose tokens_so_far is next. The
+// last chunk holds at most maxChunkText of text, as much of refusal and
+// maxLogprobBytes of logprobs, well inside a frame.
 func chunksOf(d runtime.Delta, next uint32) []*pb.Chunk {
 	var out []*pb.Chunk
 	text := d.Text
 	for len(text) > maxChunkText {
-		cut := maxChunkText
-		for cut > 0 && !utf8.RuneStart(text[cut]) {
-			cut--
-		}
-		out = append(out, &pb.Chunk{Delta: text[:cut]})
-		text = text[cut:]
+		n := cutAt(text, maxChunkText)
+		out = append(out, &pb.Chunk{Delta: text[:n]})
+		text = text[n:]
 	}
-	last := &pb.Chunk{Delta: text, Refusal: d.Refusal}
-	if len(d.Refusal) > maxChunkText {
-		last.Refusal = ""
-		for r := d.Refusal; r != ""; {
-			cut := min(len(r), maxChunkText)
-			for cut < len(r) && cut > 0 && !utf8.RuneStart(r[cut]) {
-				cut--
-			}
-			out = append(out, &pb.Chunk{Refusal: r[:cut]})
-			r = r[cut:]
-		}
+	refusal := d.Refusal
+	for len(refusal) > maxChunkText {
+		n := cutAt(refusal, maxChunkText)
+		out = append(out, &pb.Chunk{Refusal: refusal[:n]})
+		refusal = refusal[n:]
 	}
+	last := &pb.Chunk{Delta: text, Refusal: refusal}
 	for _, c := range d.ToolCalls {
 		args := c.Arguments
 		first := true
 		for first || args != "" {
-			cut := min(len(args), maxChunkText)
-			for cut < len(args) && cut > 0 && !utf8.RuneStart(args[cut]) {
-				cut--
-			}
-			tc := &pb.ToolCallDelta{Index: uint32(c.Index), Arguments: args[:cut]}
+			n := cutAt(args, maxChunkText)
+			tc := &pb.ToolCallDelta{Index: uint32(c.Index), Arguments: args[:n]}
 			if first {
 				tc.Id, tc.Name = c.ID, c.Name
 			}
 			out = append(out, &pb.Chunk{ToolCalls: []*pb.ToolCallDelta{tc}})
-			args, first = args[cut:], false
+			args, first = args[n:], false
 		}
 	}
-	lps := d.Logprobs
-	for len(lps) > maxLogprobChunk {
-		out = append(out, &pb.Chunk{Logprobs: logprobsToPB(lps[:maxLogprobChunk])})
-		lps = lps[maxLogprobChunk:]
+	lps := logprobsToPB(d.Logprobs)
+	for len(lps) > 0 {
+		n, size := 0, 0
+		for n < len(lps) && n < maxLogprobChunk {
+			sz := proto.Size(lps[n])
+			if n > 0 && size+sz > maxLogprobBytes {
+				break
+			}
+			size += sz
+			n++
+		}
+		if n == len(lps) {
+			last.Logprobs = lps
+			break
+		}
+		out = append(out, &pb.Chunk{Logprobs: lps[:n]})
+		lps = lps[n:]
 	}
-	last.Logprobs = logprobsToPB(lps)
 	if chunkHasContent(last) || len(out) == 0 {
 		out = append(out, last)
 	}
@@ -243,6 +251,21 @@ func chunksOf(d runtime.Delta, next uint32) []*pb.Chunk {
 	}
 	out[len(out)-1].TokensSoFar = next
 	return out
+}
+
+// cutAt is where to cut s to at most n bytes: n, moved back to the start of
+// a character when one starts within the 3 bytes before it (invalid UTF-8
+// is cut at n, so the cut always advances).
+func cutAt(s string, n int) int {
+	if len(s) <= n {
+		return len(s)
+	}
+	for i := n; i > n-utf8.UTFMax && i > 0; i-- {
+		if utf8.RuneStart(s[i]) {
+			return i
+		}
+	}
+	return n
 }
 
 // chunkHasContent: the chunk carries something besides its token count.
@@ -256,9 +279,11 @@ func logprobsToPB(lps []runtime.TokenLogprob) []*pb.TokenLogprob {
 	}
 	out := make([]*pb.TokenLogprob, len(lps))
 	for i, l := range lps {
-		t := &pb.TokenLogprob{Token: l.Token, Logprob: l.Logprob, Bytes: l.Bytes}
+		// A token may be part of a character (its Bytes are exact); the
+		// wire's strings are UTF-8.
+		t := &pb.TokenLogprob{Token: strings.ToValidUTF8(l.Token, "\uFFFD"), Logprob: l.Logprob, Bytes: l.Bytes}
 		for _, tp := range l.Top {
-			t.Top = append(t.Top, &pb.TopLogprob{Token: tp.Token, Logprob: tp.Logprob, Bytes: tp.Bytes})
+			t.Top = append(t.Top, &pb.TopLogprob{Token: strings.ToValidUTF8(tp.Token, "\uFFFD"), Logprob: tp.Logprob, Bytes: tp.Bytes})
 		}
 		out[i] = t
 	}
