@@ -29,6 +29,21 @@ type Attempt struct {
 // one when a worker fails before finishing: the next worker gets the prompt plus
 // the text delivered so far as a continuation, and only the tokens it adds. The
 // caller sees one stream; each worker is paid only for its own part.
+//
+// Two kinds of failed attempt are counted apart, so that a few peers that
+// advertise and then serve nothing cannot spend a request's attempts:
+//
+//   - a quick failure: the candidate could not be dialled (ErrUnreachable),
+//     failed its attestation (ErrAttestation), or rejected the job
+//     (*RejectError), each before it delivered anything. It cost one round
+//     trip; it counts against MaxQuickFailures only.
+//   - any other failure (a phase deadline, a stream that broke or misbehaved
+//     after Accept) counts against MaxAttempts, as does a success.
+//
+// Either way the request's ctx bounds the whole run. A candidate that failed
+// by the first kind (except RejectBusy and RejectBadRequest, which an honest
+// worker answers too) or never answered the Open (the accept phase deadline)
+// is marked down in the Selector (see Selector.MarkDown for how long).
 type Failover struct {
 	// Dial opens a job stream to a candidate; Failover closes it after the attempt.
 	Dial func(ctx context.Context, c Candidate) (io.ReadWriteCloser, error)
@@ -42,13 +57,23 @@ type Failover struct {
 	Verify func(ctx context.Context, c Candidate) (tier string, err error)
 	// Selector, when set, records every attempt's outcome and latency.
 	Selector *Selector
-	// MaxAttempts bounds the workers tried (0: every candidate).
+	// MaxAttempts bounds the attempts that reached a worker: a success, or a
+	// failure other than a quick one (0: every candidate).
 	MaxAttempts int
-	Options     RunOptions
+	// MaxQuickFailures bounds the quick failures (dial, attestation, reject)
+	// one run tolerates beyond MaxAttempts (0: DefaultMaxQuickFailures, or
+	// every candidate when MaxAttempts is 0).
+	MaxQuickFailures int
+	Options          RunOptions
 	// Observer, when set, learns of every attempt (as a client job) and every
 	// voucher sent.
 	Observer Observer
 }
+
+// DefaultMaxQuickFailures is Failover.MaxQuickFailures' default: enough to get
+// past a handful of peers that advertise and serve nothing, and small enough
+// that a request with no reachable worker ends after a few round trips.
+const DefaultMaxQuickFailures = 8
 
 // ErrNoWorker is returned by Failover.Run when every candidate failed (as a
 // *NoWorkerError), and by service.Client when none could be tried.
@@ -109,6 +134,20 @@ func (e *NoWorkerError) all(f func(error) bool) bool {
 	return true
 }
 
+// quickFailure reports whether err ended an attempt before the worker took
+// the job: it was not reached, failed its attestation or rejected the job.
+func quickFailure(err error) bool {
+	var re *RejectError
+	return errors.Is(err, ErrUnreachable) || errors.Is(err, ErrAttestation) || errors.As(err, &re)
+}
+
+// noAccept reports whether err is the accept phase's deadline: the peer took
+// the job stream and never answered the Open, which no working worker does.
+func noAccept(err error) bool {
+	var te *TimeoutError
+	return errors.As(err, &te) && te.Phase == "accept"
+}
+
 func isBusy(err error) bool { return isRejected(err, RejectBusy) }
 
 func isRejected(err error, code RejectCode) bool {
@@ -122,8 +161,10 @@ func isRejected(err error, code RejectCode) bool {
 // order, each with its own receipt, and a *NoWorkerError when no worker
 // finished. It stops early, without trying further workers, when ctx ends, out
 // fails, or an attempt fails with runtime.ErrInvalidRequest (the request is at
-// fault, not the worker). A worker that could not be reached (ErrUnreachable)
-// is marked down in the Selector.
+// fault, not the worker). Attempts are bounded as the Failover doc says: quick
+// failures (dial, attestation, reject) do not use up MaxAttempts, and a
+// worker that failed so, or never answered the Open, is marked down in the
+// Selector.
 func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out func(Attempt, Chunk) error) ([]Attempt, error) {
 	var (
 		attempts  []Attempt
@@ -133,12 +174,19 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 		sinkErr   error
 		errs      []error
 	)
-	maxAttempts := fo.MaxAttempts
+	maxAttempts, maxQuick := fo.MaxAttempts, fo.MaxQuickFailures
 	if maxAttempts <= 0 {
 		maxAttempts = len(cands)
 	}
+	if maxQuick <= 0 {
+		maxQuick = DefaultMaxQuickFailures
+		if fo.MaxAttempts <= 0 {
+			maxQuick = len(cands)
+		}
+	}
+	reached, quick := 0, 0 // attempts that reached a worker; quick failures
 	for i, c := range cands {
-		if i >= maxAttempts {
+		if reached >= maxAttempts || quick >= maxQuick {
 			break
 		}
 		sub := job
@@ -182,9 +230,15 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 				Outcome: clientOutcome(err, callerStopped), Err: err,
 			})
 		}
+		isQuick := err != nil && tokens == base && quickFailure(err)
+		if isQuick {
+			quick++
+		} else {
+			reached++
+		}
 		if fo.Selector != nil && !((callerStopped || badRequest) && rc.Violation == ViolationNone) {
 			fo.Selector.Record(c.Peer, rc, err) // the caller's own failure is no mark against the worker
-			if errors.Is(err, ErrUnreachable) && !callerStopped {
+			if !callerStopped && tokens == base && (isQuick && !isBusy(err) && !isRejected(err, RejectBadRequest) || noAccept(err)) {
 				fo.Selector.MarkDown(c.Peer)
 			}
 		}

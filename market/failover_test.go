@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/cocoon-network/cocoon/enclave/tee"
 )
 
 // failoverNet runs one Worker per candidate behind a Dial function.
@@ -283,4 +285,118 @@ func TestNoWorkerStatus(t *testing.T) {
 	if e := (&NoWorkerError{Errs: []error{timeout}}); !errors.Is(e, ErrTimeout) || !strings.Contains(e.Error(), "accept deadline") {
 		t.Errorf("NoWorkerError hides its attempts: %v", e)
 	}
+}
+
+// TestFailoverSybils: a book in which three peers undercut the only honest
+// worker (price 0): one cannot be dialled, one fails its attestation, one
+// rejects every job, and a fourth takes the stream and never answers. Each
+// request is answered by the honest worker within MaxAttempts 3 (the quick
+// failures do not use them up), the liars are marked down and stay down
+// although they keep publishing, and once the honest worker has served,
+// Select tries it first.
+func TestFailoverSybils(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		book := NewBook(func() time.Time { return t0 })
+		offer := func(n byte, seq uint64, price Price) peer.ID {
+			a := testAd(t, n, seq)
+			a.Models = a.Models[:1]
+			a.Models[0].Price = price
+			b, err := a.Encode()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, r := book.Offer(a.Peer, b); r != Kept {
+				t.Fatalf("offer ad %d seq %d: %v", n, seq, r)
+			}
+			return a.Peer
+		}
+		price := Price{Prompt: 1_000, Completion: 3_000}
+		honest := offer(1, 1, price)
+		gone, liar, rejects, mute := offer(2, 1, Price{}), offer(3, 1, Price{}), offer(4, 1, Price{}), offer(5, 1, Price{})
+		n := newFailoverNet(t)
+		n.add(honest, &textBackend{model: "stories260K", textLen: 5}, price, 4)
+		n.add(liar, &textBackend{model: "stories260K", textLen: 5}, Price{}, 4)
+		n.add(rejects, &textBackend{model: "another"}, Price{}, 4)
+		n.add(mute, &textBackend{model: "stories260K"}, Price{}, 4)
+		sel := &Selector{Book: book, Explore: -1}
+		fo := n.failover()
+		dial := fo.Dial
+		var hung []net.Conn
+		fo.Dial = func(ctx context.Context, c Candidate) (io.ReadWriteCloser, error) {
+			if c.Peer == mute { // reads the Open, answers nothing
+				cc, wc := net.Pipe()
+				hung = append(hung, wc)
+				go io.Copy(io.Discard, wc)
+				return cc, nil
+			}
+			return dial(ctx, c)
+		}
+		fo.Verify = func(_ context.Context, c Candidate) (string, error) {
+			if c.Peer == liar {
+				return "", errors.New("evidence does not bind the peer")
+			}
+			return "sim", nil
+		}
+		fo.Selector, fo.MaxAttempts = sel, 3
+		fo.Options.Timeouts.Accept = 2 * time.Second
+		pol := Policy{Model: "stories260K", TEE: []tee.Kind{tee.TDX}}
+		ask := func() []Attempt {
+			t.Helper()
+			cands := sel.Select(pol)
+			start := time.Now()
+			attempts, err := fo.Run(t.Context(), cands, testJob("stories260K", 0), func(Attempt, Chunk) error { return nil })
+			n.wg.Wait()
+			if err != nil || attempts[len(attempts)-1].Candidate.Peer != honest {
+				t.Fatalf("Run over %v = %+v, %v; want the honest worker %s to answer", peers(cands), attempts, err, honest)
+			}
+			if d := time.Since(start); d > 2*fo.Options.Timeouts.Accept {
+				t.Fatalf("answered after %v: more than one peer's accept deadline", d)
+			}
+			return attempts
+		}
+		// A cold selector: price puts the four liars first.
+		if got := peers(sel.Select(pol)); got[len(got)-1] != honest {
+			t.Fatalf("cold Select = %v; want the honest, dearest worker last", got)
+		}
+		if a := ask(); len(a) != 5 {
+			t.Fatalf("first request: %d attempts; want the 4 liars then the honest worker", len(a))
+		}
+		for _, p := range []peer.ID{gone, liar, rejects, mute} {
+			if !sel.Down(p) {
+				t.Errorf("%s not marked down", p)
+			}
+		}
+		// Their next ads (one a second) do not bring them back: they never served.
+		for seq := uint64(2); seq < 5; seq++ {
+			for _, p := range []byte{2, 3, 4, 5} {
+				offer(p, seq, Price{})
+			}
+			time.Sleep(time.Second)
+		}
+		for i := range 5 {
+			if a := ask(); len(a) != 1 {
+				t.Fatalf("request %d: %d attempts; want the honest worker alone", i, len(a))
+			}
+		}
+		// DownFor later they are back, behind the proven worker.
+		time.Sleep(DefaultDownFor)
+		got := peers(sel.Select(pol))
+		if len(got) != 5 || got[0] != honest {
+			t.Fatalf("Select after DownFor = %v; want the proven worker first, then the four", got)
+		}
+		if a := ask(); len(a) != 1 {
+			t.Fatalf("after DownFor: %d attempts; want the proven worker first", len(a))
+		}
+		for _, c := range hung {
+			c.Close()
+		}
+	})
+}
+
+func peers(cs []Candidate) []peer.ID {
+	out := make([]peer.ID, len(cs))
+	for i, c := range cs {
+		out[i] = c.Peer
+	}
+	return out
 }

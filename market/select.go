@@ -82,6 +82,12 @@ type Candidate struct {
 // latency EWMA and a success ratio from its own receipts. It skips a worker
 // whose connection has just failed (MarkDown) until it shows it is back. It is
 // safe for concurrent use.
+//
+// An ad costs nothing to publish, so a worker's word weighs only once this
+// node has been served by it: a worker is proven once a job with it ended as
+// agreed (Record, RecordOutcome). Select puts proven workers first (see
+// Select), and a worker marked down that was never proven stays down for
+// DownFor whatever it publishes meanwhile.
 type Selector struct {
 	Book *Book
 	// Rand picks among the best candidates (power of two choices); nil: a
@@ -96,6 +102,11 @@ type Selector struct {
 	// DownFor is how long a worker marked down is skipped when no newer ad of
 	// it arrives first (0: DefaultDownFor).
 	DownFor time.Duration
+	// Explore is the chance that the first pick is made among every
+	// candidate's best rather than only the proven ones, so that new workers
+	// earn their first jobs on a quiet network (0: DefaultExplore; negative:
+	// never).
+	Explore float64
 
 	mu    sync.Mutex
 	stats map[peer.ID]*peerStats
@@ -105,6 +116,12 @@ type Selector struct {
 // worker that is gone costs a client at most one failed dial before its ad
 // expires, while one that is alive is back with its next ad (every 10 s).
 const DefaultDownFor = DefaultAdTTL
+
+// DefaultExplore is Selector.Explore's default: one request in 16 may go
+// first to an unproven worker. A peer that fails it is down for DownFor, so
+// each identity of a peer that serves nothing costs this node at most one
+// failed attempt per DownFor.
+const DefaultExplore = 1.0 / 16
 
 type peerStats struct {
 	ewma      time.Duration // measured time to first token; 0 until measured
@@ -156,11 +173,13 @@ func (s *Selector) Record(p peer.ID, r Receipt, err error) {
 }
 
 // MarkDown records that the connection to p has just failed: a dial that did
-// not reach it, a connection that closed, a probe it did not answer. Select
-// skips p until the book holds an ad of p newer than the one it holds now
-// (only a live worker publishes one) or DownFor passes, so that the next
-// caller does not spend a dial timeout, or a phase deadline on a dead
-// connection, on a worker that is gone.
+// not reach it, a connection that closed, a probe it did not answer, a job it
+// refused or never answered. Select skips p until DownFor passes or, for a
+// proven worker, until the book holds an ad of p newer than the one it holds
+// now (only a live worker publishes one), so that the next caller does not
+// spend a dial timeout, or a phase deadline on a dead connection, on a worker
+// that is gone. A peer that never served this node is not let back by its
+// ads: it could publish one a second and serve nothing.
 func (s *Selector) MarkDown(p peer.ID) {
 	var seq uint64
 	if s.Book != nil {
@@ -190,7 +209,7 @@ func (s *Selector) Down(p peer.ID) bool {
 }
 
 // down reports whether p, whose newest ad has seq, is down; it ends the mark
-// when the ad is newer or the time is up.
+// when the time is up or, if p is proven, its ad is newer.
 func (s *Selector) down(p peer.ID, seq uint64) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -198,7 +217,7 @@ func (s *Selector) down(p peer.ID, seq uint64) bool {
 	if !ok || st.downUntil.IsZero() {
 		return false
 	}
-	if seq > st.downSeq || !time.Now().Before(st.downUntil) {
+	if (seq > st.downSeq && st.successes > 0) || !time.Now().Before(st.downUntil) {
 		st.downUntil = time.Time{}
 		return false
 	}
@@ -240,10 +259,18 @@ func (s *Selector) stat(p peer.ID) *peerStats {
 // Reference job sizes used to compare two price pairs.
 const refPrompt, refCompletion = 500, 250
 
-// Select returns the workers that satisfy pol, in the order to try them: the first
-// is the better of two drawn at random among the Top best, the rest follow by
-// score, for failover. Workers marked down are left out. It returns nil when no
-// worker qualifies.
+// Select returns the workers that satisfy pol, in the order to try them.
+// Workers marked down are left out. It returns nil when no worker qualifies.
+//
+// The order: each candidate is scored (price, latency, slots, reputation;
+// lower is better). The first is the better of two drawn at random among the
+// Top best proven workers (those that finished a job for this node), or among
+// the Top best of all when none is proven or, with probability Explore, to
+// let new workers in. The rest alternate, by score, between proven and
+// unproven workers, a proven one first, until either kind runs out: of the
+// first k tried at most about half are unproven while proven ones remain, so
+// peers that undercut every price and serve nothing cannot push the workers
+// that have served out of a request's attempts.
 func (s *Selector) Select(pol Policy) []Candidate {
 	ads := s.Book.ByModel(pol.Model)
 	cands := make([]Candidate, 0, len(ads))
@@ -279,33 +306,94 @@ func (s *Selector) Select(pol Policy) []Candidate {
 		return 0
 	})
 	sorted := make([]Candidate, len(cands))
+	proven := make(map[peer.ID]bool)
+	s.mu.Lock()
 	for k, i := range order {
 		sorted[k] = cands[i]
+		if st, ok := s.stats[cands[i].Peer]; ok && st.successes > 0 {
+			proven[cands[i].Peer] = true
+		}
 	}
-	cands = sorted
+	mixed := len(proven) > 0 && len(proven) < len(sorted)
+	explore := s.Explore
+	if explore == 0 {
+		explore = DefaultExplore
+	}
+	exploring := mixed && s.float64() < explore
+	s.mu.Unlock()
+	if !mixed {
+		s.pickFirst(sorted)
+		return sorted
+	}
+	split := func(cs []Candidate) (old, fresh []Candidate) {
+		for _, c := range cs {
+			if proven[c.Peer] {
+				old = append(old, c)
+			} else {
+				fresh = append(fresh, c)
+			}
+		}
+		return old, fresh
+	}
+	if exploring {
+		s.pickFirst(sorted)
+		old, fresh := split(sorted[1:])
+		return append([]Candidate{sorted[0]}, interleave(old, fresh)...)
+	}
+	old, fresh := split(sorted)
+	s.pickFirst(old)
+	return interleave(old, fresh)
+}
+
+// float64 draws from s.Rand, or the global source without one; s.mu is held.
+func (s *Selector) float64() float64 {
+	if s.Rand != nil {
+		return s.Rand.Float64()
+	}
+	return rand.Float64()
+}
+
+// interleave merges two lists in score order, alternating from a's head:
+// a[0], b[0], a[1], b[1], …, then what remains of the longer one.
+func interleave(a, b []Candidate) []Candidate {
+	out := make([]Candidate, 0, len(a)+len(b))
+	for i := 0; i < max(len(a), len(b)); i++ {
+		if i < len(a) {
+			out = append(out, a[i])
+		}
+		if i < len(b) {
+			out = append(out, b[i])
+		}
+	}
+	return out
+}
+
+// pickFirst moves to the front of cands, sorted by score, the better of two
+// drawn at random among its Top best (power of two choices).
+func (s *Selector) pickFirst(cands []Candidate) {
 	top := s.Top
 	if top <= 0 {
 		top = 4
 	}
 	top = min(top, len(cands))
-	if top >= 2 {
-		var i, j int
-		if r := s.Rand; r != nil {
-			s.mu.Lock() // a *rand.Rand is not safe for concurrent use
-			i, j = r.IntN(top), r.IntN(top-1)
-			s.mu.Unlock()
-		} else {
-			i, j = rand.IntN(top), rand.IntN(top-1)
-		}
-		if j >= i {
-			j++
-		}
-		pick := min(i, j) // sorted: the lower index has the better score
-		first := cands[pick]
-		copy(cands[1:pick+1], cands[:pick])
-		cands[0] = first
+	if top < 2 {
+		return
 	}
-	return cands
+	var i, j int
+	if r := s.Rand; r != nil {
+		s.mu.Lock() // a *rand.Rand is not safe for concurrent use
+		i, j = r.IntN(top), r.IntN(top-1)
+		s.mu.Unlock()
+	} else {
+		i, j = rand.IntN(top), rand.IntN(top-1)
+	}
+	if j >= i {
+		j++
+	}
+	pick := min(i, j) // sorted: the lower index has the better score
+	first := cands[pick]
+	copy(cands[1:pick+1], cands[:pick])
+	cands[0] = first
 }
 
 func (s *Selector) score(cands []Candidate) {

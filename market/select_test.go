@@ -118,7 +118,12 @@ func TestMarkDown(t *testing.T) {
 		if got := sel.DownPeers(Policy{Model: "stories260K", TEE: []tee.Kind{tee.Sim}}); len(got) != 0 {
 			t.Fatalf("DownPeers under a policy a does not meet = %v; want none", got)
 		}
-		offer(1, 2) // a live worker's next ad
+		offer(1, 2) // a's next ad: a never served, so its word weighs nothing
+		if !sel.Down(a) {
+			t.Fatal("a newer ad brought back a worker that never served")
+		}
+		sel.RecordOutcome(a, true, false) // now a has served
+		offer(1, 3)                       // a live worker's next ad
 		if got := peers(); len(got) != 2 || sel.Down(a) {
 			t.Fatalf("after a newer ad: Select = %v; want both", got)
 		}
