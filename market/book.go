@@ -24,10 +24,12 @@ const (
 	DropReplay                      // seq not above the newest seen from that peer
 	DropExpired                     // issued_at + ttl is in the past
 	DropFuture                      // issued_at more than MaxClockSkew ahead
+	DropTopic                       // on the ads topic of a model the ad does not offer
+	DropRate                        // faster than its peer's allowed ad rate (see OfferOn's admit)
 	numDropReasons
 )
 
-var dropNames = [...]string{"kept", "too_large", "malformed", "schema", "sender", "replay", "expired", "future"}
+var dropNames = [...]string{"kept", "too_large", "malformed", "schema", "sender", "replay", "expired", "future", "topic", "rate"}
 
 func (r DropReason) String() string {
 	if r >= 0 && int(r) < len(dropNames) {
@@ -41,7 +43,7 @@ func (r DropReason) String() string {
 // duplicated (ignored).
 func (r DropReason) Penalize() bool {
 	switch r {
-	case DropTooLarge, DropMalformed, DropSchema, DropSender:
+	case DropTooLarge, DropMalformed, DropSchema, DropSender, DropTopic, DropRate:
 		return true
 	}
 	return false
@@ -80,6 +82,23 @@ func NewBook(now func() time.Time) *Book {
 // the newest valid ad of its peer. It is meant to be the gossipsub topic validator:
 // Kept means accept; otherwise r.Penalize() tells reject from ignore.
 func (b *Book) Offer(from peer.ID, data []byte) (*Ad, DropReason) {
+	return b.offer("", from, data, nil)
+}
+
+// OfferOn is Offer for an ad received on the ads topic of model: an ad that
+// does not offer model is dropped (DropTopic), and the newest ad of its peer,
+// received again on another model's topic (a worker publishes the same ad on
+// the topic of each model it sells), is Kept again without being stored
+// twice, so that it is relayed on that topic too. admit, when not nil, is
+// asked last, under the book's lock, whether to keep an ad that passed every
+// other check (the caller's rate limit); an answer other than Kept drops it
+// for that reason. Replays and expired ads never reach admit, so another
+// peer cannot spend a worker's rate by replaying its old ads.
+func (b *Book) OfferOn(model string, from peer.ID, data []byte, admit func(*Ad) DropReason) (*Ad, DropReason) {
+	return b.offer(model, from, data, admit)
+}
+
+func (b *Book) offer(model string, from peer.ID, data []byte, admit func(*Ad) DropReason) (*Ad, DropReason) {
 	now := b.now()
 	ad, err := DecodeAd(data)
 	r := Kept
@@ -96,20 +115,45 @@ func (b *Book) Offer(from peer.ID, data []byte) (*Ad, DropReason) {
 		r = DropExpired
 	case ad.IssuedAt.After(now.Add(MaxClockSkew)):
 		r = DropFuture
+	case model != "":
+		if _, ok := ad.Offer(model); !ok {
+			r = DropTopic
+		}
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.received++
-	if r == Kept && ad.Seq <= b.lastSeq[ad.Peer] {
-		r = DropReplay
+	again := false
+	if r == Kept {
+		last := b.lastSeq[ad.Peer]
+		again = model != "" && ad.Seq == last && b.ads[ad.Peer] != nil && b.ads[ad.Peer].Seq == last
+		if ad.Seq < last || (ad.Seq == last && !again) {
+			r = DropReplay
+		}
+	}
+	if r == Kept && admit != nil {
+		r = admit(ad)
 	}
 	if r != Kept {
 		b.dropped[r]++
 		return nil, r
 	}
+	if again {
+		return b.ads[ad.Peer], Kept
+	}
 	b.lastSeq[ad.Peer] = ad.Seq
 	b.ads[ad.Peer] = ad
 	return ad, Kept
+}
+
+// Count counts an ad the caller dropped for r before offering it.
+func (b *Book) Count(r DropReason) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.received++
+	if r != Kept && r < numDropReasons {
+		b.dropped[r]++
+	}
 }
 
 // Get returns the current ad of p, if it has one that has not expired.

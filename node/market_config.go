@@ -3,6 +3,7 @@ package node
 import (
 	"encoding/hex"
 	"fmt"
+	"slices"
 
 	"github.com/cocoon-network/cocoon/enclave"
 	"github.com/cocoon-network/cocoon/enclave/tee"
@@ -31,6 +32,11 @@ type MarketConfig struct {
 	// nanoTON per 1M tokens; 0: no cap.
 	MaxPromptPrice     int64 `toml:"max_prompt_price"`
 	MaxCompletionPrice int64 `toml:"max_completion_price"`
+	// Models are the models whose ads this node always follows as a client
+	// (it joins their ads topics at start); any other model's topic is joined
+	// on the first request for it and left after TopicIdle without one. The
+	// models it sells are followed anyway.
+	Models []string `toml:"models"`
 }
 
 // ModelPrice is one [[market.prices]] entry. Amounts are signed in the file so
@@ -176,4 +182,21 @@ func (c *Config) clientPolicy() market.Policy {
 		TEE:      c.Enclave.Policy.Kinds(),
 		MaxPrice: market.Price{Prompt: uint64(c.Market.MaxPromptPrice), Completion: uint64(c.Market.MaxCompletionPrice)},
 	}
+}
+
+// adModels are the models whose ads topics the node joins for good: those it
+// prices (it sells them) and market.models.
+func (c Config) adModels() []string {
+	var out []string
+	for _, p := range c.Market.Prices {
+		if !slices.Contains(out, p.Model) {
+			out = append(out, p.Model)
+		}
+	}
+	for _, m := range c.Market.Models {
+		if !slices.Contains(out, m) {
+			out = append(out, m)
+		}
+	}
+	return out
 }

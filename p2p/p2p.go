@@ -18,6 +18,7 @@ import (
 	pb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
@@ -37,10 +38,22 @@ const (
 	DHTPrefix      protocol.ID = "/cocoon"              // Kademlia runs as /cocoon/kad/1.0.0
 	ProtocolJob    protocol.ID = "/cocoon/job/1.0.0"    // one stream per job (market)
 	ProtocolAttest protocol.ID = "/cocoon/attest/1.0.0" // attestation session (enclave via market)
-	TopicAds                   = "/cocoon/ads/1"        // gossipsub topic of capacity ads
-	MDNSService                = "cocoon"               // mDNS service name
-	MaxAdSize                  = 4 << 10                // an ad larger than this is rejected by the topic validator
+	// TopicAdsPrefix begins every model's ads topic (AdTopic).
+	TopicAdsPrefix = "/cocoon/ads/1/"
+	// TopicModels is the catalogue topic: each worker publishes the ids of the
+	// models it sells there, rarely (market enforces the rate), so that a node
+	// learns the network's model names without joining every ads topic.
+	TopicModels      = "/cocoon/models/1"
+	MDNSService      = "cocoon"         // mDNS service name
+	MaxAdSize        = 4 << 10          // an ad larger than this is rejected by the topic validator
+	MaxCatalogueSize = 1 << 10          // a catalogue message larger than this is rejected
+	BlockTime        = 10 * time.Minute // how long Block keeps a peer out
 )
+
+// AdTopic is the gossipsub topic of model's ads: TopicAdsPrefix followed by
+// ModelKey(model). The model id is hashed so that topic names are bounded and
+// uniform whatever the id.
+func AdTopic(model string) string { return TopicAdsPrefix + ModelKey(model).String() }
 
 // DHT modes accepted by Config.DHTMode.
 const (
@@ -91,36 +104,51 @@ type Limits struct {
 	ConnsHigh   int // connection manager high water mark; 0: 400
 }
 
-// Node is the libp2p side of a cocoon node: the host, its DHT and the ads topic.
-// Its methods are safe for concurrent use.
+// Node is the libp2p side of a cocoon node: the host, its DHT, the per-model ads
+// topics it has joined and the catalogue topic. Its methods are safe for
+// concurrent use.
 type Node struct {
-	Host   host.Host
-	DHT    *dual.DHT
-	PubSub *pubsub.PubSub
-	Ads    *pubsub.Topic
+	Host      host.Host
+	DHT       *dual.DHT
+	PubSub    *pubsub.PubSub
+	Catalogue *pubsub.Topic // TopicModels, relayed (validated, not delivered)
 
 	log    *slog.Logger
 	cfg    Config
 	mdns   mdns.Service
 	cancel context.CancelFunc
+	ctx    context.Context
 	wg     sync.WaitGroup
 	close  sync.Once
 	errs   error
 
-	adsSub *pubsub.Subscription
+	catRelay  pubsub.RelayCancelFunc
+	bootstrap map[peer.ID]bool
+	blocks    *blocklist
 	// remembered is the peer set of PeersFile, newest first; rejoinLoop owns it
 	// while it runs, Close after.
 	remembered []RememberedPeer
 
-	mu        sync.Mutex
-	provided  map[string]cid.Cid
-	validator Validator
-	onAd      func(origin peer.ID, data []byte)
+	mu           sync.Mutex
+	closed       bool
+	provided     map[string]cid.Cid
+	topics       map[string]*adTopic // by model: joined, or published on
+	validator    Validator
+	catValidator CatalogueValidator
+	onAd         func(model string, origin peer.ID, data []byte)
 }
 
-// Validator judges one ad received on the ads topic; origin is the peer that signed
-// the gossipsub message (strict signing guarantees it). It is called concurrently.
-type Validator func(ctx context.Context, origin peer.ID, data []byte) pubsub.ValidationResult
+// Validator judges one ad received on model's ads topic. from is the peer
+// that delivered it, origin the peer that signed the gossipsub message (strict
+// signing guarantees it); they differ when the ad was relayed. A rejection
+// costs from its gossipsub score, so a rule the relays cannot check for the
+// origin (a rate, seen from here) should ignore relayed ads rather than reject
+// them. It is called concurrently.
+type Validator func(ctx context.Context, model string, from, origin peer.ID, data []byte) pubsub.ValidationResult
+
+// CatalogueValidator judges one message received on TopicModels, as Validator
+// does an ad. It is called concurrently.
+type CatalogueValidator func(ctx context.Context, from, origin peer.ID, data []byte) pubsub.ValidationResult
 
 // New starts a libp2p node from cfg. Close stops it.
 func New(ctx context.Context, cfg Config) (*Node, error) {
@@ -139,17 +167,26 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	h := cfg.Host
+	var gater *blocklist
 	if h == nil {
 		if cfg.Identity == nil {
 			return nil, errors.New("p2p: no identity key")
 		}
-		if h, err = newHost(cfg); err != nil {
+		gater = newBlocklist()
+		if h, err = newHost(cfg, gater); err != nil {
 			return nil, err
 		}
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	n := &Node{Host: h, cfg: cfg, cancel: cancel, provided: map[string]cid.Cid{},
+	n := &Node{Host: h, cfg: cfg, ctx: ctx, cancel: cancel, provided: map[string]cid.Cid{},
+		topics: map[string]*adTopic{}, bootstrap: map[peer.ID]bool{}, blocks: gater,
 		log: cfg.Logger.With("subsys", "p2p")}
+	if gater == nil { // a Host given: no gater of ours, connections are cut as they come
+		n.blocks = newBlocklist()
+	}
+	for _, ai := range bootstrap {
+		n.bootstrap[ai.ID] = true
+	}
 	fail := func(err error) (*Node, error) {
 		cancel()
 		h.Close()
@@ -178,26 +215,29 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		// A message published before the first heartbeat has grafted the mesh
 		// otherwise reaches nobody, silently (go-libp2p-pubsub v0.19).
 		pubsub.WithFloodPublish(true),
+		// A peer pruned from a full mesh learns other peers of the topic from
+		// the pruning one (accepted from peers scoring AcceptPXThreshold, which
+		// bootstrap peers do at once): a bootstrap node hands its crowd on
+		// instead of holding the overlay together.
+		pubsub.WithPeerExchange(true),
 		pubsub.WithMessageIdFn(contentID),
-		pubsub.WithPeerScore(scoreParams(), scoreThresholds()),
+		pubsub.WithPeerScore(n.scoreParams(), scoreThresholds()),
 		pubsub.WithMaxMessageSize(64<<10),
+		pubsub.WithBlacklist(pubsubBlacklist{n.blocks}),
 	)
 	if err != nil {
 		return fail(fmt.Errorf("p2p: start gossipsub: %w", err))
 	}
-	if err := n.PubSub.RegisterTopicValidator(TopicAds, n.validateAd); err != nil {
-		return fail(fmt.Errorf("p2p: register ads validator: %w", err))
+	if err := n.joinCatalogue(); err != nil {
+		return fail(err)
 	}
-	if n.Ads, err = n.PubSub.Join(TopicAds); err != nil {
-		return fail(fmt.Errorf("p2p: join %s: %w", TopicAds, err))
-	}
-	// Subscribe at once: a node that is not subscribed is not in anyone's view of
-	// the topic, so ads published right after start would miss it.
-	if n.adsSub, err = n.Ads.Subscribe(); err != nil {
-		return fail(fmt.Errorf("p2p: subscribe %s: %w", TopicAds, err))
-	}
-	n.wg.Add(1)
-	go n.readAds(ctx)
+	// Block cuts a blocked peer's connections; on a Host given (no gater of
+	// ours) a new connection from it is cut as it comes.
+	h.Network().Notify(&network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
+		if n.blocks.blocked(c.RemotePeer()) {
+			go c.Close()
+		}
+	}})
 	if cfg.MDNS {
 		n.mdns = mdns.NewMdnsService(h, MDNSService, mdnsNotifee{n})
 		if err := n.mdns.Start(); err != nil {
@@ -230,7 +270,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	return n, nil
 }
 
-func newHost(cfg Config) (host.Host, error) {
+func newHost(cfg Config, gater *blocklist) (host.Host, error) {
 	listen := cfg.Listen
 	if len(listen) == 0 {
 		listen = []string{"/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"}
@@ -284,6 +324,7 @@ func newHost(cfg Config) (host.Host, error) {
 		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
 		libp2p.ResourceManager(rm),
 		libp2p.ConnectionManager(cm),
+		libp2p.ConnectionGater(gater),
 		libp2p.EnableAutoNATv2(),
 		libp2p.EnableHolePunching(),
 		libp2p.EnableRelay(),
@@ -337,32 +378,53 @@ func ParseBootstrap(addrs []string) ([]peer.AddrInfo, error) {
 	return out, nil
 }
 
-// contentID names a gossip message by the hash of its content, so that the same ad
-// relayed on different paths is delivered once.
+// contentID names a gossip message by the hash of its topic and content, so
+// that the same ad relayed on different paths is delivered once, while the
+// same bytes published on two models' topics (an ad offering both) are two
+// messages: gossipsub's seen-messages cache spans topics.
 func contentID(m *pb.Message) string {
-	h := sha256.Sum256(m.Data)
-	return string(h[:])
+	h := sha256.New()
+	h.Write([]byte(m.GetTopic()))
+	h.Write([]byte{0})
+	h.Write(m.Data)
+	return string(h.Sum(nil))
 }
 
-func scoreParams() *pubsub.PeerScoreParams {
+// topicScoreParams are the score parameters of every ads topic and of the
+// catalogue topic: a peer that delivers invalid messages (malformed, forged,
+// an ad on a model's topic it does not offer, faster than the allowed rate)
+// loses 100 per message squared, decaying by half each second, so a few
+// invalid messages push it under the gossip (-100), publish (-200) and
+// graylist (-400) thresholds.
+func topicScoreParams() *pubsub.TopicScoreParams {
+	return &pubsub.TopicScoreParams{
+		SkipAtomicValidation: true,
+		TopicWeight:          1,
+		// A zero quantum divides by zero in the score function once a
+		// peer is grafted, whatever the weight.
+		TimeInMeshQuantum:              time.Second,
+		TimeInMeshWeight:               0.01,
+		TimeInMeshCap:                  3600,
+		FirstMessageDeliveriesWeight:   1,
+		FirstMessageDeliveriesDecay:    0.5,
+		FirstMessageDeliveriesCap:      10,
+		InvalidMessageDeliveriesWeight: -100,
+		InvalidMessageDeliveriesDecay:  0.5,
+	}
+}
+
+// bootstrapScore is the application score of a configured bootstrap peer: at
+// AcceptPXThreshold, so the peers it hands on when it prunes are taken from
+// the first heartbeat (others earn that score by time in the mesh and first
+// deliveries).
+const bootstrapScore = 10
+
+func (n *Node) scoreParams() *pubsub.PeerScoreParams {
 	return &pubsub.PeerScoreParams{
-		Topics: map[string]*pubsub.TopicScoreParams{
-			TopicAds: {
-				SkipAtomicValidation: true,
-				TopicWeight:          1,
-				// A zero quantum divides by zero in the score function once a
-				// peer is grafted, whatever the weight.
-				TimeInMeshQuantum:              time.Second,
-				TimeInMeshWeight:               0.01,
-				TimeInMeshCap:                  3600,
-				FirstMessageDeliveriesWeight:   1,
-				FirstMessageDeliveriesDecay:    0.5,
-				FirstMessageDeliveriesCap:      10,
-				InvalidMessageDeliveriesWeight: -100,
-				InvalidMessageDeliveriesDecay:  0.5,
-			},
-		},
-		AppSpecificScore: func(peer.ID) float64 { return 0 },
+		// Ads topics are added as they are joined (Topic.SetScoreParams).
+		Topics:            map[string]*pubsub.TopicScoreParams{TopicModels: topicScoreParams()},
+		AppSpecificScore:  n.appScore,
+		AppSpecificWeight: 1,
 		// Many honest nodes share an address on a testnet or behind one NAT; only
 		// a crowd from one IP is penalised.
 		IPColocationFactorWeight:    -1,
@@ -376,6 +438,13 @@ func scoreParams() *pubsub.PeerScoreParams {
 	}
 }
 
+func (n *Node) appScore(p peer.ID) float64 {
+	if n.bootstrap[p] { // written before gossipsub starts, read-only after
+		return bootstrapScore
+	}
+	return 0
+}
+
 func scoreThresholds() *pubsub.PeerScoreThresholds {
 	return &pubsub.PeerScoreThresholds{
 		GossipThreshold:             -100,
@@ -384,60 +453,6 @@ func scoreThresholds() *pubsub.PeerScoreThresholds {
 		AcceptPXThreshold:           10,
 		OpportunisticGraftThreshold: 5,
 	}
-}
-
-// SetAdsValidator installs the check every ad must pass before it is delivered or
-// relayed (market's schema, signer, seq and expiry checks). Size is checked first.
-func (n *Node) SetAdsValidator(v Validator) {
-	n.mu.Lock()
-	n.validator = v
-	n.mu.Unlock()
-}
-
-func (n *Node) validateAd(ctx context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
-	if len(m.Data) > MaxAdSize {
-		return pubsub.ValidationReject
-	}
-	n.mu.Lock()
-	v := n.validator
-	n.mu.Unlock()
-	if v == nil {
-		return pubsub.ValidationAccept
-	}
-	return v(ctx, m.GetFrom(), m.Data)
-}
-
-// SetAdHandler installs the receiver of every validated ad, including this node's
-// own. It is called from one goroutine, in arrival order.
-func (n *Node) SetAdHandler(fn func(origin peer.ID, data []byte)) {
-	n.mu.Lock()
-	n.onAd = fn
-	n.mu.Unlock()
-}
-
-func (n *Node) readAds(ctx context.Context) {
-	defer n.wg.Done()
-	for {
-		m, err := n.adsSub.Next(ctx)
-		if err != nil {
-			return
-		}
-		n.mu.Lock()
-		fn := n.onAd
-		n.mu.Unlock()
-		if fn != nil {
-			fn(m.GetFrom(), m.Data)
-		}
-	}
-}
-
-// PublishAd publishes data on the ads topic. It reaches every subscribed direct
-// peer even before the gossip mesh has formed (flood publishing).
-func (n *Node) PublishAd(ctx context.Context, data []byte) error {
-	if len(data) > MaxAdSize {
-		return fmt.Errorf("p2p: ad of %d bytes exceeds %d", len(data), MaxAdSize)
-	}
-	return n.Ads.Publish(ctx, data)
 }
 
 // ModelKey is the DHT key under which providers of model are recorded:
@@ -513,7 +528,7 @@ func (n *Node) Peers() []peer.ID { return n.Host.Network().Peers() }
 func (n *Node) Close() error {
 	n.close.Do(func() {
 		n.cancel()
-		n.adsSub.Cancel()
+		n.leaveAll()
 		if n.mdns != nil {
 			n.mdns.Close()
 		}

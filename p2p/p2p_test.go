@@ -98,11 +98,19 @@ func connect(t *testing.T, a, b *Node) {
 	}
 }
 
+const testModel = "stories260K"
+
+// waitTopicPeer waits until n knows p joined testModel's ads topic.
 func waitTopicPeer(t *testing.T, n *Node, p peer.ID) {
+	t.Helper()
+	waitModelPeer(t, n, testModel, p)
+}
+
+func waitModelPeer(t *testing.T, n *Node, model string, p peer.ID) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		for _, q := range n.Ads.ListPeers() {
+		for _, q := range n.AdPeers(model) {
 			if q == p {
 				return
 			}
@@ -118,14 +126,19 @@ func waitTopicPeer(t *testing.T, n *Node, p peer.ID) {
 func TestPublishBeforeMesh(t *testing.T) {
 	ns := mockNodes(t, 2)
 	got := make(chan []byte, 1)
-	ns[1].SetAdHandler(func(origin peer.ID, data []byte) {
+	for _, n := range ns {
+		if err := n.JoinModel(testModel); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ns[1].SetAdHandler(func(_ string, origin peer.ID, data []byte) {
 		if origin == ns[0].Host.ID() {
 			got <- data
 		}
 	})
 	connect(t, ns[0], ns[1])
 	waitTopicPeer(t, ns[0], ns[1].Host.ID())
-	if err := ns[0].PublishAd(context.Background(), []byte("first ad")); err != nil {
+	if err := ns[0].PublishAd(context.Background(), testModel, []byte("first ad")); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -141,10 +154,13 @@ func TestPublishBeforeMesh(t *testing.T) {
 func TestAdsValidator(t *testing.T) {
 	ns := mockNodes(t, 2)
 	got := make(chan string, 10)
-	ns[1].SetAdHandler(func(_ peer.ID, data []byte) { got <- string(data) })
+	ns[1].SetAdHandler(func(_ string, _ peer.ID, data []byte) { got <- string(data) })
 	seen := make(chan peer.ID, 10)
 	for _, n := range ns {
-		n.SetAdsValidator(func(_ context.Context, origin peer.ID, data []byte) pubsub.ValidationResult {
+		if err := n.JoinModel(testModel); err != nil {
+			t.Fatal(err)
+		}
+		n.SetAdsValidator(func(_ context.Context, _ string, _, origin peer.ID, data []byte) pubsub.ValidationResult {
 			seen <- origin
 			if string(data) == "bad" {
 				return pubsub.ValidationReject
@@ -154,17 +170,14 @@ func TestAdsValidator(t *testing.T) {
 	}
 	connect(t, ns[0], ns[1])
 	waitTopicPeer(t, ns[0], ns[1].Host.ID())
-	if err := ns[0].PublishAd(context.Background(), bytes.Repeat([]byte("x"), MaxAdSize+1)); err == nil {
+	if err := ns[0].PublishAd(context.Background(), testModel, bytes.Repeat([]byte("x"), MaxAdSize+1)); err == nil {
 		t.Fatal("PublishAd accepted an oversized ad")
 	}
-	// The raw topic runs the same validator locally: an oversized or bad ad fails.
-	if err := ns[0].Ads.Publish(context.Background(), bytes.Repeat([]byte("x"), MaxAdSize+1)); err == nil {
-		t.Fatal("topic accepted an oversized ad")
-	}
-	if err := ns[0].Ads.Publish(context.Background(), []byte("bad")); err == nil {
+	// The topic runs the same validator locally: a bad ad fails.
+	if err := ns[0].PublishAd(context.Background(), testModel, []byte("bad")); err == nil {
 		t.Fatal("topic accepted an ad its validator rejects")
 	}
-	if err := ns[0].PublishAd(context.Background(), []byte("good")); err != nil {
+	if err := ns[0].PublishAd(context.Background(), testModel, []byte("good")); err != nil {
 		t.Fatal(err)
 	}
 	select {

@@ -32,7 +32,7 @@ func TestNetAdsValidator(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, b := range [][]byte{{0xff, 0xff, 0xff}, forged, expired} {
-		if err := w1.node.PublishAd(ctx, b); err != nil {
+		if err := w1.node.PublishAd(ctx, netModel, b); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -77,7 +77,8 @@ func newChanFixture(t *testing.T) *chanFixture {
 	}
 	f.payers = service.NewPayers(f.payer)
 	f.cs, err = service.NewClient(service.ClientConfig{
-		Node: nodes[0], Payer: f.payers.Payer, Verifier: verifier, MaxAttempts: 1,
+		Models: []string{netModel},
+		Node:   nodes[0], Payer: f.payers.Payer, Verifier: verifier, MaxAttempts: 1,
 		Policy: market.Policy{TEE: []tee.Kind{tee.Sim}}, Logger: log.With("client", 0),
 	})
 	if err != nil {

@@ -78,6 +78,15 @@ type ClientConfig struct {
 	// (the node's metrics and status page).
 	Observer market.Observer
 	Logger   *slog.Logger
+	// Models are the models whose ads topics the client joins at once and
+	// never leaves (a node's served models and its market.models); any other
+	// model's topic is joined on the first request for it and left after
+	// TopicIdle without one (0: DefaultTopicIdle).
+	Models    []string
+	TopicIdle time.Duration
+	// Now is the clock of the topics' idle time and the ad rate limits (nil:
+	// time.Now).
+	Now func() time.Time
 }
 
 // Client buys inference on the network: it keeps the ad book from the
@@ -110,6 +119,10 @@ type Client struct {
 	mu       sync.Mutex
 	inflight map[peer.ID]int  // this client's open job streams per worker
 	found    map[peer.ID]bool // providers found in the DHT
+
+	now     func() time.Time
+	topicMu sync.Mutex
+	topics  topics
 }
 
 // NewClient starts the client on cfg.Node.
@@ -129,6 +142,12 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.ProbeTimeout <= 0 {
 		cfg.ProbeTimeout = DefaultProbeTimeout
 	}
+	if cfg.TopicIdle <= 0 {
+		cfg.TopicIdle = DefaultTopicIdle
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -137,7 +156,8 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		cfg.Options.Logger = log
 	}
 	c := &Client{cfg: cfg, node: cfg.Node, book: market.NewBook(nil), log: log.With("subsys", "market"),
-		inflight: make(map[peer.ID]int), found: make(map[peer.ID]bool)}
+		inflight: make(map[peer.ID]int), found: make(map[peer.ID]bool), now: cfg.Now,
+		topics: topics{pinned: map[string]bool{}, asked: map[string]time.Time{}}}
 	c.sel = &market.Selector{Book: c.book, Rand: cfg.Rand}
 	c.att = cfg.Attestations
 	if c.att == nil {
@@ -146,6 +166,13 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	cfg.Node.SetAdsValidator(c.validate)
+	if err := c.pin(cfg.Models); err != nil {
+		cfg.Node.SetAdsValidator(nil)
+		if c.ownAt {
+			c.att.Close()
+		}
+		return nil, fmt.Errorf("market: client service: %w", err)
+	}
 	c.nb = &network.NotifyBundle{DisconnectedF: c.disconnected}
 	cfg.Node.Host.Network().Notify(c.nb)
 	c.wg.Add(1)
@@ -171,10 +198,10 @@ func (c *Client) disconnected(n network.Network, conn network.Conn) {
 	}
 }
 
-// validate is the ads topic validator: the book's checks, with origin the
-// gossip message's signer.
-func (c *Client) validate(_ context.Context, origin peer.ID, data []byte) pubsub.ValidationResult {
-	_, r := c.book.Offer(origin, data)
+// validate is the ads topics' validator: the book's checks, with origin the
+// gossip message's signer and model the topic's.
+func (c *Client) validate(_ context.Context, model string, from, origin peer.ID, data []byte) pubsub.ValidationResult {
+	_, r := c.book.OfferOn(model, origin, data, nil)
 	switch {
 	case r == market.Kept:
 		return pubsub.ValidationAccept
@@ -196,6 +223,7 @@ func (c *Client) pruneLoop() {
 			return
 		case <-t.C:
 			c.book.Prune()
+			c.leaveIdle()
 		}
 	}
 }
@@ -248,6 +276,7 @@ func (c *Client) candidates(ctx context.Context, pol market.Policy) []market.Can
 		}
 		return out
 	}
+	c.ask(pol.Model)
 	if cs := keep(c.sel.Select(pol)); len(cs) > 0 {
 		return cs
 	}

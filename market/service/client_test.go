@@ -287,7 +287,8 @@ func coldClient(t *testing.T, f *netFixture) *service.Client {
 		payers.Bind(w.node.Host.ID(), w.channel)
 	}
 	cs, err := service.NewClient(service.ClientConfig{
-		Node: nd, Payer: payers.Payer, Verifier: f.verifier,
+		Models: []string{netModel},
+		Node:   nd, Payer: payers.Payer, Verifier: f.verifier,
 		Policy: market.Policy{TEE: []tee.Kind{tee.Sim}}, Logger: f.log,
 	})
 	if err != nil {

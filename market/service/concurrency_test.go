@@ -208,6 +208,7 @@ func newConcFixture(t *testing.T, n int, o concOptions) *concFixture {
 	}
 	nf.obs = &recorder{}
 	nf.cs, err = service.NewClient(service.ClientConfig{
+		Models:   []string{netModel},
 		Observer: nf.obs, Node: nf.client, Payer: payer, Verifier: nf.verifier,
 		Policy: market.Policy{TEE: []tee.Kind{tee.Sim}}, Rand: rand.New(rand.NewPCG(12, 12)),
 		Logger: log.With("client", 0),

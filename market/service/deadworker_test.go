@@ -174,7 +174,8 @@ func testFailoverDeadWorker(t *testing.T, transport string) {
 		t.Fatal(err)
 	}
 	cs, err := service.NewClient(service.ClientConfig{
-		Node: client, Verifier: verifier,
+		Models: []string{netModel},
+		Node:   client, Verifier: verifier,
 		Payer: func(c market.Candidate) (market.Payer, error) {
 			mu.Lock()
 			defer mu.Unlock()

@@ -123,6 +123,7 @@ func newNetFixture(t testing.TB, n int, opt market.RunOptions, wrap func(i int, 
 	f.payers = service.NewPayers(f.payer)
 	f.obs = &recorder{}
 	f.cs, err = service.NewClient(service.ClientConfig{
+		Models:   []string{netModel},
 		Observer: f.obs,
 		Node:     f.client, Payer: f.payers.Payer, Verifier: verifier,
 		Policy:  market.Policy{TEE: []tee.Kind{tee.Sim}},

@@ -33,7 +33,8 @@ func TestWorkerWithoutTEE(t *testing.T) {
 		}
 		nd := loopbackNode(t)
 		cs, err := service.NewClient(service.ClientConfig{
-			Node: nd, Verifier: v, Policy: market.Policy{TEE: p.Kinds()}, Logger: quietLog(),
+			Models: []string{netModel},
+			Node:   nd, Verifier: v, Policy: market.Policy{TEE: p.Kinds()}, Logger: quietLog(),
 			FindTimeout: time.Second, // the DHT fallback of a book with no match
 			Payer:       func(market.Candidate) (market.Payer, error) { return newTally(), nil },
 		})

@@ -287,9 +287,17 @@ func (w *Worker) publish() {
 	}
 	ctx, cancel := context.WithTimeout(w.ctx, 5*time.Second)
 	defer cancel()
-	if err := w.node.PublishAd(ctx, b); err != nil {
+	// The same ad on the topic of each model it offers: a node joins only
+	// the topics of the models it wants.
+	var failed error
+	for _, m := range ad.Models {
+		if err := w.node.PublishAd(ctx, m.ID, b); err != nil {
+			failed = err
+		}
+	}
+	if failed != nil {
 		if w.ctx.Err() == nil {
-			w.log.Warn("publish ad", "err", err)
+			w.log.Warn("publish ad", "err", failed)
 		}
 		return
 	}

@@ -35,7 +35,10 @@ func BenchmarkGossip(b *testing.B) {
 			var mu sync.Mutex
 			arrivals := map[string][]time.Time{}
 			for _, m := range tn.Nodes {
-				m.P2P.SetAdHandler(func(_ peer.ID, data []byte) {
+				if err := m.P2P.JoinModel(Model); err != nil {
+					b.Fatal(err)
+				}
+				m.P2P.SetAdHandler(func(_ string, _ peer.ID, data []byte) {
 					mu.Lock()
 					arrivals[string(data)] = append(arrivals[string(data)], time.Now())
 					mu.Unlock()
@@ -52,7 +55,7 @@ func BenchmarkGossip(b *testing.B) {
 				ad := testAd(b, src) // a real ad: every node's market client validates them
 				msg := string(ad)
 				start := time.Now()
-				if err := src.P2P.PublishAd(context.Background(), ad); err != nil {
+				if err := src.P2P.PublishAd(context.Background(), Model, ad); err != nil {
 					b.Fatal(err)
 				}
 				tn.WaitFor(30*time.Second, fmt.Sprintf("ad %d at 99%% of nodes", i), func() bool {

@@ -29,7 +29,10 @@ func listen(tn *Testnet) *inbox {
 }
 
 func (in *inbox) attach(m *Member) {
-	m.P2P.SetAdHandler(func(_ peer.ID, data []byte) {
+	if err := m.P2P.JoinModel(Model); err != nil {
+		panic(err)
+	}
+	m.P2P.SetAdHandler(func(_ string, _ peer.ID, data []byte) {
 		in.mu.Lock()
 		if in.got[m.Index] == nil {
 			in.got[m.Index] = map[string]bool{}
@@ -108,7 +111,7 @@ func TestFiftyNodes(t *testing.T) {
 	// (Every node runs the market client, whose topic validator passes only
 	// well-formed ads signed by the peer they describe.)
 	ad5 := testAd(t, tn.Nodes[5])
-	if err := tn.Nodes[5].P2P.PublishAd(ctx, ad5); err != nil {
+	if err := tn.Nodes[5].P2P.PublishAd(ctx, Model, ad5); err != nil {
 		t.Fatal(err)
 	}
 	tn.WaitFor(15*time.Second, "ad from node 5 at all 49 others", func() bool {
@@ -122,10 +125,10 @@ func TestFiftyNodes(t *testing.T) {
 	tn.Restart(fresh)
 	in.attach(fresh)
 	tn.WaitFor(5*time.Second, "the restarted node to see a subscriber", func() bool {
-		return len(fresh.P2P.Ads.ListPeers()) > 0
+		return len(fresh.P2P.AdPeers(Model)) > 0
 	})
 	msg := string(testAd(t, fresh))
-	if err := fresh.P2P.PublishAd(ctx, []byte(msg)); err != nil {
+	if err := fresh.P2P.PublishAd(ctx, Model, []byte(msg)); err != nil {
 		t.Fatal(err)
 	}
 	tn.WaitFor(15*time.Second, "the restarted node's first ad at all 49 others", func() bool {
