@@ -26,8 +26,21 @@ type Config struct {
 	// capabilities it declares; empty means every model of GET /v1/models,
 	// offering text only.
 	Models []ModelConfig `toml:"models"`
-	// LibDir holds llama.cpp's shared libraries; empty: $COCOON_LLAMA_LIB.
+	// LibDir holds llama.cpp's shared libraries; empty: $COCOON_LLAMA_LIB,
+	// else the builds `cocoon runtime install` put in the datadir or the
+	// shared cache (runtime/llamalib.Choose).
 	LibDir string `toml:"lib_dir"`
+	// Llama forces a build of llama.cpp among the installed ones: "cpu",
+	// "cuda" or "vulkan"; empty or "auto": CUDA when an NVIDIA driver is
+	// present, else Vulkan when a Vulkan loader is, else the CPU. A GPU build
+	// that fails to load falls back to the CPU build.
+	Llama string `toml:"llama"`
+	// GPULayers is how many of a model's layers a GPU build of llama.cpp
+	// offloads: -1 (or absent) all, 0 none. The CPU build ignores it.
+	GPULayers *int `toml:"gpu_layers"`
+	// DataDir is the node's datadir, where installed builds are looked for;
+	// set by the node, not read from the file.
+	DataDir string `toml:"-"`
 	// Threads per generation for llamacpp; 0: min(NumCPU, 4).
 	Threads int `toml:"threads"`
 	// ContextSize in tokens for llamacpp; 0: the model's training context, at most 4096.
@@ -99,6 +112,14 @@ func (cfg Config) Validate() error {
 	}
 	if cfg.ContextSize < 0 {
 		bad("context_size", "must be 0 (from the model) or positive, not %d", cfg.ContextSize)
+	}
+	if cfg.GPULayers != nil && *cfg.GPULayers < -1 {
+		bad("gpu_layers", "must be -1 (all), 0 (none) or a number of layers, not %d", *cfg.GPULayers)
+	}
+	switch cfg.Llama {
+	case "", "auto", "cpu", "cuda", "vulkan":
+	default:
+		bad("llama", "unknown llama.cpp build %q (want auto, cpu, cuda or vulkan)", cfg.Llama)
 	}
 	if cfg.Slots < 0 {
 		bad("slots", "must be 0 (one) or positive, not %d", cfg.Slots)
@@ -186,6 +207,14 @@ func (cfg Config) Validate() error {
 		bad("backend", "unknown kind %q (want %q or %q)", cfg.Backend, KindLlamaCPP, KindOpenAI)
 	}
 	return errors.Join(errs...)
+}
+
+// Offload is GPULayers with its default: -1 (all) when absent.
+func (cfg Config) Offload() int {
+	if cfg.GPULayers == nil {
+		return -1
+	}
+	return *cfg.GPULayers
 }
 
 // ModelIDFromPath is the default model id of a GGUF file: its base name

@@ -104,6 +104,10 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 		{runtime.Config{Models: []runtime.ModelConfig{{Path: model, Logprobs: true}}}, "runtime.models[0].logprobs: set"},
 		{runtime.Config{Models: []runtime.ModelConfig{{Path: model, LogitBias: true}}}, "runtime.models[0].logit_bias: set"},
 		{runtime.Config{Models: []runtime.ModelConfig{{Path: model, Images: true}}}, "runtime.models[0].images: set"},
+		{runtime.Config{GPULayers: layers(-1), Llama: "cuda"}, ""},
+		{runtime.Config{GPULayers: layers(0), Llama: "auto"}, ""},
+		{runtime.Config{GPULayers: layers(-2)}, "runtime.gpu_layers: must be -1 (all), 0 (none)"},
+		{runtime.Config{Llama: "rocm"}, `runtime.llama: unknown llama.cpp build "rocm"`},
 	} {
 		err := tc.cfg.Validate()
 		switch {
@@ -111,6 +115,23 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 			t.Errorf("Validate(%+v) = %v; want valid", tc.cfg, err)
 		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
 			t.Errorf("Validate(%+v) = %v; want %q", tc.cfg, err, tc.want)
+		}
+	}
+}
+
+func layers(n int) *int { return &n }
+
+func TestGPULayersDefaultToAll(t *testing.T) {
+	for _, tc := range []struct {
+		file string
+		want int
+	}{{"", -1}, {"gpu_layers = 0", 0}, {"gpu_layers = 12", 12}, {"gpu_layers = -1", -1}} {
+		var c struct{ Runtime runtime.Config }
+		if _, err := toml.Decode("[runtime]\n"+tc.file, &c); err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Runtime.Offload(); got != tc.want {
+			t.Errorf("%q: Offload() = %d; want %d", tc.file, got, tc.want)
 		}
 	}
 }

@@ -6,8 +6,14 @@
 # libggml.so name the versioned files (yzma's llama.Load wants those plain
 # names) and every other .so keeps its own name.
 #
+# It also keeps the package's tarball, as npm serves it, in
+# .cache/llama/node-llama-cpp-linux-x64-3.22.1.tgz: the tests of
+# `cocoon runtime install` (runtime/llamalib, cmd/cocoon) serve it from a
+# loopback registry ($COCOON_LLAMA_TGZ), since tests reach no registry.
+#
 # Idempotent: when the lib folder already holds the linked libraries of this
-# version it returns at once. Usage: scripts/llama-libs.sh [cache-dir]
+# version and the tarball is there it returns at once.
+# Usage: scripts/llama-libs.sh [cache-dir]
 set -eu
 
 PKG="@node-llama-cpp/linux-x64"
@@ -16,14 +22,28 @@ CACHE="${1:-$(cd "$(dirname "$0")/.." && pwd)/.cache/llama}"
 NPM_DIR="$CACHE/npm"
 LIB_DIR="$CACHE/lib"
 STAMP="$LIB_DIR/.installed-$VERSION"
+TGZ="$CACHE/node-llama-cpp-linux-x64-$VERSION.tgz"
 
-if [ -f "$STAMP" ] && [ -e "$LIB_DIR/libllama.so" ] && [ -e "$LIB_DIR/libggml.so" ]; then
+if [ -f "$STAMP" ] && [ -e "$LIB_DIR/libllama.so" ] && [ -e "$LIB_DIR/libggml.so" ] && [ -s "$TGZ" ]; then
 	exit 0
 fi
 
 if ! command -v npm >/dev/null 2>&1; then
 	echo "llama-libs: npm not found; install Node.js/npm, then run make deps" >&2
 	exit 1
+fi
+
+if [ ! -s "$TGZ" ]; then
+	# npm pack checks the tarball against the registry's integrity hash.
+	mkdir -p "$CACHE"
+	npm pack --silent --pack-destination "$CACHE" "$PKG@$VERSION" >/dev/null
+	if [ ! -s "$TGZ" ]; then
+		echo "llama-libs: npm pack did not leave $TGZ" >&2
+		exit 1
+	fi
+fi
+if [ -f "$STAMP" ] && [ -e "$LIB_DIR/libllama.so" ] && [ -e "$LIB_DIR/libggml.so" ]; then
+	exit 0
 fi
 
 SRC="$NPM_DIR/node_modules/$PKG/bins/linux-x64"
@@ -54,7 +74,7 @@ for f in "$SRC"/*.so; do
 	base="$(basename "$f")"
 	case "$base" in
 	libllama.*.so | libllama.so) ln -sf "$REL/$base" "$LIB_DIR/libllama.so" ;;
-	libggml.v*.so | libggml.so) ln -sf "$REL/$base" "$LIB_DIR/libggml.so" ;;
+	libggml.*.so | libggml.so) ln -sf "$REL/$base" "$LIB_DIR/libggml.so" ;; # libggml.v0.5.0.so, libggml.vulkan.v0.5.0.so
 	*) ln -sf "$REL/$base" "$LIB_DIR/$base" ;;
 	esac
 done

@@ -11,6 +11,9 @@ import (
 	"os"
 
 	"github.com/cocoon-network/cocoon/runtime"
+	"github.com/cocoon-network/cocoon/runtime/llamalib"
+	// Linked for its detector: runtime.DetectGPUs answers through NVML.
+	_ "github.com/cocoon-network/cocoon/runtime/nvml"
 	"github.com/cocoon-network/cocoon/runtime/openai"
 	"github.com/cocoon-network/cocoon/runtime/runner"
 )
@@ -31,8 +34,13 @@ func FromConfig(ctx context.Context, cfg runtime.Config, log *slog.Logger) (*run
 		// Each model's llama.cpp runs in a child process (runtime/runner):
 		// it parses strangers' prompts, and a native crash there must not
 		// take the node down.
+		libs, err := chooseLibs(cfg, log)
+		if err != nil {
+			return nil, err
+		}
 		lb, err := runner.New(ctx, runner.Config{
-			LibDir:      cfg.LibDir,
+			Libs:        libs,
+			GPULayers:   cfg.Offload(),
 			Models:      cfg.Models,
 			Threads:     cfg.Threads,
 			ContextSize: cfg.ContextSize,
@@ -80,6 +88,23 @@ func FromConfig(ctx context.Context, cfg runtime.Config, log *slog.Logger) (*run
 		b = ob
 	}
 	return runtime.Limit(b, slots, cfg.Queue), nil
+}
+
+// chooseLibs finds the llama.cpp builds to try (llamalib.Choose): lib_dir,
+// $COCOON_LLAMA_LIB, else the installed kinds the host can run.
+func chooseLibs(cfg runtime.Config, log *slog.Logger) ([]llamalib.Lib, error) {
+	h := llamalib.DetectHost()
+	opt := llamalib.Options{LibDir: cfg.LibDir, DataDir: cfg.DataDir, Host: &h}
+	if cfg.Llama != "" && cfg.Llama != "auto" {
+		opt.Want = llamalib.Kind(cfg.Llama) // Validate checked the name
+	}
+	libs, err := llamalib.Choose(opt)
+	if err != nil {
+		return nil, fmt.Errorf("runtime.lib_dir: %w", err)
+	}
+	log.Info("llama.cpp build chosen", "subsys", "runtime", "kind", libs[0].Kind, "dir", libs[0].Dir,
+		"from", libs[0].From, "fallbacks", len(libs)-1, "host", h.Why)
+	return libs, nil
 }
 
 // contextLengthMissing names the config field that would give the context

@@ -15,7 +15,8 @@ import (
 )
 
 // ErrNoLibrary is returned when llama.cpp's shared libraries cannot be found
-// or loaded. `make deps` (scripts/llama-libs.sh) installs them.
+// or loaded. `cocoon runtime install` (runtime/llamalib) installs them, as
+// does `make deps` (scripts/llama-libs.sh) in a checkout.
 var ErrNoLibrary = errors.New("llamacpp: llama.cpp libraries not available")
 
 // LibEnv is the environment variable naming the library folder when the
@@ -39,7 +40,7 @@ func loadLibrary(dir string) error {
 		dir = os.Getenv(LibEnv)
 	}
 	if dir == "" {
-		return fmt.Errorf("%w: no library folder configured (runtime.lib_dir) and $%s is unset; run `make deps` to install them into .cache/llama/lib", ErrNoLibrary, LibEnv)
+		return fmt.Errorf("%w: no library folder configured (runtime.lib_dir) and $%s is unset; run `cocoon runtime install` (or `make deps` in a checkout)", ErrNoLibrary, LibEnv)
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
@@ -52,7 +53,7 @@ func loadLibrary(dir string) error {
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("%w: %s lacks %s; run `make deps` (scripts/llama-libs.sh installs @node-llama-cpp/linux-x64 there)", ErrNoLibrary, abs, strings.Join(missing, ", "))
+		return fmt.Errorf("%w: %s lacks %s; run `cocoon runtime install` (or `make deps` in a checkout)", ErrNoLibrary, abs, strings.Join(missing, ", "))
 	}
 
 	lib.mu.Lock()

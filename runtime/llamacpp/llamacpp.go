@@ -1,7 +1,8 @@
 // Package llamacpp is the embedded default runtime backend: GGUF models on the
 // CPU through llama.cpp, driven from Go by github.com/hybridgroup/yzma (purego,
 // no cgo) with the prebuilt libraries of the npm package
-// @node-llama-cpp/linux-x64 that `make deps` installs.
+// @node-llama-cpp/linux-x64 that `make deps` installs, or their CUDA and
+// Vulkan builds (runtime/llamalib), which offload Config.GPULayers layers.
 //
 // Each model has Parallel llama.cpp contexts (one per concurrent generation: a
 // context is not thread-safe); Generate waits for a free one. Generation is
@@ -101,6 +102,9 @@ type Config struct {
 	ContextSize int
 	// Parallel is the number of concurrent generations per model; 0: 1.
 	Parallel int
+	// GPULayers is how many layers a GPU build offloads: -1 all, 0 none.
+	// The zero value keeps every layer on the CPU.
+	GPULayers int
 	// Logger receives llama.cpp's log at debug level; nil: slog.Default().
 	Logger *slog.Logger
 }
@@ -124,6 +128,7 @@ type model struct {
 	nVocab   int
 	threads  int
 	template string // the GGUF's chat template, "" for the plain fallback
+	offload  runtime.Offload
 	slots    []*slot
 	pool     chan *slot
 
@@ -166,7 +171,7 @@ func New(cfg Config) (*Backend, error) {
 			b.Close()
 			return nil, fmt.Errorf("load model %d (%s): id %q used twice", i, mc.Path, id)
 		}
-		m, err := loadModel(mc.Path, id, threads, cfg.ContextSize, parallel)
+		m, err := loadModel(mc.Path, id, threads, cfg.ContextSize, parallel, cfg.GPULayers)
 		if err != nil {
 			b.Close()
 			return nil, err
@@ -174,7 +179,8 @@ func New(cfg Config) (*Backend, error) {
 		b.models[id] = m
 		b.order = append(b.order, m.info)
 		log.Info("model loaded", "model", id, "path", mc.Path, "digest", m.info.Digest,
-			"context", m.nCtx, "threads", threads, "parallel", parallel, "chat_template", m.template != "")
+			"context", m.nCtx, "threads", threads, "parallel", parallel, "chat_template", m.template != "",
+			"gpu_layers", fmt.Sprintf("%d/%d", m.offload.GPULayers, m.offload.Layers))
 	}
 	return b, nil
 }
@@ -210,7 +216,7 @@ func fileDigest(path string) (string, error) {
 // loadMu serializes model loads so that the captured llama.cpp log belongs to one.
 var loadMu sync.Mutex
 
-func loadModel(path, id string, threads, ctxSize, parallel int) (*model, error) {
+func loadModel(path, id string, threads, ctxSize, parallel, gpuLayers int) (*model, error) {
 	digest, err := fileDigest(path)
 	if err != nil {
 		return nil, fmt.Errorf("load model %s: %w", path, err)
@@ -218,8 +224,7 @@ func loadModel(path, id string, threads, ctxSize, parallel int) (*model, error) 
 	loadMu.Lock()
 	defer loadMu.Unlock()
 	lib.logs.take()
-	params := llama.ModelDefaultParams()
-	params.SetCPUOnly()
+	params, offload := modelParams(gpuLayers)
 	lm, err := llama.ModelLoadFromFile(path, params)
 	if err != nil {
 		why := lib.logs.take()
@@ -228,7 +233,8 @@ func loadModel(path, id string, threads, ctxSize, parallel int) (*model, error) 
 		}
 		return nil, fmt.Errorf("load model %s: llama.cpp rejected it (truncated or corrupt?): %s", path, why)
 	}
-	m := &model{path: path, m: lm, vocab: llama.ModelGetVocab(lm), threads: threads, pool: make(chan *slot, parallel)}
+	m := &model{path: path, m: lm, vocab: llama.ModelGetVocab(lm), threads: threads, pool: make(chan *slot, parallel),
+		offload: offloadOf(lm, offload)}
 	m.nVocab = int(llama.VocabNTokens(m.vocab))
 	m.template = llama.ModelChatTemplate(lm, "")
 	train := int(llama.ModelNCtxTrain(lm))

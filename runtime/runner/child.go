@@ -68,14 +68,21 @@ func serveChild(in io.Reader, out io.Writer) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	b, err := llamacpp.New(llamacpp.Config{
 		LibDir: f.Config.LibDir, Models: f.Config.Models, Threads: f.Config.Threads,
-		ContextSize: f.Config.ContextSize, Parallel: f.Config.Parallel, Logger: log,
+		ContextSize: f.Config.ContextSize, Parallel: f.Config.Parallel, GPULayers: f.Config.GPULayers, Logger: log,
 	})
 	if err != nil {
 		_ = w.send(frame{Op: opFatal, Msg: err.Error()})
 		return nil
 	}
 	defer b.Close()
-	if err := w.send(frame{Op: opReady, Models: b.Models(), PID: os.Getpid()}); err != nil {
+	offloads := map[string]runtime.Offload{}
+	for _, m := range b.Models() {
+		if o, ok := b.Offload(m.ID); ok {
+			o.Lib = f.Config.Lib
+			offloads[m.ID] = o
+		}
+	}
+	if err := w.send(frame{Op: opReady, Models: b.Models(), Offloads: offloads, PID: os.Getpid()}); err != nil {
 		return err
 	}
 

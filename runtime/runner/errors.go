@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"errors"
+	"strings"
 
 	"github.com/cocoon-network/cocoon/runtime"
 )
@@ -73,4 +74,17 @@ func errorFrom(f frame) error {
 		}
 	}
 	return &remoteError{msg: f.Msg}
+}
+
+// oneLine keeps the first line of err's message, at most 300 bytes: a
+// failed child's reason goes into one log line and into status.
+func oneLine(err error) string {
+	s := strings.TrimSpace(err.Error())
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 300 {
+		s = s[:300] + "…"
+	}
+	return s
 }

@@ -19,12 +19,19 @@ import (
 	"time"
 
 	"github.com/cocoon-network/cocoon/runtime"
+	"github.com/cocoon-network/cocoon/runtime/llamalib"
 )
 
 // Config configures a Backend: the llama.cpp settings each child loads with,
 // and how the children are supervised. Zero durations take the defaults.
 type Config struct {
-	LibDir      string                // llama.cpp's libraries; empty: $COCOON_LLAMA_LIB
+	LibDir string // llama.cpp's libraries when Libs is empty; empty: $COCOON_LLAMA_LIB
+	// Libs are the library folders to try, best first (llamalib.Choose): a
+	// child that fails to start on a GPU build is started again on the next,
+	// and the reason logged in one line. Empty: LibDir alone.
+	Libs []llamalib.Lib
+	// GPULayers is how many layers a GPU build offloads: -1 all, 0 none.
+	GPULayers   int
 	Models      []runtime.ModelConfig // one child per model
 	Threads     int
 	ContextSize int
@@ -92,13 +99,20 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.RestartWait <= 0 {
 		cfg.RestartWait = 5 * time.Second
 	}
+	if len(cfg.Libs) == 0 {
+		cfg.Libs = []llamalib.Lib{{Dir: cfg.LibDir, Kind: llamalib.KindOf(cfg.LibDir)}}
+	}
 	b := &Backend{engines: map[string]*engine{}}
+	var fallback string
 	for _, mc := range cfg.Models {
-		e, err := startEngine(ctx, cfg, mc)
+		e, err := startEngine(ctx, cfg, mc, fallback)
 		if err != nil {
 			b.Close()
 			return nil, err
 		}
+		// The next models start on the build this one ended on: a GPU
+		// build that failed once is not tried again.
+		cfg.Libs, fallback = e.cfg.Libs, e.fallback
 		for _, m := range e.models {
 			if _, dup := b.engines[m.ID]; dup {
 				e.close()
@@ -160,6 +174,21 @@ func (b *Backend) Close() error {
 	return nil
 }
 
+// Offload says where model runs: the llama.cpp build its child loaded, the
+// layers offloaded, and why a GPU build was passed over. It implements
+// runtime.OffloadReporter.
+func (b *Backend) Offload(model string) (runtime.Offload, bool) {
+	e, ok := b.engines[model]
+	if !ok {
+		return runtime.Offload{}, false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	o, ok := e.offloads[model]
+	o.Fallback = e.fallback
+	return o, ok
+}
+
 // Child describes one model's engine process, for status and tests.
 type Child struct {
 	Model    string
@@ -186,14 +215,17 @@ func (b *Backend) Children() []Child {
 
 // engine supervises the child of one model.
 type engine struct {
-	cfg    Config
-	mc     runtime.ModelConfig
-	log    *slog.Logger
-	models []runtime.Model
+	cfg      Config
+	mc       runtime.ModelConfig
+	log      *slog.Logger
+	models   []runtime.Model
+	lib      int    // index in cfg.Libs of the build the children load
+	fallback string // why builds before lib were passed over
 
 	mu       sync.Mutex
-	cur      *child        // nil while restarting
-	up       chan struct{} // closed when cur is set (or the engine closed)
+	offloads map[string]runtime.Offload // the last ready's
+	cur      *child                     // nil while restarting
+	up       chan struct{}              // closed when cur is set (or the engine closed)
 	closed   bool
 	restarts int
 	crashes  map[[32]byte]int // request shape → crashes it was in flight for
@@ -201,17 +233,36 @@ type engine struct {
 	done     chan struct{} // closed when the supervisor returned
 }
 
-func startEngine(ctx context.Context, cfg Config, mc runtime.ModelConfig) (*engine, error) {
+func startEngine(ctx context.Context, cfg Config, mc runtime.ModelConfig, fallback string) (*engine, error) {
 	id := mc.ID
 	if id == "" {
 		id = runtime.ModelIDFromPath(mc.Path)
 	}
-	e := &engine{cfg: cfg, mc: mc, log: cfg.Logger.With("subsys", "runner", "model", id),
+	e := &engine{cfg: cfg, mc: mc, log: cfg.Logger.With("subsys", "runner", "model", id), fallback: fallback,
 		crashes: map[[32]byte]int{}, stop: make(chan struct{}), done: make(chan struct{})}
-	c, err := e.spawn(ctx)
-	if err != nil {
-		return nil, err
+	var c *child
+	for {
+		var err error
+		c, err = e.spawn(ctx)
+		if err == nil {
+			break
+		}
+		// purego cannot unload a half-loaded library, so a GPU build that
+		// fails (libraries missing, CUDA runtime absent, no device, a crash
+		// in its init) is retried in a fresh child on the next build.
+		cur := cfg.Libs[e.lib]
+		if !cur.Kind.GPU() || e.lib+1 >= len(cfg.Libs) || ctx.Err() != nil {
+			return nil, err
+		}
+		next := cfg.Libs[e.lib+1]
+		e.fallback = fmt.Sprintf("llama.cpp %s build in %s failed: %v", cur.Kind, cur.Dir, oneLine(err))
+		e.log.Warn("llama.cpp "+string(cur.Kind)+" build failed to start; falling back to the "+string(next.Kind)+" build",
+			"reason", oneLine(err), "from", cur.Dir, "to", next.Dir)
+		e.lib++
 	}
+	// From here on (restarts included) this engine knows only the build it
+	// started on and those after it.
+	e.cfg.Libs, e.lib = cfg.Libs[e.lib:], 0
 	e.models = c.models
 	e.cur = c
 	e.up = make(chan struct{})
@@ -447,8 +498,10 @@ func (e *engine) spawn(ctx context.Context) (*child, error) {
 	if e.log.Enabled(context.Background(), slog.LevelDebug) {
 		level = "DEBUG"
 	}
-	load := frame{Op: opLoad, Config: &childConfig{LibDir: cfg.LibDir, Models: []runtime.ModelConfig{e.mc},
-		Threads: cfg.Threads, ContextSize: cfg.ContextSize, Parallel: cfg.Parallel, LogLevel: level}}
+	lib := cfg.Libs[e.lib]
+	load := frame{Op: opLoad, Config: &childConfig{LibDir: lib.Dir, Lib: string(lib.Kind), GPULayers: cfg.GPULayers,
+		Models: []runtime.ModelConfig{e.mc}, Threads: cfg.Threads, ContextSize: cfg.ContextSize, Parallel: cfg.Parallel,
+		LogLevel: level}}
 	ready := make(chan error, 1)
 	go func() {
 		if err := c.w.send(load); err != nil {
@@ -465,6 +518,9 @@ func (e *engine) spawn(ctx context.Context) (*child, error) {
 			ready <- fmt.Errorf("answered %q to load", f.Op)
 		default:
 			c.models = f.Models
+			e.mu.Lock()
+			e.offloads = f.Offloads
+			e.mu.Unlock()
 			ready <- nil
 		}
 	}()

@@ -41,15 +41,17 @@ const (
 
 // frame is every message of the protocol; Op says which fields are set.
 type frame struct {
-	Op     string           `json:"op"`
-	ID     uint64           `json:"id,omitempty"`
-	Config *childConfig     `json:"config,omitempty"`
-	Models []runtime.Model  `json:"models,omitempty"`
-	PID    int              `json:"pid,omitempty"`
-	Req    *runtime.Request `json:"req,omitempty"`
-	N      int              `json:"n,omitempty"`
-	Text   string           `json:"text,omitempty"`
-	Tokens int              `json:"tokens,omitempty"`
+	Op     string          `json:"op"`
+	ID     uint64          `json:"id,omitempty"`
+	Config *childConfig    `json:"config,omitempty"`
+	Models []runtime.Model `json:"models,omitempty"`
+	// A ready's placement of each model (llama.cpp build, offloaded layers).
+	Offloads map[string]runtime.Offload `json:"offloads,omitempty"`
+	PID      int                        `json:"pid,omitempty"`
+	Req      *runtime.Request           `json:"req,omitempty"`
+	N        int                        `json:"n,omitempty"`
+	Text     string                     `json:"text,omitempty"`
+	Tokens   int                        `json:"tokens,omitempty"`
 	// A delta's tool call pieces, logprobs and refusal (runtime.Delta).
 	Calls    []runtime.ToolCallDelta `json:"calls,omitempty"`
 	Logprobs []runtime.TokenLogprob  `json:"logprobs,omitempty"`
@@ -68,6 +70,8 @@ type frame struct {
 // childConfig is what the child loads: llamacpp.Config less the logger.
 type childConfig struct {
 	LibDir      string                `json:"lib_dir"`
+	Lib         string                `json:"lib"`        // the build's kind, reported back in Offloads
+	GPULayers   int                   `json:"gpu_layers"` // -1 all, 0 none
 	Models      []runtime.ModelConfig `json:"models"`
 	Threads     int                   `json:"threads"`
 	ContextSize int                   `json:"context_size"`
