@@ -40,10 +40,12 @@ type Attempt struct {
 //   - any other failure (a phase deadline, a stream that broke or misbehaved
 //     after Accept) counts against MaxAttempts, as does a success.
 //
-// Either way the request's ctx bounds the whole run. A candidate that failed
-// by the first kind (except RejectBusy and RejectBadRequest, which an honest
-// worker answers too) or never answered the Open (the accept phase deadline)
-// is marked down in the Selector (see Selector.MarkDown for how long).
+// Either way the request's ctx bounds the whole run. A candidate that could
+// not be dialled, failed its attestation, rejected the model its ad offers
+// (RejectUnknownModel) or never answered the Open (the accept phase deadline)
+// is marked down in the Selector (see Selector.MarkDown for how long). Other
+// rejects (busy, price, channel, policy, bad request) an honest worker
+// answers too, often for the client's own cause: they mark nothing.
 type Failover struct {
 	// Dial opens a job stream to a candidate; Failover closes it after the attempt.
 	Dial func(ctx context.Context, c Candidate) (io.ReadWriteCloser, error)
@@ -238,7 +240,8 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 		}
 		if fo.Selector != nil && !((callerStopped || badRequest) && rc.Violation == ViolationNone) {
 			fo.Selector.Record(c.Peer, rc, err) // the caller's own failure is no mark against the worker
-			if !callerStopped && tokens == base && (isQuick && !isBusy(err) && !isRejected(err, RejectBadRequest) || noAccept(err)) {
+			if !callerStopped && tokens == base && (errors.Is(err, ErrUnreachable) || errors.Is(err, ErrAttestation) ||
+				isRejected(err, RejectUnknownModel) || noAccept(err)) {
 				fo.Selector.MarkDown(c.Peer)
 			}
 		}
