@@ -15,6 +15,7 @@ import (
 
 	"github.com/cocoon-network/cocoon/enclave"
 	"github.com/cocoon-network/cocoon/enclave/tee"
+	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/p2p"
 	"github.com/cocoon-network/cocoon/runtime"
 )
@@ -100,7 +101,7 @@ func Defaults() Config {
 		API:     APIConfig{Listen: DefaultAPI},
 		Log:     LogConfig{Level: "info", Format: "text"},
 		Runtime: runtime.Config{Backend: runtime.KindLlamaCPP},
-		Market:  MarketConfig{Prices: []ModelPrice{}},
+		Market:  MarketConfig{Prices: []ModelPrice{}, Models: []string{}, TopicIdle: Duration{service.DefaultTopicIdle}},
 		Enclave: EnclaveConfig{
 			Attester: tee.None,
 			Policy: enclave.Policy{
@@ -306,6 +307,12 @@ min_deposit = 0
 # Which workers it buys from is enclave.policy.allowed_kinds.
 max_prompt_price = 0
 max_completion_price = 0
+# As a client: the models whose ads this node always follows (it joins their
+# ads topics at start), e.g. ["stories260K"]. Any other model's ads are followed
+# from the first request for it until topic_idle passes without one; the
+# models this node sells are followed anyway.
+models = []
+topic_idle = "10m0s"
 
 [enclave]
 # The evidence this node makes as a worker: "none", "tdx" or "sev-snp" (through the

@@ -105,6 +105,7 @@ func (n *Node) startMarket(ctx context.Context, cfg Config, opt Options) error {
 	if n.Client, err = service.NewClient(service.ClientConfig{
 		Node: n.P2P, Payer: payer, Verifier: verifier, Policy: cfg.clientPolicy(), Logger: log,
 		Observer: market.Observers(n.Metrics, n.Activity), Models: cfg.adModels(),
+		TopicIdle: cfg.Market.TopicIdle.Duration,
 	}); err != nil {
 		return fmt.Errorf("start market client: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/cocoon-network/cocoon/enclave"
 	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/settle/tonchain"
 )
 
@@ -37,6 +38,9 @@ type MarketConfig struct {
 	// on the first request for it and left after TopicIdle without one. The
 	// models it sells are followed anyway.
 	Models []string `toml:"models"`
+	// TopicIdle is how long the node follows the ads of a model asked for
+	// once (not served, not in Models) after the last request for it.
+	TopicIdle Duration `toml:"topic_idle"`
 }
 
 // ModelPrice is one [[market.prices]] entry. Amounts are signed in the file so
@@ -103,6 +107,17 @@ func (c *Config) validateMarket() error {
 		if p.Prompt == 0 && p.Completion == 0 {
 			return fmt.Errorf("market.prices[%d]: model %q has neither a prompt nor a completion price", i, p.Model)
 		}
+	}
+	for i, m := range c.Market.Models {
+		if m == "" {
+			return fmt.Errorf("market.models[%d]: empty", i)
+		}
+		if _, ok := service.DecodeCatalogue([]byte(m)); !ok {
+			return fmt.Errorf("market.models[%d]: %q is not a model id (at most 256 bytes, no control characters)", i, m)
+		}
+	}
+	if c.Market.TopicIdle.Duration <= 0 {
+		return fmt.Errorf("market.topic_idle: %s is not positive", c.Market.TopicIdle)
 	}
 	for _, f := range []struct {
 		name string

@@ -136,6 +136,26 @@ type Node struct {
 	validator    Validator
 	catValidator CatalogueValidator
 	onAd         func(model string, origin peer.ID, data []byte)
+	scores       map[peer.ID]float64
+}
+
+// ScoreInspectInterval is how often the gossipsub scores Score reads are
+// taken.
+const ScoreInspectInterval = time.Second
+
+func (n *Node) setScores(m map[peer.ID]float64) {
+	n.mu.Lock()
+	n.scores = m
+	n.mu.Unlock()
+}
+
+// Score is p's gossipsub score as of the last inspection (every
+// ScoreInspectInterval); ok is false for a peer gossipsub does not score.
+func (n *Node) Score(p peer.ID) (score float64, ok bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	score, ok = n.scores[p]
+	return score, ok
 }
 
 // Validator judges one ad received on model's ads topic. from is the peer
@@ -224,6 +244,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		pubsub.WithPeerScore(n.scoreParams(), scoreThresholds()),
 		pubsub.WithMaxMessageSize(64<<10),
 		pubsub.WithBlacklist(pubsubBlacklist{n.blocks}),
+		pubsub.WithPeerScoreInspect(n.setScores, ScoreInspectInterval),
 	)
 	if err != nil {
 		return fail(fmt.Errorf("p2p: start gossipsub: %w", err))

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/ipfs/go-cid"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	mh "github.com/multiformats/go-multihash"
@@ -230,5 +232,190 @@ func TestProvideOverLoopback(t *testing.T) {
 	}
 	if ais, _ := ns[2].FindProviders(ctx, "no-such-model", 1); len(ais) != 0 {
 		t.Fatalf("FindProviders(no-such-model) = %v; want none", ais)
+	}
+}
+
+func TestAdTopic(t *testing.T) {
+	if got, want := AdTopic("stories260K"), "/cocoon/ads/1/"+goldenStoriesKey; got != want {
+		t.Fatalf("AdTopic(stories260K) = %q; want %q", got, want)
+	}
+	long := strings.Repeat("m", 10_000)
+	if a, b := AdTopic(long), AdTopic(""); len(a) != len(b) {
+		t.Fatalf("AdTopic lengths %d and %d; want the same for any id", len(a), len(b))
+	}
+}
+
+// TestJoinLeaveModel joins and leaves a model's ads topic: joining twice is
+// one subscription, the other peer sees the subscription come and go, and
+// after leaving no ad of the model is delivered.
+func TestJoinLeaveModel(t *testing.T) {
+	ns := mockNodes(t, 2)
+	got := make(chan string, 10)
+	ns[1].SetAdHandler(func(model string, _ peer.ID, data []byte) { got <- model + ":" + string(data) })
+	for range 2 {
+		if err := ns[1].JoinModel("a"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ns[1].JoinModel("b"); err != nil {
+		t.Fatal(err)
+	}
+	if j := ns[1].JoinedModels(); len(j) != 2 || j[0] != "a" || j[1] != "b" {
+		t.Fatalf("JoinedModels = %v; want [a b]", j)
+	}
+	connect(t, ns[0], ns[1])
+	if err := ns[0].JoinModel("a"); err != nil { // to see ns[1] in the topic
+		t.Fatal(err)
+	}
+	waitModelPeer(t, ns[0], "a", ns[1].Host.ID())
+	if err := ns[0].PublishAd(context.Background(), "a", []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-got; s != "a:one" {
+		t.Fatalf("delivered %q; want a:one", s)
+	}
+	ns[1].LeaveModel("a")
+	ns[1].LeaveModel("a") // twice: nothing
+	if j := ns[1].JoinedModels(); len(j) != 1 || j[0] != "b" || ns[1].Joined("a") {
+		t.Fatalf("JoinedModels after leaving a = %v; want [b]", j)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for slices.Contains(ns[0].AdPeers("a"), ns[1].Host.ID()) {
+		if time.Now().After(deadline) {
+			t.Fatal("the other peer still sees the subscription to a")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := ns[0].PublishAd(context.Background(), "a", []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case s := <-got:
+		t.Fatalf("delivered %q after leaving the topic", s)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := ns[1].JoinModel("a"); err != nil { // and back
+		t.Fatal(err)
+	}
+	waitModelPeer(t, ns[0], "a", ns[1].Host.ID())
+	if err := ns[0].PublishAd(context.Background(), "a", []byte("three")); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-got; s != "a:three" {
+		t.Fatalf("delivered %q; want a:three", s)
+	}
+}
+
+// TestAdOnOtherModelsTopic: the validator is told the topic's model, so that
+// an ad published on the topic of a model it does not offer is rejected, and
+// the peer that delivered it loses score; an ad is only delivered on the
+// topics of the models joined (a node joined to b alone receives none of a's).
+func TestAdOnOtherModelsTopic(t *testing.T) {
+	ns := mockNodes(t, 3)
+	pub, onA, onB := ns[0], ns[1], ns[2]
+	type delivery struct {
+		node  int
+		model string
+		data  string
+	}
+	got := make(chan delivery, 20)
+	validated := make(chan string, 20)
+	for i, n := range ns {
+		n.SetAdHandler(func(model string, _ peer.ID, data []byte) { got <- delivery{i, model, string(data)} })
+		if i == 0 {
+			continue // the publisher validates nothing: it plays the spammer
+		}
+		n.SetAdsValidator(func(_ context.Context, model string, _, _ peer.ID, data []byte) pubsub.ValidationResult {
+			validated <- model
+			if !strings.HasPrefix(string(data), "offers "+model) {
+				return pubsub.ValidationReject
+			}
+			return pubsub.ValidationAccept
+		})
+	}
+	if err := onA.JoinModel("a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := onB.JoinModel("b"); err != nil {
+		t.Fatal(err)
+	}
+	connect(t, pub, onA)
+	connect(t, pub, onB)
+	connect(t, onA, onB)
+	ctx := context.Background()
+	if err := pub.PublishAd(ctx, "a", []byte("offers a")); err != nil { // a topic opened to publish only
+		t.Fatal(err)
+	}
+	waitModelPeer(t, pub, "a", onA.Host.ID())
+	if err := pub.PublishAd(ctx, "a", []byte("offers b, on a's topic")); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.PublishAd(ctx, "a", []byte("offers a, again")); err != nil {
+		t.Fatal(err)
+	}
+	var at1 []string
+	deadline := time.After(3 * time.Second)
+	for len(at1) < 2 {
+		select {
+		case d := <-got:
+			if d.node != 1 || d.model != "a" {
+				t.Fatalf("node %d got %q on %s; only node 1 is joined to a", d.node, d.data, d.model)
+			}
+			at1 = append(at1, d.data)
+		case <-deadline:
+			t.Fatalf("node 1 got %q; want the two ads offering a", at1)
+		}
+	}
+	if at1[0] != "offers a, again" && at1[1] != "offers a, again" {
+		t.Fatalf("node 1 got %q", at1)
+	}
+	deadline = time.After(5 * time.Second)
+	for s, _ := onA.Score(pub.Host.ID()); s >= 0; s, _ = onA.Score(pub.Host.ID()) {
+		select {
+		case <-deadline:
+			t.Fatalf("the publisher's score at node 1 is %v after an ad on the wrong topic; want below 0", s)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	select {
+	case d := <-got:
+		t.Fatalf("node %d got %q on %s", d.node, d.data, d.model)
+	case <-time.After(300 * time.Millisecond):
+	}
+	for len(validated) > 0 {
+		if m := <-validated; m != "a" {
+			t.Fatalf("a validator saw a message of %s; only a was published", m)
+		}
+	}
+}
+
+// TestBlock cuts a blocked peer off and keeps it out.
+func TestBlock(t *testing.T) {
+	ns := mockNodes(t, 2)
+	connect(t, ns[0], ns[1])
+	ns[0].Block(ns[1].Host.ID())
+	if !ns[0].Blocked(ns[1].Host.ID()) || ns[1].Blocked(ns[0].Host.ID()) {
+		t.Fatal("Blocked does not say who is blocked")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for ns[0].Host.Network().Connectedness(ns[1].Host.ID()) == network.Connected {
+		if time.Now().After(deadline) {
+			t.Fatal("the blocked peer is still connected")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// It dials back: the connection is cut as it comes (a mocknet host has no gater of ours).
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = ns[1].Host.Connect(ctx, peer.AddrInfo{ID: ns[0].Host.ID(), Addrs: ns[0].Host.Addrs()})
+	deadline = time.Now().Add(5 * time.Second)
+	for ns[0].Host.Network().Connectedness(ns[1].Host.ID()) == network.Connected {
+		if time.Now().After(deadline) {
+			t.Fatal("the blocked peer reconnected")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ns[0].blocks.InterceptPeerDial(ns[1].Host.ID()) || ns[0].blocks.InterceptSecured(network.DirInbound, ns[1].Host.ID(), nil) {
+		t.Fatal("the gater lets the blocked peer through")
 	}
 }

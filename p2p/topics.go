@@ -15,9 +15,9 @@ import (
 type adTopic struct {
 	model     string
 	topic     *pubsub.Topic
-	published bool // the node publishes on it: kept open when left
-	sub   *pubsub.Subscription // nil: not joined
-	done  chan struct{}        // closed when the reader of sub returns
+	published bool                 // the node publishes on it: kept open when left
+	sub       *pubsub.Subscription // nil: not joined
+	done      chan struct{}        // closed when the reader of sub returns
 }
 
 // ErrClosed is returned by the topic methods of a closed Node.

@@ -123,6 +123,8 @@ type Client struct {
 	now     func() time.Time
 	topicMu sync.Mutex
 	topics  topics
+	rates   *limiter
+	cat     catalogue
 }
 
 // NewClient starts the client on cfg.Node.
@@ -157,7 +159,8 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	c := &Client{cfg: cfg, node: cfg.Node, book: market.NewBook(nil), log: log.With("subsys", "market"),
 		inflight: make(map[peer.ID]int), found: make(map[peer.ID]bool), now: cfg.Now,
-		topics: topics{pinned: map[string]bool{}, asked: map[string]time.Time{}}}
+		topics: topics{pinned: map[string]bool{}, asked: map[string]time.Time{}},
+		rates:  newLimiter(), cat: catalogue{ads: map[peer.ID]catalogueEntry{}}}
 	c.sel = &market.Selector{Book: c.book, Rand: cfg.Rand}
 	c.att = cfg.Attestations
 	if c.att == nil {
@@ -166,8 +169,10 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	cfg.Node.SetAdsValidator(c.validate)
+	cfg.Node.SetCatalogueValidator(c.validateCatalogue)
 	if err := c.pin(cfg.Models); err != nil {
 		cfg.Node.SetAdsValidator(nil)
+		cfg.Node.SetCatalogueValidator(nil)
 		if c.ownAt {
 			c.att.Close()
 		}
@@ -199,18 +204,52 @@ func (c *Client) disconnected(n network.Network, conn network.Conn) {
 }
 
 // validate is the ads topics' validator: the book's checks, with origin the
-// gossip message's signer and model the topic's.
+// gossip message's signer and model the topic's (an ad on the topic of a
+// model it does not offer is rejected), then the ad rate rule (adrate.go).
 func (c *Client) validate(_ context.Context, model string, from, origin peer.ID, data []byte) pubsub.ValidationResult {
-	_, r := c.book.OfferOn(model, origin, data, nil)
+	flood := false
+	admit := func(*market.Ad) market.DropReason {
+		if origin == c.node.Host.ID() {
+			return market.Kept // this node's own worker keeps MinAdGap
+		}
+		var ok bool
+		ok, flood = c.rates.take(rateKey{origin, model}, adRule, c.now())
+		if !ok {
+			return market.DropRate
+		}
+		return market.Kept
+	}
+	_, r := c.book.OfferOn(model, origin, data, admit)
 	switch {
+	case flood:
+		c.block(origin, "ad flood on "+model)
+		return pubsub.ValidationReject
 	case r == market.Kept:
 		return pubsub.ValidationAccept
+	case r == market.DropRate && from != origin:
+		return pubsub.ValidationIgnore // relayed: other paths may have brought the rest
 	case r.Penalize():
-		c.log.Debug("ad rejected", "from", origin, "reason", r)
+		c.log.Debug("ad rejected", "from", from, "origin", origin, "model", model, "reason", r)
 		return pubsub.ValidationReject
 	default:
 		return pubsub.ValidationIgnore
 	}
+}
+
+// block shuts out a flooding peer (p2p.Node.Block: p2p.BlockTime) and forgets
+// what it said: its ads leave the book and its catalogue entry goes, so that
+// none of its models is listed.
+func (c *Client) block(p peer.ID, why string) {
+	if p == c.node.Host.ID() || c.node.Blocked(p) {
+		return
+	}
+	c.log.Warn("peer blocked", "peer", p, "reason", why, "for", p2p.BlockTime)
+	c.node.Block(p)
+	c.book.Remove(p)
+	c.rates.forget(p)
+	c.cat.mu.Lock()
+	delete(c.cat.ads, p)
+	c.cat.mu.Unlock()
 }
 
 func (c *Client) pruneLoop() {
@@ -223,6 +262,7 @@ func (c *Client) pruneLoop() {
 			return
 		case <-t.C:
 			c.book.Prune()
+			c.rates.prune(c.now())
 			c.leaveIdle()
 		}
 	}
@@ -238,6 +278,7 @@ func (c *Client) Selector() *market.Selector { return c.sel }
 // removed) and waits for its goroutines. Streams still open keep running.
 func (c *Client) Close() error {
 	c.node.SetAdsValidator(nil)
+	c.node.SetCatalogueValidator(nil)
 	c.node.Host.Network().StopNotify(c.nb)
 	c.cancel()
 	c.wg.Wait()

@@ -95,13 +95,21 @@ func (c *Client) Summaries() []ModelSummary {
 
 // ListModels is the hook of openaiapi.Handler for GET /v1/models: the book's
 // models with "workers", "price_nanoton_per_1m" (min and max prompt and
-// completion prices), "tee" (the kinds offered; sim is not confidential) and
-// the capabilities some worker offers (openaiapi.CapabilityFields).
+// completion prices), "tee" (the kinds offered; sim is not confidential),
+// the capabilities some worker offers (openaiapi.CapabilityFields) and
+// "joined" (whether this node follows the model's ads topic; the book also
+// holds what the ads of a followed model say of the other models their
+// workers sell); then the models only the catalogue names, with "joined":
+// false and nothing else: unverified names, whose ads this node does not
+// follow until a request asks for one.
 func (c *Client) ListModels(context.Context) ([]openaiapi.Model, error) {
 	out := []openaiapi.Model{}
+	listed := map[string]bool{}
 	for _, s := range c.Summaries() {
+		listed[s.ID] = true
 		out = append(out, openaiapi.Model{ID: s.ID, Object: "model", OwnedBy: "cocoon", ContextLength: s.ContextLength,
 			Extra: openaiapi.CapabilityFields(s.Offers, map[string]any{
+				"joined":  c.node.Joined(s.ID),
 				"workers": s.Workers,
 				"tee":     s.TEE, // JSON strings: ["sim"]
 				"price_nanoton_per_1m": map[string]any{
@@ -109,6 +117,11 @@ func (c *Client) ListModels(context.Context) ([]openaiapi.Model, error) {
 					"completion_min": s.MinPrice.Completion, "completion_max": s.MaxPrice.Completion,
 				},
 			})})
+	}
+	for _, id := range c.catalogued() {
+		if !listed[id] {
+			out = append(out, openaiapi.Model{ID: id, Object: "model", OwnedBy: "cocoon", Extra: map[string]any{"joined": false}})
+		}
 	}
 	return out, nil
 }

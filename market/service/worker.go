@@ -307,12 +307,32 @@ func (w *Worker) publish() {
 	w.log.Debug("ad published", "seq", ad.Seq, "slots_free", ad.Capacity.SlotsFree, "queue", ad.Capacity.QueueLength)
 }
 
+// publishCatalogue names the worker's models on the catalogue topic (see
+// catalogue.go for the rate every node holds it to).
+func (w *Worker) publishCatalogue() {
+	ids := make([]string, 0, len(w.models))
+	for _, m := range w.models {
+		ids = append(ids, m.ID)
+	}
+	b := EncodeCatalogue(ids)
+	if _, ok := DecodeCatalogue(b); !ok {
+		w.log.Warn("models not published in the catalogue: too many or too long ids", "models", len(ids))
+		return
+	}
+	ctx, cancel := context.WithTimeout(w.ctx, 5*time.Second)
+	defer cancel()
+	if err := w.node.PublishCatalogue(ctx, b); err != nil && w.ctx.Err() == nil {
+		w.log.Warn("publish catalogue", "err", err)
+	}
+}
+
 func (w *Worker) adLoop() {
 	defer w.wg.Done()
 	t := time.NewTicker(adPoll)
 	defer t.Stop()
 	w.publish()
 	last, lastCap := time.Now(), w.capacity()
+	var lastCat time.Time // the catalogue waits for a peer that relays it
 	for {
 		select {
 		case <-w.ctx.Done():
@@ -324,7 +344,9 @@ func (w *Worker) adLoop() {
 		c := w.capacity()
 		capChanged := c.SlotsFree != lastCap.SlotsFree || c.QueueLength != lastCap.QueueLength || c.SlotsTotal != lastCap.SlotsTotal
 		due := now.Sub(last) >= w.cfg.AdInterval
-		if pa := w.peerAt.Load(); pa != 0 && now.UnixNano() >= pa {
+		// A new peer's ad waits out MinAdGap too: a node's validator holds
+		// each worker to one ad per MinAdGap per model (AdRateEvery).
+		if pa := w.peerAt.Load(); pa != 0 && now.UnixNano() >= pa && now.Sub(last) >= MinAdGap {
 			w.peerAt.Store(0)
 			due = true
 		}
@@ -334,6 +356,10 @@ func (w *Worker) adLoop() {
 		if due || (capChanged && now.Sub(last) >= MinAdGap) {
 			w.publish()
 			last, lastCap = now, c
+		}
+		if (lastCat.IsZero() || now.Sub(lastCat) >= CatalogueEvery) && len(w.node.Catalogue.ListPeers()) > 0 {
+			w.publishCatalogue()
+			lastCat = now
 		}
 	}
 }

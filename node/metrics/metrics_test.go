@@ -80,10 +80,12 @@ cocoon_ads_accepted_total 6
 cocoon_ads_dropped_total{reason="expired"} 3
 cocoon_ads_dropped_total{reason="future"} 0
 cocoon_ads_dropped_total{reason="malformed"} 0
+cocoon_ads_dropped_total{reason="rate"} 0
 cocoon_ads_dropped_total{reason="replay"} 1
 cocoon_ads_dropped_total{reason="schema"} 0
 cocoon_ads_dropped_total{reason="sender"} 0
 cocoon_ads_dropped_total{reason="too_large"} 0
+cocoon_ads_dropped_total{reason="topic"} 0
 # HELP cocoon_ads_held Capacity ads in the ad book now (expired ones until pruned).
 # TYPE cocoon_ads_held gauge
 cocoon_ads_held 2

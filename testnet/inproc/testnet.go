@@ -334,6 +334,9 @@ func TestModelPath() string { return testmodel.Path() }
 func (tn *Testnet) workerConfig(m *Member, cfg *node.Config) {
 	cfg.Enclave.Policy.AllowSim = true
 	cfg.Enclave.Policy.AllowedKinds = []tee.Kind{tee.Sim}
+	// Every member follows the test model's ads (market.models), so that a
+	// client's book is full before its first request.
+	cfg.Market.Models = []string{Model}
 	if !m.IsWorker {
 		return
 	}

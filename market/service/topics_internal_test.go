@@ -1,0 +1,154 @@
+package service
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
+
+	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/p2p"
+)
+
+// fakeClock is a settable clock for ClientConfig.Now.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// TestTopicJoinAndIdle: a request for a model the client has not joined
+// joins its topic (the request itself goes to the DHT: none here); one not
+// asked for in TopicIdle is left, while a pinned (served or configured) model
+// stays joined whatever the time.
+func TestTopicJoinAndIdle(t *testing.T) {
+	mn := mocknet.New()
+	t.Cleanup(func() { mn.Close() })
+	h, err := mn.GenPeer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nd, err := p2p.New(context.Background(), p2p.Config{Host: h, DHTMode: p2p.DHTServer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nd.Close() })
+	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
+	c, err := NewClient(ClientConfig{
+		Node: nd, Payer: func(market.Candidate) (market.Payer, error) { return nil, nil },
+		Models: []string{"pinned"}, TopicIdle: 10 * time.Minute, Now: clock.Now, FindTimeout: 50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if j := c.Joined(); !slices.Equal(j, []string{"pinned"}) {
+		t.Fatalf("joined %v at start; want [pinned]", j)
+	}
+	pol := market.Policy{Model: "asked"}
+	if cs := c.candidates(context.Background(), pol); len(cs) != 0 { // the cold path: no provider here
+		t.Fatalf("candidates = %v; want none", cs)
+	}
+	if j := c.Joined(); !slices.Equal(j, []string{"asked", "pinned"}) {
+		t.Fatalf("joined %v after a request; want [asked pinned]", j)
+	}
+	clock.Add(9 * time.Minute)
+	c.candidates(context.Background(), pol) // asked again: the idle time restarts
+	clock.Add(9 * time.Minute)
+	c.leaveIdle()
+	if !nd.Joined("asked") {
+		t.Fatal("left a topic asked for 9 minutes ago")
+	}
+	clock.Add(time.Minute)
+	c.leaveIdle()
+	if j := c.Joined(); !slices.Equal(j, []string{"pinned"}) {
+		t.Fatalf("joined %v after 10 idle minutes; want [pinned]", j)
+	}
+	c.candidates(context.Background(), pol) // asked once more: joined again
+	if !nd.Joined("asked") {
+		t.Fatal("a new request did not join the topic again")
+	}
+}
+
+// TestAdRate: an honest worker's cadence (an ad every 10 s, and one per
+// second at most when its slots change, delivered with jitter) is always
+// within the rate; a peer at twice the rate is refused its excess and crosses
+// the flood line after about 4 s beyond its burst; one at 10 times the rate
+// within half a second of it.
+func TestAdRate(t *testing.T) {
+	l := newLimiter()
+	t0 := time.Unix(1_800_000_000, 0)
+	honest := rateKey{peer.ID("honest"), "m"}
+	at := t0
+	for i := range 600 {
+		gap := time.Second
+		if i%7 == 3 {
+			gap = 200 * time.Millisecond // two ads bunched by the network
+		} else if i%7 == 4 {
+			gap = 1800 * time.Millisecond
+		}
+		at = at.Add(gap)
+		if ok, flood := l.take(honest, adRule, at); !ok || flood {
+			t.Fatalf("honest ad %d at +%s refused (flood %v)", i, at.Sub(t0), flood)
+		}
+	}
+	for _, c := range []struct {
+		name     string
+		gap      time.Duration
+		min, max time.Duration // when the flood line is crossed
+	}{
+		{"2x", 500 * time.Millisecond, 7 * time.Second, 10 * time.Second},
+		{"10x", 100 * time.Millisecond, 500 * time.Millisecond, 1500 * time.Millisecond},
+	} {
+		k := rateKey{peer.ID(c.name), "m"}
+		for i := 0; ; i++ {
+			at := t0.Add(time.Duration(i) * c.gap)
+			ok, flood := l.take(k, adRule, at)
+			if flood {
+				if d := at.Sub(t0); d < c.min || d > c.max {
+					t.Errorf("%s: crossed the flood line after %s; want %s to %s", c.name, d, c.min, c.max)
+				}
+				break
+			}
+			if i < AdBurst && !ok {
+				t.Fatalf("%s: ad %d refused within the burst", c.name, i)
+			}
+			if i > 1000 {
+				t.Fatalf("%s: never crossed the flood line", c.name)
+			}
+		}
+	}
+	l.prune(t0.Add(time.Hour))
+	if len(l.buckets) != 0 {
+		t.Errorf("%d buckets left after an idle hour", len(l.buckets))
+	}
+}
+
+func TestDecodeCatalogue(t *testing.T) {
+	for _, c := range []struct {
+		in string
+		ok bool
+	}{
+		{"stories260K", true},
+		{"a\nb", true},
+		{"", false},
+		{"a\n\nb", false},
+		{"a\na", false},
+		{"a\x01b", false},
+		{"\xff", false},
+	} {
+		if _, ok := DecodeCatalogue([]byte(c.in)); ok != c.ok {
+			t.Errorf("DecodeCatalogue(%q) ok = %v; want %v", c.in, ok, c.ok)
+		}
+	}
+}
