@@ -116,29 +116,44 @@ func TestBookDropReasons(t *testing.T) {
 		from peer.ID
 		data []byte
 		want DropReason
+		on   string // OfferOn this model's topic ("": Offer)
+		rate bool   // OfferOn with an admit that says DropRate
 	}{
-		{"valid", p1, enc(good), Kept},
-		{"too large", p1, make([]byte, MaxAdSize+1), DropTooLarge},
-		{"malformed", p1, []byte{0xff, 0xff, 0xff}, DropMalformed},
-		{"no models", p1, schema(func(a *Ad) { a.Models = nil }), DropSchema},
-		{"tee kind unspecified", p1, schema(func(a *Ad) { a.TEE.Kind = "sgx" }), DropSchema},
-		{"tee kind unknown to this version", p1, wirePatch(func(m *pb.Ad) { m.Tee.Kind = 9 }), DropSchema},
-		{"free slots above total", p1, schema(func(a *Ad) { a.Capacity.SlotsFree = 9 }), DropSchema},
-		{"no wallet", p1, schema(func(a *Ad) { a.Settlement.WalletAddress = "" }), DropSchema},
-		{"ttl too long", p1, schema(func(a *Ad) { a.TTL = time.Hour }), DropSchema},
-		{"bad peer id", p1, schema(func(a *Ad) { a.Peer = "nope" }), DropSchema},
-		{"duplicate model", p1, schema(func(a *Ad) { a.Models[1].ID = a.Models[0].ID }), DropSchema},
-		{"sender is not the ad's peer", p2, enc(testAd(t, 1, 11)), DropSender},
-		{"replay", p1, enc(good), DropReplay},
-		{"older seq", p1, enc(testAd(t, 1, 9)), DropReplay},
-		{"expired", p2, enc(func() *Ad { a := testAd(t, 2, 1); a.IssuedAt = t0.Add(-61 * time.Second); return a }()), DropExpired},
-		{"from the future", p2, enc(func() *Ad { a := testAd(t, 2, 1); a.IssuedAt = t0.Add(31 * time.Second); return a }()), DropFuture},
-		{"slightly ahead is fine", p2, enc(func() *Ad { a := testAd(t, 2, 2); a.IssuedAt = t0.Add(29 * time.Second); return a }()), Kept},
-		{"newer seq", p1, enc(testAd(t, 1, 12)), Kept},
+		{"valid", p1, enc(good), Kept, "", false},
+		{"too large", p1, make([]byte, MaxAdSize+1), DropTooLarge, "", false},
+		{"malformed", p1, []byte{0xff, 0xff, 0xff}, DropMalformed, "", false},
+		{"no models", p1, schema(func(a *Ad) { a.Models = nil }), DropSchema, "", false},
+		{"tee kind unspecified", p1, schema(func(a *Ad) { a.TEE.Kind = "sgx" }), DropSchema, "", false},
+		{"tee kind unknown to this version", p1, wirePatch(func(m *pb.Ad) { m.Tee.Kind = 9 }), DropSchema, "", false},
+		{"free slots above total", p1, schema(func(a *Ad) { a.Capacity.SlotsFree = 9 }), DropSchema, "", false},
+		{"no wallet", p1, schema(func(a *Ad) { a.Settlement.WalletAddress = "" }), DropSchema, "", false},
+		{"ttl too long", p1, schema(func(a *Ad) { a.TTL = time.Hour }), DropSchema, "", false},
+		{"bad peer id", p1, schema(func(a *Ad) { a.Peer = "nope" }), DropSchema, "", false},
+		{"duplicate model", p1, schema(func(a *Ad) { a.Models[1].ID = a.Models[0].ID }), DropSchema, "", false},
+		{"sender is not the ad's peer", p2, enc(testAd(t, 1, 11)), DropSender, "", false},
+		{"replay", p1, enc(good), DropReplay, "", false},
+		{"older seq", p1, enc(testAd(t, 1, 9)), DropReplay, "", false},
+		{"expired", p2, enc(func() *Ad { a := testAd(t, 2, 1); a.IssuedAt = t0.Add(-61 * time.Second); return a }()), DropExpired, "", false},
+		{"from the future", p2, enc(func() *Ad { a := testAd(t, 2, 1); a.IssuedAt = t0.Add(31 * time.Second); return a }()), DropFuture, "", false},
+		{"slightly ahead is fine", p2, enc(func() *Ad { a := testAd(t, 2, 2); a.IssuedAt = t0.Add(29 * time.Second); return a }()), Kept, "", false},
+		{"newer seq", p1, enc(testAd(t, 1, 12)), Kept, "", false},
+		{"the same ad on its other model's topic", p1, enc(testAd(t, 1, 12)), Kept, "llama-3.1-8b", false},
+		{"the same ad again on no topic", p1, enc(testAd(t, 1, 12)), DropReplay, "", false},
+		{"on a topic of a model not offered", p1, enc(testAd(t, 1, 13)), DropTopic, "other-model", false},
+		{"over the rate", p1, enc(testAd(t, 1, 14)), DropRate, "stories260K", true},
+		{"within the rate", p1, enc(testAd(t, 1, 14)), Kept, "stories260K", false},
 	}
 	wantDropped := map[DropReason]uint64{}
 	for _, c := range cases {
-		_, r := book.Offer(c.from, c.data)
+		var r DropReason
+		switch {
+		case c.rate:
+			_, r = book.OfferOn(c.on, c.from, c.data, func(*Ad) DropReason { return DropRate })
+		case c.on != "":
+			_, r = book.OfferOn(c.on, c.from, c.data, func(*Ad) DropReason { return Kept })
+		default:
+			_, r = book.Offer(c.from, c.data)
+		}
 		if r != c.want {
 			t.Errorf("%s: Offer = %v; want %v", c.name, r, c.want)
 		}
@@ -158,8 +173,8 @@ func TestBookDropReasons(t *testing.T) {
 			t.Errorf("no case drops for %v", r)
 		}
 	}
-	if a, ok := book.Get(p1); !ok || a.Seq != 12 {
-		t.Fatalf("book holds %+v for p1; want seq 12", a)
+	if a, ok := book.Get(p1); !ok || a.Seq != 14 {
+		t.Fatalf("book holds %+v for p1; want seq 14", a)
 	}
 	if n := len(book.ByModel("stories260K")); n != 2 {
 		t.Fatalf("ByModel = %d ads; want 2", n)

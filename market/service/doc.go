@@ -5,13 +5,17 @@
 //
 //   - Worker sells a runtime.Backend: it serves the job protocol
 //     (/cocoon/job/1.0.0, one stream per job) and the attestation protocol,
-//     publishes a capacity ad every 10 s and when its capacity changes, and
-//     provides its models in the DHT.
-//   - Client buys: the ads topic's validator feeds its ad book, a cold book
-//     asks the DHT, it attests a worker before the job stream opens, runs
+//     publishes a capacity ad on each of its models' topics every 10 s and
+//     when its capacity changes (never sooner than 1 s apart), its model ids
+//     on the catalogue topic every 5 min, and provides its models in the DHT.
+//   - Client buys: the validator of the ads topics it joined (the models it
+//     sells, market.models, and those asked for, until idle) feeds its ad
+//     book and holds each peer to an ad rate (a flooder is blocked), a cold
+//     book asks the DHT, it attests a worker before the job stream opens, runs
 //     any number of jobs at once per worker, probes a silent worker and
 //     fails over. It is
-//     a runtime.Backend, and lists the book's models for GET /v1/models.
+//     a runtime.Backend, and lists the book's models, then the catalogue's,
+//     for GET /v1/models.
 //   - Attestations serves and verifies evidence on /cocoon/attest/1.0.0,
 //     caching each verdict for its connection.
 //   - Payers and Payees pay and take the jobs' vouchers through settle's
