@@ -2,6 +2,7 @@
 
 package sim
 
+// TestSim's size without the race detector (see race_test.go).
 const (
 	raceEnabled = false
 	simNodes    = 100

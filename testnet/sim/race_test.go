@@ -2,8 +2,9 @@
 
 package sim
 
-// Under the race detector the simulation runs about ten times slower; TestSim
-// runs 200 nodes there and 1,000 without it (see the Makefile's test target).
+// TestSim's size: the race detector slows the simulation about tenfold and
+// the bubble runs on one P there (see simulate), so it runs a small network;
+// SIM_NODES runs any size by hand.
 const (
 	raceEnabled = true
 	simNodes    = 30
