@@ -135,3 +135,35 @@ func Save(datadir string, cfg Config) error {
 	}
 	return writeFileAtomic(filepath.Join(datadir, ConfigFile), b.Bytes(), 0o644)
 }
+
+// CheckDatadir refuses a datadir whose secrets are exposed: a directory that
+// group or others may write to (they could replace the config or a key), or an
+// identity.key, wallet.key or api.token that group or others may read (as
+// LoadIdentity and ssh do). The error is one line naming the path and the
+// chmod that fixes it. Files that do not exist are not its business.
+func CheckDatadir(datadir string) error {
+	st, err := os.Stat(datadir)
+	if err != nil {
+		return fmt.Errorf("datadir: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("datadir %s: not a directory", datadir)
+	}
+	if m := st.Mode().Perm(); m&0o022 != 0 {
+		return fmt.Errorf("datadir %s: mode %04o lets other users write to it (chmod go-w %s)", datadir, m, datadir)
+	}
+	for _, name := range []string{IdentityFile, WalletFile, TokenFile} {
+		path := filepath.Join(datadir, name)
+		st, err := os.Stat(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("datadir: %w", err)
+		}
+		if m := st.Mode().Perm(); !st.IsDir() && m&0o077 != 0 {
+			return fmt.Errorf("%s: mode %04o lets other users read it (chmod 600 %s)", path, m, path)
+		}
+	}
+	return nil
+}

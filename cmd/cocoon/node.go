@@ -30,6 +30,9 @@ func init() {
 			if err != nil {
 				return err
 			}
+			if err := node.CheckDatadir(cfg.Datadir); err != nil {
+				return err
+			}
 			f := cmd.Flags()
 			if f.Changed("listen") {
 				cfg.P2P.Listen = listen
