@@ -12,6 +12,7 @@ import (
 	"github.com/cocoon-network/cocoon/client/local"
 	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/node"
+	"github.com/cocoon-network/cocoon/runtime/llamalib"
 	"github.com/cocoon-network/cocoon/runtime/openaiapi"
 )
 
@@ -250,5 +251,28 @@ func TestDetectTEE(t *testing.T) {
 		if k, why := detectTEE(root); k != tc.want || !strings.Contains(why, tc.why) {
 			t.Errorf("detectTEE(%v) = %s, %q; want %s, mentioning %q", tc.files, k, why, tc.want, tc.why)
 		}
+	}
+}
+
+// TestInitWorkerInstallRuntime: --install-runtime installs what `cocoon
+// runtime install` would (here the CPU build, from a loopback registry) into
+// the datadir, where `cocoon node` finds it with no COCOON_LLAMA_LIB.
+func TestInitWorkerInstallRuntime(t *testing.T) {
+	if h := llamalib.DetectHost(); h.NVIDIA || h.Vulkan {
+		t.Skipf("this machine has a GPU driver (%s): the loopback registry holds only the CPU build", h.Why)
+	}
+	model := testModel(t)
+	reg := npmRegistry(t, cpuTarball(t))
+	dir := filepath.Join(t.TempDir(), "w")
+	args := append(workerArgs(dir, model, "http://127.0.0.1:1"), "--install-runtime", "--registry", reg)
+	out, stderr, err := runEnv(t, bareEnv(t), args...)
+	if err != nil {
+		t.Fatalf("init --worker --install-runtime: %v\n%s%s", err, out, stderr)
+	}
+	if !strings.Contains(out, "llama.cpp cpu build: "+filepath.Join(dir, "runtime")) {
+		t.Fatalf("init --worker --install-runtime output:\n%s", out)
+	}
+	if libs := llamalib.Installed(dir, ""); len(libs) == 0 {
+		t.Fatalf("nothing installed in %s", dir)
 	}
 }
