@@ -112,7 +112,7 @@ func (c *Config) validateMarket() error {
 		if m == "" {
 			return fmt.Errorf("market.models[%d]: empty", i)
 		}
-		if _, ok := service.DecodeCatalogue([]byte(m)); !ok {
+		if !service.ValidModelID(m) {
 			return fmt.Errorf("market.models[%d]: %q is not a model id (at most 256 bytes, no control characters)", i, m)
 		}
 	}

@@ -58,13 +58,19 @@ func DecodeCatalogue(b []byte) (models []string, ok bool) {
 	}
 	for line := range bytes.SplitSeq(b, []byte("\n")) {
 		id := string(line)
-		if id == "" || len(id) > maxCatalogueModelID || strings.ContainsFunc(id, func(r rune) bool { return r < 0x20 || r == 0x7f }) ||
-			slices.Contains(models, id) || len(models) == MaxCatalogueModels {
+		if !ValidModelID(id) || slices.Contains(models, id) || len(models) == MaxCatalogueModels {
 			return nil, false
 		}
 		models = append(models, id)
 	}
 	return models, true
+}
+
+// ValidModelID reports whether id can be named in the catalogue: 1 to 256
+// bytes of UTF-8 without control characters.
+func ValidModelID(id string) bool {
+	return id != "" && len(id) <= maxCatalogueModelID && utf8.ValidString(id) &&
+		!strings.ContainsFunc(id, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }
 
 // catalogue is what the catalogue topic told this client: each origin's
