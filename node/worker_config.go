@@ -88,7 +88,8 @@ func RenderWorkerConfig(o WorkerOptions) ([]byte, error) {
 }
 
 // WriteWorkerConfig renders o into <datadir>/config.toml. An existing
-// config.toml is kept beside it as config.toml.bak, whose path it returns.
+// config.toml other than the untouched template is kept beside it as
+// config.toml.bak, whose path it returns.
 func WriteWorkerConfig(datadir string, o WorkerOptions) (backup string, err error) {
 	b, err := RenderWorkerConfig(o)
 	if err != nil {
@@ -97,7 +98,7 @@ func WriteWorkerConfig(datadir string, o WorkerOptions) (backup string, err erro
 	path := filepath.Join(datadir, ConfigFile)
 	old, err := os.ReadFile(path)
 	switch {
-	case err == nil && !bytes.Equal(old, b):
+	case err == nil && !bytes.Equal(old, b) && string(old) != configTemplate:
 		backup = path + ".bak"
 		if err := writeFileAtomic(backup, old, 0o600); err != nil {
 			return "", err
