@@ -362,6 +362,12 @@ func (c *Client) candidates(ctx context.Context, pol market.Policy) []market.Can
 			unknown = append(unknown, ai.ID) // a job that uses a capability goes only where an ad offers it
 			continue
 		}
+		if _, err := c.cfg.Payer(market.Candidate{Peer: ai.ID}); err != nil {
+			// Only its ad says how to pay it (its channel key): the ad comes
+			// now that this client has joined the model's topic.
+			unknown = append(unknown, ai.ID)
+			continue
+		}
 		cs = append(cs, market.Candidate{Peer: ai.ID})
 	}
 	if len(cs) == 0 && len(unknown) > 0 {
@@ -371,7 +377,9 @@ func (c *Client) candidates(ctx context.Context, pol market.Policy) []market.Can
 }
 
 // coldAdWait bounds how long a request that needs what only an ad says (a
-// response format) waits for the ads of providers it has just connected to.
+// response format, how to pay the worker) waits for the ads of providers it
+// has just connected to; a worker re-publishes when it sees a new
+// subscriber on its model's topic.
 const coldAdWait = 3 * time.Second
 
 // awaitOffers waits (up to coldAdWait, and ctx) for an ad of one of peers

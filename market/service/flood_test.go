@@ -177,3 +177,50 @@ func TestNetCatalogue(t *testing.T) {
 		}
 	}
 }
+
+// TestNetJoinOnFirstRequest: a client that follows no model's ads answers its
+// first request for one from the DHT's providers, and joins the model's ads
+// topic on the way, so that the worker's ads fill its book from then on.
+func TestNetJoinOnFirstRequest(t *testing.T) {
+	noLeaks(t)
+	f := newNetFixture(t, 1, market.RunOptions{}, nil)
+	w := f.workers[0]
+	nd := strangerNode(t, f)
+	if err := f.mn.ConnectAllButSelf(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the worker's provider record", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		ais, _ := nd.FindProviders(ctx, netModel, 1)
+		return len(ais) == 1
+	})
+	cs, err := service.NewClient(service.ClientConfig{
+		Node: nd, Payer: f.payers.Payer, Verifier: f.verifier,
+		Policy: market.Policy{TEE: []tee.Kind{tee.Sim}}, Logger: f.log.With("client", "late"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	if j := cs.Joined(); len(j) != 0 {
+		t.Fatalf("joined %v before any request; want none", j)
+	}
+	s, err := cs.Generate(context.Background(), netRequest(0))
+	if err != nil {
+		t.Fatalf("first request, served from the DHT: %v", err)
+	}
+	got, err := drain(s)
+	s.Close()
+	if err != nil || got.tokens == 0 {
+		t.Fatalf("first answer: %+v, %v", got, err)
+	}
+	if j := cs.Joined(); !slices.Equal(j, []string{netModel}) {
+		t.Fatalf("joined %v after the first request; want [%s]", j, netModel)
+	}
+	w.svc.Republish()
+	waitFor(t, 10*time.Second, "the worker's ad in the new client's book", func() bool {
+		_, ok := cs.Book().Get(w.node.Host.ID())
+		return ok
+	})
+}

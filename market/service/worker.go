@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/cocoon-network/cocoon/enclave"
 	"github.com/cocoon-network/cocoon/market"
@@ -307,6 +309,24 @@ func (w *Worker) publish() {
 	w.log.Debug("ad published", "seq", ad.Seq, "slots_free", ad.Capacity.SlotsFree, "queue", ad.Capacity.QueueLength)
 }
 
+// newSubscriber updates subs with the subscribers of the worker's models'
+// topics and reports whether one is new.
+func (w *Worker) newSubscriber(subs map[peer.ID]bool) bool {
+	fresh := false
+	seen := map[peer.ID]bool{}
+	for _, m := range w.models {
+		for _, p := range w.node.AdPeers(m.ID) {
+			seen[p] = true
+			if !subs[p] {
+				fresh = true
+			}
+		}
+	}
+	clear(subs)
+	maps.Copy(subs, seen)
+	return fresh
+}
+
 // publishCatalogue names the worker's models on the catalogue topic (see
 // catalogue.go for the rate every node holds it to).
 func (w *Worker) publishCatalogue() {
@@ -332,7 +352,9 @@ func (w *Worker) adLoop() {
 	defer t.Stop()
 	w.publish()
 	last, lastCap := time.Now(), w.capacity()
-	var lastCat time.Time // the catalogue waits for a peer that relays it
+	var lastCat time.Time      // the catalogue waits for a peer that relays it
+	subs := map[peer.ID]bool{} // subscribers of its models' topics, as last seen
+	polls := 0
 	for {
 		select {
 		case <-w.ctx.Done():
@@ -341,6 +363,11 @@ func (w *Worker) adLoop() {
 		case <-w.kick: // a job started or ended: check sooner
 		}
 		now := time.Now()
+		if polls++; polls%5 == 0 && w.newSubscriber(subs) {
+			// A peer joined one of its models' topics (a client asked for
+			// the model): it gets the ad at the next chance, not in 10 s.
+			w.peerAt.CompareAndSwap(0, now.UnixNano())
+		}
 		c := w.capacity()
 		capChanged := c.SlotsFree != lastCap.SlotsFree || c.QueueLength != lastCap.QueueLength || c.SlotsTotal != lastCap.SlotsTotal
 		due := now.Sub(last) >= w.cfg.AdInterval
