@@ -148,6 +148,10 @@ func Launch(ctx context.Context, cfg LaunchConfig) (c *Cluster, err error) {
 		ncfg.Settle.Chain, ncfg.Settle.DevLedgerURL = node.ChainDevLedger, c.Ledger.URL
 		ncfg.Enclave.Policy.AllowSim = true
 		ncfg.Enclave.Policy.AllowedKinds = []tee.Kind{tee.Sim} // what every node buys from
+		// Every node follows the test model's ads from the start (market.models),
+		// so that its /v1/models and status page show the workers before any
+		// request.
+		ncfg.Market.Models = []string{strings.TrimSuffix(filepath.Base(model), ".gguf")}
 		if p.Role == "worker" {
 			ncfg.Enclave.Attester = tee.Sim
 			ncfg.Runtime.Models = nil
