@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -74,6 +75,20 @@ func TestFromConfig(t *testing.T) {
 		if _, err := backends.FromConfig(ctx, tc.cfg, quiet); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("FromConfig(%+v) = %v; want %q", tc.cfg, err, tc.want)
 		}
+	}
+}
+
+// With no lib_dir, no $COCOON_LLAMA_LIB and nothing installed, the node
+// does not start, and the error names the field and the command to run.
+func TestFromConfigNothingInstalled(t *testing.T) {
+	t.Setenv("COCOON_LLAMA_LIB", "")
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	datadir := t.TempDir()
+	_, err := backends.FromConfig(context.Background(), runtime.Config{DataDir: datadir,
+		Models: []runtime.ModelConfig{{Path: testmodel.ModelPath(t)}}}, quiet)
+	if err == nil || !strings.HasPrefix(err.Error(), "runtime.lib_dir: ") || !strings.Contains(err.Error(), "run `cocoon runtime install`") ||
+		!strings.Contains(err.Error(), filepath.Join(datadir, "runtime", "llama")) {
+		t.Fatalf("FromConfig with nothing installed = %v; want runtime.lib_dir, the datadir's folder and `cocoon runtime install`", err)
 	}
 }
 

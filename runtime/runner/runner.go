@@ -189,6 +189,8 @@ func (b *Backend) Offload(model string) (runtime.Offload, bool) {
 	return o, ok
 }
 
+var _ runtime.OffloadReporter = (*Backend)(nil)
+
 // Child describes one model's engine process, for status and tests.
 type Child struct {
 	Model    string

@@ -24,7 +24,10 @@ func encode(t testing.TB, fs ...frame) []byte {
 
 var seedFrames = []frame{
 	{Op: opLoad, Config: &childConfig{LibDir: "/lib", Models: []runtime.ModelConfig{{Path: "m.gguf"}}, Parallel: 2}},
+	{Op: opLoad, Config: &childConfig{LibDir: "/cuda", Lib: "cuda", GPULayers: -1, Models: []runtime.ModelConfig{{Path: "m.gguf"}}}},
 	{Op: opReady, Models: []runtime.Model{{ID: "m", ContextLength: 512}}, PID: 42},
+	{Op: opReady, Models: []runtime.Model{{ID: "m"}}, PID: 43,
+		Offloads: map[string]runtime.Offload{"m": {Lib: "cuda", LibDir: "/cuda", Layers: 33, GPULayers: 33}}},
 	{Op: opGenerate, ID: 1, Req: &runtime.Request{Model: "m", Prompt: "hi", MaxTokens: 8, Stop: []string{"."}}},
 	{Op: opDelta, ID: 1, Text: "héllo", Tokens: 2},
 	{Op: opCredit, ID: 1, N: 4},
