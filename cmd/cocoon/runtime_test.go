@@ -150,3 +150,19 @@ func TestRuntimeInstallRefusesTamperedTarball(t *testing.T) {
 		t.Fatalf("install rocm: %v\n%s", err, stderr)
 	}
 }
+
+// --shared installs into $XDG_CACHE_HOME/cocoon/llama, where a node with
+// any datadir finds it (after its own datadir).
+func TestRuntimeInstallShared(t *testing.T) {
+	cache := t.TempDir()
+	env := append(bareEnv(t), "XDG_CACHE_HOME="+cache)
+	out, stderr, err := runEnv(t, env, "runtime", "install", "cpu", "--shared", "--registry", npmRegistry(t, cpuTarball(t)))
+	want := filepath.Join(cache, "cocoon", "llama", "cpu-"+llamalib.Version)
+	if err != nil || !strings.Contains(out, want) {
+		t.Fatalf("install --shared: %v: %s%s; want %s", err, out, stderr, want)
+	}
+	list, _, err := runEnv(t, env, "runtime", "list", "--datadir", t.TempDir())
+	if err != nil || !strings.Contains(list, "a node would load: cpu from "+want+" (cache)") {
+		t.Fatalf("cocoon runtime list: %v\n%s", err, list)
+	}
+}
