@@ -35,7 +35,7 @@ import (
 
 // Protocol identifiers of the cocoon network.
 const (
-	DHTPrefix      protocol.ID = "/cocoon"              // Kademlia runs as /cocoon/kad/1.0.0
+	DHTPrefix      protocol.ID = "/cocoon"              // Kademlia runs as /cocoon/kad/1.0.0 (WAN) and /cocoon/lan/kad/1.0.0 (LAN)
 	ProtocolJob    protocol.ID = "/cocoon/job/1.0.0"    // one stream per job (market)
 	ProtocolAttest protocol.ID = "/cocoon/attest/1.0.0" // attestation session (enclave via market)
 	// TopicAdsPrefix begins every model's ads topic (AdTopic).
@@ -222,9 +222,14 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	// dual drops them), so that nodes on one machine, as in a testnet, find
 	// each other too; elsewhere a loopback address fails its dial at once.
 	n.DHT, err = dual.New(h,
-		dual.DHTOption(dht.ProtocolPrefix(DHTPrefix), dht.BootstrapPeers(bootstrap...)),
-		dual.WanDHTOption(dht.Mode(mode)),
-		dual.LanDHTOption(dht.AddressFilter(func(a []ma.Multiaddr) []ma.Multiaddr { return a })),
+		dual.DHTOption(dht.BootstrapPeers(bootstrap...)),
+		// Each DHT its own protocol: a prefix given to both would replace
+		// the LAN's /lan extension (dual applies ours after its own), and
+		// the LAN DHT's handler, registered second, would answer the WAN's
+		// queries from a table of private addresses alone.
+		dual.WanDHTOption(dht.ProtocolPrefix(DHTPrefix), dht.Mode(mode)),
+		dual.LanDHTOption(dht.ProtocolPrefix(DHTPrefix+dual.LanExtension),
+			dht.AddressFilter(func(a []ma.Multiaddr) []ma.Multiaddr { return a })),
 	)
 	if err != nil {
 		return fail(fmt.Errorf("p2p: start dht: %w", err))

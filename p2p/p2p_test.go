@@ -419,3 +419,20 @@ func TestBlock(t *testing.T) {
 		t.Fatal("the gater lets the blocked peer through")
 	}
 }
+
+// TestDualDHTProtocols: the WAN and LAN DHTs each answer on their own
+// protocol. With one prefix given to both, the LAN DHT's handler took the
+// WAN's protocol and answered its queries from a table of private addresses
+// alone: on public addresses every lookup came back empty (found by
+// testnet/sim).
+func TestDualDHTProtocols(t *testing.T) {
+	n := mockNodes(t, 1)[0]
+	var wan, lan bool
+	for _, p := range n.Host.Mux().Protocols() {
+		wan = wan || p == DHTPrefix+"/kad/1.0.0"
+		lan = lan || p == DHTPrefix+"/lan/kad/1.0.0"
+	}
+	if !wan || !lan {
+		t.Fatalf("protocols %v; want %s/kad/1.0.0 (WAN) and %s/lan/kad/1.0.0 (LAN)", n.Host.Mux().Protocols(), DHTPrefix, DHTPrefix)
+	}
+}
