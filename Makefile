@@ -6,6 +6,9 @@ BIN       := bin/cocoon
 CACHE     := $(CURDIR)/.cache
 # The embedded llama.cpp runtime's shared libraries (installed from npm by scripts/llama-libs.sh).
 export COCOON_LLAMA_LIB ?= $(CACHE)/llama/lib
+# The npm tarball of those libraries (kept by scripts/llama-libs.sh), which the
+# tests of `cocoon runtime install` serve from a loopback registry.
+export COCOON_LLAMA_TGZ ?= $(CACHE)/llama/node-llama-cpp-linux-x64-3.22.1.tgz
 # The small real model used by tests and the demo (see ../shared/models/MODELS.md).
 # The official OpenAI JavaScript SDK, for the test that drives a gateway with it.
 export COCOON_OPENAI_SDK ?= $(CACHE)/openai-sdk/node_modules/openai
