@@ -96,6 +96,12 @@ type ModelOffer struct {
 	Images           bool
 	Embeddings       bool
 	EmbeddingDims    uint32
+	// Where the embedded backend runs it (runtime.Offload): the llama.cpp
+	// build ("cpu", "cuda", "vulkan"; "" for an upstream) and how many of its
+	// layers are on a GPU.
+	Llama     string
+	Layers    uint32
+	GPULayers uint32
 }
 
 // Model is the offer as the runtime rules see it: its id, context and
@@ -208,6 +214,9 @@ func (a *Ad) toPB() *pb.Ad {
 			Images:           o.Images,
 			Embeddings:       o.Embeddings,
 			EmbeddingDims:    o.EmbeddingDims,
+			Llama:            o.Llama,
+			Layers:           o.Layers,
+			GpuLayers:        o.GPULayers,
 		})
 	}
 	for _, g := range a.Capacity.GPUs {
@@ -283,6 +292,9 @@ func DecodeAd(b []byte) (*Ad, error) {
 			Images:           o.GetImages(),
 			Embeddings:       o.GetEmbeddings(),
 			EmbeddingDims:    o.GetEmbeddingDims(),
+			Llama:            o.GetLlama(),
+			Layers:           o.GetLayers(),
+			GPULayers:        o.GetGpuLayers(),
 		})
 	}
 	for _, g := range m.GetCapacity().GetGpus() {
@@ -328,6 +340,14 @@ func (a *Ad) check() error {
 		}
 		if m.Embeddings != (m.EmbeddingDims > 0) || m.EmbeddingDims > maxEmbeddingDims {
 			return bad("model %q: embeddings %v with %d dimensions", m.ID, m.Embeddings, m.EmbeddingDims)
+		}
+		switch m.Llama {
+		case "", "cpu", "cuda", "vulkan":
+		default:
+			return bad("model %q: llama.cpp build %q", m.ID, m.Llama)
+		}
+		if m.GPULayers > m.Layers {
+			return bad("model %q: %d of %d layers on a GPU", m.ID, m.GPULayers, m.Layers)
 		}
 	}
 	if len(a.Capacity.GPUs) > MaxAdGPUs {
@@ -380,6 +400,7 @@ func (a *Ad) Equal(b *Ad) bool {
 		if x.ID != y.ID || x.WeightsDigest != y.WeightsDigest || x.ContextLength != y.ContextLength || x.Price != y.Price ||
 			x.StructuredOutput != y.StructuredOutput || x.Tools != y.Tools || x.Logprobs != y.Logprobs ||
 			x.LogitBias != y.LogitBias || x.Images != y.Images || x.Embeddings != y.Embeddings || x.EmbeddingDims != y.EmbeddingDims ||
+			x.Llama != y.Llama || x.Layers != y.Layers || x.GPULayers != y.GPULayers ||
 			x.TTFT.Truncate(time.Millisecond) != y.TTFT.Truncate(time.Millisecond) ||
 			x.TimePerToken.Truncate(time.Microsecond) != y.TimePerToken.Truncate(time.Microsecond) {
 			return false

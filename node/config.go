@@ -138,6 +138,7 @@ func Load(datadir string) (Config, error) {
 	if err := Parse(b, &cfg); err != nil {
 		return Config{}, fmt.Errorf("%s: %w", path, err)
 	}
+	cfg.Runtime.DataDir = datadir // where `cocoon runtime install` put llama.cpp
 	return cfg, nil
 }
 
@@ -257,11 +258,19 @@ listen = "127.0.0.1:8421"
 
 [runtime]
 # How this node runs inference when it serves models (a node that serves none is
-# a client only). "llamacpp": GGUF files on the CPU through the embedded llama.cpp.
+# a client only). "llamacpp": GGUF files through the embedded llama.cpp, on the
+# GPU when a CUDA or Vulkan build of it is installed and the driver is there.
 # "openai": any OpenAI-compatible server (vLLM, llama-server, Ollama, SGLang).
 backend = "llamacpp"
-# llama.cpp's shared libraries; empty: $COCOON_LLAMA_LIB (make deps installs them).
+# llama.cpp's shared libraries; empty: $COCOON_LLAMA_LIB, else what
+# 'cocoon runtime install' put in this datadir or in ~/.cache/cocoon.
 lib_dir = ""
+# Which installed build to load: "" (the best this machine runs: cuda, then
+# vulkan, then cpu, falling back to cpu when a GPU build fails to load), "cpu",
+# "cuda" or "vulkan".
+llama = ""
+# Layers to offload to the GPU with a GPU build (-1 or absent: all; 0: none).
+# gpu_layers = -1
 # Threads per generation (0: min(CPUs, 4)) and context size (0: the model's, at most 4096).
 threads = 0
 context_size = 0

@@ -216,8 +216,15 @@ func (n *Node) Status() gateway.Status {
 		st.GPUs = append(st.GPUs, gateway.GPU{Name: g.Name, VRAMBytes: g.VRAMBytes, Driver: g.Driver})
 	}
 	if n.Backend != nil {
+		rep, _ := n.Backend.Unwrap().(runtime.OffloadReporter)
 		for _, m := range n.Backend.Models() {
-			st.Models = append(st.Models, gateway.Model{ID: m.ID, Digest: m.Digest, ContextLength: m.ContextLength})
+			gm := gateway.Model{ID: m.ID, Digest: m.Digest, ContextLength: m.ContextLength}
+			if rep != nil {
+				if o, ok := rep.Offload(m.ID); ok {
+					gm.Offload = &o
+				}
+			}
+			st.Models = append(st.Models, gm)
 		}
 		st.Slots.Total, st.Slots.Free, st.Slots.Queued = n.Backend.Slots()
 	}

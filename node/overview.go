@@ -151,6 +151,7 @@ func adRow(a *market.Ad, snap activity.Snapshot) gateway.AdRow {
 		row.Models = append(row.Models, gateway.AdModel{
 			ID: m.ID, PromptPrice: m.Price.Prompt, CompletionPrice: m.Price.Completion,
 			ContextLength: m.ContextLength, TTFTMS: ms(m.TTFT), TPOTMS: ms(m.TimePerToken),
+			Llama: m.Llama, Layers: m.Layers, GPULayers: m.GPULayers,
 		})
 	}
 	if p, ok := snap.Peer(a.Peer); ok && p.TTFT > 0 {

@@ -262,6 +262,11 @@ func TestServeModel(t *testing.T) {
 	if len(st.GPUs) == 0 && st.GPUReason == "" {
 		t.Fatal("status reports no GPU and no reason")
 	}
+	// Where the model runs: the CPU build here, no layer on a GPU; a GPU
+	// machine shows cuda or vulkan and the layers offloaded.
+	if o := st.Models[0].Offload; o == nil || o.Layers == 0 || (o.Lib == "cpu") != (o.GPULayers == 0) {
+		t.Fatalf("status offload = %+v; want the build and its layers", o)
+	}
 	api, err := local.FromDatadir(p.datadir)
 	if err != nil {
 		t.Fatal(err)

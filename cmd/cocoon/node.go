@@ -46,7 +46,6 @@ func init() {
 			if f.Changed("mdns") {
 				cfg.P2P.MDNS = mdns
 			}
-			cfg.Runtime.DataDir = cfg.Datadir // where `cocoon runtime install` put llama.cpp
 			for _, path := range serve {
 				cfg.Runtime.Models = append(cfg.Runtime.Models, runtime.ModelConfig{Path: path})
 			}

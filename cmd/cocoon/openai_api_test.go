@@ -227,6 +227,34 @@ func TestNetworkWholeOpenAIAPI(t *testing.T) {
 		cost([]string{"AI SDK generateObject", "AI SDK generateText"}[i], u)
 	}
 
+	// Each worker's ad says where it runs the model: the embedded engine's
+	// CPU build here, with the model's layers and none on a GPU.
+	req, _ := http.NewRequest("GET", c.Nodes[0].URL+"/api/v0/overview", nil)
+	req.Header.Set("Authorization", "Bearer "+c.Nodes[0].Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ov struct {
+		Ads []struct {
+			Models []struct {
+				Llama     string `json:"llama"`
+				Layers    uint32 `json:"layers"`
+				GPULayers uint32 `json:"gpu_layers"`
+			} `json:"models"`
+		} `json:"ads"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&ov)
+	resp.Body.Close()
+	if err != nil || len(ov.Ads) != 2 {
+		t.Fatalf("overview: %d ads (%v)", len(ov.Ads), err)
+	}
+	for _, a := range ov.Ads {
+		if m := a.Models[0]; m.Llama != "cpu" || m.Layers == 0 || m.GPULayers != 0 {
+			t.Errorf("an ad says the model runs on %+v; want the cpu build with its layers", m)
+		}
+	}
+
 	// What no worker offers is refused by name, before any worker sees it.
 	for _, r := range []struct{ body, param, says string }{
 		{`{"model":"stories260K","messages":[{"role":"user","content":[{"type":"text","text":"What is this?"},` +

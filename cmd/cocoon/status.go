@@ -65,6 +65,13 @@ func init() {
 			}
 			for _, m := range st.Models {
 				fmt.Fprintf(tw, "serves\t%s (%s, context %d)\n", m.ID, m.Digest, m.ContextLength)
+				if o := m.Offload; o != nil {
+					line := fmt.Sprintf("llama.cpp %s build, %d of %d layers on the GPU", o.Lib, o.GPULayers, o.Layers)
+					if o.Fallback != "" {
+						line += " (fallback: " + o.Fallback + ")"
+					}
+					fmt.Fprintf(tw, "\t%s\n", line)
+				}
 			}
 			if len(st.Models) > 0 {
 				fmt.Fprintf(tw, "slots\t%d free of %d, %d queued\n", st.Slots.Free, st.Slots.Total, st.Slots.Queued)

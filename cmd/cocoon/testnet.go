@@ -18,6 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cocoon-network/cocoon/runtime/llamalib"
 	"github.com/cocoon-network/cocoon/testnet"
 )
 
@@ -43,12 +44,17 @@ func init() {
 			if _, err := os.Stat(model); err != nil {
 				return fmt.Errorf("the workers' model %s is missing: pass --model PATH.gguf or set COCOON_TEST_MODEL (the shared test model is ../shared/models/stories260K.gguf)", model)
 			}
+			// The workers find llama.cpp as every node does: $COCOON_LLAMA_LIB,
+			// else a build `cocoon runtime install --shared` put in the shared
+			// cache (each worker's datadir is new and holds none).
 			lib := os.Getenv("COCOON_LLAMA_LIB")
-			if lib == "" {
-				return errors.New("the workers need llama.cpp's libraries and COCOON_LLAMA_LIB is unset: run `make deps`, then `export COCOON_LLAMA_LIB=$PWD/.cache/llama/lib` (`make run` does both)")
+			if lib == "" && len(llamalib.Installed("", llamalib.CacheRoot())) == 0 {
+				return errors.New("the workers need llama.cpp's libraries: run `cocoon runtime install --shared` (or `make deps`, then `export COCOON_LLAMA_LIB=$PWD/.cache/llama/lib`; `make run` does both)")
 			}
-			if _, err := os.Stat(filepath.Join(lib, "libllama.so")); err != nil {
-				return fmt.Errorf("COCOON_LLAMA_LIB=%s holds no libllama.so: run `make deps` and point COCOON_LLAMA_LIB at its .cache/llama/lib", lib)
+			if lib != "" {
+				if _, err := os.Stat(filepath.Join(lib, "libllama.so")); err != nil {
+					return fmt.Errorf("COCOON_LLAMA_LIB=%s holds no libllama.so: run `make deps` and point COCOON_LLAMA_LIB at its .cache/llama/lib, or unset it after `cocoon runtime install --shared`", lib)
+				}
 			}
 			self, err := os.Executable()
 			if err != nil {

@@ -333,6 +333,9 @@ type ModelOffer struct {
 	Images           bool                   `protobuf:"varint,12,opt,name=images,proto3" json:"images,omitempty"`                                            // reads ChatMessage.images
 	Embeddings       bool                   `protobuf:"varint,13,opt,name=embeddings,proto3" json:"embeddings,omitempty"`                                    // serves embedding jobs (Open.embed)
 	EmbeddingDims    uint32                 `protobuf:"varint,14,opt,name=embedding_dims,json=embeddingDims,proto3" json:"embedding_dims,omitempty"`         // the length of its vectors
+	Llama            string                 `protobuf:"bytes,15,opt,name=llama,proto3" json:"llama,omitempty"`                                               // the embedded backend's llama.cpp build: cpu, cuda, vulkan ("" for an upstream)
+	Layers           uint32                 `protobuf:"varint,16,opt,name=layers,proto3" json:"layers,omitempty"`                                            // the model's layers, as llama.cpp counts them
+	GpuLayers        uint32                 `protobuf:"varint,17,opt,name=gpu_layers,json=gpuLayers,proto3" json:"gpu_layers,omitempty"`                     // of those, on a GPU
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -461,6 +464,27 @@ func (x *ModelOffer) GetEmbeddings() bool {
 func (x *ModelOffer) GetEmbeddingDims() uint32 {
 	if x != nil {
 		return x.EmbeddingDims
+	}
+	return 0
+}
+
+func (x *ModelOffer) GetLlama() string {
+	if x != nil {
+		return x.Llama
+	}
+	return ""
+}
+
+func (x *ModelOffer) GetLayers() uint32 {
+	if x != nil {
+		return x.Layers
+	}
+	return 0
+}
+
+func (x *ModelOffer) GetGpuLayers() uint32 {
+	if x != nil {
+		return x.GpuLayers
 	}
 	return 0
 }
@@ -2251,7 +2275,7 @@ const file_market_proto_rawDesc = "" +
 	"\x03tee\x18\a \x01(\v2\x15.cocoon.market.v1.TEER\x03tee\x12<\n" +
 	"\n" +
 	"settlement\x18\b \x01(\v2\x1c.cocoon.market.v1.SettlementR\n" +
-	"settlement\"\xd5\x03\n" +
+	"settlement\"\xa2\x04\n" +
 	"\n" +
 	"ModelOffer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
@@ -2271,7 +2295,11 @@ const file_market_proto_rawDesc = "" +
 	"\n" +
 	"embeddings\x18\r \x01(\bR\n" +
 	"embeddings\x12%\n" +
-	"\x0eembedding_dims\x18\x0e \x01(\rR\rembeddingDims\"8\n" +
+	"\x0eembedding_dims\x18\x0e \x01(\rR\rembeddingDims\x12\x14\n" +
+	"\x05llama\x18\x0f \x01(\tR\x05llama\x12\x16\n" +
+	"\x06layers\x18\x10 \x01(\rR\x06layers\x12\x1d\n" +
+	"\n" +
+	"gpu_layers\x18\x11 \x01(\rR\tgpuLayers\"8\n" +
 	"\x03GPU\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +

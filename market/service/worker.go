@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -145,7 +146,13 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		if !ok {
 			continue
 		}
-		w.models = append(w.models, market.OfferOf(m, p))
+		o := market.OfferOf(m, p)
+		if rep, ok := unwrapBackend(cfg.Backend).(runtime.OffloadReporter); ok {
+			if off, ok := rep.Offload(m.ID); ok && off.Layers >= 0 && off.GPULayers >= 0 && off.Layers <= math.MaxUint32 {
+				o.Llama, o.Layers, o.GPULayers = off.Lib, uint32(off.Layers), uint32(min(off.GPULayers, off.Layers))
+			}
+		}
+		w.models = append(w.models, o)
 	}
 	if _, err := w.buildAd(time.Now()).Encode(); err != nil {
 		cancel()
@@ -463,4 +470,16 @@ func (w *Worker) Close() error {
 		w.log.Info("worker service stopped")
 	})
 	return err
+}
+
+// unwrapBackend is the backend under the wrappers that expose one
+// (runtime.Limited): where the engine's own reports live.
+func unwrapBackend(b runtime.Backend) runtime.Backend {
+	for {
+		u, ok := b.(interface{ Unwrap() runtime.Backend })
+		if !ok {
+			return b
+		}
+		b = u.Unwrap()
+	}
 }

@@ -112,6 +112,11 @@ type AdModel struct {
 	ContextLength   uint32  `json:"context_length"`
 	TTFTMS          float64 `json:"ttft_ms"`
 	TPOTMS          float64 `json:"tpot_ms"`
+	// Where the worker runs it: the llama.cpp build and its layers on a GPU
+	// ("" for an upstream).
+	Llama     string `json:"llama,omitempty"`
+	Layers    uint32 `json:"layers,omitempty"`
+	GPULayers uint32 `json:"gpu_layers,omitempty"`
 }
 
 // JobRow is one job in flight or done.

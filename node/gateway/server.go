@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/net/netutil"
 
+	"github.com/cocoon-network/cocoon/runtime"
 	"github.com/cocoon-network/cocoon/runtime/openaiapi"
 )
 
@@ -40,6 +41,9 @@ type Model struct {
 	ID            string `json:"id"`
 	Digest        string `json:"digest"`
 	ContextLength int    `json:"context_length"`
+	// Offload says which llama.cpp build runs it and how many of its layers
+	// are on a GPU (the embedded backend only).
+	Offload *runtime.Offload `json:"offload,omitempty"`
 }
 
 // GPU is one accelerator of the node's machine.
