@@ -6,6 +6,7 @@ import "sync/atomic"
 type GPU struct {
 	Name      string // e.g. "NVIDIA H100 80GB HBM3"
 	VRAMBytes uint64
+	FreeBytes uint64 // VRAM free when detected (what a model may still use)
 	Driver    string // driver version
 }
 

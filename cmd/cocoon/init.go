@@ -120,7 +120,7 @@ func initWorker(cmd *cobra.Command, datadir string, force bool, wf workerFlags) 
 
 	gpus, why := runtime.DetectGPUs()
 	for _, g := range gpus {
-		fmt.Fprintf(out, "GPU: %s, %.1f GiB VRAM, driver %s\n", g.Name, float64(g.VRAMBytes)/(1<<30), g.Driver)
+		fmt.Fprintf(out, "GPU: %s, %.1f GiB VRAM (%.1f GiB free), driver %s\n", g.Name, float64(g.VRAMBytes)/(1<<30), float64(g.FreeBytes)/(1<<30), g.Driver)
 	}
 	if len(gpus) == 0 {
 		fmt.Fprintf(out, "GPU: none (%s): models run on the CPU\n", why)
@@ -154,9 +154,9 @@ func initWorker(cmd *cobra.Command, datadir string, force bool, wf workerFlags) 
 			size += uint64(st.Size())
 		}
 	}
-	if len(gpus) > 0 && size > gpus[0].VRAMBytes {
-		fmt.Fprintf(out, "note: the models (%.1f GiB) exceed the first GPU's %.1f GiB: the layers that do not fit run on the CPU\n",
-			float64(size)/(1<<30), float64(gpus[0].VRAMBytes)/(1<<30))
+	if len(gpus) > 0 && size > gpus[0].FreeBytes {
+		fmt.Fprintf(out, "note: the models (%.1f GiB) exceed the first GPU's %.1f GiB of free VRAM: lower runtime.gpu_layers if they do not load\n",
+			float64(size)/(1<<30), float64(gpus[0].FreeBytes)/(1<<30))
 	}
 
 	// Prices.

@@ -88,7 +88,7 @@ func DetectFrom(library string) (gpus []runtime.GPU, why string) {
 		}
 		var m nvmlMemory
 		if a.memory(dev, &m) == nvmlSuccess {
-			g.VRAMBytes = m.Total
+			g.VRAMBytes, g.FreeBytes = m.Total, m.Free
 		}
 		gpus = append(gpus, g)
 	}
