@@ -212,6 +212,12 @@ func (n *Node) Status() gateway.Status {
 		Models:        []gateway.Model{},
 		GPUs:          []gateway.GPU{},
 	}
+	r := n.P2P.Reachability()
+	st.Reachability = gateway.Reachability{Verdict: r.Verdict, Relays: []string{}, Direct: r.Direct, Relayed: r.Relayed,
+		HolePunches: r.HolePunches, HolePunchFailures: r.HolePunchFailures}
+	for _, id := range r.Relays {
+		st.Reachability.Relays = append(st.Reachability.Relays, id.String())
+	}
 	for _, g := range n.GPUs {
 		st.GPUs = append(st.GPUs, gateway.GPU{Name: g.Name, VRAMBytes: g.VRAMBytes, Driver: g.Driver})
 	}

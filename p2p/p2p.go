@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -22,9 +23,11 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
+	"github.com/libp2p/go-libp2p/p2p/host/autorelay"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	"github.com/libp2p/go-libp2p/p2p/protocol/holepunch"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
@@ -78,8 +81,13 @@ type Config struct {
 	DHTMode   string // auto (default), server or client
 	// NATPortMap asks the LAN gateway for a port mapping (UPnP, NAT-PMP).
 	NATPortMap bool
-	// RelayService offers a limited circuit-relay v2 service when publicly reachable.
+	// RelayService offers a limited circuit-relay v2 service when publicly
+	// reachable (AutoNAT's verdict, see Reachability); a private node reserves
+	// a slot on such peers (AutoRelay) whatever this says.
 	RelayService bool
+	// Reachability overrides AutoNAT's verdict: "" (AutoNAT decides),
+	// ReachPublic or ReachPrivate.
+	Reachability string
 	Limits       Limits
 	// ReprovideInterval is how often provider records are re-announced; it must be
 	// shorter than the DHT's record validity (48 h). Zero: 12 h.
@@ -137,6 +145,8 @@ type Node struct {
 	catValidator CatalogueValidator
 	onAd         func(model string, origin peer.ID, data []byte)
 	scores       map[peer.ID]float64
+
+	reach *reach // AutoNAT's verdict and hole-punch counts (Reachability)
 }
 
 // ScoreInspectInterval is how often the gossipsub scores Score reads are
@@ -188,19 +198,20 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	h := cfg.Host
 	var gater *blocklist
+	rc := new(reach)
 	if h == nil {
 		if cfg.Identity == nil {
 			return nil, errors.New("p2p: no identity key")
 		}
 		gater = newBlocklist()
-		if h, err = newHost(cfg, gater); err != nil {
+		if h, err = newHost(cfg, gater, rc); err != nil {
 			return nil, err
 		}
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	n := &Node{Host: h, cfg: cfg, ctx: ctx, cancel: cancel, provided: map[string]cid.Cid{},
 		topics: map[string]*adTopic{}, bootstrap: map[peer.ID]bool{}, blocks: gater,
-		log: cfg.Logger.With("subsys", "p2p")}
+		log: cfg.Logger.With("subsys", "p2p"), reach: rc}
 	if gater == nil { // a Host given: no gater of ours, connections are cut as they come
 		n.blocks = newBlocklist()
 	}
@@ -257,6 +268,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	if err := n.joinCatalogue(); err != nil {
 		return fail(err)
 	}
+	if err := n.watchReachability(ctx); err != nil {
+		return fail(err)
+	}
 	// Block cuts a blocked peer's connections; on a Host given (no gater of
 	// ours) a new connection from it is cut as it comes.
 	h.Network().Notify(&network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
@@ -296,7 +310,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	return n, nil
 }
 
-func newHost(cfg Config, gater *blocklist) (host.Host, error) {
+func newHost(cfg Config, gater *blocklist, rc *reach) (host.Host, error) {
 	listen := cfg.Listen
 	if len(listen) == 0 {
 		listen = []string{"/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"}
@@ -336,6 +350,7 @@ func newHost(cfg Config, gater *blocklist) (host.Host, error) {
 	if high < low {
 		return nil, fmt.Errorf("p2p.limits.conns_high: %d is below conns_low %d", high, low)
 	}
+	var self atomic.Pointer[host.Host] // AutoRelay's peer source reads the host built below
 	cm, err := connmgr.NewConnManager(low, high, connmgr.WithGracePeriod(time.Minute))
 	if err != nil {
 		return nil, fmt.Errorf("p2p: connection manager: %w", err)
@@ -351,10 +366,33 @@ func newHost(cfg Config, gater *blocklist) (host.Host, error) {
 		libp2p.ResourceManager(rm),
 		libp2p.ConnectionManager(cm),
 		libp2p.ConnectionGater(gater),
+		// AutoNAT v1's verdict is what the relay service and AutoRelay act
+		// on (go-libp2p v0.51); v2 only judges each address. Every node
+		// answers v1 probes (a dial back to the prober's own IP, rate
+		// limited), or no node would ever learn it is public or private.
+		libp2p.EnableNATService(),
 		libp2p.EnableAutoNATv2(),
-		libp2p.EnableHolePunching(),
+		libp2p.EnableHolePunching(holepunch.WithTracer(rc)),
 		libp2p.EnableRelay(),
+		// A private node reserves a slot on relays among its connected
+		// peers; its /p2p-circuit addresses then go out with identify, in
+		// its provider records and peer records.
+		libp2p.EnableAutoRelayWithPeerSource(relayCandidates(&self),
+			autorelay.WithMinCandidates(1),
+			autorelay.WithNumRelays(2),
+			autorelay.WithBootDelay(0),
+			autorelay.WithMinInterval(10*time.Second),
+			autorelay.WithBackoff(time.Minute)),
 		libp2p.UserAgent("cocoon"),
+	}
+	switch cfg.Reachability {
+	case "":
+	case ReachPublic:
+		opts = append(opts, libp2p.ForceReachabilityPublic())
+	case ReachPrivate:
+		opts = append(opts, libp2p.ForceReachabilityPrivate())
+	default:
+		return nil, fmt.Errorf("p2p.reachability: %q is not empty, %s or %s", cfg.Reachability, ReachPublic, ReachPrivate)
 	}
 	if cfg.NATPortMap {
 		opts = append(opts, libp2p.NATPortMap())
@@ -366,6 +404,7 @@ func newHost(cfg Config, gater *blocklist) (host.Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("p2p: start host: %w", err)
 	}
+	self.Store(&h)
 	return h, nil
 }
 

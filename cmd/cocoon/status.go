@@ -54,6 +54,13 @@ func init() {
 			fmt.Fprintf(tw, "version\t%s\n", st.Version)
 			fmt.Fprintf(tw, "uptime\t%s\n", (time.Duration(st.UptimeSeconds) * time.Second).String())
 			fmt.Fprintf(tw, "peers\t%d\n", st.Peers)
+			rc := st.Reachability
+			fmt.Fprintf(tw, "reachable\t%s\n", reachLine(rc.Verdict))
+			for _, r := range rc.Relays {
+				fmt.Fprintf(tw, "relay\t%s\n", r)
+			}
+			fmt.Fprintf(tw, "connections\t%d direct, %d relayed; hole punches %d upgraded, %d failed\n",
+				rc.Direct, rc.Relayed, rc.HolePunches, rc.HolePunchFailures)
 			if len(st.GPUs) == 0 {
 				fmt.Fprintf(tw, "GPUs\tnone (%s)\n", st.GPUReason)
 			}
@@ -123,4 +130,15 @@ func init() {
 	peers.Flags().StringVar(&pdatadir, "datadir", defaultDatadir(), "node data directory")
 	peers.Flags().BoolVar(&pJSON, "json", false, "print JSON")
 	rootCmd.AddCommand(peers)
+}
+
+// reachLine says what AutoNAT's verdict means for the node's peers.
+func reachLine(verdict string) string {
+	switch verdict {
+	case "public":
+		return "yes (public: peers dial it; it relays for private nodes if relay_service is on)"
+	case "private":
+		return "no (private, behind a NAT or firewall: dialled through its relays)"
+	}
+	return "unknown (AutoNAT has no verdict yet)"
 }

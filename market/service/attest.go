@@ -246,7 +246,8 @@ func (a *Attestations) cachedLocked(p peer.ID, conns []network.Conn) (enclave.Ve
 func (a *Attestations) exchange(ctx context.Context, p peer.ID) (enclave.Verdict, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.Timeout)
 	defer cancel()
-	s, err := a.h.NewStream(ctx, p, AttestProtocol)
+	// A short exchange, allowed on a relayed connection (p2p.Node.NewStream).
+	s, err := a.h.NewStream(network.WithAllowLimitedConn(ctx, "attest"), p, AttestProtocol)
 	if err != nil {
 		return enclave.Verdict{}, fmt.Errorf("attest %s: open stream: %w", p, err)
 	}

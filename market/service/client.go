@@ -532,7 +532,7 @@ func (c *Client) failover(pol market.Policy) *market.Failover {
 	return &market.Failover{
 		Dial: func(ctx context.Context, cd market.Candidate) (io.ReadWriteCloser, error) {
 			release := c.hold(cd.Peer)
-			st, err := c.node.Host.NewStream(ctx, cd.Peer, p2p.ProtocolJob)
+			st, err := c.node.NewStream(ctx, cd.Peer, p2p.ProtocolJob)
 			if err != nil {
 				release()
 				return nil, fmt.Errorf("open job stream: %w", err)

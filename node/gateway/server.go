@@ -34,6 +34,23 @@ type Status struct {
 	} `json:"slots"`
 	GPUs      []GPU  `json:"gpus"`
 	GPUReason string `json:"gpu_reason,omitempty"` // why GPUs is empty
+	// Reachability is whether peers can dial this node and how it is
+	// connected (p2p.Node.Reachability).
+	Reachability Reachability `json:"reachability"`
+}
+
+// Reachability is AutoNAT's verdict on a node and the state of its
+// connections.
+type Reachability struct {
+	Verdict string   `json:"verdict"` // public, private or unknown
+	Relays  []string `json:"relays"`  // peer IDs of the relays holding a reservation for it
+	// Direct and Relayed count its open connections of each kind.
+	Direct  int `json:"direct"`
+	Relayed int `json:"relayed"`
+	// HolePunches and HolePunchFailures count DCUtR attempts since start
+	// that upgraded a relayed connection to a direct one, or did not.
+	HolePunches       int64 `json:"hole_punches"`
+	HolePunchFailures int64 `json:"hole_punch_failures"`
 }
 
 // Model is one model a node serves.
