@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,6 +58,8 @@ type Proc struct {
 	Log     string `json:"log"`
 
 	done chan struct{} // closed when this launcher has reaped the process
+	bin  string        // what start ran, for Restart
+	args []string
 }
 
 // Cluster is a running local testnet: a dev ledger service (simulated chain, not
@@ -255,7 +258,12 @@ func field(out, name string) string {
 // start runs one process with its output in p.Log, in its own process group so
 // that a Ctrl-C meant for the launcher reaches it only through Stop.
 func (c *Cluster) start(p *Proc, bin string, args ...string) error {
-	f, err := os.Create(p.Log)
+	return c.startLog(p, os.O_TRUNC, bin, args...)
+}
+
+// startLog is start with the log opened with flag (os.O_TRUNC or os.O_APPEND).
+func (c *Cluster) startLog(p *Proc, flag int, bin string, args ...string) error {
+	f, err := os.OpenFile(p.Log, os.O_CREATE|os.O_WRONLY|flag, 0o644)
 	if err != nil {
 		return err
 	}
@@ -267,6 +275,7 @@ func (c *Cluster) start(p *Proc, bin string, args ...string) error {
 		return fmt.Errorf("start %s: %w", p.Name, err)
 	}
 	p.done = make(chan struct{})
+	p.bin, p.args = bin, args
 	go func() { cmd.Wait(); f.Close(); close(p.done) }()
 	p.PID = cmd.Process.Pid
 	return nil
@@ -354,6 +363,8 @@ func stopPIDs(dir string, ps []*Proc) error {
 	for _, p := range ps {
 		if alive(p.PID) {
 			syscall.Kill(p.PID, syscall.SIGTERM)
+			// A process paused with SIGSTOP acts on the SIGTERM once continued.
+			syscall.Kill(p.PID, syscall.SIGCONT)
 		}
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -416,3 +427,122 @@ func (c *Cluster) Running() bool {
 
 // Alive reports whether p's process is running.
 func (p *Proc) Alive() bool { return alive(p.PID) }
+
+// Signal sends sig to p's process: SIGSTOP and SIGCONT pause and resume it (a
+// hang, not a crash); for SIGKILL use Kill, which also waits for the exit.
+func (c *Cluster) Signal(p *Proc, sig syscall.Signal) error {
+	if !alive(p.PID) || reaped(p) {
+		return fmt.Errorf("testnet: signal %s: %s is not running", sig, p.Name)
+	}
+	if err := syscall.Kill(p.PID, sig); err != nil {
+		return fmt.Errorf("testnet: signal %s to %s: %w", sig, p.Name, err)
+	}
+	return nil
+}
+
+// Kill ends p's process with SIGKILL, as a crash or a power cut would, and
+// waits until it has exited. Its datadir (identity, channel store, config)
+// stays for Restart.
+func (c *Cluster) Kill(p *Proc) error {
+	if err := c.Signal(p, syscall.SIGKILL); err != nil {
+		return err
+	}
+	if p.done == nil { // not this launcher's child: poll
+		for alive(p.PID) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		return nil
+	}
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("testnet: %s (pid %d) still running 10 s after SIGKILL", p.Name, p.PID)
+	}
+}
+
+// Restart starts a process of this launcher that has exited (after Kill) again
+// in place: the same binary, arguments and datadir, so that a node keeps its
+// peer ID, wallet and channel store. Its log is appended to, so that what the
+// earlier run printed (a panic) stays. A node bootstraps from another node
+// that is running (the first node's address changed if it was restarted);
+// the ledger listens on the address it had, which the nodes' configs name.
+// Restart returns once a node's API answers (p.URL, p.Token and p.PeerID
+// updated) or the ledger printed its URL. It must not run concurrently with
+// other uses of p.
+func (c *Cluster) Restart(ctx context.Context, p *Proc) error {
+	if p.args == nil {
+		return fmt.Errorf("testnet: restart %s: not started by this launcher", p.Name)
+	}
+	if !reaped(p) {
+		return fmt.Errorf("testnet: restart %s: still running (pid %d)", p.Name, p.PID)
+	}
+	args := append([]string{}, p.args...)
+	if p == c.Ledger {
+		hostport := strings.TrimSuffix(strings.TrimPrefix(p.URL, "http://"), "/")
+		for i := range args {
+			if args[i] == "--listen" && i+1 < len(args) {
+				args[i+1] = hostport
+			}
+		}
+		if err := c.startLog(p, os.O_APPEND, p.bin, args...); err != nil {
+			return err
+		}
+		return waitLedger(ctx, p.URL, 10*time.Second)
+	}
+	for i := range args {
+		if args[i] == "--bootstrap" && i+1 < len(args) {
+			if boot := c.bootstrap(ctx, p); boot != "" {
+				args[i+1] = boot
+			}
+		}
+	}
+	os.Remove(filepath.Join(p.Datadir, node.APIAddrFile))
+	if err := c.startLog(p, os.O_APPEND, p.bin, args...); err != nil {
+		return err
+	}
+	return p.waitAPI(ctx, 30*time.Second)
+}
+
+// bootstrap is the TCP address of a running node other than p, "" if none
+// answers.
+func (c *Cluster) bootstrap(ctx context.Context, p *Proc) string {
+	for _, q := range c.Nodes {
+		if q == p || !q.Alive() || reaped(q) {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := q.API().Status(sctx)
+		cancel()
+		if err != nil {
+			continue
+		}
+		for _, a := range st.Addrs {
+			if strings.Contains(a, "/tcp/") {
+				return a
+			}
+		}
+	}
+	return ""
+}
+
+// waitLedger waits until the ledger at url accepts connections again.
+func waitLedger(ctx context.Context, url string, d time.Duration) error {
+	hostport := strings.TrimSuffix(strings.TrimPrefix(url, "http://"), "/")
+	deadline := time.Now().Add(d)
+	for {
+		var dl net.Dialer
+		if conn, err := dl.DialContext(ctx, "tcp", hostport); err == nil {
+			conn.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("testnet: the ledger does not listen on %s again within %s", hostport, d)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
