@@ -37,7 +37,7 @@ type Report struct {
 	// credit window), which the answer kept and nobody paid for.
 	Unpaid        uint64
 	UnpaidAnswers int
-	PerWorker            map[string]WorkerBooks
+	PerWorker     map[string]WorkerBooks
 
 	Violations []string
 }
