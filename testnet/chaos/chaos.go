@@ -349,7 +349,7 @@ type runner struct {
 	http    *http.Client
 	clients []*clientView
 
-	mu     sync.Mutex
+	mu     sync.Mutex // guards issued and h.Attempts
 	issued int
 	tick   chan struct{} // a request was issued
 	healed chan struct{} // a fault healed (or the schedule ended)
@@ -596,7 +596,7 @@ func (r *runner) do(ctx context.Context, q Request) (rec Record) {
 	}
 	if err := json.Unmarshal(raw, &cc); err != nil || len(cc.Choices) != 1 || cc.Choices[0].Message.Content == nil ||
 		cc.Choices[0].FinishReason == "" || cc.Usage == nil || cc.Usage.CostNanoTON == nil {
-		rec.Outcome, rec.Detail = Bad, fmt.Sprintf("chat answer %.300q (%v)", raw, err)
+		rec.Outcome, rec.Detail = Bad, fmt.Sprintf("chat answer %.600q (%v)", raw, err)
 		return rec
 	}
 	rec.Outcome, rec.Prompt, rec.Completion, rec.Cost = OK, cc.Usage.PromptTokens, cc.Usage.CompletionTokens, cc.Usage.CostNanoTON
@@ -719,7 +719,9 @@ func (r *runner) scrape(ctx context.Context, cv *clientView) {
 		_, outcome, ok := strings.Cut(rest, `outcome="`)
 		if ok {
 			outcome, _, _ = strings.Cut(outcome, `"`)
-			r.h.addAttempts(outcome, v)
+			r.mu.Lock()
+			r.h.Attempts[outcome] += v
+			r.mu.Unlock()
 		}
 	}
 }
@@ -748,14 +750,6 @@ func (r *runner) metrics(ctx context.Context, url, token string) (map[string]flo
 		}
 	}
 	return m, sc.Err()
-}
-
-var attemptsMu sync.Mutex
-
-func (h *History) addAttempts(outcome string, v float64) {
-	attemptsMu.Lock()
-	defer attemptsMu.Unlock()
-	h.Attempts[outcome] += v
 }
 
 // modelID is the id a testnet serves its model under: the file's name.
