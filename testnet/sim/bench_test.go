@@ -91,7 +91,7 @@ func TestSimFigures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := simulate(t, Config{Nodes: n, Seed: 1, ConnsLow: simConnsLow, ConnsHigh: simConnsHigh})
+	f := simulate(t, Config{Nodes: n, Seed: 1, Rate: rateRule})
 	t.Log(f)
 	data, err := json.Marshal(f)
 	if err != nil {

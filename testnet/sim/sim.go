@@ -73,9 +73,33 @@ type Config struct {
 	MaxMbps    int           // 0: 50
 	AdInterval time.Duration // 0: market.DefaultAdInterval (10 s)
 	// ConnsLow and ConnsHigh are the connection manager's water marks, as
-	// p2p.Limits (0: 100 and 400, p2p's defaults).
+	// p2p.Limits (0: 20 and 40, see New), and ConnsGrace its grace period,
+	// which is also how often it trims (0: 5 s).
 	ConnsLow, ConnsHigh int
-	Logger              *slog.Logger // nil: discard
+	ConnsGrace          time.Duration
+	// StartEvery is the gap between two nodes' starts (0: 10 ms): nodes
+	// arrive one after another, as on a network that grows, rather than all
+	// in one instant.
+	StartEvery time.Duration
+	// Rate is the ad rate rule every node's validator applies (the zero value:
+	// none).
+	Rate   RateRule
+	Logger *slog.Logger // nil: discard
+}
+
+// RateRule is market/service's ad rate rule (adrate.go), replicated here
+// because that package keeps its limiter to itself: an origin's ads on one
+// model's topic refill at one per Every, up to Burst; each ad beyond draws on
+// a second bucket of FloodExcess refilled at one per FloodRefill, and the ad
+// that finds it empty blocks the origin (p2p.Node.Block) and drops its ads
+// from the book. An ad over the rate is rejected from its origin (gossipsub
+// scores the sender down) and ignored when relayed. Tests fill it from
+// market/service's exported constants.
+type RateRule struct {
+	Every       time.Duration
+	Burst       int
+	FloodExcess int
+	FloodRefill time.Duration
 }
 
 func (c *Config) defaults() error {
@@ -110,10 +134,16 @@ func (c *Config) defaults() error {
 		c.AdInterval = market.DefaultAdInterval
 	}
 	if c.ConnsLow == 0 {
-		c.ConnsLow = 100
+		c.ConnsLow = 20
 	}
 	if c.ConnsHigh == 0 {
-		c.ConnsHigh = 400
+		c.ConnsHigh = 40
+	}
+	if c.ConnsGrace == 0 {
+		c.ConnsGrace = 5 * time.Second
+	}
+	if c.StartEvery == 0 {
+		c.StartEvery = 10 * time.Millisecond
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -131,13 +161,70 @@ type Node struct {
 	Latency time.Duration
 	Mbps    int
 	Traffic *Traffic
+	spammer atomic.Bool // publishes at many times the rate (Net.Flood)
 
 	net  *Net
 	mu   sync.Mutex
 	seen map[peer.ID]uint64 // newest seq delivered, per worker
 	// foreign counts ads delivered of models the node has not joined.
 	foreign int
+	rates   map[rateKey]*bucket
+	blocked map[peer.ID]time.Time // when the rate rule blocked each peer
+	spam    int                   // ads of the spammer delivered
 }
+
+type rateKey struct {
+	origin peer.ID
+	model  string
+}
+
+type bucket struct {
+	rate, flood float64
+	at          time.Time
+}
+
+// take spends one ad of k at now: ok says whether it is within the rate,
+// flood whether the flood line was crossed. nd.mu is held.
+func (nd *Node) take(k rateKey, now time.Time) (ok, flood bool) {
+	r := nd.net.Cfg.Rate
+	b := nd.rates[k]
+	if b == nil {
+		b = &bucket{rate: float64(r.Burst), flood: float64(r.FloodExcess), at: now}
+		nd.rates[k] = b
+	}
+	if dt := now.Sub(b.at).Seconds(); dt > 0 {
+		b.rate = min(float64(r.Burst), b.rate+dt/r.Every.Seconds())
+		b.flood = min(float64(r.FloodExcess), b.flood+dt/r.FloodRefill.Seconds())
+		b.at = now
+	}
+	if b.rate >= 1 {
+		b.rate--
+		return true, false
+	}
+	b.flood--
+	if b.flood < 0 {
+		b.flood = 0
+		return false, true
+	}
+	return false, false
+}
+
+// BlockedAt returns when nd blocked p under the rate rule (zero: it has not).
+func (nd *Node) BlockedAt(p peer.ID) time.Time {
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	return nd.blocked[p]
+}
+
+// Spam returns how many of the spammer's ads were delivered to nd.
+func (nd *Node) Spam() int {
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	return nd.spam
+}
+
+// Spammer reports whether n floods (Net.Flood).
+func (n *Node) Spammer() bool { return n.spammer.Load() }
 
 // Joined reports whether n takes model's ads.
 func (n *Node) Joined(model string) bool { return slices.Contains(n.Models, model) }
@@ -194,6 +281,9 @@ type Net struct {
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	floodCancel context.CancelFunc
+	floodWG     sync.WaitGroup
 }
 
 // ModelName is the name of the i-th simulated model.
@@ -225,7 +315,8 @@ func New(ctx context.Context, cfg Config) (*Net, error) {
 	hosts := make([]*Node, cfg.Nodes)
 	addrs := make([]string, cfg.Nodes)
 	for i := range cfg.Nodes {
-		nd := &Node{Index: i, net: n, seen: map[peer.ID]uint64{}, Traffic: &Traffic{}}
+		nd := &Node{Index: i, net: n, seen: map[peer.ID]uint64{}, Traffic: &Traffic{},
+			rates: map[rateKey]*bucket{}, blocked: map[peer.ID]time.Time{}}
 		nd.Latency = cfg.MinLatency + time.Duration(rng.Int64N(int64(cfg.MaxLatency-cfg.MinLatency)+1))
 		nd.Mbps = cfg.MinMbps + rng.IntN(cfg.MaxMbps-cfg.MinMbps+1)
 		switch {
@@ -276,7 +367,8 @@ func New(ctx context.Context, cfg Config) (*Net, error) {
 		if err != nil {
 			return fail(fmt.Errorf("sim: key of node %d: %w", i, err))
 		}
-		cm, err := connmgr.NewConnManager(cfg.ConnsLow, cfg.ConnsHigh, connmgr.WithGracePeriod(time.Minute))
+		cm, err := connmgr.NewConnManager(cfg.ConnsLow, cfg.ConnsHigh,
+			connmgr.WithGracePeriod(cfg.ConnsGrace), connmgr.WithSilencePeriod(cfg.ConnsGrace))
 		if err != nil {
 			return fail(fmt.Errorf("sim: connection manager: %w", err))
 		}
@@ -297,6 +389,8 @@ func New(ctx context.Context, cfg Config) (*Net, error) {
 		if err != nil {
 			return fail(fmt.Errorf("sim: host of node %d: %w", i, err))
 		}
+		tr := nd.Traffic
+		h.Network().Notify(&network.NotifyBundle{ConnectedF: func(network.Network, network.Conn) { tr.Conns.Add(1) }})
 		made = append(made, pending{h: nd, key: key, hst: h})
 		n.byPeer[h.ID()] = nd
 		if i < cfg.Bootstrap {
@@ -304,15 +398,18 @@ func New(ctx context.Context, cfg Config) (*Net, error) {
 		}
 	}
 	n.Sim.Start()
-	for _, m := range made {
+	for i, m := range made {
 		nd := m.h
+		if i > 0 {
+			time.Sleep(cfg.StartEvery)
+		}
 		pn, err := p2p.New(ctx, p2p.Config{
 			Identity:  m.key,
 			Bootstrap: bootstrap,
 			// Every simulated node has a public address; on the internet
 			// AutoNAT would make it a DHT server, which x/simlibp2p hosts lack.
 			DHTMode: p2p.DHTServer,
-			Host:    &wanKad{Host: m.hst},
+			Host:    m.hst,
 			Logger:  cfg.Logger.With("node", nd.Index),
 		})
 		if err != nil {
@@ -335,50 +432,60 @@ func New(ctx context.Context, cfg Config) (*Net, error) {
 	return n, nil
 }
 
-// wanKad keeps the first handler registered for a Kademlia protocol. p2p gives
-// both DHTs of its dual DHT the prefix /cocoon, which replaces kad-dht's "/lan"
-// extension (dual.New applies it before the caller's options): the WAN and LAN
-// DHTs then share /cocoon/kad/1.0.0, the LAN DHT's handler (registered second)
-// answers every query from a routing table that admits only private addresses,
-// and on public addresses no FIND_NODE returns a closer peer: every node knows
-// only its bootstrap nodes. Keeping the WAN DHT's handler simulates the network
-// as it is meant to be; once p2p gives the LAN DHT its own protocol, this does
-// nothing.
-type wanKad struct {
-	host.Host
-	mu  sync.Mutex
-	set map[protocol.ID]bool
-}
-
-func (h *wanKad) SetStreamHandler(pid protocol.ID, handler network.StreamHandler) {
-	if strings.HasSuffix(string(pid), "/kad/1.0.0") {
-		h.mu.Lock()
-		dup := h.set[pid]
-		if h.set == nil {
-			h.set = map[protocol.ID]bool{}
-		}
-		h.set[pid] = true
-		h.mu.Unlock()
-		if dup {
-			return
-		}
-	}
-	h.Host.SetStreamHandler(pid, handler)
-}
-
 // validate is market/service's client validator: the book's checks (the ad
 // offers the topic's model, is signed by the peer it names, fresh, and newer than
-// the last one seen), with origin the gossip message's signer.
-func (nd *Node) validate(_ context.Context, model string, _, origin peer.ID, data []byte) pubsub.ValidationResult {
+// the last one seen), with origin the gossip message's signer, then the rate
+// rule (Config.Rate).
+func (nd *Node) validate(_ context.Context, model string, from, origin peer.ID, data []byte) pubsub.ValidationResult {
 	nd.countForeign(data)
-	_, r := nd.Book.OfferOn(model, origin, data, nil)
+	var admit func(*market.Ad) market.DropReason
+	flood := false
+	if nd.net.Cfg.Rate.Every > 0 {
+		admit = func(*market.Ad) market.DropReason {
+			if origin == nd.P2P.Host.ID() {
+				return market.Kept
+			}
+			nd.mu.Lock()
+			ok, fl := nd.take(rateKey{origin, model}, time.Now())
+			nd.mu.Unlock()
+			if flood = fl; !ok {
+				return market.DropRate
+			}
+			return market.Kept
+		}
+	}
+	_, r := nd.Book.OfferOn(model, origin, data, admit)
 	switch {
+	case flood:
+		nd.block(origin)
+		return pubsub.ValidationReject
 	case r == market.Kept:
 		return pubsub.ValidationAccept
+	case r == market.DropRate && from != origin:
+		return pubsub.ValidationIgnore // relayed: other paths may have brought the rest
 	case r.Penalize():
 		return pubsub.ValidationReject
 	default:
 		return pubsub.ValidationIgnore
+	}
+}
+
+// block shuts out a flooding peer, as market/service's client does.
+func (nd *Node) block(p peer.ID) {
+	nd.mu.Lock()
+	_, done := nd.blocked[p]
+	if !done {
+		nd.blocked[p] = time.Now()
+		for k := range nd.rates {
+			if k.origin == p {
+				delete(nd.rates, k)
+			}
+		}
+	}
+	nd.mu.Unlock()
+	if !done {
+		nd.P2P.Block(p)
+		nd.Book.Remove(p)
 	}
 }
 
@@ -410,6 +517,9 @@ func (nd *Node) deliver(model string, origin peer.ID, data []byte) {
 		return
 	}
 	nd.mu.Lock()
+	if w.spammer.Load() {
+		nd.spam++
+	}
 	if ad.Seq > nd.seen[origin] {
 		nd.seen[origin] = ad.Seq
 	}
@@ -480,16 +590,7 @@ func (n *Net) adLoop(ctx context.Context, w *Node, phase time.Duration) {
 	t := time.NewTicker(n.Cfg.AdInterval)
 	defer t.Stop()
 	for seq := uint64(1); ; seq++ {
-		ad := market.Ad{
-			Peer: w.P2P.Host.ID(), Seq: seq, IssuedAt: time.Now(), TTL: market.DefaultAdTTL,
-			Models: []market.ModelOffer{{
-				ID: w.Sells, ContextLength: 4096, WeightsDigest: "sha256:" + strings.Repeat("ab", 32),
-				Price: market.Price{Prompt: 10, Completion: 20}, TTFT: 200 * time.Millisecond, TimePerToken: 20 * time.Millisecond,
-			}},
-			TEE:        market.TEE{Kind: tee.TDX, Measurement: make([]byte, 48)},
-			Capacity:   market.Capacity{SlotsTotal: 4, SlotsFree: 4, GPUs: []market.GPU{{Name: "NVIDIA H100 80GB HBM3", VRAM: 80 << 30}}},
-			Settlement: market.Settlement{WalletAddress: "EQ" + strings.Repeat("A", 46), ChannelKey: make([]byte, 32), MinDeposit: 1e9},
-		}
+		ad := n.ad(w, w.Sells, seq)
 		data, err := ad.Encode()
 		if err != nil {
 			n.log.Error("encode ad", "err", err)
@@ -506,6 +607,20 @@ func (n *Net) adLoop(ctx context.Context, w *Node, phase time.Duration) {
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// ad is the seq-th ad of nd offering model, as a worker publishes it.
+func (n *Net) ad(nd *Node, model string, seq uint64) market.Ad {
+	return market.Ad{
+		Peer: nd.P2P.Host.ID(), Seq: seq, IssuedAt: time.Now(), TTL: market.DefaultAdTTL,
+		Models: []market.ModelOffer{{
+			ID: model, ContextLength: 4096, WeightsDigest: "sha256:" + strings.Repeat("ab", 32),
+			Price: market.Price{Prompt: 10, Completion: 20}, TTFT: 200 * time.Millisecond, TimePerToken: 20 * time.Millisecond,
+		}},
+		TEE:        market.TEE{Kind: tee.TDX, Measurement: make([]byte, 48)},
+		Capacity:   market.Capacity{SlotsTotal: 4, SlotsFree: 4, GPUs: []market.GPU{{Name: "NVIDIA H100 80GB HBM3", VRAM: 80 << 30}}},
+		Settlement: market.Settlement{WalletAddress: "EQ" + strings.Repeat("A", 46), ChannelKey: make([]byte, 32), MinDeposit: 1e9},
 	}
 }
 
@@ -593,9 +708,10 @@ func (n *Net) FindProviders(ctx context.Context, nd *Node, model string) Lookup 
 	return l
 }
 
-// Close stops the ads and every node, then the simulated network.
+// Close stops the ads, the spammer and every node, then the simulated network.
 func (n *Net) Close() error {
 	n.StopAds()
+	n.StopFlood()
 	errs := make([]error, len(n.Nodes))
 	var wg sync.WaitGroup
 	for i, nd := range n.Nodes {
@@ -649,6 +765,7 @@ type Traffic struct {
 	GossipSent, GossipRecv atomic.Int64
 	DHTSent, DHTRecv       atomic.Int64
 	OtherSent, OtherRecv   atomic.Int64
+	Conns                  atomic.Int64 // connections opened, either way
 }
 
 func (t *Traffic) class(p protocol.ID) (*atomic.Int64, *atomic.Int64) {
@@ -678,3 +795,69 @@ func (t *Traffic) GetBandwidthByPeer() map[peer.ID]metrics.Stats         { retur
 func (t *Traffic) GetBandwidthByProtocol() map[protocol.ID]metrics.Stats { return nil }
 func (t *Traffic) Reset()                                                {}
 func (t *Traffic) TrimIdle(time.Time)                                    {}
+
+// Spammer is a node publishing ads far beyond the rate rule (Net.Flood).
+type Spammer struct {
+	*Node
+	Model string
+	// Published counts the valid ads and the malformed messages it sent, and
+	// Refused the publishes that failed (no peer left to send to).
+	Published, Malformed, Refused atomic.Int64
+	Start                         time.Time
+}
+
+// Flood turns node nd, joined to model, into a spammer on model's topic until
+// StopFlood: it accepts everything itself, and publishes perSec ads a second,
+// each signed, fresh and newer than the last (only the rate is wrong), every
+// malformedEvery-th message replaced by bytes that do not decode.
+func (n *Net) Flood(nd *Node, model string, perSec, malformedEvery int) (*Spammer, error) {
+	if !nd.Joined(model) || nd.Sells != "" {
+		return nil, fmt.Errorf("sim: node %d, a worker or not joined to %s, cannot flood it", nd.Index, model)
+	}
+	nd.spammer.Store(true)
+	nd.P2P.SetAdsValidator(nil)
+	sp := &Spammer{Node: nd, Model: model, Start: time.Now()}
+	ctx, cancel := context.WithCancel(context.Background())
+	n.floodCancel = cancel
+	n.floodWG.Go(func() {
+		gap := time.Second / time.Duration(perSec)
+		t := time.NewTicker(gap)
+		defer t.Stop()
+		junk := rand.New(rand.NewPCG(n.Cfg.Seed, 0xbad))
+		for i := 1; ; i++ {
+			var data []byte
+			if malformedEvery > 0 && i%malformedEvery == 0 {
+				data = make([]byte, 64+junk.IntN(512))
+				for j := range data {
+					data[j] = byte(junk.Uint32())
+				}
+				sp.Malformed.Add(1)
+			} else {
+				ad := n.ad(nd, model, uint64(i))
+				var err error
+				if data, err = ad.Encode(); err != nil {
+					n.log.Error("encode ad", "err", err)
+					return
+				}
+				sp.Published.Add(1)
+			}
+			if err := nd.P2P.PublishAd(ctx, model, data); err != nil {
+				sp.Refused.Add(1)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	})
+	return sp, nil
+}
+
+// StopFlood stops the spammer and waits for its last publish.
+func (n *Net) StopFlood() {
+	if n.floodCancel != nil {
+		n.floodCancel()
+	}
+	n.floodWG.Wait()
+}

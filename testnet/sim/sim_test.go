@@ -6,10 +6,16 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"testing/synctest"
+
+	"github.com/cocoon-network/cocoon/market/service"
+	"github.com/libp2p/go-libp2p/core/network"
 	"time"
 )
 
@@ -40,6 +46,32 @@ type Figures struct {
 	Window                time.Duration // the ads window the rates are over
 	MeanModelsJoined      float64
 	MeanPeers, MeanRTSize float64
+	// CPU seconds the process spent building the network (New and Settle), and
+	// per node per simulated second in the ads window.
+	CPUBuild, CPUPerNodeSec float64
+	ConnsPerNode            float64 // connections opened per node (either end), up to the end of the ads window
+
+	Flood Flood // the flood window, after the ads window
+}
+
+// Flood is what the flood window measured: one peer publishing at 100 times
+// the allowed rate on a model's topic, one message in ten malformed, while
+// the workers go on publishing. Times are from the flood's start.
+type Flood struct {
+	Window                    time.Duration
+	Published, Malformed      int64 // the spammer's valid ads and malformed messages
+	Delivered                 int   // the spammer's ads handed to other nodes' ad handlers
+	Neighbours                int   // its peers on the topic when the flood started
+	PeersAtEnd                int   // its connected peers at the end
+	Blockers                  int   // nodes whose rate rule blocked it
+	BlockedFrac               float64
+	NeighboursBlocked         int           // neighbours at the start that blocked it
+	FirstBlock, AllNeighbours time.Duration // first block; every start neighbour blocked or disconnected (0: never)
+	Graylisted                int           // nodes that scored it under the graylist threshold
+	FirstGraylist             time.Duration
+	MinScore                  float64
+	Coverage                  float64 // honest ads published in the window, to joined nodes
+	P50, P99                  time.Duration
 }
 
 // Scenario timings (simulated clock).
@@ -47,10 +79,20 @@ const (
 	settleMax  = 2 * time.Minute
 	minTable   = 5
 	meshWarmup = 5 * time.Second // heartbeats graft the meshes
-	adRounds   = 4               // ad intervals in the measured window
+	adRounds   = 3               // ad intervals in the measured window
+	floodRound = 2               // ad intervals in the flood window
 	drain      = 5 * time.Second // after the last ad, before checking the newest ones
 	lookups    = 20
+	// The spammer: 100 × the allowed rate (1 ad/s), one message in ten
+	// malformed.
+	floodRate      = 100
+	floodMalformed = 10
+	graylist       = -400 // p2p's gossipsub graylist threshold
 )
+
+// rateRule is market/service's ad rate rule.
+var rateRule = RateRule{Every: service.AdRateEvery, Burst: service.AdBurst,
+	FloodExcess: service.FloodExcess, FloodRefill: service.FloodRefill}
 
 // p99Bound is the ad propagation bound TestSim asserts. A path of h gossip hops
 // costs h × (L_i + L_j)/2 ≤ h × 150 ms plus queueing; gossipsub's mesh (D = 6,
@@ -60,22 +102,13 @@ const (
 // heartbeat (1 s) plus the IWANT round trip.
 const p99Bound = 3 * time.Second
 
-// The simulated nodes keep fewer connections than p2p's defaults (100–400): a
-// quic-go connection costs about 100 KiB of heap on each side, so 1,000 nodes at
-// 100 connections would need ~10 GiB, and each connection's timers cost CPU in
-// the bubble. Gossipsub's mesh degree (D = 6) and Kademlia's k (20) fit well
-// within these.
-const (
-	simConnsLow  = 32
-	simConnsHigh = 64
-)
-
 // runScenario builds cfg's network in the current synctest bubble, runs the ads
 // and lookups, checks the outcome (through t) and returns the figures.
 func runScenario(t testing.TB, cfg Config) Figures {
-	wall := time.Now() // the bubble's clock: Wall is filled in by the caller
-	_ = wall
 	ctx := context.Background()
+	cpu0 := cpuSeconds()
+	simPhase.Store(phaseBuild)
+	defer simPhase.Store(phaseDone)
 	n, err := New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -87,6 +120,12 @@ func runScenario(t testing.TB, cfg Config) Figures {
 	}()
 	f := Figures{Nodes: len(n.Nodes), Workers: len(n.Workers)}
 	f.Settle = n.Settle(settleMax, minTable)
+	f.CPUBuild = cpuSeconds() - cpu0
+	var conns int64
+	for _, nd := range n.Nodes {
+		conns += nd.Traffic.Conns.Load()
+	}
+	t.Logf("built %d nodes: %v simulated, %.0f CPU s, %.1f connections opened per node", len(n.Nodes), time.Since(n.Start)+f.Settle, f.CPUBuild, float64(conns)/float64(len(n.Nodes)))
 	if err := n.Provide(ctx); err != nil {
 		t.Logf("provide: %v", err) // lookups below say whether it mattered
 	}
@@ -94,6 +133,8 @@ func runScenario(t testing.TB, cfg Config) Figures {
 
 	before := snapshot(n)
 	start := time.Now()
+	cpu1 := cpuSeconds()
+	simPhase.Store(phaseWindow)
 	n.StartAds()
 
 	// Provider lookups from random nodes, one after another, in the window.
@@ -135,7 +176,18 @@ func runScenario(t testing.TB, cfg Config) Figures {
 	}
 	f.Window = time.Since(start)
 	after := snapshot(n)
+	f.CPUPerNodeSec = (cpuSeconds() - cpu1) / float64(len(n.Nodes)) / f.Window.Seconds()
+	var opened int64
+	for _, nd := range n.Nodes {
+		opened += nd.Traffic.Conns.Load()
+	}
+	f.ConnsPerNode = float64(opened) / float64(len(n.Nodes))
+	simPhase.Store(phaseDone)
+
+	floodStart := time.Now()
+	sp := flood(t, n, rng, &f.Flood)
 	n.StopAds() // the last ads propagate during drain
+	n.StopFlood()
 	time.Sleep(drain)
 
 	// Rates over the window.
@@ -162,38 +214,23 @@ func runScenario(t testing.TB, cfg Config) Figures {
 	f.MeanPeers /= N
 	f.MeanRTSize /= N
 
-	// Propagation: every ad published in the window, to every joined node.
-	var delays []time.Duration
-	for _, d := range n.Deliveries() {
-		w := n.Nodes[d.Worker]
-		if !n.Nodes[d.Node].Joined(w.Sells) {
-			continue
+	// Propagation: every ad published in each window, to every joined node.
+	f.Deliveries, f.Coverage, f.P50, f.P99, f.MaxDelay = propagation(n, start, floodStart)
+	_, f.Flood.Coverage, f.Flood.P50, f.Flood.P99, _ = propagation(n, floodStart, time.Now())
+	f.Flood.Delivered = 0
+	for _, nd := range n.Nodes {
+		if nd != sp.Node {
+			f.Flood.Delivered += nd.Spam()
 		}
-		delays = append(delays, d.Delay)
-	}
-	f.Deliveries = len(delays)
-	f.P50, f.P99 = pct(delays, 50), pct(delays, 99)
-	if len(delays) > 0 {
-		f.MaxDelay = slices.Max(delays)
-	}
-	var want int
-	for _, w := range n.Workers {
-		joined := 0
-		for _, nd := range n.Nodes {
-			if nd != w && nd.Joined(w.Sells) {
-				joined++
-			}
-		}
-		want += joined * int(n.Published(w))
-	}
-	if want > 0 {
-		f.Coverage = float64(f.Deliveries) / float64(want)
 	}
 
 	// The newest ad of every worker reached every node joined to its model;
 	// no node got an ad of a model it has not joined.
 	for _, nd := range n.Nodes {
 		f.Foreign += nd.Foreign()
+		if nd.Spammer() {
+			continue
+		}
 		for _, w := range n.Workers {
 			if w == nd || !nd.Joined(w.Sells) {
 				continue
@@ -208,6 +245,130 @@ func runScenario(t testing.TB, cfg Config) Figures {
 	}
 	f.HeapPerNode = n.HeapPerNode()
 	return f
+}
+
+// cpuSeconds is the CPU time the process has used, user and system (the
+// bubble's clock is fake).
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// propagation measures the ads published in [from, to) to every node joined
+// to their model (the spammer aside): deliveries, the share of (node, ad)
+// pairs delivered, and the delays.
+func propagation(n *Net, from, to time.Time) (count int, coverage float64, p50, p99, maxDelay time.Duration) {
+	in := func(w *Node, seq uint64) bool {
+		at := n.PublishedAt(w, seq)
+		return !at.Before(from) && at.Before(to)
+	}
+	var delays []time.Duration
+	for _, d := range n.Deliveries() {
+		w, nd := n.Nodes[d.Worker], n.Nodes[d.Node]
+		if !nd.Joined(w.Sells) || nd.Spammer() || !in(w, d.Seq) {
+			continue
+		}
+		delays = append(delays, d.Delay)
+	}
+	var want int
+	for _, w := range n.Workers {
+		joined := 0
+		for _, nd := range n.Nodes {
+			if nd != w && nd.Joined(w.Sells) && !nd.Spammer() {
+				joined++
+			}
+		}
+		for seq := uint64(1); seq <= n.Published(w); seq++ {
+			if in(w, seq) {
+				want += joined
+			}
+		}
+	}
+	if want > 0 {
+		coverage = float64(len(delays)) / float64(want)
+	}
+	if len(delays) > 0 {
+		maxDelay = slices.Max(delays)
+	}
+	return len(delays), coverage, pct(delays, 50), pct(delays, 99), maxDelay
+}
+
+// flood runs the flood window: a node joined to the first model, neither
+// bootstrap nor worker, publishes at floodRate ads a second for floodRound ad
+// intervals while the workers go on; f gets what the others did about it.
+func flood(t testing.TB, n *Net, rng *rand.Rand, f *Flood) *Spammer {
+	model := n.Models[0]
+	var cands []*Node
+	for _, nd := range n.Nodes[n.Cfg.Bootstrap:] {
+		if nd.Sells == "" && nd.Joined(model) {
+			cands = append(cands, nd)
+		}
+	}
+	if len(cands) == 0 {
+		t.Fatalf("no node to flood %s from", model)
+	}
+	nd := cands[rng.IntN(len(cands))]
+	id := nd.P2P.Host.ID()
+	neighbours := nd.P2P.AdPeers(model) // those it can flood
+	f.Neighbours = len(neighbours)
+	sp, err := n.Flood(nd, model, floodRate, floodMalformed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := sp.Start
+	graylisted := map[int]time.Duration{}
+	f.MinScore = 0
+	for time.Since(start) < time.Duration(floodRound)*n.Cfg.adInterval() {
+		time.Sleep(250 * time.Millisecond)
+		gone := 0
+		for _, q := range neighbours {
+			o := n.byPeer[q]
+			if !o.BlockedAt(id).IsZero() || o.P2P.Host.Network().Connectedness(id) != network.Connected {
+				gone++
+			}
+		}
+		if gone == len(neighbours) && f.AllNeighbours == 0 {
+			f.AllNeighbours = time.Since(start)
+		}
+		for _, o := range n.Nodes {
+			if o == nd {
+				continue
+			}
+			if s, ok := o.P2P.Score(id); ok {
+				f.MinScore = min(f.MinScore, s)
+				if _, seen := graylisted[o.Index]; !seen && s < graylist {
+					graylisted[o.Index] = time.Since(start)
+				}
+			}
+		}
+	}
+	f.Window = time.Since(start)
+	f.Published, f.Malformed = sp.Published.Load(), sp.Malformed.Load()
+	f.PeersAtEnd = len(nd.P2P.Peers())
+	f.Graylisted = len(graylisted)
+	for _, d := range graylisted {
+		if f.FirstGraylist == 0 || d < f.FirstGraylist {
+			f.FirstGraylist = d
+		}
+	}
+	for _, o := range n.Nodes {
+		at := o.BlockedAt(id)
+		if at.IsZero() {
+			continue
+		}
+		f.Blockers++
+		if d := at.Sub(start); f.FirstBlock == 0 || d < f.FirstBlock {
+			f.FirstBlock = d
+		}
+		if slices.Contains(neighbours, o.P2P.Host.ID()) {
+			f.NeighboursBlocked++
+		}
+	}
+	f.BlockedFrac = float64(f.Blockers) / float64(len(n.Nodes)-1)
+	return sp
 }
 
 func (c Config) adInterval() time.Duration {
@@ -238,13 +399,20 @@ func pct(ds []time.Duration, p int) time.Duration {
 	return s[max(0, min(len(s)-1, i-1))]
 }
 
+func (f Flood) String() string {
+	return fmt.Sprintf("flood %v: spammer sent %d ads + %d malformed, %d delivered to others | topic neighbours=%d (blocked it %d; all gone after %v) peers at end=%d | "+
+		"blocked by %d nodes (%.3f), first after %v | graylisted by %d, first after %v, min score %.0f | honest ads: coverage=%.4f p50=%v p99=%v",
+		f.Window, f.Published, f.Malformed, f.Delivered, f.Neighbours, f.NeighboursBlocked, f.AllNeighbours, f.PeersAtEnd,
+		f.Blockers, f.BlockedFrac, f.FirstBlock, f.Graylisted, f.FirstGraylist, f.MinScore, f.Coverage, f.P50, f.P99)
+}
+
 func (f Figures) String() string {
 	return fmt.Sprintf("nodes=%d workers=%d settle=%v | ads: deliveries=%d coverage=%.4f p50=%v p99=%v max=%v stale=%d foreign=%d | "+
 		"lookups=%d found=%.2f p50=%v p99=%v hops=%.1f (max %d) queried=%.1f dht-bytes/lookup=%.0f | "+
-		"gossip=%.0f B/s/node (%.0f per joined model) dht=%.0f B/s/node | peers=%.1f rt=%.1f models/node=%.2f | heap/node=%d KiB wall=%v",
+		"gossip=%.0f B/s/node (%.0f per joined model) dht=%.0f B/s/node | peers=%.1f rt=%.1f models/node=%.2f | heap/node=%d KiB wall=%v cpu: build=%.0fs window=%.2fms/node/s conns opened/node=%.0f | %v",
 		f.Nodes, f.Workers, f.Settle, f.Deliveries, f.Coverage, f.P50, f.P99, f.MaxDelay, f.Stale, f.Foreign,
 		f.Lookups, f.LookupFound, f.LookupP50, f.LookupP99, f.HopsMean, f.HopsMax, f.QueriedMean, f.DHTBytesPerLookup,
-		f.GossipBps, f.GossipBpsPerModel, f.DHTBps, f.MeanPeers, f.MeanRTSize, f.MeanModelsJoined, f.HeapPerNode>>10, f.Wall)
+		f.GossipBps, f.GossipBpsPerModel, f.DHTBps, f.MeanPeers, f.MeanRTSize, f.MeanModelsJoined, f.HeapPerNode>>10, f.Wall, f.CPUBuild, f.CPUPerNodeSec*1e3, f.ConnsPerNode, f.Flood)
 }
 
 // simulate runs the scenario at cfg in a synctest bubble. Under the race
@@ -256,10 +424,74 @@ func simulate(t *testing.T, cfg Config) Figures {
 		defer runtime.GOMAXPROCS(prev)
 	}
 	var f Figures
+	if path := os.Getenv("SIM_CPUPROFILE"); path != "" {
+		stop := profilePhases(t, path)
+		defer stop()
+	}
 	wall := time.Now()
 	synctest.Test(t, func(t *testing.T) { f = runScenario(t, cfg) })
 	f.Wall = time.Since(wall)
 	return f
+}
+
+// The scenario's phases, for SIM_CPUPROFILE.
+const (
+	phaseNone = iota
+	phaseBuild
+	phaseWindow
+	phaseDone
+)
+
+var simPhase atomic.Int32
+
+// profilePhases writes a CPU profile of each phase of the scenario (the
+// network's build and settling; the ads window) to path.build and
+// path.window. It watches simPhase from outside the bubble: the profiler's
+// goroutine would keep the bubble from ever idling.
+func profilePhases(t testing.TB, path string) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		cur := int32(phaseNone)
+		var f *os.File
+		end := func() {
+			if f != nil {
+				pprof.StopCPUProfile()
+				f.Close()
+				f = nil
+			}
+		}
+		defer end()
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			p := simPhase.Load()
+			if p == cur {
+				continue
+			}
+			end()
+			cur = p
+			name := map[int32]string{phaseBuild: ".build", phaseWindow: ".window"}[p]
+			if name == "" {
+				continue
+			}
+			var err error
+			if f, err = os.Create(path + name); err != nil {
+				t.Errorf("cpu profile: %v", err)
+				continue
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				t.Errorf("cpu profile: %v", err)
+				f.Close()
+				f = nil
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
 }
 
 // TestSim runs the simulated internet at simNodes (1,000; 200 under the race
@@ -273,7 +505,7 @@ func TestSim(t *testing.T) {
 	if s := os.Getenv("SIM_NODES"); s != "" { // for trying sizes by hand
 		nodes, _ = strconv.Atoi(s)
 	}
-	f := simulate(t, Config{Nodes: nodes, Seed: 1, ConnsLow: simConnsLow, ConnsHigh: simConnsHigh})
+	f := simulate(t, Config{Nodes: nodes, Seed: 1, Rate: rateRule})
 	t.Log(f)
 	if f.P99 > p99Bound {
 		t.Errorf("ad propagation p99 %v; want ≤ %v", f.P99, p99Bound)
@@ -283,5 +515,17 @@ func TestSim(t *testing.T) {
 	}
 	if f.Coverage < 0.99 {
 		t.Errorf("coverage %.4f of (joined node, ad) pairs; want ≥ 0.99", f.Coverage)
+	}
+	// The flood: honest ads get through as before, and the spammer is shut
+	// out by the peers it floods.
+	fl := f.Flood
+	if fl.Coverage < 0.99 || fl.P99 > p99Bound {
+		t.Errorf("during the flood, honest ads reached %.4f of (joined node, ad) pairs, p99 %v; want ≥ 0.99 within %v", fl.Coverage, fl.P99, p99Bound)
+	}
+	if fl.Neighbours == 0 || fl.AllNeighbours == 0 {
+		t.Errorf("of the spammer's %d neighbours, %d blocked it, and not all were gone by the flood's end", fl.Neighbours, fl.NeighboursBlocked)
+	}
+	if fl.MinScore >= graylist {
+		t.Errorf("the spammer's lowest gossipsub score %.0f; want under the graylist threshold %d", fl.MinScore, graylist)
 	}
 }
