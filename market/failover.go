@@ -259,6 +259,11 @@ func (fo *Failover) Run(ctx context.Context, cands []Candidate, job Job, out fun
 		}
 	}
 	if job.Request.MaxTokens > 0 && tokens >= job.Request.MaxTokens && len(attempts) > 0 {
+		// Every token asked for arrived, though the last worker failed
+		// before its Done: the answer is whole, cut at max_tokens.
+		if last := &attempts[len(attempts)-1].Receipt; last.FinishReason == "" {
+			last.FinishReason = FinishLength
+		}
 		return attempts, nil
 	}
 	return attempts, &NoWorkerError{Errs: errs}

@@ -157,10 +157,11 @@ func TestFailoverWorkerDies(t *testing.T) {
 	if r1.CompletionTokens != k || r2.CompletionTokens != 40-k {
 		t.Fatalf("worker 1 delivered %d, worker 2 %d; want %d and %d", r1.CompletionTokens, r2.CompletionTokens, k, 40-k)
 	}
-	// Worker 1 is paid for the windows the client settled before it died: every
-	// 2 tokens (half its credit of 4), so for 4 of its 5 tokens.
-	if want := wantCost(Price{Completion: price1.Completion}, 0, 4); r1.Paid != want {
-		t.Fatalf("worker 1 paid %d; want %d for 4 tokens", r1.Paid, want)
+	// Worker 1 is paid for every token that reached the caller: the windows
+	// settled while it ran (every 2 tokens, half its credit of 4), and, when
+	// its stream broke, a last voucher for the fifth (the caller keeps it).
+	if want := wantCost(Price{Completion: price1.Completion}, 0, k); r1.Paid != want {
+		t.Fatalf("worker 1 paid %d; want %d for its %d tokens", r1.Paid, want, k)
 	}
 	// Worker 2 is paid in full for its own part: the prompt plus the continuation
 	// as its prompt, and only the tokens it added.
@@ -399,4 +400,39 @@ func peers(cs []Candidate) []peer.ID {
 		out[i] = c.Peer
 	}
 	return out
+}
+
+// TestFailoverAllTokensThenDeath: a worker that delivers every token asked for
+// and dies before its Done leaves a whole answer, cut at max_tokens: it ends
+// with finish reason length (not ""), no other worker is asked for more, and
+// the worker is paid for every token the caller kept.
+func TestFailoverAllTokensThenDeath(t *testing.T) {
+	const k = 5
+	job := testJob("m", k)
+	price := Price{Prompt: 1_000, Completion: 3_333_333}
+	n := newFailoverNet(t)
+	b1 := &textBackend{model: "m", textLen: 40, stallAfter: k} // all k tokens, then no Done
+	b2 := &textBackend{model: "m", textLen: 40}
+	cands := []Candidate{n.add("w1", b1, price, 4), n.add("w2", b2, price, 4)}
+	fo := n.failover()
+	attempts, err := fo.Run(t.Context(), cands, job, func(a Attempt, c Chunk) error {
+		if c.TokensSoFar == k {
+			go n.kill("w1") // the caller has every token: the worker dies before Done
+		}
+		return nil
+	})
+	n.wg.Wait()
+	if err != nil {
+		t.Fatalf("Failover.Run = %v; want the whole answer", err)
+	}
+	if len(attempts) != 1 || attempts[0].Candidate.Peer != "w1" {
+		t.Fatalf("attempts %+v; want worker 1 alone", attempts)
+	}
+	r := attempts[0].Receipt
+	if r.FinishReason != FinishLength {
+		t.Errorf("finish reason %q; want %q", r.FinishReason, FinishLength)
+	}
+	if want := wantCost(Price{Completion: price.Completion}, 0, k); r.Paid != want {
+		t.Errorf("worker 1 paid %d; want %d for the %d tokens the caller kept", r.Paid, want, k)
+	}
 }
