@@ -25,6 +25,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
 	"github.com/libp2p/go-libp2p/p2p/host/autorelay"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	routedhost "github.com/libp2p/go-libp2p/p2p/host/routed"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/protocol/holepunch"
@@ -41,6 +42,7 @@ const (
 	DHTPrefix      protocol.ID = "/cocoon"              // Kademlia runs as /cocoon/kad/1.0.0 (WAN) and /cocoon/lan/kad/1.0.0 (LAN)
 	ProtocolJob    protocol.ID = "/cocoon/job/1.0.0"    // one stream per job (market)
 	ProtocolAttest protocol.ID = "/cocoon/attest/1.0.0" // attestation session (enclave via market)
+	ProtocolModels protocol.ID = "/cocoon/models/1.0.0" // the model ids a peer knows, asked by a node that knows none (market)
 	// TopicAdsPrefix begins every model's ads topic (AdTopic).
 	TopicAdsPrefix = "/cocoon/ads/1/"
 	// TopicModels is the catalogue topic: each worker publishes the ids of the
@@ -116,6 +118,8 @@ type Limits struct {
 // topics it has joined and the catalogue topic. Its methods are safe for
 // concurrent use.
 type Node struct {
+	// Host is the libp2p host; on a host the node builds, a dial to a peer
+	// without known addresses looks them up in the DHT (a routed host).
 	Host      host.Host
 	DHT       *dual.DHT
 	PubSub    *pubsub.PubSub
@@ -244,6 +248,14 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	)
 	if err != nil {
 		return fail(fmt.Errorf("p2p: start dht: %w", err))
+	}
+	if cfg.Host == nil {
+		// A peer known by its ID alone (a worker whose ad came by gossipsub,
+		// never connected) is dialled at the addresses the DHT finds: for a
+		// worker behind a NAT, its /p2p-circuit addresses, which the peers
+		// connected to it (its relay first) answer FindPeer with. A basic
+		// host fails such a dial with "no addresses".
+		n.Host = routedhost.Wrap(h, n.DHT)
 	}
 	n.PubSub, err = pubsub.NewGossipSub(ctx, h,
 		pubsub.WithMessageSigning(true),

@@ -436,3 +436,42 @@ func TestDualDHTProtocols(t *testing.T) {
 		t.Fatalf("protocols %v; want %s/kad/1.0.0 (WAN) and %s/lan/kad/1.0.0 (LAN)", n.Host.Mux().Protocols(), DHTPrefix, DHTPrefix)
 	}
 }
+
+// TestDialByID: a node dials a peer it knows by ID alone (as a client does
+// a worker whose ad came by gossipsub) at the addresses the DHT finds; a
+// basic host failed with "no addresses", which in the NAT lab kept every
+// client from its worker behind a NAT.
+func TestDialByID(t *testing.T) {
+	var ns []*Node
+	for i := range 3 {
+		cfg := Config{
+			Identity: newKey(t),
+			Listen:   []string{"/ip4/127.0.0.1/tcp/0"},
+			DHTMode:  DHTServer,
+		}
+		if i > 0 {
+			cfg.Bootstrap = []string{ns[0].Host.Addrs()[0].String() + "/p2p/" + ns[0].Host.ID().String()}
+		}
+		n, err := New(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		ns = append(ns, n)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for ns[0].RoutingTableSize() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the bootstrap node's routing table did not get both peers")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	a, b := ns[2], ns[1].Host.ID()
+	a.Host.Network().ClosePeer(b)
+	a.Host.Peerstore().ClearAddrs(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.Host.Connect(ctx, peer.AddrInfo{ID: b}); err != nil {
+		t.Fatalf("Connect(%s) with no known addresses: %v; want the DHT's", b, err)
+	}
+}
