@@ -68,7 +68,7 @@ func initDir(t *testing.T) string {
 type proc struct {
 	cmd     *exec.Cmd
 	datadir string
-	stderr  *bytes.Buffer
+	stderr  *syncBuffer // the node writes it while the test reads
 }
 
 func startNode(t *testing.T, dir string, extra ...string) *proc {
@@ -76,7 +76,7 @@ func startNode(t *testing.T, dir string, extra ...string) *proc {
 	args := append([]string{"node", "--datadir", dir, "--listen", "/ip4/127.0.0.1/tcp/0",
 		"--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--api", "127.0.0.1:0", "--mdns=false"}, extra...)
 	cmd := exec.Command(bin, args...)
-	p := &proc{cmd: cmd, datadir: dir, stderr: &bytes.Buffer{}}
+	p := &proc{cmd: cmd, datadir: dir, stderr: &syncBuffer{}}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

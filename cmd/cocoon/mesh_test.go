@@ -93,39 +93,54 @@ func TestMeshDefaultConfig(t *testing.T) {
 	t.Logf("after the kill node1 bought %q from %s: %d+%d tokens, %d nanoTON", text, by.Worker,
 		usage.PromptTokens, usage.CompletionTokens, cost)
 
-	// A node started after the bootstrap died, given a survivor as its only
-	// bootstrap peer, joins and sees both workers' ads.
-	freshDir := initDir(t)
-	cfg, err := node.Load(freshDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Enclave.Policy.AllowSim = true // it buys, as the testnet's clients do, from sim workers
-	cfg.Enclave.Policy.AllowedKinds = []tee.Kind{tee.Sim}
-	if err := node.Save(freshDir, cfg); err != nil {
-		t.Fatal(err)
-	}
-	joined := time.Now()
-	fresh := startNode(t, freshDir, "--bootstrap", procTCPAddr(t, ctx, buyer))
-	freshAPI, err := local.FromDatadir(freshDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var seen []openaiapi.Model
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		seen, err = freshAPI.Models(ctx)
-		if err == nil && slices.ContainsFunc(seen, func(m openaiapi.Model) bool { return m.ID == "stories260K" && local.Workers(m) == workers }) {
-			break
+	// Nodes started after the bootstrap died, given a survivor as their only
+	// bootstrap peer, join the network: one that follows the model's ads
+	// (market.models) sees both workers' ads; one that follows none learns
+	// the model's name from its first peers (it joins the model's ads on its
+	// first request for it).
+	fresh := func(models []string) (*proc, *local.Client) {
+		dir := initDir(t)
+		cfg, err := node.Load(dir)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the fresh node's /v1/models after 30 s: %+v (%v); want stories260K from %d workers; peers %v; log %s",
-				seen, err, workers, fresh.peers(t), fresh.stderr)
+		cfg.Enclave.Policy.AllowSim = true // it buys, as the testnet's clients do, from sim workers
+		cfg.Enclave.Policy.AllowedKinds = []tee.Kind{tee.Sim}
+		cfg.Market.Models = models
+		if err := node.Save(dir, cfg); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(100 * time.Millisecond)
+		p := startNode(t, dir, "--bootstrap", procTCPAddr(t, ctx, buyer))
+		api, err := local.FromDatadir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p, api
 	}
-	t.Logf("a fresh node bootstrapped from node1 listed stories260K from both workers %s after its start; it has %d peers",
-		time.Since(joined).Round(time.Millisecond), len(fresh.peers(t)))
+	waitModels := func(what string, p *proc, api *local.Client, ok func(openaiapi.Model) bool) {
+		start := time.Now()
+		var seen []openaiapi.Model
+		var err error
+		for {
+			seen, err = api.Models(ctx)
+			if err == nil && slices.ContainsFunc(seen, ok) {
+				break
+			}
+			if time.Since(start) > 30*time.Second {
+				t.Fatalf("%s: /v1/models after 30 s: %+v (%v); peers %v; log %s", what, seen, err, p.peers(t), p.stderr)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Logf("%s %s after its start; it has %d peers", what, time.Since(start).Round(time.Millisecond), len(p.peers(t)))
+	}
+	p, api := fresh([]string{"stories260K"})
+	waitModels("a fresh node following stories260K listed both workers", p, api, func(m openaiapi.Model) bool {
+		return m.ID == "stories260K" && local.Workers(m) == workers
+	})
+	p, api = fresh(nil)
+	waitModels("a fresh node following no model named stories260K", p, api, func(m openaiapi.Model) bool {
+		return m.ID == "stories260K" && m.Extra["joined"] == false
+	})
 
 	checkBooks(t, c, cost)
 }

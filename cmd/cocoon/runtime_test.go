@@ -105,7 +105,7 @@ func TestRuntimeInstallThenServe(t *testing.T) {
 	cmd := exec.Command(bin, "node", "--datadir", dir, "--listen", "/ip4/127.0.0.1/tcp/0",
 		"--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--api", "127.0.0.1:0", "--mdns=false", "--serve", model)
 	cmd.Env = env
-	p := &proc{cmd: cmd, datadir: dir, stderr: &bytes.Buffer{}}
+	p := &proc{cmd: cmd, datadir: dir, stderr: &syncBuffer{}}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

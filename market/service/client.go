@@ -111,6 +111,10 @@ type Client struct {
 	ownAt bool
 	log   *slog.Logger
 	nb    *network.NotifyBundle
+	// askedNames counts the peers asked for model names (asknames.go), each
+	// once (askedPeer); guarded by mu.
+	askedNames int
+	askedPeer  map[peer.ID]bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -178,8 +182,13 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		}
 		return nil, fmt.Errorf("market: client service: %w", err)
 	}
-	c.nb = &network.NotifyBundle{DisconnectedF: c.disconnected}
+	c.askedPeer = map[peer.ID]bool{}
+	cfg.Node.Host.SetStreamHandler(p2p.ProtocolModels, c.serveNames)
+	c.nb = &network.NotifyBundle{DisconnectedF: c.disconnected, ConnectedF: c.connected}
 	cfg.Node.Host.Network().Notify(c.nb)
+	for _, conn := range cfg.Node.Host.Network().Conns() { // those that came before the service
+		c.connected(cfg.Node.Host.Network(), conn)
+	}
 	c.wg.Add(1)
 	go c.pruneLoop()
 	return c, nil
@@ -280,6 +289,7 @@ func (c *Client) Close() error {
 	c.node.SetAdsValidator(nil)
 	c.node.SetCatalogueValidator(nil)
 	c.node.Host.Network().StopNotify(c.nb)
+	c.node.Host.RemoveStreamHandler(p2p.ProtocolModels)
 	c.cancel()
 	c.wg.Wait()
 	if c.ownAt {

@@ -3,6 +3,7 @@ package service_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"slices"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/p2p"
+	"github.com/cocoon-network/cocoon/runtime/openaiapi"
 )
 
 // strangerNode adds a bare p2p node (no market service: it validates
@@ -223,4 +225,49 @@ func TestNetJoinOnFirstRequest(t *testing.T) {
 		_, ok := cs.Book().Get(w.node.Host.ID())
 		return ok
 	})
+}
+
+// TestNetAskNames: a node that follows no model and knows none asks its
+// first peers which model ids they know (p2p.ProtocolModels), so its
+// /v1/models names the network's models at once, not after the catalogue's
+// next round (up to 5 min); the names are hints, listed joined false. A peer
+// that asks too often is refused.
+func TestNetAskNames(t *testing.T) {
+	noLeaks(t)
+	f := newNetFixture(t, 1, market.RunOptions{}, nil)
+	waitFor(t, 10*time.Second, "the fixture client's book", func() bool { return len(f.cs.Book().All()) > 0 })
+	nd := strangerNode(t, f) // connects to the fixture's client, which knows the model
+	cs, err := service.NewClient(service.ClientConfig{Node: nd, Payer: service.NewPayers(f.payer).Payer,
+		Verifier: f.verifier, Policy: market.Policy{TEE: []tee.Kind{tee.Sim}}, Logger: f.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	// The connection came before the service: a new one asks.
+	nd.Host.Network().ClosePeer(f.client.Host.ID())
+	ctx := context.Background()
+	if err := nd.Host.Connect(ctx, peer.AddrInfo{ID: f.client.Host.ID(), Addrs: f.client.Host.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the model's name heard from a peer", func() bool {
+		ms, err := cs.ListModels(ctx)
+		return err == nil && slices.ContainsFunc(ms, func(m openaiapi.Model) bool {
+			return m.ID == netModel && m.Extra["joined"] == false
+		})
+	})
+	// Asked too often, a peer answers nothing: the burst, then a reset.
+	for i := range service.AskNamesBurst + 1 {
+		s, err := nd.Host.NewStream(ctx, f.client.Host.ID(), p2p.ProtocolModels)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.CloseWrite()
+		b, err := io.ReadAll(s)
+		s.Close()
+		if names, ok := service.DecodeCatalogue(b); i < service.AskNamesBurst-1 && (err != nil || !ok || !slices.Contains(names, netModel)) {
+			t.Fatalf("ask %d: %q, %v", i, b, err)
+		} else if i == service.AskNamesBurst && len(b) != 0 {
+			t.Fatalf("ask %d, past the rate: answered %q", i, b)
+		}
+	}
 }

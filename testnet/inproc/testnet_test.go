@@ -80,7 +80,7 @@ func TestFiftyNodes(t *testing.T) {
 
 	// One node provides a model; every other node finds it through the DHT.
 	provider := tn.Nodes[17]
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second) // under -race on a loaded 2-core box
 	defer cancel()
 	if err := provider.P2P.Provide(ctx, "stories260K"); err != nil {
 		t.Fatal(err)
