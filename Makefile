@@ -22,7 +22,7 @@ export COCOON_PROMETHEUS ?= $(CACHE)/prometheus/usr/bin/prometheus
 # scripts/chromium.sh; looked up when each recipe runs, so after deps installed it).
 export COCOON_CHROMIUM ?= $(shell sh scripts/chromium.sh --no-install)
 
-.PHONY: build run test bench fuzz lint deps
+.PHONY: build run test bench fuzz lint deps chaos
 
 build:
 	$(GO) build -o $(BIN) ./cmd/cocoon
@@ -52,6 +52,14 @@ FUZZTIME ?= 30s
 
 bench: deps
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem -timeout 30m ./...
+
+# The long robustness run (testnet/chaos): 1,000 requests across 4 workers, 2 of
+# them killed and restarted, a client and the ledger killed, two workers paused;
+# then every request's end, the logs and the books are checked. The seed is
+# printed; CHAOS_SEED=n replays a run, CHAOS_DIR=d keeps its logs, stores and
+# history. (`make test` runs the short one, TestChaosShort.)
+chaos: deps build
+	CHAOS_LONG=1 $(GO) test -count=1 -run '^TestChaosLong$$' -v -timeout 30m ./testnet/chaos/
 
 fuzz: deps
 	FUZZTIME=$(FUZZTIME) GO=$(GO) bash scripts/fuzz.sh
