@@ -71,10 +71,10 @@ func tail(b []byte, n int) []byte {
 // the shared model on the embedded backend, a client node), and drives the
 // client's gateway with two unmodified SDKs:
 //
-//   - the openai npm SDK: tool calls forced by tool_choice "required" and by a
-//     named function, created and streamed (the SDK's stream helper assembles
-//     the call), whose arguments parse and validate against the function's
-//     schema; a second turn with the tool's result; json_schema with strict
+//   - the openai npm SDK: tool calls forced by tool_choice "required",
+//     created and streamed (the SDK's stream helper assembles the call), and
+//     by a named function with parallel_tool_calls false, whose arguments
+//     parse and validate against the function's schema; a second turn with the tool's result; json_schema with strict
 //     through the SDK's parse helper; logprobs with top_logprobs; a batch of
 //     embeddings of the model's dimension (base64 on the wire, as the SDK
 //     asks);
@@ -120,6 +120,7 @@ func TestNetworkWholeOpenAIAPI(t *testing.T) {
 		Created        choice
 		Streamed       choice
 		StreamedPieces int
+		Named          choice
 		Second         choice
 		Parsed         *struct {
 			OK    *bool   `json:"ok"`
@@ -145,7 +146,7 @@ func TestNetworkWholeOpenAIAPI(t *testing.T) {
 	}
 	runNode(t, c, filepath.Join("testdata", "openai_api.js"), []string{"OPENAI_SDK=" + sdk}, &res)
 
-	for what, ch := range map[string]choice{"created (required)": res.Created, "streamed (named function)": res.Streamed} {
+	for what, ch := range map[string]choice{"created (required)": res.Created, "streamed (required)": res.Streamed, "named function": res.Named} {
 		if ch.FinishReason != "tool_calls" || len(ch.Message.ToolCalls) != 1 {
 			t.Fatalf("%s: finish %q, %d tool calls; want one call and finish tool_calls", what, ch.FinishReason, len(ch.Message.ToolCalls))
 		}
@@ -166,8 +167,8 @@ func TestNetworkWholeOpenAIAPI(t *testing.T) {
 		t.Fatalf("parse helper: %q parsed to %+v", res.ParsedContent, p)
 	}
 	lp := res.Logprobs.Content
-	if len(lp) == 0 || res.Usages[4].CompletionTokens < len(lp) {
-		t.Fatalf("logprobs: %d entries for %d completion tokens", len(lp), res.Usages[4].CompletionTokens)
+	if len(lp) == 0 || res.Usages[5].CompletionTokens < len(lp) {
+		t.Fatalf("logprobs: %d entries for %d completion tokens", len(lp), res.Usages[5].CompletionTokens)
 	}
 	var joined []byte
 	for i, e := range lp {
@@ -193,10 +194,10 @@ func TestNetworkWholeOpenAIAPI(t *testing.T) {
 	if math.Abs(norm-1) > 1e-3 {
 		t.Errorf("embedding 1 has squared norm %g; want unit vectors", norm)
 	}
-	if emb := res.Usages[5]; emb.PromptTokens == 0 || emb.CompletionTokens != 0 {
+	if emb := res.Usages[6]; emb.PromptTokens == 0 || emb.CompletionTokens != 0 {
 		t.Errorf("embeddings usage %+v", emb)
 	}
-	names := []string{"created", "streamed", "second turn", "parse", "logprobs", "embeddings"}
+	names := []string{"created", "streamed", "named", "second turn", "parse", "logprobs", "embeddings"}
 	for i, u := range res.Usages {
 		cost("openai SDK "+names[i], u)
 	}

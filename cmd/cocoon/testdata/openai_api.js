@@ -1,6 +1,7 @@
 // Drives a node's gateway with the unmodified OpenAI JavaScript SDK through
 // every part of the API the network serves beyond plain chat: tool calls
-// (created and streamed through the SDK's stream helper), a second turn with
+// (tool_choice required, created and streamed through the SDK's stream
+// helper; a named function without parallel calls), a second turn with
 // the tool's result, structured output through the SDK's parse helper,
 // logprobs and a batch of embeddings. It prints one JSON object; the Go test
 // checks it. Usage: node openai_api.js BASE_URL TOKEN (OPENAI_SDK: the SDK).
@@ -31,7 +32,7 @@ const ask = [{ role: "user", content: "What is the weather in Paris?" }];
   spent(created.usage);
 
   const stream = client.chat.completions.stream({
-    model: "stories260K", messages: ask, tools: [weather], tool_choice: { type: "function", function: { name: "get_weather" } },
+    model: "stories260K", messages: ask, tools: [weather], tool_choice: "required",
     max_tokens: 200, temperature: 0.7, seed: 7, stream_options: { include_usage: true },
   });
   let pieces = 0;
@@ -40,6 +41,13 @@ const ask = [{ role: "user", content: "What is the weather in Paris?" }];
   out.streamed = streamed.choices[0];
   out.streamedPieces = pieces;
   spent(streamed.usage);
+
+  const named = await client.chat.completions.create({
+    model: "stories260K", messages: ask, tools: [weather], tool_choice: { type: "function", function: { name: "get_weather" } },
+    max_tokens: 200, temperature: 0, parallel_tool_calls: false,
+  });
+  out.named = named.choices[0];
+  spent(named.usage);
 
   const call = created.choices[0].message.tool_calls[0];
   const second = await client.chat.completions.create({
