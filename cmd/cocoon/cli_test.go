@@ -308,23 +308,7 @@ func TestServeModel(t *testing.T) {
 // TestLedgerWalletChannel drives the money commands as a user would: a shared
 // devledger service, a faucet, a wallet balance, a channel opened to a worker.
 func TestLedgerWalletChannel(t *testing.T) {
-	ledger := exec.Command(bin, "ledger", "serve", "--listen", "127.0.0.1:0")
-	out := &syncBuffer{}
-	ledger.Stdout = out
-	if err := ledger.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ledger.Process.Kill(); ledger.Wait() })
-	var url string
-	waitFor(t, 10*time.Second, "ledger URL", func() bool {
-		for _, f := range strings.Fields(out.String()) {
-			if strings.HasPrefix(f, "http://127.0.0.1:") {
-				url = f
-				return true
-			}
-		}
-		return false
-	})
+	url := startLedger(t)
 	client, worker := initDir(t), initDir(t)
 	mustRun := func(args ...string) string {
 		t.Helper()

@@ -99,6 +99,25 @@ func serveChild(in io.Reader, out io.Writer) error {
 		mu.Unlock()
 		wg.Wait()
 	}()
+	// start registers stream id and runs fn for it on a goroutine of its
+	// own; an id in use is refused.
+	start := func(id uint64, cs *childStream, fn func()) {
+		mu.Lock()
+		if _, dup := streams[id]; dup {
+			mu.Unlock()
+			cs.cancel()
+			_ = w.send(frame{Op: opError, ID: id, Kind: "invalid", Msg: "stream id in use"})
+			return
+		}
+		streams[id] = cs
+		mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { mu.Lock(); delete(streams, id); mu.Unlock() }()
+			fn()
+		}()
+	}
 	for {
 		f, err := readFrame(r)
 		if err != nil {
@@ -112,21 +131,8 @@ func serveChild(in io.Reader, out io.Writer) error {
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			cs := &childStream{cancel: cancel, credit: make(chan int, Window+1)}
-			mu.Lock()
-			if _, dup := streams[f.ID]; dup {
-				mu.Unlock()
-				cancel()
-				_ = w.send(frame{Op: opError, ID: f.ID, Kind: "invalid", Msg: "stream id in use"})
-				continue
-			}
-			streams[f.ID] = cs
-			mu.Unlock()
-			wg.Add(1)
-			go func(id uint64, req runtime.Request) {
-				defer wg.Done()
-				defer func() { mu.Lock(); delete(streams, id); mu.Unlock() }()
-				cs.run(ctx, b, id, req, w)
-			}(f.ID, *f.Req)
+			req := *f.Req
+			start(f.ID, cs, func() { cs.run(ctx, b, f.ID, req, w) })
 		case opCredit:
 			mu.Lock()
 			cs := streams[f.ID]
@@ -147,32 +153,16 @@ func serveChild(in io.Reader, out io.Writer) error {
 		case opEmbed:
 			ctx, cancel := context.WithCancel(context.Background())
 			cs := &childStream{cancel: cancel}
-			mu.Lock()
-			if _, dup := streams[f.ID]; dup {
-				mu.Unlock()
-				cancel()
-				_ = w.send(frame{Op: opError, ID: f.ID, Kind: "invalid", Msg: "stream id in use"})
-				continue
-			}
-			streams[f.ID] = cs
-			mu.Unlock()
-			wg.Add(1)
-			go func(id uint64, req runtime.EmbedRequest) {
-				defer wg.Done()
-				defer func() { mu.Lock(); delete(streams, id); mu.Unlock() }()
+			id, req := f.ID, runtime.EmbedRequest{Model: f.Model, Inputs: f.Inputs}
+			start(id, cs, func() {
 				defer cancel()
-				emb, ok := any(b).(runtime.Embedder)
-				if !ok {
-					_ = w.send(frame{Op: opError, ID: id, Kind: "invalid", Field: "model", Msg: "the engine serves no embeddings"})
-					return
-				}
-				e, err := emb.Embed(ctx, req)
+				e, err := b.Embed(ctx, req)
 				if err != nil {
 					_ = w.send(errorFrame(id, err))
 					return
 				}
 				_ = w.send(frame{Op: opEmbedded, ID: id, Vectors: e.Vectors, Usage: &runtime.Usage{PromptTokens: e.PromptTokens}})
-			}(f.ID, runtime.EmbedRequest{Model: f.Model, Inputs: f.Inputs})
+			})
 		case opPing:
 			_ = w.send(frame{Op: opPong, ID: f.ID})
 		default:

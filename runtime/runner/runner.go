@@ -366,6 +366,28 @@ func (e *engine) refusedShapes() int {
 
 func (e *engine) generate(ctx context.Context, req runtime.Request) (runtime.Stream, error) {
 	sh := shape(req)
+	c, err := e.live(ctx, sh)
+	if err != nil {
+		return nil, err
+	}
+	return c.generate(ctx, req, sh)
+}
+
+// embed runs req in the current child, waiting for a restart as generate.
+func (e *engine) embed(ctx context.Context, req runtime.EmbedRequest) (runtime.Embeddings, error) {
+	b, _ := json.Marshal(req)
+	sh := sha256.Sum256(append([]byte("embed\x00"), b...))
+	c, err := e.live(ctx, sh)
+	if err != nil {
+		return runtime.Embeddings{}, err
+	}
+	return c.embed(ctx, req, sh)
+}
+
+// live is the running child for a request of shape sh: at once, or after a
+// restart that comes within Config.RestartWait (else runtime.ErrBusy); a
+// shape in flight at RefuseAfter crashes is refused.
+func (e *engine) live(ctx context.Context, sh [32]byte) (*child, error) {
 	var wait <-chan time.Time
 	for {
 		e.mu.Lock()
@@ -377,7 +399,7 @@ func (e *engine) generate(ctx context.Context, req runtime.Request) (runtime.Str
 		case crashes >= e.cfg.RefuseAfter:
 			return nil, fmt.Errorf("%w (%d times)", ErrRefused, crashes)
 		case c != nil:
-			return c.generate(ctx, req, sh)
+			return c, nil
 		}
 		if wait == nil {
 			t := time.NewTimer(e.cfg.RestartWait)
@@ -390,38 +412,6 @@ func (e *engine) generate(ctx context.Context, req runtime.Request) (runtime.Str
 			return nil, fmt.Errorf("%w: the engine process is restarting after a crash", runtime.ErrBusy)
 		case <-ctx.Done():
 			return nil, fmt.Errorf("wait for the engine process to restart: %w", ctx.Err())
-		}
-	}
-}
-
-// embed runs req in the current child, waiting for a restart as generate.
-func (e *engine) embed(ctx context.Context, req runtime.EmbedRequest) (runtime.Embeddings, error) {
-	b, _ := json.Marshal(req)
-	sh := sha256.Sum256(append([]byte("embed\x00"), b...))
-	var wait <-chan time.Time
-	for {
-		e.mu.Lock()
-		c, up, closed, crashes := e.cur, e.up, e.closed, e.crashes[sh]
-		e.mu.Unlock()
-		switch {
-		case closed:
-			return runtime.Embeddings{}, runtime.ErrClosed
-		case crashes >= e.cfg.RefuseAfter:
-			return runtime.Embeddings{}, fmt.Errorf("%w (%d times)", ErrRefused, crashes)
-		case c != nil:
-			return c.embed(ctx, req, sh)
-		}
-		if wait == nil {
-			t := time.NewTimer(e.cfg.RestartWait)
-			defer t.Stop()
-			wait = t.C
-		}
-		select {
-		case <-up:
-		case <-wait:
-			return runtime.Embeddings{}, fmt.Errorf("%w: the engine process is restarting after a crash", runtime.ErrBusy)
-		case <-ctx.Done():
-			return runtime.Embeddings{}, fmt.Errorf("wait for the engine process to restart: %w", ctx.Err())
 		}
 	}
 }
