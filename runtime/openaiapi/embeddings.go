@@ -29,17 +29,8 @@ type EmbeddingRequest struct {
 type EmbedInput []string
 
 func (in *EmbedInput) UnmarshalJSON(b []byte) error {
-	b = bytes.TrimSpace(b)
-	if len(b) > 0 && b[0] == '"' {
-		var s string
-		if err := json.Unmarshal(b, &s); err != nil {
-			return err
-		}
-		*in = EmbedInput{s}
-		return nil
-	}
-	var many []string
-	if err := json.Unmarshal(b, &many); err != nil {
+	many, err := stringOrStrings(b)
+	if err != nil {
 		return fmt.Errorf("input must be a string or an array of strings")
 	}
 	*in = many

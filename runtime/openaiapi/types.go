@@ -372,17 +372,8 @@ func (s *StopList) UnmarshalJSON(b []byte) error {
 type Prompt string
 
 func (p *Prompt) UnmarshalJSON(b []byte) error {
-	b = bytes.TrimSpace(b)
-	if len(b) > 0 && b[0] == '"' {
-		var s string
-		if err := json.Unmarshal(b, &s); err != nil {
-			return err
-		}
-		*p = Prompt(s)
-		return nil
-	}
-	var many []string
-	if err := json.Unmarshal(b, &many); err != nil {
+	many, err := stringOrStrings(b)
+	if err != nil {
 		return fmt.Errorf("prompt must be a string (token arrays are not supported)")
 	}
 	if len(many) != 1 {
@@ -390,6 +381,24 @@ func (p *Prompt) UnmarshalJSON(b []byte) error {
 	}
 	*p = Prompt(many[0])
 	return nil
+}
+
+// stringOrStrings decodes a JSON string as a list of one, or an array of
+// strings: the shapes of "prompt", "input" and "stop".
+func stringOrStrings(b []byte) ([]string, error) {
+	b = bytes.TrimSpace(b)
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return nil, err
+		}
+		return []string{s}, nil
+	}
+	var many []string
+	if err := json.Unmarshal(b, &many); err != nil {
+		return nil, err
+	}
+	return many, nil
 }
 
 // Usage is the OpenAI usage object; CostNanoTON is cocoon's addition, present
