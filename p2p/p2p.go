@@ -251,11 +251,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if cfg.Host == nil {
 		// A peer known by its ID alone (a worker whose ad came by gossipsub,
-		// never connected) is dialled at the addresses the DHT finds: for a
-		// worker behind a NAT, its /p2p-circuit addresses, which the peers
-		// connected to it (its relay first) answer FindPeer with. A basic
-		// host fails such a dial with "no addresses".
-		n.Host = routedhost.Wrap(h, n.DHT)
+		// never connected) is dialled at the addresses peerRouting finds. A
+		// basic host fails such a dial with "no addresses".
+		n.Host = routedhost.Wrap(h, peerRouting{n.DHT, h})
 	}
 	n.PubSub, err = pubsub.NewGossipSub(ctx, h,
 		pubsub.WithMessageSigning(true),

@@ -201,3 +201,51 @@ func (n *Node) NewStream(ctx context.Context, p peer.ID, pid protocol.ID) (netwo
 	}
 	return n.Host.NewStream(ctx, p, pid)
 }
+
+// peerRouting finds a peer's addresses for the node's routed host: the
+// DHT's, else a circuit address through each connected relay. The second is
+// how a worker behind a NAT is found: the WAN DHT never hands out a peer
+// whose only public addresses are /p2p-circuit ones (kad-dht's query filter
+// wants a public address that is not a relay's, and the servers know only
+// the worker's private and circuit addresses), and such a worker holds its
+// reservations on the relays among the public nodes, which a node stays
+// connected to. A relay without a reservation for the peer refuses at once
+// (NO_RESERVATION), so the dials through the wrong relays cost a round trip.
+type peerRouting struct {
+	dht interface {
+		FindPeer(context.Context, peer.ID) (peer.AddrInfo, error)
+	}
+	h host.Host
+}
+
+func (r peerRouting) FindPeer(ctx context.Context, p peer.ID) (peer.AddrInfo, error) {
+	ai, err := r.dht.FindPeer(ctx, p)
+	if err == nil && len(ai.Addrs) > 0 {
+		return ai, nil
+	}
+	circuits := relayedAddrs(r.h, p)
+	if len(circuits) == 0 {
+		return ai, err
+	}
+	return peer.AddrInfo{ID: p, Addrs: circuits}, nil
+}
+
+// relayedAddrs are the addresses of p through each relay h is directly
+// connected to (a peer offering relay v2's hop protocol).
+func relayedAddrs(h host.Host, p peer.ID) []ma.Multiaddr {
+	var out []ma.Multiaddr
+	for _, c := range h.Network().Conns() {
+		r := c.RemotePeer()
+		if r == p || c.Stat().Limited {
+			continue
+		}
+		if ok, _ := h.Peerstore().SupportsProtocols(r, proto.ProtoIDv2Hop); len(ok) == 0 {
+			continue
+		}
+		a := c.RemoteMultiaddr().Encapsulate(ma.StringCast("/p2p/" + r.String() + "/p2p-circuit"))
+		if !slices.ContainsFunc(out, a.Equal) {
+			out = append(out, a)
+		}
+	}
+	return out
+}

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,6 +19,7 @@ import (
 	"github.com/cocoon-network/cocoon/client/local"
 	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/node"
+	"github.com/cocoon-network/cocoon/runtime"
 )
 
 // NAT kinds of a home router.
@@ -33,45 +36,73 @@ const (
 // Config describes a lab.
 type Config struct {
 	Bin    string // the cocoon binary
-	Model  string // GGUF the worker serves
+	Model  string // GGUF every worker serves
 	LibDir string // llama.cpp libraries
-	NATA   string // home A's router (the client's): EIM or Symmetric
-	NATB   string // home B's router (the worker's)
+	// ClientNAT is the router of the client's home: EIM or Symmetric.
+	ClientNAT string
+	// WorkerNATs has one entry per worker, each in a home of its own behind
+	// a router of that kind. Worker i serves Model under its own id,
+	// ModelID(Model, WorkerNATs[i]), so that a request names its worker.
+	WorkerNATs []string
+}
+
+// ModelID is the id under which the worker behind a NAT of kind nat serves
+// model: the file's base name and the kind.
+func ModelID(model, nat string) string {
+	kind := "eim"
+	if nat == Symmetric {
+		kind = "symmetric"
+	}
+	return strings.TrimSuffix(filepath.Base(model), ".gguf") + "-" + kind
 }
 
 // Proc is one cocoon process of the lab.
 type Proc struct {
 	Name, NS, IP, Datadir, Log string
+	NAT                        string // the home router's kind; "" on the public segment
+	Model                      string // the model id a worker serves
 	PeerID                     string
 	API                        *local.Client
 	cmd                        *exec.Cmd
 	done                       chan struct{}
 }
 
+// Home is a home segment: a NAT router between its LAN and the public
+// segment, reached over WAN (a userspace link that Shape delays and drops on).
+type Home struct {
+	NAT          string // EIM or Symmetric
+	Router, NS   string // namespaces
+	WANIP, LANIP string // the router's public address, the home host's
+	WAN          *Link
+}
+
 // Lab is a running lab: namespaces, NAT routers, WAN links and processes.
 type Lab struct {
-	t              testing.TB
-	cfg            Config
-	dir, pre       string
-	ns             []string
-	WANA, WANB     *Link
-	Ledger         string // the ledger's URL as the nodes reach it
-	Boot, Relay    *Proc
-	Public         []*Proc // every public node: Boot, Relay and two plain peers
-	Client, Worker *Proc
-	procs          []*Proc
+	t           testing.TB
+	cfg         Config
+	dir, pre    string
+	ns          []string
+	Homes       []*Home // the client's home first, then one per worker
+	Ledger      string  // the ledger's URL as the nodes reach it
+	Boot, Relay *Proc
+	Public      []*Proc // every public node: Boot, Relay and two plain peers
+	Client      *Proc
+	Workers     []*Proc // one per Config.WorkerNATs
+	procs       []*Proc
 }
 
 // New builds the lab and starts its processes; t's cleanup removes all of
-// it, whatever happened. Without root it skips t, loudly.
+// it, whatever happened. Without root, ip or nft it skips t, loudly.
 func New(t testing.TB, cfg Config) *Lab {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("NETLAB SKIPPED: network namespaces and nftables need root (CI runs this as root); run `sudo go test ./testnet/netlab`")
 	}
 	l := &Lab{t: t, cfg: cfg, dir: t.TempDir(), pre: fmt.Sprintf("nl%d", os.Getpid()%100000)}
+	if out, err := exec.Command("sh", filepath.Join(repoRoot(), "scripts", "netlab-deps.sh")).CombinedOutput(); err != nil {
+		t.Skipf("NETLAB SKIPPED: ip (iproute2) and nft (nftables) are missing and could not be installed: %v: %s", err, bytes.TrimSpace(out))
+	}
 	t.Cleanup(l.close)
-	l.must("sh", filepath.Join(repoRoot(), "scripts", "netlab-deps.sh"))
 	l.topology()
 	l.start()
 	return l
@@ -101,50 +132,79 @@ func (l *Lab) in(ns string, args ...string) string {
 
 func (l *Lab) name(s string) string { return l.pre + s }
 
+func (l *Lab) addNS(ns string) {
+	l.t.Helper()
+	l.must("ip", "netns", "add", ns)
+	l.ns = append(l.ns, ns)
+	l.in(ns, "ip", "link", "set", "lo", "up")
+}
+
+// publicIPs are the public nodes' addresses, each in a namespace of its
+// own: a node's outgoing connections then leave from its own address (one
+// namespace with all of them on its bridge sent them from the bridge's
+// first address, and AutoNAT dialled back the wrong node).
+var publicIPs = []string{"11.0.0.10", "11.0.0.11", "11.0.0.12", "11.0.0.13"}
+
 func (l *Lab) topology() {
-	pub, ra, rb, ha, hb := l.name("pub"), l.name("ra"), l.name("rb"), l.name("ha"), l.name("hb")
-	for _, ns := range []string{pub, ra, rb, ha, hb} {
-		l.must("ip", "netns", "add", ns)
-		l.ns = append(l.ns, ns)
-		l.in(ns, "ip", "link", "set", "lo", "up")
-	}
+	pub := l.name("pub")
+	l.addNS(pub)
 	l.in(pub, "ip", "link", "add", "br0", "type", "bridge")
 	l.in(pub, "ip", "link", "set", "br0", "up")
-	for _, ip := range []string{"9", "10", "11", "12", "13"} {
-		l.in(pub, "ip", "addr", "add", "11.0.0."+ip+"/24", "dev", "br0")
+	l.in(pub, "ip", "addr", "add", "11.0.0.9/24", "dev", "br0") // the ledger's forwarder
+	for _, ip := range publicIPs {
+		last := ip[strings.LastIndexByte(ip, '.')+1:]
+		ns, br := l.name("n"+last), l.name("p"+last)
+		l.addNS(ns)
+		l.must("ip", "link", "add", br, "netns", pub, "type", "veth", "peer", "name", "eth0", "netns", ns)
+		l.in(pub, "ip", "link", "set", br, "master", "br0")
+		l.in(pub, "ip", "link", "set", br, "up")
+		l.in(ns, "ip", "addr", "add", ip+"/24", "dev", "eth0")
+		l.in(ns, "ip", "link", "set", "eth0", "up")
 	}
-	var err error
-	for _, h := range []struct {
-		router, home, wanIP, lan, nat string
-		link                          **Link
-	}{{ra, ha, "11.0.0.2", "192.168.1", l.cfg.NATA, &l.WANA}, {rb, hb, "11.0.0.3", "192.168.2", l.cfg.NATB, &l.WANB}} {
+	nats := append([]string{l.cfg.ClientNAT}, l.cfg.WorkerNATs...)
+	for i, nat := range nats {
+		x := string(rune('a' + i))
+		h := &Home{NAT: nat, Router: l.name("r" + x), NS: l.name("h" + x),
+			WANIP: fmt.Sprintf("11.0.0.%d", 2+i), LANIP: fmt.Sprintf("192.168.%d.2", 1+i)}
+		lan := fmt.Sprintf("192.168.%d", 1+i)
+		l.Homes = append(l.Homes, h)
+		l.addNS(h.Router)
+		l.addNS(h.NS)
 		// The WAN: a userspace link between a TAP in the router and one on pub's bridge.
-		rt, pt := h.router+"w", h.router+"p"
-		if *h.link, err = newLink(rt, pt); err != nil {
+		rt, pt := h.Router+"w", h.Router+"p"
+		var err error
+		if h.WAN, err = newLink(rt, pt); err != nil {
 			l.t.Fatalf("netlab: WAN link: %v", err)
 		}
-		l.must("ip", "link", "set", rt, "netns", h.router)
+		l.must("ip", "link", "set", rt, "netns", h.Router)
 		l.must("ip", "link", "set", pt, "netns", pub)
 		l.in(pub, "ip", "link", "set", pt, "master", "br0")
 		l.in(pub, "ip", "link", "set", pt, "up")
-		l.in(h.router, "ip", "addr", "add", h.wanIP+"/24", "dev", rt)
-		l.in(h.router, "ip", "link", "set", rt, "up")
+		l.in(h.Router, "ip", "addr", "add", h.WANIP+"/24", "dev", rt)
+		l.in(h.Router, "ip", "link", "set", rt, "up")
 		// The LAN: a veth pair.
-		lr, lh := h.router+"l", h.home+"e"
-		l.must("ip", "link", "add", lr, "netns", h.router, "type", "veth", "peer", "name", lh, "netns", h.home)
-		l.in(h.router, "ip", "addr", "add", h.lan+".1/24", "dev", lr)
-		l.in(h.router, "ip", "link", "set", lr, "up")
-		l.in(h.home, "ip", "addr", "add", h.lan+".2/24", "dev", lh)
-		l.in(h.home, "ip", "link", "set", lh, "up")
-		l.in(h.home, "ip", "route", "add", "default", "via", h.lan+".1")
-		l.in(h.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+		lr, lh := h.Router+"l", h.NS+"e"
+		l.must("ip", "link", "add", lr, "netns", h.Router, "type", "veth", "peer", "name", lh, "netns", h.NS)
+		l.in(h.Router, "ip", "addr", "add", lan+".1/24", "dev", lr)
+		l.in(h.Router, "ip", "link", "set", lr, "up")
+		l.in(h.NS, "ip", "addr", "add", h.LANIP+"/24", "dev", lh)
+		l.in(h.NS, "ip", "link", "set", lh, "up")
+		l.in(h.NS, "ip", "route", "add", "default", "via", lan+".1")
+		l.in(h.Router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 		rules := fmt.Sprintf(`table ip nat {
 	chain post { type nat hook postrouting priority srcnat; oifname "%s" %s; }
 }
-`, rt, h.nat)
-		f := filepath.Join(l.dir, h.router+".nft")
+`, rt, nat)
+		f := filepath.Join(l.dir, h.Router+".nft")
 		os.WriteFile(f, []byte(rules), 0o644)
-		l.in(h.router, "nft", "-f", f)
+		l.in(h.Router, "nft", "-f", f)
+	}
+}
+
+// Shape sets the delay and loss of every home's WAN link (Link.Shape).
+func (l *Lab) Shape(delay time.Duration, loss float64) {
+	for _, h := range l.Homes {
+		h.WAN.Shape(delay, loss)
 	}
 }
 
@@ -170,9 +230,12 @@ func (l *Lab) start() {
 	t.Cleanup(func() { ln.Close() })
 	l.Ledger = "http://11.0.0.9:8590"
 
-	modelID := strings.TrimSuffix(filepath.Base(cfg.Model), ".gguf")
-	mk := func(name, ns, ip string, relay bool, role string) *Proc {
-		p := &Proc{Name: name, NS: ns, IP: ip, Datadir: filepath.Join(l.dir, name), Log: filepath.Join(l.dir, name+".log")}
+	var models []string
+	for _, nat := range cfg.WorkerNATs {
+		models = append(models, ModelID(cfg.Model, nat))
+	}
+	mk := func(name, ns, ip string, relay bool, model string) *Proc {
+		p := &Proc{Name: name, NS: ns, IP: ip, Model: model, Datadir: filepath.Join(l.dir, name), Log: filepath.Join(l.dir, name+".log")}
 		l.must(cfg.Bin, "init", "--datadir", p.Datadir)
 		nc, err := node.Load(p.Datadir)
 		if err != nil {
@@ -184,46 +247,80 @@ func (l *Lab) start() {
 		nc.Settle.Chain, nc.Settle.DevLedgerURL = node.ChainDevLedger, l.Ledger
 		nc.Enclave.Policy.AllowSim = true
 		nc.Enclave.Policy.AllowedKinds = []tee.Kind{tee.Sim}
-		nc.Market.Models = []string{modelID}
-		if role == "worker" {
+		nc.Market.Models = models
+		if model != "" {
 			nc.Enclave.Attester = tee.Sim
-			nc.Runtime.Models = nil
+			nc.Runtime.Models = []runtime.ModelConfig{{Path: cfg.Model, ID: model}}
 			nc.Runtime.LibDir = cfg.LibDir
 			nc.Runtime.Threads = 1
-			nc.Market.Prices = []node.ModelPrice{{Model: modelID, Prompt: 1_000_000, Completion: 3_000_000}}
+			nc.Market.Prices = []node.ModelPrice{{Model: model, Prompt: 1_000_000, Completion: 3_000_000}}
 		}
 		if err := node.Save(p.Datadir, nc); err != nil {
 			t.Fatal(err)
 		}
 		return p
 	}
-	l.Boot = mk("bootstrap", pub, "11.0.0.10", false, "")
-	l.Relay = mk("relay", pub, "11.0.0.11", true, "")
-	l.Public = []*Proc{l.Boot, l.Relay, mk("peer1", pub, "11.0.0.12", false, ""), mk("peer2", pub, "11.0.0.13", false, "")}
-	l.Client = mk("client", l.name("ha"), "0.0.0.0", false, "client")
-	l.Worker = mk("worker", l.name("hb"), "0.0.0.0", false, "worker")
+	for i, ip := range publicIPs {
+		name := []string{"bootstrap", "relay", "peer1", "peer2"}[i]
+		p := mk(name, l.name("n"+ip[strings.LastIndexByte(ip, '.')+1:]), ip, name == "relay", "")
+		l.Public = append(l.Public, p)
+	}
+	l.Boot, l.Relay = l.Public[0], l.Public[1]
+	l.Client = mk("client", l.Homes[0].NS, "0.0.0.0", false, "")
+	l.Client.NAT = l.Homes[0].NAT
+	for i, nat := range cfg.WorkerNATs {
+		w := mk(fmt.Sprintf("worker%d", i+1), l.Homes[1+i].NS, "0.0.0.0", false, models[i])
+		w.NAT = nat
+		l.Workers = append(l.Workers, w)
+	}
 
-	// Fund the client and open its channel to the worker (before the nodes
+	// Fund the client and open its channel to each worker (before the nodes
 	// start: a running node holds its store).
 	l.in(pub, cfg.Bin, "wallet", "faucet", "--datadir", l.Client.Datadir, "--ledger", l.Ledger)
-	out := l.in(pub, cfg.Bin, "wallet", "--datadir", l.Worker.Datadir, "--ledger", l.Ledger)
-	l.in(pub, cfg.Bin, "channel", "open", "--datadir", l.Client.Datadir, "--ledger", l.Ledger,
-		"--deposit", "1000000000", "--worker-addr", field(out, "address"), "--worker-key", field(out, "channel key"))
+	for _, w := range l.Workers {
+		out := l.in(pub, cfg.Bin, "wallet", "--datadir", w.Datadir, "--ledger", l.Ledger)
+		l.in(pub, cfg.Bin, "channel", "open", "--datadir", l.Client.Datadir, "--ledger", l.Ledger,
+			"--deposit", "1000000000", "--worker-addr", field(out, "address"), "--worker-key", field(out, "channel key"))
+	}
 
-	var boot string
-	for i, p := range append(append([]*Proc{}, l.Public...), l.Client, l.Worker) {
-		args := []string{"node", "--datadir", p.Datadir}
-		if p == l.Worker {
-			args = append(args, "--serve", cfg.Model)
+	// The public nodes bootstrap from the first; the home nodes from all
+	// four, as a real network's nodes know several bootstrap peers. A home
+	// node that knows one only meets the others through the WAN DHT, whose
+	// table it filled at start, before the public nodes learnt they were
+	// public and turned DHT servers: it stayed connected to the first alone,
+	// so it had no relay to reserve on, and go-libp2p needs four observers
+	// to trust its NAT's address (hole punching needs that address).
+	var boot []string
+	for _, p := range append(append(append([]*Proc{}, l.Public...), l.Client), l.Workers...) {
+		if p == l.Client {
+			l.waitPublic()
 		}
-		if i > 0 {
-			args = append(args, "--bootstrap", boot)
+		args := []string{"node", "--datadir", p.Datadir}
+		for j, b := range boot {
+			if j == 0 || p.NAT != "" {
+				args = append(args, "--bootstrap", b)
+			}
 		}
 		l.spawn(p, args...)
 		l.waitAPI(p)
-		if i == 0 {
-			boot = "/ip4/11.0.0.10/tcp/4001/p2p/" + p.PeerID
+		if p.NAT == "" {
+			boot = append(boot, "/ip4/"+p.IP+"/tcp/4001/p2p/"+p.PeerID)
 		}
+	}
+}
+
+// waitPublic waits until every public node has learnt it is public, as a
+// real network's public nodes have long before a volunteer joins: until
+// then they are no WAN DHT servers, and a home node that bootstraps then
+// starts with an empty WAN routing table, so its FindPeer of a worker
+// behind a NAT (the way to its relay address) finds nothing.
+func (l *Lab) waitPublic() {
+	l.t.Helper()
+	for _, p := range l.Public {
+		waitFor(l.t, time.Minute, p.Name+"'s public verdict", func() bool {
+			st, err := p.API.Status(context.Background())
+			return err == nil && st.Reachability.Verdict == "public"
+		})
 	}
 }
 
@@ -305,9 +402,9 @@ func (l *Lab) close() {
 	for _, ns := range l.ns {
 		exec.Command("ip", "netns", "del", ns).Run()
 	}
-	for _, k := range []*Link{l.WANA, l.WANB} {
-		if k != nil {
-			k.Close()
+	for _, h := range l.Homes {
+		if h.WAN != nil {
+			h.WAN.Close()
 		}
 	}
 }
@@ -328,4 +425,26 @@ func waitFor(t testing.TB, d time.Duration, what string, ok func() bool) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// HandshakeRTT times n TCP handshakes from namespace ns to addr (a listening
+// port) and returns them sorted: a handshake is one round trip, so the
+// median is the path's round-trip time as the links make it (a SYN lost to
+// Loss shows as a second-long outlier, the kernel's retransmission time).
+func (l *Lab) HandshakeRTT(ns, addr string, n int) ([]time.Duration, error) {
+	var rtts []time.Duration
+	err := inNS(ns, func() error {
+		for range n {
+			start := time.Now()
+			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				return fmt.Errorf("dial %s from %s: %w", addr, ns, err)
+			}
+			rtts = append(rtts, time.Since(start))
+			c.Close()
+		}
+		return nil
+	})
+	slices.Sort(rtts)
+	return rtts, err
 }
