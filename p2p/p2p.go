@@ -141,6 +141,10 @@ type Node struct {
 	// while it runs, Close after.
 	remembered []RememberedPeer
 
+	// noDirect: the peers a wait for a direct connection failed for, and
+	// when (NewStream).
+	noDirect sync.Map
+
 	mu           sync.Mutex
 	closed       bool
 	provided     map[string]cid.Cid

@@ -27,8 +27,13 @@ const (
 
 // DirectWait is how long NewStream waits for hole punching to replace a
 // relayed connection with a direct one before it opens the stream on the
-// relayed one.
-const DirectWait = 5 * time.Second
+// relayed one; after a wait in vain it opens streams to that peer on the
+// relayed connection at once for NoDirectFor (hole punching goes on
+// meanwhile, and a direct connection it makes is used as soon as it exists).
+const (
+	DirectWait  = 5 * time.Second
+	NoDirectFor = 10 * time.Minute
+)
 
 // Reachability is how the node can be reached, as go-libp2p sees it now.
 type Reachability struct {
@@ -190,13 +195,16 @@ func (n *Node) NewStream(ctx context.Context, p peer.ID, pid protocol.ID) (netwo
 		}
 	}
 	if n.Host.Network().Connectedness(p) == network.Limited {
-		wctx, cancel := context.WithTimeout(ctx, DirectWait)
-		s, err := n.Host.NewStream(network.WithNoDial(wctx, "await a direct connection"), p, pid)
-		cancel()
-		if err == nil || ctx.Err() != nil {
-			return s, err
+		if t, ok := n.noDirect.Load(p); !ok || time.Since(t.(time.Time)) >= NoDirectFor {
+			wctx, cancel := context.WithTimeout(ctx, DirectWait)
+			s, err := n.Host.NewStream(network.WithNoDial(wctx, "await a direct connection"), p, pid)
+			cancel()
+			if err == nil || ctx.Err() != nil {
+				return s, err
+			}
+			n.noDirect.Store(p, time.Now())
+			n.log.Debug("no direct connection, opening on the relayed one", "peer", p, "protocol", pid, "err", err)
 		}
-		n.log.Debug("no direct connection, opening on the relayed one", "peer", p, "protocol", pid, "err", err)
 		return n.Host.NewStream(network.WithNoDial(limited, "relayed"), p, pid)
 	}
 	return n.Host.NewStream(ctx, p, pid)
