@@ -83,8 +83,11 @@ type Config struct {
 	StartEvery time.Duration
 	// Rate is the ad rate rule every node's validator applies (the zero value:
 	// none).
-	Rate   RateRule
-	Logger *slog.Logger // nil: discard
+	Rate RateRule
+	// Logger gets the harness's progress (Info) and its nodes' logs at
+	// NodeLevel and above. nil: discard.
+	Logger    *slog.Logger
+	NodeLevel slog.Level // 0: Info
 }
 
 // RateRule is market/service's ad rate rule (adrate.go), replicated here
@@ -382,6 +385,9 @@ func New(ctx context.Context, cfg Config) (*Net, error) {
 			simlibp2p.QUICSimnet(n.Sim, link),
 			// Identify's address discovery stalls synctest (x/simlibp2p).
 			libp2p.DisableIdentifyAddressDiscovery(),
+			// Prometheus collectors are process-wide: thousands of hosts
+			// would contend on them for figures nobody reads.
+			libp2p.DisableMetrics(),
 			libp2p.ResourceManager(&network.NullResourceManager{}),
 			libp2p.ConnectionManager(cm),
 			libp2p.BandwidthReporter(nd.Traffic),
@@ -398,7 +404,11 @@ func New(ctx context.Context, cfg Config) (*Net, error) {
 		}
 	}
 	n.Sim.Start()
+	nodeLog := slog.New(levelHandler{cfg.Logger.Handler(), cfg.NodeLevel})
 	for i, m := range made {
+		if (i+1)%100 == 0 {
+			n.log.Info("sim: nodes started", "n", i+1)
+		}
 		nd := m.h
 		if i > 0 {
 			time.Sleep(cfg.StartEvery)
@@ -410,7 +420,7 @@ func New(ctx context.Context, cfg Config) (*Net, error) {
 			// AutoNAT would make it a DHT server, which x/simlibp2p hosts lack.
 			DHTMode: p2p.DHTServer,
 			Host:    m.hst,
-			Logger:  cfg.Logger.With("node", nd.Index),
+			Logger:  nodeLog.With("node", nd.Index),
 		})
 		if err != nil {
 			m.hst.Close()
@@ -541,16 +551,19 @@ func (nd *Node) deliver(model string, origin peer.ID, data []byte) {
 // at least minTable peers or until d has passed, and returns how long it took.
 func (n *Net) Settle(d time.Duration, minTable int) time.Duration {
 	start := time.Now()
-	for time.Since(start) < d {
-		ok := true
+	for i := 0; time.Since(start) < d; i++ {
+		short, conns := 0, 0
 		for _, nd := range n.Nodes {
 			if nd.P2P.DHT.WAN.RoutingTable().Size() < minTable {
-				ok = false
-				break
+				short++
 			}
+			conns += len(nd.P2P.Host.Network().Conns())
 		}
-		if ok {
+		if short == 0 {
 			break
+		}
+		if i%5 == 0 {
+			n.log.Info("sim: settling", "short_tables", short, "conns_per_node", float64(conns)/float64(len(n.Nodes)))
 		}
 		time.Sleep(time.Second)
 	}
@@ -729,6 +742,24 @@ func (n *Net) HeapPerNode() uint64 {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return ms.HeapInuse / uint64(len(n.Nodes))
+}
+
+// levelHandler passes on the records at or above its level.
+type levelHandler struct {
+	slog.Handler
+	level slog.Level
+}
+
+func (h levelHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.level && h.Handler.Enabled(ctx, l)
+}
+
+func (h levelHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return levelHandler{h.Handler.WithAttrs(as), h.level}
+}
+
+func (h levelHandler) WithGroup(name string) slog.Handler {
+	return levelHandler{h.Handler.WithGroup(name), h.level}
 }
 
 // publicIP gives node i an address of its own /16: kad-dht's WAN routing table

@@ -3,9 +3,11 @@ package sim
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -119,6 +121,7 @@ func runScenario(t testing.TB, cfg Config) Figures {
 		}
 	}()
 	f := Figures{Nodes: len(n.Nodes), Workers: len(n.Workers)}
+	n.log.Info("sim: all started", "cpu_s", cpuSeconds()-cpu0)
 	f.Settle = n.Settle(settleMax, minTable)
 	f.CPUBuild = cpuSeconds() - cpu0
 	var conns int64
@@ -131,6 +134,7 @@ func runScenario(t testing.TB, cfg Config) Figures {
 	}
 	time.Sleep(meshWarmup)
 
+	n.log.Info("sim: ads start", "cpu_s", cpuSeconds()-cpu0)
 	before := snapshot(n)
 	start := time.Now()
 	cpu1 := cpuSeconds()
@@ -184,6 +188,7 @@ func runScenario(t testing.TB, cfg Config) Figures {
 	f.ConnsPerNode = float64(opened) / float64(len(n.Nodes))
 	simPhase.Store(phaseDone)
 
+	n.log.Info("sim: flood starts", "cpu_s", cpuSeconds()-cpu0)
 	floodStart := time.Now()
 	sp := flood(t, n, rng, &f.Flood)
 	n.StopAds() // the last ads propagate during drain
@@ -422,6 +427,26 @@ func simulate(t *testing.T, cfg Config) Figures {
 	if raceEnabled {
 		prev := runtime.GOMAXPROCS(1)
 		defer runtime.GOMAXPROCS(prev)
+	}
+	if os.Getenv("SIM_VERBOSE") != "" { // progress on stderr
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+		cfg.NodeLevel = slog.LevelWarn
+	}
+	// Most of the heap is live (connections, peerstores, tables): collect
+	// at 3× the live heap rather than 2×, within SIM_MEMLIMIT (default 16 GiB).
+	limit := int64(16 << 30)
+	if s := os.Getenv("SIM_MEMLIMIT"); s != "" {
+		gib, _ := strconv.Atoi(s)
+		limit = int64(gib) << 30
+	}
+	defer debug.SetGCPercent(debug.SetGCPercent(200))
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(limit))
+	if s := os.Getenv("SIM_START_EVERY"); s != "" { // for trying arrival rates by hand
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("SIM_START_EVERY: %v", err)
+		}
+		cfg.StartEvery = d
 	}
 	var f Figures
 	if path := os.Getenv("SIM_CPUPROFILE"); path != "" {
