@@ -355,6 +355,14 @@ func flood(t testing.TB, n *Net, rng *rand.Rand, f *Flood) *Spammer {
 		}
 	}
 	f.Window = time.Since(start)
+	for _, q := range neighbours {
+		o := n.byPeer[q]
+		s, ok := o.P2P.Score(id)
+		if o.BlockedAt(id).IsZero() && s >= graylist {
+			t.Logf("spammer's neighbour %d (joined %v, sells %q): not blocked, score %.0f (scored: %v), %v, lists it on the topic: %v",
+				o.Index, o.Models, o.Sells, s, ok, o.P2P.Host.Network().Connectedness(id), slices.Contains(o.P2P.AdPeers(model), id))
+		}
+	}
 	f.Published, f.Malformed = sp.Published.Load(), sp.Malformed.Load()
 	f.PeersAtEnd = len(nd.P2P.Peers())
 	f.Graylisted = len(graylisted)
