@@ -327,6 +327,22 @@ func checkChatFields(body []byte) error {
 	return nil
 }
 
+// checkFunctionObject applies outer to o, an object {"type": "function",
+// "function": {...}} (a tool, or a message's tool call), and inner to its
+// function; prefix names o.
+func checkFunctionObject(o map[string]any, prefix func() string, outer, inner fields) error {
+	if err := functionType(o, prefix()+"type"); err != nil {
+		return err
+	}
+	if err := outer.check(o, prefix); err != nil {
+		return err
+	}
+	if fo, ok := o["function"].(map[string]any); ok {
+		return inner.check(fo, func() string { return prefix() + "function." })
+	}
+	return nil
+}
+
 // checkTools applies the tables to tools and tool_choice.
 func checkTools(obj map[string]any) error {
 	tools, _ := obj["tools"].([]any)
@@ -336,16 +352,8 @@ func checkTools(obj map[string]any) error {
 			continue
 		}
 		prefix := func() string { return fmt.Sprintf("tools[%d].", i) }
-		if err := functionType(to, prefix()+"type"); err != nil {
+		if err := checkFunctionObject(to, prefix, toolFields, functionFields); err != nil {
 			return err
-		}
-		if err := toolFields.check(to, prefix); err != nil {
-			return err
-		}
-		if fo, ok := to["function"].(map[string]any); ok {
-			if err := functionFields.check(fo, func() string { return prefix() + "function." }); err != nil {
-				return err
-			}
 		}
 	}
 	switch c := obj["tool_choice"].(type) {
@@ -397,16 +405,8 @@ func checkMessage(i int, mo map[string]any) error {
 			continue
 		}
 		cp := func() string { return fmt.Sprintf("%stool_calls[%d].", prefix(), j) }
-		if err := functionType(co, cp()+"type"); err != nil {
+		if err := checkFunctionObject(co, cp, toolCallFields, toolCallFunctionFields); err != nil {
 			return err
-		}
-		if err := toolCallFields.check(co, cp); err != nil {
-			return err
-		}
-		if fo, ok := co["function"].(map[string]any); ok {
-			if err := toolCallFunctionFields.check(fo, func() string { return cp() + "function." }); err != nil {
-				return err
-			}
 		}
 	}
 	parts, _ := mo["content"].([]any) // else a string or null
