@@ -174,6 +174,7 @@ type Node struct {
 	rates   map[rateKey]*bucket
 	blocked map[peer.ID]time.Time // when the rate rule blocked each peer
 	spam    int                   // ads of the spammer delivered
+	direct  map[peer.ID]int       // messages validated that their origin delivered itself
 }
 
 type rateKey struct {
@@ -217,6 +218,14 @@ func (nd *Node) BlockedAt(p peer.ID) time.Time {
 	nd.mu.Lock()
 	defer nd.mu.Unlock()
 	return nd.blocked[p]
+}
+
+// Direct returns how many messages signed by p that p delivered itself nd has
+// validated (gossipsub drops those of a graylisted or blocked p before).
+func (nd *Node) Direct(p peer.ID) int {
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	return nd.direct[p]
 }
 
 // Spam returns how many of the spammer's ads were delivered to nd.
@@ -319,7 +328,7 @@ func New(ctx context.Context, cfg Config) (*Net, error) {
 	addrs := make([]string, cfg.Nodes)
 	for i := range cfg.Nodes {
 		nd := &Node{Index: i, net: n, seen: map[peer.ID]uint64{}, Traffic: &Traffic{},
-			rates: map[rateKey]*bucket{}, blocked: map[peer.ID]time.Time{}}
+			rates: map[rateKey]*bucket{}, blocked: map[peer.ID]time.Time{}, direct: map[peer.ID]int{}}
 		nd.Latency = cfg.MinLatency + time.Duration(rng.Int64N(int64(cfg.MaxLatency-cfg.MinLatency)+1))
 		nd.Mbps = cfg.MinMbps + rng.IntN(cfg.MaxMbps-cfg.MinMbps+1)
 		switch {
@@ -448,6 +457,11 @@ func New(ctx context.Context, cfg Config) (*Net, error) {
 // rule (Config.Rate).
 func (nd *Node) validate(_ context.Context, model string, from, origin peer.ID, data []byte) pubsub.ValidationResult {
 	nd.countForeign(data)
+	if from == origin {
+		nd.mu.Lock()
+		nd.direct[origin]++
+		nd.mu.Unlock()
+	}
 	var admit func(*market.Ad) market.DropReason
 	flood := false
 	if nd.net.Cfg.Rate.Every > 0 {
