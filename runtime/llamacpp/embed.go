@@ -40,6 +40,16 @@ func (b *Backend) Embed(ctx context.Context, req runtime.EmbedRequest) (runtime.
 	case len(req.Inputs) > runtime.MaxEmbedInputs:
 		return runtime.Embeddings{}, &runtime.FieldError{Field: "input", Msg: fmt.Sprintf("%d inputs, at most %d", len(req.Inputs), runtime.MaxEmbedInputs)}
 	}
+	// Everything native happens under embedMu, after the closing check:
+	// Close frees the model (its vocabulary too) once it holds embedMu, and
+	// a tokenizer running beside it aborted the process.
+	m.embedMu.Lock()
+	defer m.embedMu.Unlock()
+	select {
+	case <-b.closing: // Close may have freed the context while we waited
+		return runtime.Embeddings{}, runtime.ErrClosed
+	default:
+	}
 	var out runtime.Embeddings
 	toks := make([][]llama.Token, len(req.Inputs))
 	for i, in := range req.Inputs {
@@ -54,13 +64,6 @@ func (b *Backend) Embed(ctx context.Context, req runtime.EmbedRequest) (runtime.
 		out.PromptTokens += len(toks[i])
 	}
 
-	m.embedMu.Lock()
-	defer m.embedMu.Unlock()
-	select {
-	case <-b.closing: // Close may have freed the context while we waited
-		return runtime.Embeddings{}, runtime.ErrClosed
-	default:
-	}
 	if m.embed == nil {
 		if err := m.newEmbedContext(); err != nil {
 			return runtime.Embeddings{}, err
