@@ -354,12 +354,10 @@ func (c *clientRun) payTo(ctx context.Context, total uint64) error {
 	if err != nil {
 		return fmt.Errorf("sign voucher for %d nanoTON: %w", total, err)
 	}
-	// Signed is paid: the state is the channel's, and any later state the
-	// worker gets on the channel carries it, even if this send fails.
-	c.rc.Paid = total
 	if err := c.w.send(&pb.Frame{Msg: &pb.Frame_Voucher{Voucher: &pb.Voucher{Voucher: v, Cumulative: total, JobId: c.job.ID[:]}}}); err != nil {
 		return fmt.Errorf("send voucher for %d nanoTON: %w", total, err)
 	}
+	c.rc.Paid = total
 	return nil
 }
 
@@ -401,7 +399,7 @@ func (c *clientRun) abort(ctx context.Context, what string, err error) error {
 	switch {
 	case errors.Is(err, ErrTimeout):
 		_ = c.w.cancel(CancelTimeout)
-		return errors.Join(err, c.payReceived(ctx))
+		return err
 	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
 		if c.prompted {
 			return c.stop(ctx, CancelClient, err)
@@ -412,25 +410,9 @@ func (c *clientRun) abort(ctx context.Context, what string, err error) error {
 		_ = c.w.cancel(CancelProtocol)
 		return c.violate(ViolationProtocol, err)
 	}
-	return errors.Join(err, c.payReceived(ctx)) // the stream broke
+	return err
 }
 
-// payReceived pays, best effort, for the completion tokens that reached the
-// caller when a job fails before its Done: the caller keeps them, so the
-// worker is owed them. The state is the channel's next cumulative one, so
-// it counts even if this stream is dead: the worker holds it with the next
-// voucher it gets on the channel, and can claim it. It is bounded by the
-// write deadline and returns nil when there is nothing to pay or the job
-// never sent its prompt.
-func (c *clientRun) payReceived(ctx context.Context) error {
-	if !c.prompted || c.rc.CompletionTokens <= c.paidTokens {
-		return nil
-	}
-	if err := c.payCompletion(context.WithoutCancel(ctx)); err != nil {
-		return fmt.Errorf("pay for the %d tokens received: %w", c.rc.CompletionTokens, err)
-	}
-	return nil
-}
 
 // stop cancels a running job: it tells the worker, then waits for its Done (and
 // pays for what reached the caller) or for the Done deadline, which marks the
