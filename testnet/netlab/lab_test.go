@@ -199,6 +199,26 @@ func TestNATs(t *testing.T) {
 		t.Logf("%s (%s NAT, %s): 40 ms, 1%% loss links: TTFT %v, %d tokens, %.1f tokens/s", w.Name, kind(w), how, shaped.ttft.Round(time.Millisecond), shaped.tokens, shaped.tps())
 	}
 
+	// The last answers' final vouchers may still be on the shaped links: a
+	// worker's job ends when its last voucher is on disk, so wait until no
+	// worker holds one, then stop and read the books.
+	settled := time.Now().Add(20 * time.Second)
+	for _, w := range lab.Workers {
+		for {
+			ov, err := w.API.Overview(context.Background())
+			busy := err != nil
+			for _, p := range ov.Peers {
+				busy = busy || p.InFlight > 0
+			}
+			if !busy {
+				break
+			}
+			if time.Now().After(settled) {
+				t.Fatalf("%s still holds a job 20 s after the last answer (%v)", w.Name, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 	lab.StopAll()
 	var claims uint64
 	for _, w := range lab.Workers {
