@@ -413,7 +413,6 @@ func (c *clientRun) abort(ctx context.Context, what string, err error) error {
 	return err
 }
 
-
 // stop cancels a running job: it tells the worker, then waits for its Done (and
 // pays for what reached the caller) or for the Done deadline, which marks the
 // worker as ignoring the cancel. Chunks that arrive after the cancel are counted

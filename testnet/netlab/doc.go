@@ -9,14 +9,14 @@
 //
 // Topology (one lab per test, namespaces prefixed per process):
 //
-//	  pub: bridge br0, 11.0.0.9 (the ledger's forwarder)
-//	   ├─ veth ─ n10: bootstrap 11.0.0.10     one namespace per public node,
-//	   ├─ veth ─ n11: relay     11.0.0.11     so each dials from its own
-//	   ├─ veth ─ n12: peer1     11.0.0.12     address (AutoNAT dials back
-//	   ├─ veth ─ n13: peer2     11.0.0.13     the address it saw)
-//	   ├─ WAN link ─ ra 11.0.0.2 ─ ha 192.168.1.2  client   (Config.ClientNAT)
-//	   ├─ WAN link ─ rb 11.0.0.3 ─ hb 192.168.2.2  worker1  (Config.WorkerNATs[0])
-//	   └─ WAN link ─ rc 11.0.0.4 ─ hc 192.168.3.2  worker2  (Config.WorkerNATs[1])
+//	pub: bridge br0, 11.0.0.9 (the ledger's forwarder)
+//	 ├─ veth ─ n10: bootstrap 11.0.0.10     one namespace per public node,
+//	 ├─ veth ─ n11: relay     11.0.0.11     so each dials from its own
+//	 ├─ veth ─ n12: peer1     11.0.0.12     address (AutoNAT dials back
+//	 ├─ veth ─ n13: peer2     11.0.0.13     the address it saw)
+//	 ├─ WAN link ─ ra 11.0.0.2 ─ ha 192.168.1.2  client   (Config.ClientNAT)
+//	 ├─ WAN link ─ rb 11.0.0.3 ─ hb 192.168.2.2  worker1  (Config.WorkerNATs[0])
+//	 └─ WAN link ─ rc 11.0.0.4 ─ hc 192.168.3.2  worker2  (Config.WorkerNATs[1])
 //
 // A router rX masquerades its home's LAN on its WAN address with nftables:
 // EIM keeps the source port (endpoint-independent mapping, what hole
