@@ -195,13 +195,15 @@ func TestAdsValidator(t *testing.T) {
 	}
 }
 
-// TestProvideOverLoopback runs three real hosts on 127.0.0.1 (TCP and QUIC).
-func TestProvideOverLoopback(t *testing.T) {
+// loopbackNodes starts three real DHT-server nodes listening on listen, the
+// second and third bootstrapped from the first.
+func loopbackNodes(t *testing.T, listen ...string) []*Node {
+	t.Helper()
 	var ns []*Node
 	for i := range 3 {
 		cfg := Config{
 			Identity: newKey(t),
-			Listen:   []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"},
+			Listen:   listen,
 			DHTMode:  DHTServer,
 		}
 		if i > 0 {
@@ -214,6 +216,12 @@ func TestProvideOverLoopback(t *testing.T) {
 		t.Cleanup(func() { n.Close() })
 		ns = append(ns, n)
 	}
+	return ns
+}
+
+// TestProvideOverLoopback runs three real hosts on 127.0.0.1 (TCP and QUIC).
+func TestProvideOverLoopback(t *testing.T) {
+	ns := loopbackNodes(t, "/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1")
 	deadline := time.Now().Add(10 * time.Second)
 	for ns[1].RoutingTableSize() == 0 || ns[2].RoutingTableSize() == 0 {
 		if time.Now().After(deadline) {
@@ -442,23 +450,7 @@ func TestDualDHTProtocols(t *testing.T) {
 // basic host failed with "no addresses", which in the NAT lab kept every
 // client from its worker behind a NAT.
 func TestDialByID(t *testing.T) {
-	var ns []*Node
-	for i := range 3 {
-		cfg := Config{
-			Identity: newKey(t),
-			Listen:   []string{"/ip4/127.0.0.1/tcp/0"},
-			DHTMode:  DHTServer,
-		}
-		if i > 0 {
-			cfg.Bootstrap = []string{ns[0].Host.Addrs()[0].String() + "/p2p/" + ns[0].Host.ID().String()}
-		}
-		n, err := New(context.Background(), cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { n.Close() })
-		ns = append(ns, n)
-	}
+	ns := loopbackNodes(t, "/ip4/127.0.0.1/tcp/0")
 	deadline := time.Now().Add(10 * time.Second)
 	for ns[0].RoutingTableSize() < 2 || ns[2].RoutingTableSize() < 1 {
 		if time.Now().After(deadline) {
