@@ -21,13 +21,17 @@ import (
 //     threshold, -400, and gossipsub drops all it sends), ignored when
 //     relayed, since a relay cannot know what other paths brought us.
 //   - Flood: the ads beyond the rate also draw on a second bucket holding
-//     FloodExcess (3), refilled at one per FloodRefill (10 s). A peer that
-//     empties it (at 10 times the rate, within half a second of its burst;
-//     at twice the rate, in about 4 s) is blocked (p2p.Node.Block:
-//     disconnected, refused and its gossip dropped for p2p.BlockTime, 10
-//     min), and its ads leave the book, so its models are no longer listed.
-//     The line sits where gossipsub's graylist does: past it the validator
-//     would not see the peer's messages any more.
+//     FloodExcess (3), refilled at one per FloodRefill (10 s), one per
+//     origin across all the ads topics. A peer that empties it (at 10 times
+//     the rate, within a quarter second of its burst; at twice the rate,
+//     about 6.5 s after its first ad) is blocked (p2p.Node.Block: disconnected, refused and its
+//     gossip dropped for p2p.BlockTime, 10 min), and its ads leave the book,
+//     so its models are no longer listed. The line sits before gossipsub's
+//     graylist (under -400): the ad that empties the bucket follows at most
+//     two rejected ones (-400 at worst), so the validator sees it however
+//     fast they came and on however many topics. Were the line past the
+//     graylist, a fast flooder would be graylisted first, and stay
+//     unblocked, its ads listed, until its score decayed (over a second).
 //
 // Only ads that pass every other check count (the book's admit hook): a
 // replayed or expired ad of another peer cannot spend that peer's rate.
@@ -40,8 +44,12 @@ const (
 
 type rateKey struct {
 	origin peer.ID
-	topic  string // a model, or catalogueKey
+	topic  string // a model, catalogueKey, askNamesKey or adsFloodKey
 }
+
+// adsFloodKey is the limiter's key of an origin's flood bucket shared by all
+// the ads topics (model ids never contain a newline).
+const adsFloodKey = "\nads"
 
 // bucket is a pair of token buckets: the allowed rate, and the flood line
 // drawn on by what exceeds it.
@@ -52,14 +60,18 @@ type bucket struct {
 }
 
 // rateRule is one rate: tokens per second and burst, for both buckets.
+// floodKey, when set, is the topic key of the origin's one flood bucket for
+// every topic of the rule; otherwise each key has its own.
 type rateRule struct {
 	perSec, burst           float64
 	floodPerSec, floodBurst float64
+	floodKey                string
 }
 
 var adRule = rateRule{
 	perSec: 1 / AdRateEvery.Seconds(), burst: AdBurst,
 	floodPerSec: 1 / FloodRefill.Seconds(), floodBurst: FloodExcess,
+	floodKey: adsFloodKey,
 }
 
 // limiter holds the buckets of every origin and topic seen lately. It is
@@ -72,10 +84,29 @@ type limiter struct {
 func newLimiter() *limiter { return &limiter{buckets: map[rateKey]*bucket{}} }
 
 // take spends one message of k at now under rule: ok says whether it is
-// within the rate, flood whether the flood line was crossed.
+// within the rate, flood whether the flood line was crossed (the flood
+// bucket emptied).
 func (l *limiter) take(k rateKey, rule rateRule, now time.Time) (ok, flood bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	b := l.refill(k, rule, now)
+	if b.rate >= 1 {
+		b.rate--
+		return true, false
+	}
+	if rule.floodKey != "" {
+		b = l.refill(rateKey{k.origin, rule.floodKey}, rule, now)
+	}
+	b.flood--
+	if b.flood < 1 {
+		b.flood = 0
+		return false, true
+	}
+	return false, false
+}
+
+// refill is k's bucket under rule, new or refilled up to now; l.mu is held.
+func (l *limiter) refill(k rateKey, rule rateRule, now time.Time) *bucket {
 	b, seen := l.buckets[k]
 	if !seen {
 		full := max(rule.burst/rule.perSec, rule.floodBurst/rule.floodPerSec)
@@ -87,16 +118,7 @@ func (l *limiter) take(k rateKey, rule rateRule, now time.Time) (ok, flood bool)
 		b.flood = min(rule.floodBurst, b.flood+dt*rule.floodPerSec)
 		b.at = now
 	}
-	if b.rate >= 1 {
-		b.rate--
-		return true, false
-	}
-	b.flood--
-	if b.flood < 0 {
-		b.flood = 0
-		return false, true
-	}
-	return false, false
+	return b
 }
 
 // prune forgets the buckets that have refilled since their last use: a new

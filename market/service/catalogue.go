@@ -21,7 +21,7 @@ import (
 // (at most p2p.MaxCatalogueSize bytes, MaxCatalogueModels ids), every
 // CatalogueEvery. The validator takes per origin CatalogueBurst (2) messages,
 // refilled at one per CatalogueEvery (5 min); more is rejected (ignored when
-// relayed), and more than FloodExcess (3) beyond that, refilled at one per
+// relayed), and FloodExcess (3) beyond that, refilled at one per
 // CatalogueEvery, blocks the origin as an ad flood does. A node lists an origin's models for
 // CatalogueTTL after its last message, at most MaxCatalogueOrigins origins.
 // The names are unverified hints: listed "joined": false, with no price, and

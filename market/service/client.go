@@ -221,6 +221,13 @@ func (c *Client) validate(_ context.Context, model string, from, origin peer.ID,
 		if origin == c.node.Host.ID() {
 			return market.Kept // this node's own worker keeps MinAdGap
 		}
+		if c.node.Blocked(origin) {
+			// Validated concurrently with the ad that got it blocked: block
+			// emptied the book of it and forgot its rate, and this ad would
+			// come back with a fresh burst. Checked under the book's lock,
+			// which block's Remove takes after blocking.
+			return market.DropRate
+		}
 		var ok bool
 		ok, flood = c.rates.take(rateKey{origin, model}, adRule, c.now())
 		if !ok {

@@ -3,13 +3,16 @@ package service
 import (
 	"context"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/peer"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 
+	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
 	"github.com/cocoon-network/cocoon/p2p"
 )
@@ -83,8 +86,10 @@ func TestTopicJoinAndIdle(t *testing.T) {
 // TestAdRate: an honest worker's cadence (an ad every 10 s, and one per
 // second at most when its slots change, delivered with jitter) is always
 // within the rate; a peer at twice the rate is refused its excess and crosses
-// the flood line after about 4 s beyond its burst; one at 10 times the rate
-// within half a second of it.
+// the flood line about 6.5 s after its first ad; one at 10 times the rate
+// within a quarter second of its burst. The flood line is the third ad beyond
+// the rate, counted across the ads topics: one flooding two topics crosses it
+// as soon, before gossipsub's graylist would hide its ads from the validator.
 func TestAdRate(t *testing.T) {
 	l := newLimiter()
 	t0 := time.Unix(1_800_000_000, 0)
@@ -107,7 +112,7 @@ func TestAdRate(t *testing.T) {
 		gap      time.Duration
 		min, max time.Duration // when the flood line is crossed
 	}{
-		{"2x", 500 * time.Millisecond, 7 * time.Second, 10 * time.Second},
+		{"2x", 500 * time.Millisecond, 6 * time.Second, 9 * time.Second},
 		{"10x", 100 * time.Millisecond, 500 * time.Millisecond, 1500 * time.Millisecond},
 	} {
 		k := rateKey{peer.ID(c.name), "m"}
@@ -126,6 +131,25 @@ func TestAdRate(t *testing.T) {
 			if i > 1000 {
 				t.Fatalf("%s: never crossed the flood line", c.name)
 			}
+		}
+	}
+	// Two topics at 10 times the rate each: their bursts, then the third ad
+	// beyond the rate crosses the line, whichever topic it came on.
+	excess := 0
+	for i := 0; ; i++ {
+		k := rateKey{peer.ID("two-topics"), "m" + strconv.Itoa(i%2)}
+		ok, flood := l.take(k, adRule, t0.Add(time.Duration(i)*50*time.Millisecond))
+		if !ok {
+			excess++
+		}
+		if flood {
+			if excess != FloodExcess {
+				t.Errorf("two topics: crossed the flood line at ad %d beyond the rate; want ad %d", excess, FloodExcess)
+			}
+			break
+		}
+		if i > 100 {
+			t.Fatal("two topics: never crossed the flood line")
 		}
 	}
 	l.prune(t0.Add(time.Hour))
@@ -150,5 +174,52 @@ func TestDecodeCatalogue(t *testing.T) {
 		if _, ok := DecodeCatalogue([]byte(c.in)); ok != c.ok {
 			t.Errorf("DecodeCatalogue(%q) ok = %v; want %v", c.in, ok, c.ok)
 		}
+	}
+}
+
+// TestBlockedPeersAdInFlight: an ad of a peer validated just after the peer
+// was blocked (gossipsub validates concurrently: it passed the blacklist
+// before the ad that crossed the flood line blocked its origin) is not
+// admitted. block forgets the peer's rates, so without the check it would
+// come back with a fresh burst and relist the flooder's model.
+func TestBlockedPeersAdInFlight(t *testing.T) {
+	mn := mocknet.New()
+	t.Cleanup(func() { mn.Close() })
+	h, err := mn.GenPeer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	flooder, err := mn.GenPeer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nd, err := p2p.New(context.Background(), p2p.Config{Host: h, DHTMode: p2p.DHTServer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nd.Close() })
+	c, err := NewClient(ClientConfig{Node: nd, Payer: func(market.Candidate) (market.Payer, error) { return nil, nil },
+		Models: []string{"m"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ad := &market.Ad{
+		Peer: flooder.ID(), Seq: 1, IssuedAt: time.Now(), TTL: time.Minute,
+		Models:     []market.ModelOffer{{ID: "m", ContextLength: 128, Price: market.Price{Prompt: 1, Completion: 1}}},
+		Capacity:   market.Capacity{SlotsTotal: 1, SlotsFree: 1},
+		TEE:        market.TEE{Kind: tee.None},
+		Settlement: market.Settlement{WalletAddress: "flooder-wallet", ChannelKey: []byte{1}},
+	}
+	b, err := ad.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.block(flooder.ID(), "test")
+	if r := c.validate(context.Background(), "m", flooder.ID(), flooder.ID(), b); r == pubsub.ValidationAccept {
+		t.Error("a blocked peer's ad in flight was accepted")
+	}
+	if _, ok := c.book.Get(flooder.ID()); ok {
+		t.Error("a blocked peer's ad in flight is in the book")
 	}
 }
