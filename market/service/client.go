@@ -15,7 +15,6 @@ import (
 	"sync"
 	"time"
 
-	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
@@ -128,6 +127,7 @@ type Client struct {
 	topicMu sync.Mutex
 	topics  topics
 	rates   *limiter
+	gate    *AdGate
 	cat     catalogue
 }
 
@@ -166,13 +166,14 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		topics: topics{pinned: map[string]bool{}, asked: map[string]time.Time{}},
 		rates:  newLimiter(), cat: catalogue{ads: map[peer.ID]catalogueEntry{}}}
 	c.sel = &market.Selector{Book: c.book, Rand: cfg.Rand}
+	c.gate = newAdGate(cfg.Node, c.book, c.rates, c.now, c.blocked)
 	c.att = cfg.Attestations
 	if c.att == nil {
 		c.att = NewAttestations(cfg.Node.Host, AttestConfig{Verifier: cfg.Verifier, Observer: cfg.Observer, Logger: cfg.Logger})
 		c.ownAt = true
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	cfg.Node.SetAdsValidator(c.validate)
+	cfg.Node.SetAdsValidator(c.gate.Validate)
 	cfg.Node.SetCatalogueValidator(c.validateCatalogue)
 	if err := c.pin(cfg.Models); err != nil {
 		cfg.Node.SetAdsValidator(nil)
@@ -212,57 +213,13 @@ func (c *Client) disconnected(n network.Network, conn network.Conn) {
 	}
 }
 
-// validate is the ads topics' validator: the book's checks, with origin the
-// gossip message's signer and model the topic's (an ad on the topic of a
-// model it does not offer is rejected), then the ad rate rule (adrate.go).
-func (c *Client) validate(_ context.Context, model string, from, origin peer.ID, data []byte) pubsub.ValidationResult {
-	flood := false
-	admit := func(*market.Ad) market.DropReason {
-		if origin == c.node.Host.ID() {
-			return market.Kept // this node's own worker keeps MinAdGap
-		}
-		if c.node.Blocked(origin) {
-			// Validated concurrently with the ad that got it blocked: block
-			// emptied the book of it and forgot its rate, and this ad would
-			// come back with a fresh burst. Checked under the book's lock,
-			// which block's Remove takes after blocking.
-			return market.DropRate
-		}
-		var ok bool
-		ok, flood = c.rates.take(rateKey{origin, model}, adRule, c.now())
-		if !ok {
-			return market.DropRate
-		}
-		return market.Kept
-	}
-	_, r := c.book.OfferOn(model, origin, data, admit)
-	switch {
-	case flood:
-		c.block(origin, "ad flood on "+model)
-		return pubsub.ValidationReject
-	case r == market.Kept:
-		return pubsub.ValidationAccept
-	case r == market.DropRate && from != origin:
-		return pubsub.ValidationIgnore // relayed: other paths may have brought the rest
-	case r.Penalize():
-		c.log.Debug("ad rejected", "from", from, "origin", origin, "model", model, "reason", r)
-		return pubsub.ValidationReject
-	default:
-		return pubsub.ValidationIgnore
-	}
-}
+// block shuts out a flooding peer (AdGate.Block: p2p.BlockTime); blocked logs
+// it and drops its catalogue entry, so that none of its models is listed.
+func (c *Client) block(p peer.ID, why string) { c.gate.Block(p, why) }
 
-// block shuts out a flooding peer (p2p.Node.Block: p2p.BlockTime) and forgets
-// what it said: its ads leave the book and its catalogue entry goes, so that
-// none of its models is listed.
-func (c *Client) block(p peer.ID, why string) {
-	if p == c.node.Host.ID() || c.node.Blocked(p) {
-		return
-	}
+// blocked is the gate's onBlock: what the client does beyond the gate's own.
+func (c *Client) blocked(p peer.ID, why string) {
 	c.log.Warn("peer blocked", "peer", p, "reason", why, "for", p2p.BlockTime)
-	c.node.Block(p)
-	c.book.Remove(p)
-	c.rates.forget(p)
 	c.cat.mu.Lock()
 	delete(c.cat.ads, p)
 	c.cat.mu.Unlock()

@@ -216,7 +216,7 @@ func TestBlockedPeersAdInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.block(flooder.ID(), "test")
-	if r := c.validate(context.Background(), "m", flooder.ID(), flooder.ID(), b); r == pubsub.ValidationAccept {
+	if r := c.gate.Validate(context.Background(), "m", flooder.ID(), flooder.ID(), b); r == pubsub.ValidationAccept {
 		t.Error("a blocked peer's ad in flight was accepted")
 	}
 	if _, ok := c.book.Get(flooder.ID()); ok {

@@ -113,7 +113,7 @@ func TestSimFigures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := simulate(t, Config{Nodes: n, Seed: 1, Rate: rateRule})
+	f := simulate(t, Config{Nodes: n, Seed: 1, RateLimit: true})
 	t.Log(f)
 	data, err := json.Marshal(f)
 	if err != nil {

@@ -44,6 +44,7 @@ import (
 
 	"github.com/cocoon-network/cocoon/enclave/tee"
 	"github.com/cocoon-network/cocoon/market"
+	"github.com/cocoon-network/cocoon/market/service"
 	"github.com/cocoon-network/cocoon/p2p"
 	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -81,28 +82,14 @@ type Config struct {
 	// arrive one after another, as on a network that grows, rather than all
 	// in one instant.
 	StartEvery time.Duration
-	// Rate is the ad rate rule every node's validator applies (the zero value:
-	// none).
-	Rate RateRule
+	// RateLimit has every node's validator apply the ad rate rule users run
+	// (service.AdGate); without it a node's validator is the book's checks
+	// alone.
+	RateLimit bool
 	// Logger gets the harness's progress (Info) and its nodes' logs at
 	// NodeLevel and above. nil: discard.
 	Logger    *slog.Logger
 	NodeLevel slog.Level // 0: Info
-}
-
-// RateRule is market/service's ad rate rule (adrate.go), replicated here
-// because that package keeps its limiter to itself: an origin's ads on one
-// model's topic refill at one per Every, up to Burst; each ad beyond draws on
-// a second bucket of FloodExcess refilled at one per FloodRefill, and the ad
-// that finds it empty blocks the origin (p2p.Node.Block) and drops its ads
-// from the book. An ad over the rate is rejected from its origin (gossipsub
-// scores the sender down) and ignored when relayed. Tests fill it from
-// market/service's exported constants.
-type RateRule struct {
-	Every       time.Duration
-	Burst       int
-	FloodExcess int
-	FloodRefill time.Duration
 }
 
 func (c *Config) defaults() error {
@@ -171,46 +158,10 @@ type Node struct {
 	seen map[peer.ID]uint64 // newest seq delivered, per worker
 	// foreign counts ads delivered of models the node has not joined.
 	foreign int
-	rates   map[rateKey]*bucket
+	gate    *service.AdGate
 	blocked map[peer.ID]time.Time // when the rate rule blocked each peer
 	spam    int                   // ads of the spammer delivered
 	direct  map[peer.ID]int       // messages validated that their origin delivered itself
-}
-
-type rateKey struct {
-	origin peer.ID
-	model  string
-}
-
-type bucket struct {
-	rate, flood float64
-	at          time.Time
-}
-
-// take spends one ad of k at now: ok says whether it is within the rate,
-// flood whether the flood line was crossed. nd.mu is held.
-func (nd *Node) take(k rateKey, now time.Time) (ok, flood bool) {
-	r := nd.net.Cfg.Rate
-	b := nd.rates[k]
-	if b == nil {
-		b = &bucket{rate: float64(r.Burst), flood: float64(r.FloodExcess), at: now}
-		nd.rates[k] = b
-	}
-	if dt := now.Sub(b.at).Seconds(); dt > 0 {
-		b.rate = min(float64(r.Burst), b.rate+dt/r.Every.Seconds())
-		b.flood = min(float64(r.FloodExcess), b.flood+dt/r.FloodRefill.Seconds())
-		b.at = now
-	}
-	if b.rate >= 1 {
-		b.rate--
-		return true, false
-	}
-	b.flood--
-	if b.flood < 0 {
-		b.flood = 0
-		return false, true
-	}
-	return false, false
 }
 
 // BlockedAt returns when nd blocked p under the rate rule (zero: it has not).
@@ -328,7 +279,7 @@ func New(ctx context.Context, cfg Config) (*Net, error) {
 	addrs := make([]string, cfg.Nodes)
 	for i := range cfg.Nodes {
 		nd := &Node{Index: i, net: n, seen: map[peer.ID]uint64{}, Traffic: &Traffic{},
-			rates: map[rateKey]*bucket{}, blocked: map[peer.ID]time.Time{}, direct: map[peer.ID]int{}}
+			blocked: map[peer.ID]time.Time{}, direct: map[peer.ID]int{}}
 		nd.Latency = cfg.MinLatency + time.Duration(rng.Int64N(int64(cfg.MaxLatency-cfg.MinLatency)+1))
 		nd.Mbps = cfg.MinMbps + rng.IntN(cfg.MaxMbps-cfg.MinMbps+1)
 		switch {
@@ -438,6 +389,7 @@ func New(ctx context.Context, cfg Config) (*Net, error) {
 		built = append(built, pn)
 		nd.P2P = pn
 		nd.Book = market.NewBook(nil)
+		nd.gate = service.NewAdGate(pn, nd.Book, nd.blockedBy)
 		pn.SetAdsValidator(nd.validate)
 		pn.SetAdHandler(nd.deliver)
 		for _, model := range nd.Models {
@@ -451,42 +403,22 @@ func New(ctx context.Context, cfg Config) (*Net, error) {
 	return n, nil
 }
 
-// validate is market/service's client validator: the book's checks (the ad
-// offers the topic's model, is signed by the peer it names, fresh, and newer than
-// the last one seen), with origin the gossip message's signer, then the rate
-// rule (Config.Rate).
-func (nd *Node) validate(_ context.Context, model string, from, origin peer.ID, data []byte) pubsub.ValidationResult {
+// validate is market/service's client validator (service.AdGate: the book's
+// checks, then the ad rate rule when Config.RateLimit), counting what the
+// figures need first.
+func (nd *Node) validate(ctx context.Context, model string, from, origin peer.ID, data []byte) pubsub.ValidationResult {
 	nd.countForeign(data)
 	if from == origin {
 		nd.mu.Lock()
 		nd.direct[origin]++
 		nd.mu.Unlock()
 	}
-	var admit func(*market.Ad) market.DropReason
-	flood := false
-	if nd.net.Cfg.Rate.Every > 0 {
-		admit = func(*market.Ad) market.DropReason {
-			if origin == nd.P2P.Host.ID() {
-				return market.Kept
-			}
-			nd.mu.Lock()
-			ok, fl := nd.take(rateKey{origin, model}, time.Now())
-			nd.mu.Unlock()
-			if flood = fl; !ok {
-				return market.DropRate
-			}
-			return market.Kept
-		}
+	if nd.net.Cfg.RateLimit {
+		return nd.gate.Validate(ctx, model, from, origin, data)
 	}
-	_, r := nd.Book.OfferOn(model, origin, data, admit)
-	switch {
-	case flood:
-		nd.block(origin)
-		return pubsub.ValidationReject
+	switch _, r := nd.Book.OfferOn(model, origin, data, nil); {
 	case r == market.Kept:
 		return pubsub.ValidationAccept
-	case r == market.DropRate && from != origin:
-		return pubsub.ValidationIgnore // relayed: other paths may have brought the rest
 	case r.Penalize():
 		return pubsub.ValidationReject
 	default:
@@ -494,22 +426,12 @@ func (nd *Node) validate(_ context.Context, model string, from, origin peer.ID, 
 	}
 }
 
-// block shuts out a flooding peer, as market/service's client does.
-func (nd *Node) block(p peer.ID) {
+// blockedBy is the gate's onBlock: when nd blocked p.
+func (nd *Node) blockedBy(p peer.ID, _ string) {
 	nd.mu.Lock()
-	_, done := nd.blocked[p]
-	if !done {
+	defer nd.mu.Unlock()
+	if _, done := nd.blocked[p]; !done {
 		nd.blocked[p] = time.Now()
-		for k := range nd.rates {
-			if k.origin == p {
-				delete(nd.rates, k)
-			}
-		}
-	}
-	nd.mu.Unlock()
-	if !done {
-		nd.P2P.Block(p)
-		nd.Book.Remove(p)
 	}
 }
 

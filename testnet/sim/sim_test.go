@@ -11,6 +11,7 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -96,10 +97,6 @@ const (
 	floodMalformed = 10
 	graylist       = -400 // p2p's gossipsub graylist threshold
 )
-
-// rateRule is market/service's ad rate rule.
-var rateRule = RateRule{Every: service.AdRateEvery, Burst: service.AdBurst,
-	FloodExcess: service.FloodExcess, FloodRefill: service.FloodRefill}
 
 // p99Bound is the ad propagation bound TestSim asserts. A path of h gossip hops
 // costs h × (L_i + L_j)/2 ≤ h × 150 ms plus queueing; gossipsub's mesh (D = 6,
@@ -192,6 +189,9 @@ func runScenario(t testing.TB, cfg Config) Figures {
 	}
 	f.ConnsPerNode = float64(opened) / float64(len(n.Nodes))
 	simPhase.Store(phaseDone)
+	if path := os.Getenv("SIM_HEAPPROFILE"); path != "" { // the live heap of the formed network
+		writeHeapProfile(t, path)
+	}
 
 	n.log.Info("sim: flood starts", "cpu_s", cpuSeconds()-cpu0)
 	floodStart := time.Now()
@@ -372,7 +372,7 @@ func flood(t testing.TB, n *Net, rng *rand.Rand, f *Flood) *Spammer {
 			continue
 		}
 		s, _ := o.P2P.Score(id)
-		if o.Direct(id) > allowed(n.Cfg.Rate, f.Window) {
+		if o.Direct(id) > allowed(f.Window) {
 			f.Flooded++
 		}
 		t.Logf("spammer's topic neighbour %d: not cut off, got %d of its messages from it, scores it %.0f, %v",
@@ -403,12 +403,12 @@ func flood(t testing.TB, n *Net, rng *rand.Rand, f *Flood) *Spammer {
 	return sp
 }
 
-// allowed is how many messages r lets one origin deliver in d before it blocks
-// it. The spammer's uplink (10–50 Mbit/s) cannot carry 100 ads/s to each of its
+// allowed is how many messages the ad rate rule (market/service) lets one
+// origin deliver on one topic in d before it blocks it. The spammer's uplink (10–50 Mbit/s) cannot carry 100 ads/s to each of its
 // topic peers: gossipsub drops what overflows a peer's queue, and a neighbour
 // that got no more than this was not flooded.
-func allowed(r RateRule, d time.Duration) int {
-	return r.Burst + r.FloodExcess + int(d/r.Every) + int(d/r.FloodRefill)
+func allowed(d time.Duration) int {
+	return service.AdBurst + service.FloodExcess + int(d/service.AdRateEvery) + int(d/service.FloodRefill)
 }
 
 func (c Config) adInterval() time.Duration {
@@ -483,6 +483,16 @@ func simulate(t *testing.T, cfg Config) Figures {
 		}
 		cfg.StartEvery = d
 	}
+	if s := os.Getenv("SIM_CONNS"); s != "" { // low,high,grace: for trying connection limits by hand
+		var grace string
+		_, err := fmt.Sscanf(strings.ReplaceAll(s, ",", " "), "%d %d %s", &cfg.ConnsLow, &cfg.ConnsHigh, &grace)
+		if err == nil {
+			cfg.ConnsGrace, err = time.ParseDuration(grace)
+		}
+		if err != nil {
+			t.Fatalf("SIM_CONNS %q: want low,high,grace: %v", s, err)
+		}
+	}
 	var f Figures
 	if path := os.Getenv("SIM_CPUPROFILE"); path != "" {
 		stop := profilePhases(t, path)
@@ -492,6 +502,33 @@ func simulate(t *testing.T, cfg Config) Figures {
 	synctest.Test(t, func(t *testing.T) { f = runScenario(t, cfg) })
 	f.Wall = time.Since(wall)
 	return f
+}
+
+// writeHeapProfile writes the live heap to path.
+func writeHeapProfile(t testing.TB, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		t.Errorf("heap profile: %v", err)
+		return
+	}
+	defer f.Close()
+	runtime.GC()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		t.Errorf("heap profile: %v", err)
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	t.Logf("heap in use %d MiB (allocated %d MiB, %d objects), stacks %d MiB, goroutines %d, sys %d MiB",
+		ms.HeapInuse>>20, ms.HeapAlloc>>20, ms.HeapObjects, ms.StackInuse>>20, runtime.NumGoroutine(), ms.Sys>>20)
+	g, err := os.Create(path + ".goroutine")
+	if err != nil {
+		t.Errorf("goroutine profile: %v", err)
+		return
+	}
+	defer g.Close()
+	if err := pprof.Lookup("goroutine").WriteTo(g, 0); err != nil {
+		t.Errorf("goroutine profile: %v", err)
+	}
 }
 
 // The scenario's phases, for SIM_CPUPROFILE.
@@ -567,7 +604,7 @@ func TestSim(t *testing.T) {
 	if s := os.Getenv("SIM_NODES"); s != "" { // for trying sizes by hand
 		nodes, _ = strconv.Atoi(s)
 	}
-	f := simulate(t, Config{Nodes: nodes, Seed: 1, Rate: rateRule})
+	f := simulate(t, Config{Nodes: nodes, Seed: 1, RateLimit: true})
 	t.Log(f)
 	if f.P99 > p99Bound {
 		t.Errorf("ad propagation p99 %v; want ≤ %v", f.P99, p99Bound)
