@@ -22,7 +22,7 @@ export COCOON_PROMETHEUS ?= $(CACHE)/prometheus/usr/bin/prometheus
 # scripts/chromium.sh; looked up when each recipe runs, so after deps installed it).
 export COCOON_CHROMIUM ?= $(shell sh scripts/chromium.sh --no-install)
 
-.PHONY: build run test bench fuzz lint deps chaos
+.PHONY: build run test bench fuzz lint deps chaos sim
 
 build:
 	$(GO) build -o $(BIN) ./cmd/cocoon
@@ -60,6 +60,14 @@ bench: deps
 # history. (`make test` runs the short one, TestChaosShort.)
 chaos: deps build
 	CHAOS_LONG=1 $(GO) test -count=1 -run '^TestChaosLong$$' -v -timeout 30m ./testnet/chaos/
+
+# The simulated internet at 1,000 nodes (testnet/sim's TestSim on go-libp2p's
+# simulated links, under a virtual clock): ads reach every node joined to their
+# model and no other, provider lookups find every worker, a flooder is cut off.
+# Too long for `make test`, which runs it at 30 nodes; SIM_NODES=n runs any size.
+SIM_NODES ?= 1000
+sim:
+	SIM_NODES=$(SIM_NODES) $(GO) test -count=1 -run '^TestSim$$' -v -timeout 120m ./testnet/sim/
 
 fuzz: deps
 	FUZZTIME=$(FUZZTIME) GO=$(GO) bash scripts/fuzz.sh

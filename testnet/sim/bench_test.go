@@ -58,6 +58,7 @@ func BenchmarkSim(b *testing.B) {
 			b.ReportMetric(f.GossipBpsPerModel, "gossip-B/s/node/model")
 			b.ReportMetric(f.DHTBps, "dht-B/s/node")
 			b.ReportMetric(float64(f.HeapPerNode)/1024, "heap-KiB/node")
+			b.ReportMetric(float64(f.PeakRSS)/float64(n)/(1<<20), "peak-rss-MiB/node")
 			b.ReportMetric(f.MeanPeers, "peers/node")
 			b.ReportMetric(f.CPUPerNodeSec*1e3, "cpu-ms/node/s")
 			b.ReportMetric(f.Flood.Coverage, "flood-ad-coverage")

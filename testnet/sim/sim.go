@@ -4,10 +4,11 @@
 // only the CPU their messages take and every delay measured is the links' alone.
 //
 // Each node is a real p2p.Node (the dual Kademlia DHT, gossipsub with the project's
-// score parameters, the per-model ads topics p2p.AdTopic) whose ad validator is a
-// market.Book's OfferOn, as in market/service's client: an ad is accepted only if
-// it decodes, passes the schema, offers the topic's model, is signed by the peer it
-// names, is fresh and newer than the last one seen.
+// score parameters, the per-model ads topics p2p.AdTopic) whose ad validator is
+// market/service's client's own, service.AdGate: an ad is accepted only if it
+// decodes, passes the schema, offers the topic's model, is signed by the peer it
+// names, is fresh and newer than the last one seen, and its origin keeps the ad
+// rate rule (Config.RateLimit), which blocks a flooder.
 //
 // The network New builds:
 //
@@ -78,9 +79,11 @@ type Config struct {
 	// which is also how often it trims (0: 5 s).
 	ConnsLow, ConnsHigh int
 	ConnsGrace          time.Duration
-	// StartEvery is the gap between two nodes' starts (0: 10 ms): nodes
+	// StartEvery is the gap between two nodes' starts (0: 25 ms): nodes
 	// arrive one after another, as on a network that grows, rather than all
-	// in one instant.
+	// in one instant. At 10 ms, 1,000 nodes' routing-table refreshes overlap
+	// within the connection manager's grace period, and the connections
+	// they hold at once did not fit in this machine's 24 GiB.
 	StartEvery time.Duration
 	// RateLimit has every node's validator apply the ad rate rule users run
 	// (service.AdGate); without it a node's validator is the book's checks
@@ -133,7 +136,7 @@ func (c *Config) defaults() error {
 		c.ConnsGrace = 5 * time.Second
 	}
 	if c.StartEvery == 0 {
-		c.StartEvery = 10 * time.Millisecond
+		c.StartEvery = 25 * time.Millisecond
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
