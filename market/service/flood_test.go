@@ -42,23 +42,6 @@ func strangerNode(t *testing.T, f *netFixture) *p2p.Node {
 	return nd
 }
 
-// strangerAd is a valid ad of nd offering model, new at each call (seq).
-func strangerAd(t *testing.T, nd *p2p.Node, model string, seq uint64) []byte {
-	t.Helper()
-	ad := &market.Ad{
-		Peer: nd.Host.ID(), Seq: seq, IssuedAt: time.Now(), TTL: time.Minute,
-		Models:     []market.ModelOffer{{ID: model, ContextLength: 128, Price: market.Price{Prompt: 1, Completion: 1}}},
-		Capacity:   market.Capacity{SlotsTotal: 1, SlotsFree: 1},
-		TEE:        market.TEE{Kind: tee.None},
-		Settlement: market.Settlement{WalletAddress: "flooder-wallet", ChannelKey: []byte{1}},
-	}
-	b, err := ad.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // TestNetAdFlood: a peer publishing a made-up model's ads at 100 a second (100
 // times the allowed rate) has its ads beyond the rate rejected, is blocked and
 // disconnected at the flood line (its burst, then 3 more), and its model
@@ -74,7 +57,7 @@ func TestNetAdFlood(t *testing.T) {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for !slices.Contains(flooder.AdPeers(fake), f.client.Host.ID()) {
-		if err := flooder.PublishAd(context.Background(), fake, strangerAd(t, flooder, fake, 1)); err != nil {
+		if err := flooder.PublishAd(context.Background(), fake, service.StrangerAd(t, flooder.Host.ID(), fake, 1)); err != nil {
 			t.Fatal(err)
 		}
 		if time.Now().After(deadline) {
@@ -89,7 +72,7 @@ func TestNetAdFlood(t *testing.T) {
 			break
 		}
 		seq++
-		_ = flooder.PublishAd(context.Background(), fake, strangerAd(t, flooder, fake, seq))
+		_ = flooder.PublishAd(context.Background(), fake, service.StrangerAd(t, flooder.Host.ID(), fake, seq))
 		time.Sleep(10 * time.Millisecond)
 	}
 	waitFor(t, 5*time.Second, "the flooder blocked and disconnected", func() bool {

@@ -17,6 +17,41 @@ import (
 	"github.com/cocoon-network/cocoon/p2p"
 )
 
+// mockNode is a p2p node on a new mocknet, both closed when t ends.
+func mockNode(t *testing.T) (mocknet.Mocknet, *p2p.Node) {
+	t.Helper()
+	mn := mocknet.New()
+	t.Cleanup(func() { mn.Close() })
+	h, err := mn.GenPeer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nd, err := p2p.New(context.Background(), p2p.Config{Host: h, DHTMode: p2p.DHTServer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nd.Close() })
+	return mn, nd
+}
+
+// StrangerAd is a valid ad of p offering model at seq, a stranger's (exported
+// for the package's external tests).
+func StrangerAd(t *testing.T, p peer.ID, model string, seq uint64) []byte {
+	t.Helper()
+	ad := &market.Ad{
+		Peer: p, Seq: seq, IssuedAt: time.Now(), TTL: time.Minute,
+		Models:     []market.ModelOffer{{ID: model, ContextLength: 128, Price: market.Price{Prompt: 1, Completion: 1}}},
+		Capacity:   market.Capacity{SlotsTotal: 1, SlotsFree: 1},
+		TEE:        market.TEE{Kind: tee.None},
+		Settlement: market.Settlement{WalletAddress: "flooder-wallet", ChannelKey: []byte{1}},
+	}
+	b, err := ad.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // fakeClock is a settable clock for ClientConfig.Now.
 type fakeClock struct {
 	mu sync.Mutex
@@ -35,17 +70,7 @@ func (c *fakeClock) Add(d time.Duration) {
 // asked for in TopicIdle is left, while a pinned (served or configured) model
 // stays joined whatever the time.
 func TestTopicJoinAndIdle(t *testing.T) {
-	mn := mocknet.New()
-	t.Cleanup(func() { mn.Close() })
-	h, err := mn.GenPeer()
-	if err != nil {
-		t.Fatal(err)
-	}
-	nd, err := p2p.New(context.Background(), p2p.Config{Host: h, DHTMode: p2p.DHTServer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nd.Close() })
+	_, nd := mockNode(t)
 	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
 	c, err := NewClient(ClientConfig{
 		Node: nd, Payer: func(market.Candidate) (market.Payer, error) { return nil, nil },
@@ -183,38 +208,18 @@ func TestDecodeCatalogue(t *testing.T) {
 // admitted. block forgets the peer's rates, so without the check it would
 // come back with a fresh burst and relist the flooder's model.
 func TestBlockedPeersAdInFlight(t *testing.T) {
-	mn := mocknet.New()
-	t.Cleanup(func() { mn.Close() })
-	h, err := mn.GenPeer()
-	if err != nil {
-		t.Fatal(err)
-	}
+	mn, nd := mockNode(t)
 	flooder, err := mn.GenPeer()
 	if err != nil {
 		t.Fatal(err)
 	}
-	nd, err := p2p.New(context.Background(), p2p.Config{Host: h, DHTMode: p2p.DHTServer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nd.Close() })
 	c, err := NewClient(ClientConfig{Node: nd, Payer: func(market.Candidate) (market.Payer, error) { return nil, nil },
 		Models: []string{"m"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	ad := &market.Ad{
-		Peer: flooder.ID(), Seq: 1, IssuedAt: time.Now(), TTL: time.Minute,
-		Models:     []market.ModelOffer{{ID: "m", ContextLength: 128, Price: market.Price{Prompt: 1, Completion: 1}}},
-		Capacity:   market.Capacity{SlotsTotal: 1, SlotsFree: 1},
-		TEE:        market.TEE{Kind: tee.None},
-		Settlement: market.Settlement{WalletAddress: "flooder-wallet", ChannelKey: []byte{1}},
-	}
-	b, err := ad.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := StrangerAd(t, flooder.ID(), "m", 1)
 	c.block(flooder.ID(), "test")
 	if r := c.gate.Validate(context.Background(), "m", flooder.ID(), flooder.ID(), b); r == pubsub.ValidationAccept {
 		t.Error("a blocked peer's ad in flight was accepted")
