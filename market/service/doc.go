@@ -16,6 +16,9 @@
 //     fails over. It is
 //     a runtime.Backend, and lists the book's models, then the catalogue's,
 //     for GET /v1/models.
+//   - AdGate is the client's validator of the ads topics on its own (the
+//     book's checks, then the ad rate rule), which testnet/sim runs on each
+//     simulated node.
 //   - Attestations serves and verifies evidence on /cocoon/attest/1.0.0,
 //     caching each verdict for its connection.
 //   - Payers and Payees pay and take the jobs' vouchers through settle's
@@ -25,5 +28,6 @@
 // Every goroutine here has an owner that stops it: a service's Close waits
 // for the service's own, a NetStream's Close for its answer's; the tests check
 // that none is left with goleak. Imported by node, which starts a Client on
-// every node and a Worker on a node that sells.
+// every node and a Worker on a node that sells, and by testnet/sim for
+// AdGate.
 package service
