@@ -268,7 +268,7 @@ func TestFloodedPeerIsCutOff(t *testing.T) {
 	cancel()
 	wg.Wait()
 	// A new peer's first ads are in the book, as an honest worker's would be,
-	// until the flood line (its burst, then FloodExcess more): a look may
+	// until the flood line (the FloodExcess-th ad beyond its burst): a look may
 	// catch the made-up model in that window. None may once the node has cut
 	// the flooder off (with a second's grace for the flooder to hear of it
 	// before the node has emptied its book), nor any at the end.

@@ -2,6 +2,9 @@ package service
 
 import (
 	"context"
+	"io"
+	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/cocoon-network/cocoon/market"
@@ -22,18 +25,29 @@ type AdGate struct {
 	rates   *limiter
 	now     func() time.Time
 	onBlock func(p peer.ID, why string)
+	log     *slog.Logger
+	blockMu sync.Mutex // makes Block's check and block one step
 }
 
 // NewAdGate is the gate of node's ads into book. onBlock, when set, is called
-// once for each peer blocked, after its ads have left the book, with why.
-func NewAdGate(node *p2p.Node, book *market.Book, onBlock func(p peer.ID, why string)) *AdGate {
-	return newAdGate(node, book, newLimiter(), time.Now, onBlock)
+// once for each peer the gate blocks, after its ads have left the book, with
+// why. log (nil: discard) gets why an ad was rejected, at Debug. Its limiter
+// forgets an origin's buckets only when Prune is called.
+func NewAdGate(node *p2p.Node, book *market.Book, log *slog.Logger, onBlock func(p peer.ID, why string)) *AdGate {
+	return newAdGate(node, book, newLimiter(), time.Now, log, onBlock)
 }
 
-// newAdGate shares rates, the Client's limiter of every topic it rate-limits.
-func newAdGate(node *p2p.Node, book *market.Book, rates *limiter, now func() time.Time, onBlock func(p peer.ID, why string)) *AdGate {
-	return &AdGate{node: node, book: book, rates: rates, now: now, onBlock: onBlock}
+// newAdGate shares rates, the Client's limiter of every topic it rate-limits
+// (which the Client prunes).
+func newAdGate(node *p2p.Node, book *market.Book, rates *limiter, now func() time.Time, log *slog.Logger, onBlock func(p peer.ID, why string)) *AdGate {
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &AdGate{node: node, book: book, rates: rates, now: now, log: log, onBlock: onBlock}
 }
+
+// Prune forgets the rate buckets that have refilled since their last use.
+func (g *AdGate) Prune() { g.rates.prune(g.now()) }
 
 // Validate is a pubsub validator of model's ads topic: from delivered data,
 // which origin signed.
@@ -67,6 +81,7 @@ func (g *AdGate) Validate(_ context.Context, model string, from, origin peer.ID,
 	case r == market.DropRate && from != origin:
 		return pubsub.ValidationIgnore // relayed: other paths may have brought the rest
 	case r.Penalize():
+		g.log.Debug("ad rejected", "from", from, "origin", origin, "model", model, "reason", r)
 		return pubsub.ValidationReject
 	default:
 		return pubsub.ValidationIgnore
@@ -75,12 +90,16 @@ func (g *AdGate) Validate(_ context.Context, model string, from, origin peer.ID,
 
 // Block shuts p out (p2p.Node.Block: p2p.BlockTime) and forgets what it said:
 // its ads leave the book and its rates are dropped, then onBlock runs with why.
-// A peer already blocked, and the node itself, are left alone.
+// A peer already blocked, and the node itself, are left alone, so that
+// concurrent validations of a flooder's ads block it once.
 func (g *AdGate) Block(p peer.ID, why string) {
+	g.blockMu.Lock()
 	if p == g.node.Host.ID() || g.node.Blocked(p) {
+		g.blockMu.Unlock()
 		return
 	}
 	g.node.Block(p)
+	g.blockMu.Unlock()
 	g.book.Remove(p)
 	g.rates.forget(p)
 	if g.onBlock != nil {

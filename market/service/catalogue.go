@@ -107,6 +107,12 @@ func (c *Client) validateCatalogue(_ context.Context, from, origin peer.ID, data
 	}
 	c.cat.mu.Lock()
 	defer c.cat.mu.Unlock()
+	if c.node.Blocked(origin) {
+		// Validated concurrently with what got it blocked: the block dropped
+		// its entry (under cat.mu, after blocking) and forgot its rate, and
+		// this message would list its models again.
+		return pubsub.ValidationIgnore
+	}
 	if _, known := c.cat.ads[origin]; !known && len(c.cat.ads) >= MaxCatalogueOrigins {
 		c.pruneCatalogueLocked(now)
 		if len(c.cat.ads) >= MaxCatalogueOrigins {

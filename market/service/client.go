@@ -166,7 +166,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		topics: topics{pinned: map[string]bool{}, asked: map[string]time.Time{}},
 		rates:  newLimiter(), cat: catalogue{ads: map[peer.ID]catalogueEntry{}}}
 	c.sel = &market.Selector{Book: c.book, Rand: cfg.Rand}
-	c.gate = newAdGate(cfg.Node, c.book, c.rates, c.now, c.blocked)
+	c.gate = newAdGate(cfg.Node, c.book, c.rates, c.now, c.log, c.blocked)
 	c.att = cfg.Attestations
 	if c.att == nil {
 		c.att = NewAttestations(cfg.Node.Host, AttestConfig{Verifier: cfg.Verifier, Observer: cfg.Observer, Logger: cfg.Logger})

@@ -44,7 +44,8 @@ func strangerNode(t *testing.T, f *netFixture) *p2p.Node {
 
 // TestNetAdFlood: a peer publishing a made-up model's ads at 100 a second (100
 // times the allowed rate) has its ads beyond the rate rejected, is blocked and
-// disconnected at the flood line (its burst, then 3 more), and its model
+// disconnected at the flood line (its burst, then the FloodExcess-th ad beyond
+// it), and its model
 // is never listed; the honest worker's ads keep arriving.
 func TestNetAdFlood(t *testing.T) {
 	noLeaks(t)

@@ -137,8 +137,8 @@ func TestAdRate(t *testing.T) {
 		gap      time.Duration
 		min, max time.Duration // when the flood line is crossed
 	}{
-		{"2x", 500 * time.Millisecond, 6 * time.Second, 9 * time.Second},
-		{"10x", 100 * time.Millisecond, 500 * time.Millisecond, 1500 * time.Millisecond},
+		{"2x", 500 * time.Millisecond, 6500 * time.Millisecond, 6900 * time.Millisecond},
+		{"10x", 100 * time.Millisecond, 600 * time.Millisecond, 750 * time.Millisecond},
 	} {
 		k := rateKey{peer.ID(c.name), "m"}
 		for i := 0; ; i++ {
@@ -177,6 +177,20 @@ func TestAdRate(t *testing.T) {
 			t.Fatal("two topics: never crossed the flood line")
 		}
 	}
+	// The catalogue: two messages in a burst, then the third beyond crosses
+	// the line (the fifth message at once).
+	for i := 1; ; i++ {
+		_, flood := l.take(rateKey{peer.ID("catalogue"), catalogueKey}, catalogueRule, t0)
+		if flood {
+			if i != 5 {
+				t.Errorf("catalogue: crossed the flood line at message %d of a burst; want 5", i)
+			}
+			break
+		}
+		if i > 100 {
+			t.Fatal("catalogue: never crossed the flood line")
+		}
+	}
 	l.prune(t0.Add(time.Hour))
 	if len(l.buckets) != 0 {
 		t.Errorf("%d buckets left after an idle hour", len(l.buckets))
@@ -202,7 +216,7 @@ func TestDecodeCatalogue(t *testing.T) {
 	}
 }
 
-// TestBlockedPeersAdInFlight: an ad of a peer validated just after the peer
+// TestBlockedPeersAdInFlight: an ad (or a catalogue message) of a peer validated just after the peer
 // was blocked (gossipsub validates concurrently: it passed the blacklist
 // before the ad that crossed the flood line blocked its origin) is not
 // admitted. block forgets the peer's rates, so without the check it would
@@ -226,5 +240,14 @@ func TestBlockedPeersAdInFlight(t *testing.T) {
 	}
 	if _, ok := c.book.Get(flooder.ID()); ok {
 		t.Error("a blocked peer's ad in flight is in the book")
+	}
+	if r := c.validateCatalogue(context.Background(), flooder.ID(), flooder.ID(), EncodeCatalogue([]string{"m"})); r == pubsub.ValidationAccept {
+		t.Error("a blocked peer's catalogue message in flight was accepted")
+	}
+	c.cat.mu.Lock()
+	_, listed := c.cat.ads[flooder.ID()]
+	c.cat.mu.Unlock()
+	if listed {
+		t.Error("a blocked peer's catalogue message in flight lists its models")
 	}
 }

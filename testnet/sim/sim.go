@@ -392,7 +392,7 @@ func New(ctx context.Context, cfg Config) (*Net, error) {
 		built = append(built, pn)
 		nd.P2P = pn
 		nd.Book = market.NewBook(nil)
-		nd.gate = service.NewAdGate(pn, nd.Book, nd.blockedBy)
+		nd.gate = service.NewAdGate(pn, nd.Book, nodeLog.With("node", nd.Index), nd.blockedBy)
 		pn.SetAdsValidator(nd.validate)
 		pn.SetAdHandler(nd.deliver)
 		for _, model := range nd.Models {

@@ -485,12 +485,18 @@ func simulate(t *testing.T, cfg Config) Figures {
 	// resident set from 2.4 to 1.6 GB for about the same CPU.
 	limit := int64(21 << 30)
 	if s := os.Getenv("SIM_MEMLIMIT"); s != "" {
-		gib, _ := strconv.Atoi(s)
+		gib, err := strconv.Atoi(s)
+		if err != nil || gib <= 0 {
+			t.Fatalf("SIM_MEMLIMIT %q: want a number of GiB", s)
+		}
 		limit = int64(gib) << 30
 	}
 	gcPercent := 50
 	if s := os.Getenv("SIM_GOGC"); s != "" { // for trying by hand
-		gcPercent, _ = strconv.Atoi(s)
+		var err error
+		if gcPercent, err = strconv.Atoi(s); err != nil {
+			t.Fatalf("SIM_GOGC %q: %v", s, err)
+		}
 	}
 	defer debug.SetGCPercent(debug.SetGCPercent(gcPercent))
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(limit))
